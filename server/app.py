@@ -1,0 +1,48 @@
+"""The web process's composition root: ``create_app(settings)``.
+
+Each shared resource is one cleanup context (create, yield, close), appended in
+dependency order, so teardown runs in reverse and only for what started.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+
+import redis.asyncio as aioredis
+from aiohttp import web
+
+from server.appkeys import POOL, REDIS, SETTINGS
+from server.db import create_pool
+from server.errors import problem_middleware
+from server.routes import admin, devices, health, incidents
+from server.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+async def _postgres(app: web.Application) -> AsyncIterator[None]:
+    # Lazy: min_size=0 lets the process start (and answer /healthz and 503s) while
+    # PostgreSQL is still coming up or briefly down.
+    app[POOL] = await create_pool(app[SETTINGS].database_url, min_size=0, max_size=20)
+    yield
+    await app[POOL].close()
+
+
+async def _redis(app: web.Application) -> AsyncIterator[None]:
+    app[REDIS] = aioredis.Redis.from_url(
+        app[SETTINGS].redis_url, socket_timeout=2, socket_connect_timeout=2,
+        health_check_interval=30,
+    )
+    yield
+    await app[REDIS].aclose()
+
+
+def create_app(settings: Settings) -> web.Application:
+    app = web.Application(middlewares=[problem_middleware], client_max_size=settings.max_body_bytes)
+    app[SETTINGS] = settings
+    app.cleanup_ctx.append(_postgres)
+    app.cleanup_ctx.append(_redis)
+    for table in (health.routes, incidents.routes, admin.routes, devices.routes):
+        app.router.add_routes(table)
+    return app

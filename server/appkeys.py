@@ -1,0 +1,13 @@
+"""Typed keys for the resources a web process shares (aiohttp ``AppKey``)."""
+
+from __future__ import annotations
+
+import asyncpg
+import redis.asyncio as aioredis
+from aiohttp import web
+
+from server.settings import Settings
+
+SETTINGS = web.AppKey("settings", Settings)
+POOL = web.AppKey("pool", asyncpg.Pool)
+REDIS = web.AppKey("redis", aioredis.Redis)

@@ -1,0 +1,38 @@
+"""Bearer credentials: the operator's admin token and per-device secrets."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+
+from aiohttp import web
+
+from server.errors import Unauthorized
+
+
+def bearer(request: web.Request) -> str | None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() != "bearer" or not value.strip():
+        return None
+    return value.strip()
+
+
+def require_admin(request: web.Request, admin_token: str | None) -> None:
+    presented = bearer(request)
+    # No configured token means the admin API is closed, not open.
+    if not admin_token or presented is None or not hmac.compare_digest(
+        presented.encode(), admin_token.encode()
+    ):
+        raise Unauthorized("Admin bearer token required")
+
+
+def new_device_secret() -> str:
+    return "dsec_" + secrets.token_urlsafe(32)
+
+
+def hash_device_secret(secret: str) -> bytes:
+    # The secret is 256 random bits: a plain SHA-256 is not brute-forceable and keeps
+    # the per-request check cheap (no password-hashing work factor needed).
+    return hashlib.sha256(secret.encode()).digest()

@@ -1,0 +1,41 @@
+"""PostgreSQL connection pool.
+
+Geometry crosses the wire as text (EWKT/GeoJSON built in SQL), so no custom codec is
+needed; JSON columns get a codec so ``jsonb`` comes back as Python objects.
+"""
+
+from __future__ import annotations
+
+import json
+
+import asyncpg
+
+Pool = asyncpg.Pool
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    await conn.set_type_codec(
+        "jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog"
+    )
+
+
+async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> Pool:
+    pool = await asyncpg.create_pool(
+        dsn, min_size=min_size, max_size=max_size, init=_init_connection,
+        command_timeout=30,
+    )
+    assert pool is not None
+    return pool
+
+
+# Exceptions that mean "the store is unreachable right now" (answer 503, retry later),
+# as opposed to a bug or a constraint violation.
+STORE_UNAVAILABLE: tuple[type[BaseException], ...] = (
+    OSError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.ConnectionDoesNotExistError,
+    asyncpg.exceptions.InterfaceError,
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.TooManyConnectionsError,
+    TimeoutError,
+)

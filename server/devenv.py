@@ -1,0 +1,199 @@
+"""Private PostgreSQL+PostGIS and Redis instances for development and tests.
+
+``make run`` and the test suite use these when no database/Redis URL is configured,
+so one command works on a fresh machine with nothing running. PostgreSQL refuses to
+run as root, so when we are root the cluster is created and run as the ``postgres``
+user in a directory it owns.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import pwd
+import re
+import shutil
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class DevEnvError(RuntimeError):
+    pass
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _pg_bindir() -> Path:
+    base = Path("/usr/lib/postgresql")
+    if base.is_dir():
+        versions = sorted((p for p in base.iterdir() if (p / "bin" / "initdb").exists()),
+                          key=lambda p: int(p.name) if p.name.isdigit() else 0)
+        if versions:
+            return versions[-1] / "bin"
+    initdb = shutil.which("initdb")
+    if initdb:
+        return Path(initdb).resolve().parent
+    raise DevEnvError("PostgreSQL server binaries not found (install postgresql)")
+
+
+def _as_postgres_user() -> list[str]:
+    """Prefix that runs a command as ``postgres`` when we are root."""
+    if os.geteuid() != 0:
+        return []
+    try:
+        pwd.getpwnam("postgres")
+    except KeyError:
+        raise DevEnvError("running as root but there is no 'postgres' user") from None
+    return ["runuser", "-u", "postgres", "--"]
+
+
+def _chown_to_postgres(path: Path) -> None:
+    if os.geteuid() == 0:
+        pw = pwd.getpwnam("postgres")
+        os.chown(path, pw.pw_uid, pw.pw_gid)
+
+
+def _reachable_by_postgres(directory: Path) -> Path:
+    """``directory``, or a stand-in under /var/tmp when ``postgres`` can't reach it.
+
+    A project cloned under /root (mode 700) can't hold a cluster that the ``postgres``
+    user runs; the stand-in is stable per project path so restarts find their data.
+    """
+    prefix = _as_postgres_user()
+    if not prefix:
+        return directory
+    probe = directory
+    while not probe.exists():
+        probe = probe.parent
+    ok = subprocess.run([*prefix, "test", "-x", str(probe)], check=False)  # noqa: S603
+    if ok.returncode == 0:
+        return directory
+    digest = hashlib.sha1(str(directory).encode(), usedforsecurity=False).hexdigest()[:10]
+    return Path("/var/tmp") / f"geopush-pg-{digest}"  # noqa: S108 (owned, chowned, private)
+
+
+@dataclass
+class PrivatePostgres:
+    """A PostgreSQL cluster in ``directory``, listening on 127.0.0.1 only."""
+
+    directory: Path
+    port: int = 0
+
+    def __post_init__(self) -> None:
+        self.directory = _reachable_by_postgres(self.directory.resolve())
+
+    @property
+    def data_dir(self) -> Path:
+        return self.directory / "data"
+
+    @property
+    def socket_dir(self) -> Path:
+        return self.directory / "run"
+
+    def url(self, database: str = "geopush") -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
+
+    def _run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        cmd = [*_as_postgres_user(), *args]
+        return subprocess.run(cmd, check=check, capture_output=True, text=True)  # noqa: S603
+
+    def start(self) -> PrivatePostgres:
+        bindir = _pg_bindir()
+        self.directory.mkdir(parents=True, exist_ok=True)
+        _chown_to_postgres(self.directory)
+        self.socket_dir.mkdir(exist_ok=True)
+        _chown_to_postgres(self.socket_dir)
+        if not (self.data_dir / "PG_VERSION").exists():
+            self._run(str(bindir / "initdb"), "-D", str(self.data_dir), "-U", "postgres",
+                      "--auth=trust", "--encoding=UTF8", "--locale=C.UTF-8")
+        self.stop()  # a cluster left behind by a killed run
+        if not self.port:
+            self.port = free_port()
+        opts = (f"-c listen_addresses=127.0.0.1 -p {self.port} "
+                f"-c unix_socket_directories={self.socket_dir} -c fsync=off "
+                f"-c max_connections=200 -c shared_buffers=128MB")
+        res = self._run(str(bindir / "pg_ctl"), "-D", str(self.data_dir), "-o", opts,
+                        "-l", str(self.directory / "postgres.log"), "-w", "-t", "60", "start",
+                        check=False)
+        if res.returncode != 0:
+            log_tail = (self.directory / "postgres.log").read_text()[-2000:]
+            raise DevEnvError(f"pg_ctl start failed: {res.stderr}\n{log_tail}")
+        return self
+
+    def create_database(self, name: str) -> str:
+        if not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", name):
+            raise ValueError(f"bad database name {name!r}")
+        psql = shutil.which("psql") or str(_pg_bindir() / "psql")
+        exists = subprocess.run(  # noqa: S603
+            [psql, "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-tAc",
+             f"SELECT 1 FROM pg_database WHERE datname = '{name}'"],  # noqa: S608 (name checked)
+            check=True, capture_output=True, text=True,
+        ).stdout.strip()
+        if exists != "1":
+            subprocess.run(  # noqa: S603
+                [psql, "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-c",
+                 f'CREATE DATABASE "{name}"'],
+                check=True, capture_output=True, text=True,
+            )
+        return self.url(name)
+
+    def stop(self) -> None:
+        if (self.data_dir / "postmaster.pid").exists():
+            self._run(str(_pg_bindir() / "pg_ctl"), "-D", str(self.data_dir), "-m", "fast",
+                      "-w", "stop", check=False)
+
+
+@dataclass
+class PrivateRedis:
+    """A Redis server in ``directory`` on 127.0.0.1, nothing persisted."""
+
+    directory: Path
+    port: int = 0
+    process: subprocess.Popen[bytes] | None = None
+
+    def url(self, db: int = 0) -> str:
+        return f"redis://127.0.0.1:{self.port}/{db}"
+
+    def start(self) -> PrivateRedis:
+        binary = shutil.which("redis-server")
+        if not binary:
+            raise DevEnvError("redis-server not found (install redis-server)")
+        self.directory.mkdir(parents=True, exist_ok=True)
+        if not self.port:
+            self.port = free_port()
+        self.process = subprocess.Popen(  # noqa: S603
+            [binary, "--bind", "127.0.0.1", "--port", str(self.port), "--save", "",
+             "--appendonly", "no", "--dir", str(self.directory),
+             "--logfile", str(self.directory / "redis.log")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        wait_for_port(self.port, timeout=10)
+        return self
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+
+def wait_for_port(port: int, host: str = "127.0.0.1", timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5):
+            return
+        if time.monotonic() > deadline:
+            raise DevEnvError(f"nothing listening on {host}:{port} after {timeout}s")
+        time.sleep(0.05)

@@ -1,0 +1,142 @@
+"""Errors as RFC 9457 ``application/problem+json``, in one place.
+
+Domain and handler code raise ``Problem`` (or a subclass); one middleware turns it,
+and everything else that escapes a handler, into a problem document. No traceback
+and no request data ever go into a response.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import msgspec
+from aiohttp import web
+
+from server.db import STORE_UNAVAILABLE
+
+log = logging.getLogger(__name__)
+
+PROBLEM_JSON = "application/problem+json"
+TYPE_BASE = "https://geopush.org/problems/"
+
+
+@dataclass(frozen=True)
+class FieldError:
+    field: str
+    message: str
+
+
+class Problem(Exception):
+    def __init__(
+        self,
+        status: int,
+        title: str,
+        detail: str | None = None,
+        *,
+        slug: str | None = None,
+        errors: Sequence[FieldError] = (),
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(detail or title)
+        self.status = status
+        self.title = title
+        self.detail = detail
+        self.slug = slug
+        self.errors = list(errors)
+        self.headers = dict(headers or {})
+
+    def body(self) -> dict[str, object]:
+        doc: dict[str, object] = {
+            "type": TYPE_BASE + self.slug if self.slug else "about:blank",
+            "title": self.title,
+            "status": self.status,
+        }
+        if self.detail:
+            doc["detail"] = self.detail
+        if self.errors:
+            doc["errors"] = [{"field": e.field, "message": e.message} for e in self.errors]
+        return doc
+
+
+class ValidationFailed(Problem):
+    def __init__(self, errors: Sequence[FieldError], detail: str | None = None) -> None:
+        first = errors[0] if errors else None
+        super().__init__(
+            422,
+            "Request body is invalid",
+            detail or (f"{first.field}: {first.message}" if first else None),
+            slug="validation",
+            errors=errors,
+        )
+
+
+class Unauthorized(Problem):
+    def __init__(self, detail: str = "Missing or invalid credentials") -> None:
+        super().__init__(401, "Unauthorized", detail, slug="unauthorized",
+                         headers={"WWW-Authenticate": "Bearer"})
+
+
+class NotFound(Problem):
+    def __init__(self, detail: str = "No such resource") -> None:
+        super().__init__(404, "Not found", detail, slug="not-found")
+
+
+def problem_response(problem: Problem) -> web.Response:
+    return web.Response(
+        body=msgspec.json.encode(problem.body()),
+        status=problem.status,
+        content_type=PROBLEM_JSON,
+        headers=problem.headers,
+    )
+
+
+_MSGSPEC_PATH = re.compile(r"^(?P<msg>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.DOTALL)
+_MISSING = re.compile(r"^Object missing required field `(?P<name>[^`]+)`$")
+
+
+def _dotted(path: str) -> str:
+    # "$.location.lat" -> "location.lat", "$.zones[0].name" -> "zones[0].name"
+    return path.lstrip(".")
+
+
+def field_error_from_msgspec(exc: msgspec.ValidationError | msgspec.DecodeError) -> FieldError:
+    """Turn msgspec's message ("Expected `float`, got `str` - at `$.location.lat`")
+    into a field name and a message."""
+    text = str(exc)
+    if isinstance(exc, msgspec.DecodeError) and not isinstance(exc, msgspec.ValidationError):
+        return FieldError("body", text.replace("JSON is malformed: ", "malformed JSON: "))
+    m = _MSGSPEC_PATH.match(text)
+    msg, path = (m.group("msg"), m.group("path") or "") if m else (text, "")
+    missing = _MISSING.match(msg)
+    if missing:
+        name = missing.group("name")
+        return FieldError(_dotted(f"{path}.{name}") if path else name, "is required")
+    return FieldError(_dotted(path) or "body", msg)
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def problem_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except Problem as problem:
+        return problem_response(problem)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        headers = {k: v for k, v in exc.headers.items() if k.lower() in {"allow", "retry-after"}}
+        return problem_response(Problem(exc.status, exc.reason, headers=headers))
+    except STORE_UNAVAILABLE:
+        log.warning("store unavailable for %s %s", request.method, request.path, exc_info=True)
+        return problem_response(
+            Problem(503, "Service unavailable", "The store is unreachable; retry shortly.",
+                    slug="unavailable", headers={"Retry-After": "5"})
+        )
+    except Exception:
+        log.exception("unhandled error in %s %s", request.method, request.path)
+        return problem_response(Problem(500, "Internal server error", slug="internal"))

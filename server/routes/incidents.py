@@ -1,0 +1,36 @@
+"""POST /v1/agencies/{agency}/incidents: the CAD webhook."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from aiohttp import web
+
+from server.appkeys import POOL, REDIS, SETTINGS
+from server.domain.signing import HEADER
+from server.ingest import ingest, parser_for
+from server.routes.body import json_response, read_bounded
+
+routes = web.RouteTableDef()
+
+
+@routes.post("/v1/agencies/{agency}/incidents")
+async def post_incident(request: web.Request) -> web.Response:
+    settings = request.app[SETTINGS]
+    parser = parser_for(request.content_type)
+    body = await read_bounded(request, settings.max_body_bytes)
+    accepted = await ingest(
+        request.app[POOL],
+        request.app[REDIS],
+        agency_id=request.match_info["agency"],
+        parser=parser,
+        body=body,
+        signature=request.headers.get(HEADER),
+        tolerance_s=settings.signature_tolerance_s,
+        now=dt.datetime.now(dt.UTC),
+    )
+    return json_response(
+        {"incident_id": accepted.incident_id, "decision": accepted.decision,
+         "duplicate": accepted.duplicate},
+        status=202,
+    )

@@ -1,0 +1,137 @@
+"""All configuration, read from the environment in one place.
+
+Nothing else in the code base reads ``os.environ``: every process builds one
+``Settings`` in its composition root and passes it down.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class ConfigError(ValueError):
+    """A setting is missing or malformed; the message names the variable."""
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+
+
+@dataclass(frozen=True)
+class ApnsSettings:
+    key_file: Path
+    key_id: str
+    team_id: str
+    topic: str
+    host: str = "api.push.apple.com"
+    port: int = 443
+    ca_file: Path | None = None  # extra CA to trust (the fake gateway's); None = system CAs
+    max_connections: int = 4
+    request_timeout: float = 10.0
+
+
+@dataclass(frozen=True)
+class FcmSettings:
+    service_account_file: Path
+    project_id: str | None = None  # default: the service account's project
+    endpoint: str = "https://fcm.googleapis.com"
+    max_connections: int = 100
+    request_timeout: float = 10.0
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str
+    redis_url: str
+    admin_token: str | None = None
+    http_host: str = "127.0.0.1"
+    http_port: int = 8080
+    log_level: str = "INFO"
+    # Ingest
+    max_body_bytes: int = 256 * 1024
+    signature_tolerance_s: int = 300
+    # Workers
+    consumer_name: str = field(default_factory=lambda: f"{os.uname().nodename}-{os.getpid()}")
+    stream_batch: int = 100
+    send_concurrency: int = 200
+    apns: ApnsSettings | None = None
+    fcm: FcmSettings | None = None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        database_url = env.get("GEOPUSH_DATABASE_URL", "")
+        redis_url = env.get("GEOPUSH_REDIS_URL", "")
+        if not database_url:
+            raise ConfigError("GEOPUSH_DATABASE_URL is not set (make run sets it for you)")
+        if not redis_url:
+            raise ConfigError("GEOPUSH_REDIS_URL is not set (make run sets it for you)")
+        return cls(
+            database_url=database_url,
+            redis_url=redis_url,
+            admin_token=env.get("GEOPUSH_ADMIN_TOKEN") or None,
+            http_host=env.get("GEOPUSH_HTTP_HOST", "127.0.0.1"),
+            http_port=_int(env, "GEOPUSH_HTTP_PORT", 8080),
+            log_level=env.get("GEOPUSH_LOG_LEVEL", "INFO").upper(),
+            stream_batch=_int(env, "GEOPUSH_STREAM_BATCH", 100),
+            send_concurrency=_int(env, "GEOPUSH_SEND_CONCURRENCY", 200),
+            apns=_apns_from_env(env),
+            fcm=_fcm_from_env(env),
+        )
+
+
+def _apns_from_env(env: Mapping[str, str]) -> ApnsSettings | None:
+    key_file = env.get("GEOPUSH_APNS_KEY_FILE")
+    if not key_file:
+        return None
+    missing = [
+        name
+        for name in ("GEOPUSH_APNS_KEY_ID", "GEOPUSH_APNS_TEAM_ID", "GEOPUSH_APNS_TOPIC")
+        if not env.get(name)
+    ]
+    if missing:
+        raise ConfigError(f"GEOPUSH_APNS_KEY_FILE is set but {', '.join(missing)} is not")
+    ca_file = env.get("GEOPUSH_APNS_CA_FILE")
+    return ApnsSettings(
+        key_file=Path(key_file),
+        key_id=env["GEOPUSH_APNS_KEY_ID"],
+        team_id=env["GEOPUSH_APNS_TEAM_ID"],
+        topic=env["GEOPUSH_APNS_TOPIC"],
+        host=env.get("GEOPUSH_APNS_HOST", "api.push.apple.com"),
+        port=_int(env, "GEOPUSH_APNS_PORT", 443),
+        ca_file=Path(ca_file) if ca_file else None,
+        max_connections=_int(env, "GEOPUSH_APNS_MAX_CONNECTIONS", 4),
+        request_timeout=_float(env, "GEOPUSH_APNS_TIMEOUT", 10.0),
+    )
+
+
+def _fcm_from_env(env: Mapping[str, str]) -> FcmSettings | None:
+    sa_file = env.get("GEOPUSH_FCM_SERVICE_ACCOUNT_FILE")
+    if not sa_file:
+        return None
+    return FcmSettings(
+        service_account_file=Path(sa_file),
+        project_id=env.get("GEOPUSH_FCM_PROJECT") or None,
+        endpoint=env.get("GEOPUSH_FCM_ENDPOINT", "https://fcm.googleapis.com").rstrip("/"),
+        max_connections=_int(env, "GEOPUSH_FCM_MAX_CONNECTIONS", 100),
+        request_timeout=_float(env, "GEOPUSH_FCM_TIMEOUT", 10.0),
+    )

@@ -1,0 +1,114 @@
+"""Devices, their zones and preferences."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hmac
+from collections.abc import Sequence
+from dataclasses import dataclass
+from uuid import UUID
+
+import asyncpg
+
+from server.auth import hash_device_secret
+from server.domain.zones import Area, Circle, Zone
+
+# A secret hash that matches nothing, compared against when the device doesn't exist,
+# so an unknown device and a wrong secret cost the same and answer the same.
+_NO_DEVICE_HASH = hash_device_secret("no such device")
+
+
+@dataclass(frozen=True)
+class Device:
+    id: str
+    platform: str
+    token: str
+    timezone: str
+    locale: str
+
+
+def _uuid(value: str) -> UUID | None:
+    try:
+        return UUID(value)
+    except ValueError:
+        return None
+
+
+async def create_device(
+    pool: asyncpg.Pool, *, platform: str, token: str, timezone: str, locale: str, secret: str
+) -> str:
+    device_id = await pool.fetchval(
+        """INSERT INTO devices (platform, token, timezone, locale, secret_hash)
+           VALUES ($1, $2, $3, $4, $5) RETURNING id""",
+        platform, token, timezone, locale, hash_device_secret(secret),
+    )
+    return str(device_id)
+
+
+async def authenticate(pool: asyncpg.Pool, device_id: str, secret: str | None) -> Device | None:
+    uid = _uuid(device_id)
+    row = None
+    if uid is not None:
+        row = await pool.fetchrow(
+            "SELECT id, platform, token, timezone, locale, secret_hash FROM devices WHERE id = $1",
+            uid,
+        )
+    stored = bytes(row["secret_hash"]) if row else _NO_DEVICE_HASH
+    presented = hash_device_secret(secret or "")
+    if not hmac.compare_digest(stored, presented) or row is None or not secret:
+        return None
+    return Device(str(row["id"]), row["platform"], row["token"], row["timezone"], row["locale"])
+
+
+_INSERT_CIRCLE = """
+INSERT INTO zones (device_id, name, geom)
+VALUES ($1, $2, ST_Multi(ST_Buffer(ST_SetSRID(ST_MakePoint($3, $4), 4326)::geography,
+                                   $5, 'quad_segs=8')::geometry))
+"""
+_INSERT_AREA = """
+INSERT INTO zones (device_id, name, geom)
+VALUES ($1, $2, ST_Multi(ST_SetSRID(ST_GeomFromGeoJSON($3), 4326)))
+"""
+
+
+async def replace_zones(pool: asyncpg.Pool, device_id: str, zones: Sequence[Zone]) -> None:
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute("DELETE FROM zones WHERE device_id = $1", UUID(device_id))
+        for zone in zones:
+            if isinstance(zone, Circle):
+                await conn.execute(_INSERT_CIRCLE, UUID(device_id), zone.name, zone.lon,
+                                   zone.lat, zone.radius_m)
+            elif isinstance(zone, Area):
+                await conn.execute(_INSERT_AREA, UUID(device_id), zone.name, zone.geojson)
+        await conn.execute("UPDATE devices SET updated_at = now() WHERE id = $1", UUID(device_id))
+
+
+async def set_preferences(
+    pool: asyncpg.Pool, device_id: str, *, categories: list[str] | None,
+    quiet_start: dt.time | None, quiet_end: dt.time | None, responder: bool,
+) -> None:
+    await pool.execute(
+        """UPDATE devices SET categories = $2, quiet_start = $3, quiet_end = $4,
+                              responder = $5, updated_at = now()
+            WHERE id = $1""",
+        UUID(device_id), categories, quiet_start, quiet_end, responder,
+    )
+
+
+async def set_token(pool: asyncpg.Pool, device_id: str, token: str) -> None:
+    """A new token brings a device whose old token was declared gone back."""
+    await pool.execute(
+        """UPDATE devices SET token = $2, token_disabled_at = NULL,
+                              token_disabled_reason = NULL, updated_at = now()
+            WHERE id = $1""",
+        UUID(device_id), token,
+    )
+
+
+async def disable_token(pool: asyncpg.Pool, device_id: str, token: str, reason: str) -> None:
+    """Stop using a token the gateway declared gone (unless it was rotated meanwhile)."""
+    await pool.execute(
+        """UPDATE devices SET token_disabled_at = now(), token_disabled_reason = $3
+            WHERE id = $1 AND token = $2 AND token_disabled_at IS NULL""",
+        UUID(device_id), token, reason,
+    )

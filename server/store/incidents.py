@@ -1,0 +1,98 @@
+"""Idempotent incident storage with its transactional outbox row."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+import asyncpg
+
+from server.domain.incident import Incident
+from server.domain.policy import is_pushable, suppressed
+
+OUTDATED = suppressed("outdated")
+
+
+@dataclass(frozen=True)
+class Stored:
+    incident_id: str
+    decision: str
+    duplicate: bool
+    publish: bool   # an outbox row was written: hand the incident to the matcher
+
+
+_INSERT = """
+INSERT INTO incidents (agency_id, external_id, revision, status, call_type, category,
+                       occurred_at, received_at, geom, public_point, public_location,
+                       location_kind, priority, decision)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, ST_GeomFromText($9, 4326),
+        ST_SetSRID(ST_MakePoint($10, $11), 4326), $12, $13, $14, $15)
+ON CONFLICT (agency_id, external_id) DO NOTHING
+RETURNING id
+"""
+
+_UPDATE = """
+UPDATE incidents
+   SET revision = $2, status = $3, call_type = $4, category = $5, occurred_at = $6,
+       received_at = $7, geom = ST_GeomFromText($8, 4326),
+       public_point = ST_SetSRID(ST_MakePoint($9, $10), 4326), public_location = $11,
+       location_kind = $12, priority = $13, decision = $14, updated_at = now()
+ WHERE id = $1
+"""
+
+
+async def store_incident(
+    pool: asyncpg.Pool, incident: Incident, decision: str, received_at: dt.datetime
+) -> Stored:
+    """Store one revision. The same revision again is a duplicate; an older one is
+    ignored; a newer one replaces the stored one. Pushable revisions get an outbox row
+    in the same transaction."""
+    while True:
+        stored = await _store_once(pool, incident, decision, received_at)
+        if stored is not None:
+            return stored
+        # A concurrent request inserted the same incident between our SELECT and
+        # INSERT: go again, and this time see its row.
+
+
+async def _store_once(
+    pool: asyncpg.Pool, incident: Incident, decision: str, received_at: dt.datetime
+) -> Stored | None:
+    i = incident
+    kind = i.location_kind.value if i.location_kind else None
+    async with pool.acquire() as conn, conn.transaction():
+        existing = await conn.fetchrow(
+            """SELECT id, revision, decision, category FROM incidents
+                WHERE agency_id = $1 AND external_id = $2 FOR UPDATE""",
+            i.agency_id, i.external_id,
+        )
+        if existing is None:
+            incident_id = await conn.fetchval(
+                _INSERT, i.agency_id, i.external_id, i.revision, i.status.value, i.call_type,
+                i.category, i.occurred_at, received_at, i.geometry_wkt, i.public_point.lon,
+                i.public_point.lat, i.public_location, kind, i.priority, decision,
+            )
+            if incident_id is None:
+                return None
+            publish = is_pushable(decision)
+            if publish:
+                await conn.execute("INSERT INTO outbox (incident_id) VALUES ($1)", incident_id)
+            return Stored(str(incident_id), decision, duplicate=False, publish=publish)
+        incident_id = existing["id"]
+        if existing["revision"] == i.revision:
+            return Stored(str(incident_id), existing["decision"], duplicate=True, publish=False)
+        if existing["revision"] > i.revision:
+            return Stored(str(incident_id), OUTDATED, duplicate=False, publish=False)
+        await conn.execute(
+            _UPDATE, incident_id, i.revision, i.status.value, i.call_type, i.category,
+            i.occurred_at, received_at, i.geometry_wkt, i.public_point.lon, i.public_point.lat,
+            i.public_location, kind, i.priority, decision,
+        )
+        # Publish when this revision newly becomes pushable, or is pushable under a new
+        # category; the matcher's per-device dedup keeps repeats off phones either way.
+        publish = is_pushable(decision) and (
+            not is_pushable(existing["decision"]) or existing["category"] != i.category
+        )
+        if publish:
+            await conn.execute("INSERT INTO outbox (incident_id) VALUES ($1)", incident_id)
+        return Stored(str(incident_id), decision, duplicate=False, publish=publish)

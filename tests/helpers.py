@@ -1,0 +1,103 @@
+"""Small helpers for tests: signed webhooks, an agency, a device with a zone."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+from typing import Any
+
+from aiohttp.test_utils import TestClient
+
+from server.domain.signing import HEADER, sign
+from tests.conftest import ADMIN_TOKEN
+
+SEATTLE_CALL_TYPES = {
+    "Fire in Building": "structure_fire",
+    "Residential Fire": "residential_fire",
+    "Commercial Fire": "commercial_fire",
+    "Scenes Of Violence 7": "shooting",
+    "Aid Response": "medical",
+    "Medic Response": "medical",
+    "Explosion": "explosion",
+}
+
+# The first call of the Seattle Fire January 2022 sample: 5300 24th Ave NE.
+POINT = (47.66707, -122.301946)
+FAR_POINT = (47.5301, -122.2701)   # Rainier Beach, ~15 km south
+
+
+def iso(t: dt.datetime) -> str:
+    return t.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
+
+
+def incident(
+    external_id: str = "F220009060",
+    *,
+    call_type: str = "Fire in Building",
+    minutes_ago: float = 3,
+    lat: float = POINT[0],
+    lon: float = POINT[1],
+    **extra: Any,
+) -> dict[str, Any]:
+    occurred = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=minutes_ago)
+    doc: dict[str, Any] = {
+        "id": external_id,
+        "updated_at": iso(occurred + dt.timedelta(seconds=30)),
+        "status": "active",
+        "call_type": call_type,
+        "occurred_at": iso(occurred),
+        "location": {"lat": lat, "lon": lon, "address": "5312 24th Ave NE Apt 4B",
+                     "kind": "residence"},
+        "priority": 1,
+        "narrative": "caller reports smoke from 2nd floor, elderly resident Jane Roe inside",
+        "caller": {"name": "John Q Caller", "phone": "+1 206 555 0147"},
+    }
+    doc.update(extra)
+    return doc
+
+
+def signed(secret: str, body: bytes, *, at: int | None = None) -> dict[str, str]:
+    return {HEADER: sign(secret, body, int(time.time()) if at is None else at),
+            "Content-Type": "application/json"}
+
+
+async def create_agency(
+    client: TestClient[Any, Any], agency_id: str = "seattle-fire", **extra: Any
+) -> str:
+    body = {"id": agency_id, "name": "Seattle Fire Department",
+            "timezone": "America/Los_Angeles", "call_types": SEATTLE_CALL_TYPES, **extra}
+    resp = await client.post("/v1/admin/agencies", json=body,
+                             headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+    assert resp.status == 201, await resp.text()
+    secret: str = (await resp.json())["secret"]
+    return secret
+
+
+async def post_incident(
+    client: TestClient[Any, Any], secret: str, doc: dict[str, Any],
+    agency_id: str = "seattle-fire",
+) -> tuple[int, dict[str, Any]]:
+    body = json.dumps(doc).encode()
+    resp = await client.post(f"/v1/agencies/{agency_id}/incidents", data=body,
+                             headers=signed(secret, body))
+    return resp.status, await resp.json()
+
+
+async def create_device(
+    client: TestClient[Any, Any], platform: str, token: str,
+    zone: dict[str, Any] | None = None, **extra: Any,
+) -> tuple[str, str]:
+    resp = await client.post("/v1/devices", json={"platform": platform, "token": token,
+                                                  "timezone": "America/Los_Angeles", **extra})
+    assert resp.status == 201, await resp.text()
+    created = await resp.json()
+    if zone is not None:
+        r = await client.put(f"/v1/devices/{created['id']}/zones", json={"zones": [zone]},
+                             headers={"Authorization": f"Bearer {created['secret']}"})
+        assert r.status == 200, await r.text()
+    return created["id"], created["secret"]
+
+
+def circle(lat: float, lon: float, radius_m: float = 1000, name: str = "Home") -> dict[str, Any]:
+    return {"name": name, "center": {"lat": lat, "lon": lon}, "radius_m": radius_m}
