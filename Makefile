@@ -1,0 +1,36 @@
+# geopush: `make run` starts everything with a demo; `make test` runs every check.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: run test lint typecheck unit system-deps bench clean
+
+# The virtualenv with geopush (editable) and its dev tools; redone when pyproject changes.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+system-deps:
+	@bash scripts/install-system-deps.sh
+
+run: system-deps $(STAMP)
+	$(BIN)/geopush dev
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+test: system-deps $(STAMP) lint typecheck
+	$(BIN)/pytest
+
+unit: $(STAMP)
+	$(BIN)/pytest tests/unit
+
+clean:
+	rm -rf .geopush .mypy_cache .ruff_cache .pytest_cache .hypothesis

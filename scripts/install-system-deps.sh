@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Installs the system packages geopush needs when they are missing (Debian/Ubuntu):
+# PostgreSQL with PostGIS for the newest installed server version, and redis-server.
+# Does nothing when everything is present, so `make run` / `make test` stay fast.
+set -euo pipefail
+
+need=()
+pg_version=""
+if [ -d /usr/lib/postgresql ]; then
+  pg_version=$(ls /usr/lib/postgresql | grep -E '^[0-9]+$' | sort -n | tail -n 1 || true)
+fi
+if [ -z "$pg_version" ] || [ ! -x "/usr/lib/postgresql/$pg_version/bin/initdb" ]; then
+  need+=(postgresql postgis)
+elif ! ls "/usr/share/postgresql/$pg_version/extension/postgis.control" >/dev/null 2>&1; then
+  need+=("postgresql-$pg_version-postgis-3")
+fi
+command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+
+if [ ${#need[@]} -eq 0 ]; then
+  exit 0
+fi
+
+if ! command -v apt-get >/dev/null 2>&1; then
+  echo "geopush: please install: ${need[*]} (no apt-get here)" >&2
+  exit 1
+fi
+sudo=""
+if [ "$(id -u)" -ne 0 ]; then
+  if command -v sudo >/dev/null 2>&1; then sudo="sudo"; else
+    echo "geopush: need root (or sudo) to install: ${need[*]}" >&2; exit 1
+  fi
+fi
+echo "geopush: installing ${need[*]}"
+export DEBIAN_FRONTEND=noninteractive
+$sudo apt-get update -qq
+$sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null

@@ -1,0 +1,132 @@
+"""The ``geopush`` command: serve, run workers, migrate, manage agencies, demo, dev."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from pathlib import Path
+
+from server.logs import configure_logging
+from server.settings import ConfigError, Settings
+
+
+def _settings() -> Settings:
+    try:
+        return Settings.from_env()
+    except ConfigError as exc:
+        sys.exit(f"geopush: {exc}")
+
+
+def cmd_migrate(_: argparse.Namespace) -> None:
+    from server.migrate import migrate
+
+    applied = asyncio.run(migrate(_settings().database_url))
+    print(f"{len(applied)} migration(s) applied" if applied else "schema is up to date")
+
+
+def cmd_serve(_: argparse.Namespace) -> None:
+    from aiohttp import web
+
+    from server.app import create_app
+
+    settings = _settings()
+    configure_logging(settings.log_level)
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:  # pragma: no cover
+        pass
+    web.run_app(create_app(settings), host=settings.http_host, port=settings.http_port,
+                print=None, access_log=None)
+
+
+def cmd_worker(args: argparse.Namespace) -> None:
+    from workers.runner import run_worker
+
+    settings = _settings()
+    configure_logging(settings.log_level)
+    try:
+        run_worker(settings, args.kind)
+    except ConfigError as exc:
+        sys.exit(f"geopush: {exc}")
+
+
+def cmd_agency_create(args: argparse.Namespace) -> None:
+    from server.agencies import create_agency_with_secret
+    from server.errors import ValidationFailed
+
+    call_types = json.loads(Path(args.call_types).read_text()) if args.call_types else {}
+    try:
+        secret = asyncio.run(create_agency_with_secret(
+            _settings().database_url, agency_id=args.id, name=args.name,
+            timezone=args.timezone, call_types=call_types, review=args.review,
+        ))
+    except ValidationFailed as exc:
+        sys.exit("geopush: " + "; ".join(f"{e.field}: {e.message}" for e in exc.errors))
+    except ValueError as exc:
+        sys.exit(f"geopush: {exc}")
+    # Shown once, on stdout only; it is never logged.
+    print(json.dumps({"id": args.id, "secret": secret}))
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from server import demo
+
+    if args.demo_command == "load":
+        demo.load(Path(args.state), base_url=args.url)
+    else:
+        demo.post_incident(Path(args.state), base_url=args.url, call_type=args.call_type,
+                           lat=args.lat, lon=args.lon)
+
+
+def cmd_dev(_: argparse.Namespace) -> None:
+    from server.devrun import run
+
+    sys.exit(run(Path.cwd()))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="geopush", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("migrate", help="apply pending sql/ migrations").set_defaults(fn=cmd_migrate)
+    sub.add_parser("serve", help="run the web server").set_defaults(fn=cmd_serve)
+    w = sub.add_parser("worker", help="run one worker process")
+    w.add_argument("kind", choices=["matcher", "apns", "fcm", "relay"])
+    w.set_defaults(fn=cmd_worker)
+
+    agency = sub.add_parser("agency", help="manage agencies").add_subparsers(
+        dest="agency_command", required=True)
+    create = agency.add_parser("create", help="create an agency and print its secret once")
+    create.add_argument("--id", required=True)
+    create.add_argument("--name", required=True)
+    create.add_argument("--timezone", default="UTC")
+    create.add_argument("--call-types", help="JSON file mapping call types to categories")
+    create.add_argument("--review", action="store_true", help="hold alerts for review")
+    create.set_defaults(fn=cmd_agency_create)
+
+    d = sub.add_parser("demo", help="the demo of make run").add_subparsers(
+        dest="demo_command", required=True)
+    for name, text in (("load", "create the demo agency and devices"),
+                       ("incident", "post a signed demo incident and show the pushes")):
+        p = d.add_parser(name, help=text)
+        p.add_argument("--state", default=".geopush/demo.json")
+        p.add_argument("--url", default=None, help="server URL (default from GEOPUSH_HTTP_PORT)")
+        if name == "incident":
+            p.add_argument("--call-type", default="Fire in Building")
+            p.add_argument("--lat", type=float, default=None)
+            p.add_argument("--lon", type=float, default=None)
+        p.set_defaults(fn=cmd_demo)
+
+    sub.add_parser("dev", help="what `make run` runs: services, migrations, all processes, demo"
+                   ).set_defaults(fn=cmd_dev)
+
+    args = parser.parse_args(argv)
+    args.fn(args)
+
+
+if __name__ == "__main__":
+    main()

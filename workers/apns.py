@@ -1,0 +1,68 @@
+"""APNs: the pure payload builder and the gateway adapter around ``ApnsClient``."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from server.domain.pushtext import title_and_body
+from workers.apns_client import ApnsClient, ApnsResponse, ApnsTransportError
+from workers.push import Failed, Outcome, Push, Retry, Sent, TokenGone
+
+# Reasons that mean the token itself is unusable for this app, for good.
+_TOKEN_GONE = {"Unregistered", "BadDeviceToken", "DeviceTokenNotForTopic"}
+# 403 ExpiredProviderToken is ours to fix by minting a new JWT, which the client does;
+# worth one more try. Everything else at 4xx is a request we built wrong.
+_RETRYABLE_REASONS = {"ExpiredProviderToken", "TooManyRequests", "Shutdown",
+                      "ServiceUnavailable", "InternalServerError"}
+
+
+def build_payload(push: Push, now: dt.datetime) -> dict[str, Any]:
+    title, body = title_and_body(
+        push.category, push.public_location or None, push.occurred, now, push.locale
+    )
+    return {
+        "aps": {
+            "alert": {"title": title, "body": body},
+            "sound": "default",
+            "interruption-level": "time-sensitive",
+            "thread-id": push.category,
+        },
+        "incident": {
+            "id": push.incident_id,
+            "category": push.category,
+            "area": {"lat": push.lat, "lon": push.lon, "location": push.public_location or None},
+        },
+    }
+
+
+def classify(response: ApnsResponse) -> Outcome:
+    reason = response.reason or ""
+    if response.status == 200:
+        return Sent(response.apns_id, 200)
+    if response.status == 410 or reason in _TOKEN_GONE:
+        return TokenGone(reason or "Unregistered", response.status)
+    if response.status == 429 or response.status >= 500 or reason in _RETRYABLE_REASONS:
+        return Retry(reason or f"HTTP {response.status}", response.status)
+    return Failed(reason or f"HTTP {response.status}", response.status)
+
+
+class ApnsGateway:
+    platform = "apns"
+
+    def __init__(self, client: ApnsClient) -> None:
+        self.client = client
+
+    async def send(self, push: Push, now: float) -> Outcome:
+        payload = build_payload(push, dt.datetime.fromtimestamp(now, dt.UTC))
+        try:
+            response = await self.client.send(
+                push.token, payload, collapse_id=push.incident_id,
+                expiration=int(push.expires_at), priority=10, push_type="alert",
+            )
+        except ApnsTransportError as exc:
+            return Retry(f"transport: {exc}" if str(exc) else "transport error")
+        return classify(response)
+
+    async def close(self) -> None:
+        await self.client.close()

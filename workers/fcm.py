@@ -1,0 +1,67 @@
+"""FCM HTTP v1: the pure message builder and the gateway adapter around ``FcmClient``."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from typing import Any
+
+from server.domain.pushtext import title_and_body
+from workers.fcm_client import FcmClient, FcmResponse, FcmTransportError
+from workers.push import Failed, Outcome, Push, Retry, Sent, TokenGone
+
+
+def build_message(push: Push, now: dt.datetime) -> dict[str, Any]:
+    title, body = title_and_body(
+        push.category, push.public_location or None, push.occurred, now, push.locale
+    )
+    ttl = max(0, int(push.expires_at - now.timestamp()))
+    area = {"lat": push.lat, "lon": push.lon, "location": push.public_location or None}
+    return {
+        "token": push.token,
+        "notification": {"title": title, "body": body},
+        # FCM data values must be strings.
+        "data": {
+            "incident_id": push.incident_id,
+            "category": push.category,
+            "area": json.dumps(area, separators=(",", ":")),
+        },
+        "android": {
+            "priority": "HIGH",
+            "collapse_key": push.incident_id,
+            "ttl": f"{ttl}s",
+            "notification": {"tag": push.incident_id, "channel_id": "geopush_alerts"},
+        },
+    }
+
+
+def classify(response: FcmResponse) -> Outcome:
+    code = response.error_code or ""
+    if response.status == 200:
+        return Sent(response.name, 200)
+    if code in ("UNREGISTERED", "SENDER_ID_MISMATCH") or response.status == 404:
+        return TokenGone(code or "NOT_FOUND", response.status)
+    if code == "INVALID_ARGUMENT" and "registration token" in (response.message or "").lower():
+        return TokenGone("INVALID_ARGUMENT: token", response.status)
+    if response.status in (401, 429) or response.status >= 500:
+        return Retry(code or f"HTTP {response.status}", response.status, response.retry_after)
+    return Failed(f"{code}: {response.message}" if code else f"HTTP {response.status}",
+                  response.status)
+
+
+class FcmGateway:
+    platform = "fcm"
+
+    def __init__(self, client: FcmClient) -> None:
+        self.client = client
+
+    async def send(self, push: Push, now: float) -> Outcome:
+        message = build_message(push, dt.datetime.fromtimestamp(now, dt.UTC))
+        try:
+            response = await self.client.send(message)
+        except FcmTransportError as exc:
+            return Retry(f"transport: {exc}" if str(exc) else "transport error")
+        return classify(response)
+
+    async def close(self) -> None:
+        await self.client.close()

@@ -1,0 +1,125 @@
+"""The matcher: incidents in, per-platform pushes out.
+
+For each incident on ``geopush:incidents`` it finds the devices whose zones intersect
+the incident's geometry (PostGIS, GiST-indexed), applies their category preferences
+and quiet hours, and enqueues one push per device. Enqueueing is a Lua script that
+sets the per-device dedup key and XADDs in one atomic step, so a matcher that dies
+half-way and is replayed never pushes a device twice and never skips one.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from dataclasses import dataclass
+
+import asyncpg
+import redis.asyncio as aioredis
+
+from server import keys
+from server.domain.categories import RESPONDER_ONLY
+from server.domain.policy import ALERT
+from server.domain.quiet import allowed_now
+from server.publish import STREAM_MAXLEN
+from workers.push import Push
+from workers.streams import Entry, StreamConsumer
+
+log = logging.getLogger(__name__)
+
+# How long after it occurred a push is still worth delivering (also the APNs
+# expiration and the FCM TTL).
+ALERT_LIFETIME = dt.timedelta(hours=1)
+
+_ENQUEUE = """
+if redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', unpack(ARGV, 3))
+  return 1
+end
+return 0
+"""
+
+_INCIDENT = """
+SELECT id, agency_id, category, status, decision, occurred_at, received_at,
+       public_location, ST_Y(public_point) AS lat, ST_X(public_point) AS lon
+  FROM incidents WHERE id = $1
+"""
+
+# The zone test runs on the GiST index of zones.geom: ST_Intersects adds the && box
+# check itself. Boundary points count as inside (ST_Intersects, not ST_Within).
+_NEIGHBOURS = """
+SELECT DISTINCT ON (d.id) d.id, d.platform, d.token, d.locale, d.timezone,
+       d.quiet_start, d.quiet_end
+  FROM incidents i
+  JOIN zones z ON ST_Intersects(z.geom, i.geom)
+  JOIN devices d ON d.id = z.device_id
+ WHERE i.id = $1
+   AND d.token_disabled_at IS NULL
+   AND (d.categories IS NULL OR i.category = ANY (d.categories))
+"""
+
+
+@dataclass(frozen=True)
+class MatchResult:
+    incident_id: str
+    candidates: int
+    enqueued: int
+
+
+class Matcher:
+    def __init__(self, pool: asyncpg.Pool, redis: aioredis.Redis) -> None:
+        self.pool = pool
+        self.redis = redis
+        self._enqueue = redis.register_script(_ENQUEUE)
+
+    async def match_incident(self, incident_id: str, now: dt.datetime) -> MatchResult:
+        incident = await self.pool.fetchrow(_INCIDENT, incident_id)
+        if incident is None or incident["decision"] != ALERT or incident["status"] != "active":
+            # Changed since it was published (cleared, cancelled, re-decided): nothing to do.
+            return MatchResult(incident_id, 0, 0)
+        expires = incident["occurred_at"] + ALERT_LIFETIME
+        if now >= expires:
+            return MatchResult(incident_id, 0, 0)
+        if incident["category"] in RESPONDER_ONLY:
+            # Never to neighbours; responders are matched by position, not by zone.
+            return MatchResult(incident_id, 0, 0)
+        rows = await self.pool.fetch(_NEIGHBOURS, incident["id"])
+        enqueued = 0
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for row in rows:
+                if not allowed_now(incident["category"], now, row["timezone"],
+                                   row["quiet_start"], row["quiet_end"]):
+                    continue
+                push = Push(
+                    incident_id=str(incident["id"]), device_id=str(row["id"]),
+                    platform=row["platform"], token=row["token"], locale=row["locale"],
+                    category=incident["category"],
+                    public_location=incident["public_location"] or "",
+                    lat=incident["lat"], lon=incident["lon"],
+                    occurred_at=incident["occurred_at"].timestamp(),
+                    received_at=incident["received_at"].timestamp(),
+                    expires_at=expires.timestamp(),
+                )
+                flat = [x for kv in push.to_fields().items() for x in kv]
+                await self._enqueue(
+                    keys=[keys.pushed(push.incident_id, push.device_id),
+                          keys.push_stream(push.platform)],
+                    args=[keys.PUSHED_TTL_S, STREAM_MAXLEN, *flat],
+                    client=pipe,
+                )
+            results = await pipe.execute() if len(pipe) else []
+        enqueued = sum(1 for r in results if r == 1)
+        log.info("matched incident=%s category=%s candidates=%d enqueued=%d",
+                 incident_id, incident["category"], len(rows), enqueued)
+        return MatchResult(incident_id, len(rows), enqueued)
+
+    async def handle(self, consumer: StreamConsumer, entries: list[Entry]) -> None:
+        done: list[str] = []
+        now = dt.datetime.now(dt.UTC)
+        for entry_id, fields in entries:
+            incident_id = fields.get("incident_id", "")
+            try:
+                await self.match_incident(incident_id, now)
+            except (asyncpg.DataError, ValueError):
+                log.error("dropping malformed stream entry %s: %r", entry_id, fields)
+            done.append(entry_id)
+        await consumer.ack(done)

@@ -1,0 +1,81 @@
+"""A push waiting to be sent, as it travels on a Redis stream, and its outcomes."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, fields, replace
+
+
+@dataclass(frozen=True)
+class Push:
+    incident_id: str
+    device_id: str
+    platform: str
+    token: str
+    locale: str
+    category: str
+    public_location: str        # "" when withheld
+    lat: float                  # public (rounded) point
+    lon: float
+    occurred_at: float          # unix seconds
+    received_at: float          # when the incident arrived: latency is measured from here
+    expires_at: float           # unix seconds: not worth delivering after this
+    attempt: int = 1
+
+    def to_fields(self) -> dict[str, str]:
+        return {f.name: str(getattr(self, f.name)) for f in fields(self)}
+
+    @classmethod
+    def from_fields(cls, data: dict[str, str]) -> Push:
+        return cls(
+            incident_id=data["incident_id"], device_id=data["device_id"],
+            platform=data["platform"], token=data["token"], locale=data["locale"],
+            category=data["category"], public_location=data["public_location"],
+            lat=float(data["lat"]), lon=float(data["lon"]),
+            occurred_at=float(data["occurred_at"]), received_at=float(data["received_at"]),
+            expires_at=float(data["expires_at"]), attempt=int(data.get("attempt", "1")),
+        )
+
+    def next_attempt(self) -> Push:
+        return replace(self, attempt=self.attempt + 1)
+
+    @property
+    def occurred(self) -> dt.datetime:
+        return dt.datetime.fromtimestamp(self.occurred_at, dt.UTC)
+
+
+# Outcomes of one send: what the sender does next depends only on the type.
+
+
+@dataclass(frozen=True)
+class Sent:
+    gateway_id: str | None
+    status: int = 200
+
+
+@dataclass(frozen=True)
+class TokenGone:
+    """The gateway says this token will never work again: disable it, never retry."""
+
+    reason: str
+    status: int
+
+
+@dataclass(frozen=True)
+class Retry:
+    """Worth trying again (429, 5xx, timeouts, lost connections)."""
+
+    reason: str
+    status: int | None = None
+    after: float | None = None   # the gateway's Retry-After, when it gave one
+
+
+@dataclass(frozen=True)
+class Failed:
+    """The request itself is wrong (payload, topic, credentials): retrying won't help."""
+
+    reason: str
+    status: int | None = None
+
+
+Outcome = Sent | TokenGone | Retry | Failed

@@ -1,0 +1,157 @@
+"""The workers' composition root: ``run_worker(settings, kind)``.
+
+One process runs one kind of worker (matcher, apns, fcm, relay); run more processes
+to scale. SIGTERM/SIGINT stop reading new work; what is in flight finishes (bounded by
+``SHUTDOWN_GRACE_S``) and is acknowledged before the process exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import asyncpg
+import redis.asyncio as aioredis
+
+from server import keys
+from server.db import create_pool
+from server.settings import ConfigError, Settings
+from workers.apns import ApnsGateway
+from workers.apns_client import ApnsClient
+from workers.fcm import FcmGateway
+from workers.fcm_client import FcmClient
+from workers.matcher import Matcher
+from workers.outbox_relay import run_relay
+from workers.sender import Gateway, Sender
+from workers.streams import StreamConsumer, consume
+
+log = logging.getLogger(__name__)
+
+KINDS = ("matcher", "apns", "fcm", "relay")
+SHUTDOWN_GRACE_S = 20.0
+
+
+def build_gateway(settings: Settings, platform: str) -> Gateway:
+    if platform == "apns":
+        apns = settings.apns
+        if apns is None:
+            raise ConfigError("the apns sender needs GEOPUSH_APNS_KEY_FILE and friends")
+        context = ssl.create_default_context()
+        if apns.ca_file:
+            context.load_verify_locations(cafile=str(apns.ca_file))
+        return ApnsGateway(ApnsClient(
+            key_pem=apns.key_file.read_text(), key_id=apns.key_id, team_id=apns.team_id,
+            topic=apns.topic, host=apns.host, port=apns.port, ssl_context=context,
+            max_connections=apns.max_connections, request_timeout=apns.request_timeout,
+        ))
+    fcm = settings.fcm
+    if fcm is None:
+        raise ConfigError("the fcm sender needs GEOPUSH_FCM_SERVICE_ACCOUNT_FILE")
+    return FcmGateway(FcmClient(
+        service_account_file=str(fcm.service_account_file), project_id=fcm.project_id,
+        endpoint=fcm.endpoint, timeout=fcm.request_timeout, max_connections=fcm.max_connections,
+    ))
+
+
+@contextlib.asynccontextmanager
+async def resources(settings: Settings) -> AsyncIterator[tuple[asyncpg.Pool, aioredis.Redis]]:
+    pool = await create_pool(settings.database_url, min_size=1, max_size=10)
+    redis = aioredis.Redis.from_url(settings.redis_url, socket_connect_timeout=5,
+                                    health_check_interval=30)
+    try:
+        yield pool, redis
+    finally:
+        await redis.aclose()
+        await pool.close()
+
+
+async def run_sender_loop(sender: Sender, consumer: StreamConsumer, stop: asyncio.Event) -> None:
+    async def promote() -> None:
+        while not stop.is_set():
+            try:
+                await sender.promote_due_retries()
+            except Exception as exc:  # keep promoting; the next pass will catch up
+                log.warning("promoting retries failed: %s", exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=0.5)
+
+    async def handle(entries: list[tuple[str, dict[str, str]]]) -> None:
+        await sender.handle(consumer, entries)
+
+    promoter = asyncio.create_task(promote())
+    try:
+        await consume(consumer, handle, stop)
+    finally:
+        promoter.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await promoter
+
+
+async def worker_main(
+    settings: Settings, kind: str, stop: asyncio.Event,
+    ready: Callable[[], Awaitable[None]] | None = None,
+) -> None:
+    """Run one worker until ``stop`` is set. Used by the CLI and, in-process, by tests."""
+    if kind not in KINDS:
+        raise ConfigError(f"unknown worker kind {kind!r}; one of {', '.join(KINDS)}")
+    async with resources(settings) as (pool, redis):
+        if kind == "relay":
+            if ready:
+                await ready()
+            await run_relay(pool, redis, stop)
+            return
+        if kind == "matcher":
+            matcher = Matcher(pool, redis)
+            consumer = StreamConsumer(redis, keys.INCIDENTS_STREAM, keys.MATCHER_GROUP,
+                                      settings.consumer_name, batch=settings.stream_batch)
+            await consumer.setup()
+            if ready:
+                await ready()
+
+            async def handle(entries: list[tuple[str, dict[str, str]]]) -> None:
+                await matcher.handle(consumer, entries)
+
+            await consume(consumer, handle, stop)
+            return
+        gateway = build_gateway(settings, kind)
+        try:
+            sender = Sender(pool, redis, gateway, concurrency=settings.send_concurrency)
+            consumer = StreamConsumer(redis, keys.push_stream(kind), keys.SENDER_GROUP,
+                                      settings.consumer_name, batch=settings.stream_batch)
+            await consumer.setup()
+            if ready:
+                await ready()
+            await run_sender_loop(sender, consumer, stop)
+        finally:
+            await gateway.close()
+
+
+def run_worker(settings: Settings, kind: str) -> None:
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        task = asyncio.create_task(worker_main(settings, kind, stop))
+        await stop.wait()
+        log.info("%s worker stopping: finishing in-flight work", kind)
+        try:
+            await asyncio.wait_for(task, timeout=SHUTDOWN_GRACE_S)
+        except TimeoutError:
+            log.warning("%s worker did not finish within %ss", kind, SHUTDOWN_GRACE_S)
+
+    log.info("%s worker starting as consumer %s", kind, settings.consumer_name)
+    _run(main())
+
+
+def _run(coro: Awaitable[None]) -> None:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        asyncio.run(coro)  # type: ignore[arg-type]
+    else:
+        uvloop.run(coro)  # type: ignore[arg-type]

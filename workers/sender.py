@@ -1,0 +1,176 @@
+"""The sender loop shared by APNs and FCM: read pushes, send, record, then acknowledge.
+
+Per batch: send concurrently (bounded), write every outcome to ``deliveries`` in one
+statement, disable tokens the gateway declared gone, schedule retries (exponential
+backoff with jitter, never past the alert's expiry) or dead-letter them, and only
+then XACK. A sender that dies mid-batch leaves its entries pending; another sender
+reclaims them (at worst a device gets the same push twice, and the collapse id makes
+the phone show it once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import asyncpg
+import redis.asyncio as aioredis
+
+from server import keys
+from server.store.devices import disable_token
+from workers.push import Failed, Outcome, Push, Retry, Sent, TokenGone
+from workers.streams import Entry, StreamConsumer
+
+log = logging.getLogger(__name__)
+
+MAX_BACKOFF_S = 300.0
+
+
+class Gateway(Protocol):
+    platform: str
+
+    async def send(self, push: Push, now: float) -> Outcome: ...
+
+    async def close(self) -> None: ...
+
+
+def backoff_delay(attempt: int, retry_after: float | None, rng: random.Random) -> float:
+    """Exponential backoff with full jitter in [0.5, 1.5) x base; a gateway's
+    Retry-After is a floor."""
+    base = min(MAX_BACKOFF_S, 2.0 ** (attempt - 1))
+    delay = base * rng.uniform(0.5, 1.5)
+    return max(delay, retry_after or 0.0)
+
+
+_PROMOTE_DUE = """
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
+for _, member in ipairs(due) do
+  redis.call('ZREM', KEYS[1], member)
+  local fields = cjson.decode(member)
+  local args = {}
+  for k, v in pairs(fields) do
+    table.insert(args, k)
+    table.insert(args, v)
+  end
+  redis.call('XADD', KEYS[2], '*', unpack(args))
+end
+return #due
+"""
+
+
+@dataclass(frozen=True)
+class Result:
+    entry_id: str
+    push: Push
+    outcome: Outcome
+    finished_at: float
+
+
+class Sender:
+    def __init__(
+        self, pool: asyncpg.Pool, redis: aioredis.Redis, gateway: Gateway, *,
+        concurrency: int = 200, rng: random.Random | None = None,
+    ) -> None:
+        self.pool = pool
+        self.redis = redis
+        self.gateway = gateway
+        self.stream = keys.push_stream(gateway.platform)
+        self.schedule = keys.retry_schedule(gateway.platform)
+        self._limit = asyncio.Semaphore(concurrency)
+        self._rng = rng or random.Random()
+        self._promote = redis.register_script(_PROMOTE_DUE)
+
+    async def _send_one(self, entry_id: str, push: Push) -> Result:
+        async with self._limit:
+            now = time.time()
+            if now >= push.expires_at:
+                outcome: Outcome = Failed("Expired before it could be sent")
+            else:
+                try:
+                    outcome = await self.gateway.send(push, now)
+                except Exception as exc:  # a bug or an unforeseen transport error: retry
+                    log.exception("send to %s failed unexpectedly", self.gateway.platform)
+                    outcome = Retry(f"{type(exc).__name__}")
+            return Result(entry_id, push, outcome, time.time())
+
+    async def handle(self, consumer: StreamConsumer, entries: list[Entry]) -> None:
+        pending: list[asyncio.Task[Result]] = []
+        unreadable: list[str] = []
+        for entry_id, fields in entries:
+            try:
+                push = Push.from_fields(fields)
+            except (KeyError, ValueError):
+                log.error("dropping malformed push entry %s", entry_id)
+                unreadable.append(entry_id)
+                continue
+            pending.append(asyncio.create_task(self._send_one(entry_id, push)))
+        results = list(await asyncio.gather(*pending)) if pending else []
+        await self.record(results)
+        await consumer.ack([r.entry_id for r in results] + unreadable)
+
+    async def record(self, results: Sequence[Result]) -> None:
+        """Write outcomes; then act on them (disable tokens, retry, dead-letter)."""
+        if not results:
+            return
+        rows = []
+        retries: list[tuple[Push, float]] = []
+        dead: list[tuple[Push, str]] = []
+        for r in results:
+            outcome_name, reason, status, gateway_id, latency = _describe(r)
+            if isinstance(r.outcome, Retry):
+                due = r.finished_at + backoff_delay(r.push.attempt, r.outcome.after, self._rng)
+                if due < r.push.expires_at:
+                    retries.append((r.push.next_attempt(), due))
+                else:
+                    outcome_name = "dead"
+                    dead.append((r.push, reason or "retries exhausted"))
+            rows.append((r.push.incident_id, r.push.device_id, r.push.platform, outcome_name,
+                         reason, status, gateway_id, r.push.attempt, latency))
+        await self.pool.executemany(
+            """INSERT INTO deliveries (incident_id, device_id, platform, outcome, reason,
+                                       status_code, gateway_id, attempt, latency_ms)
+               SELECT $1::uuid, d.id, $3, $4, $5, $6, $7, $8, $9
+                 FROM (SELECT $2::uuid AS wanted) w
+                 LEFT JOIN devices d ON d.id = w.wanted""",
+            rows,
+        )
+        for r in results:
+            if isinstance(r.outcome, TokenGone):
+                await disable_token(self.pool, r.push.device_id, r.push.token, r.outcome.reason)
+                log.info("token disabled device=%s reason=%s", r.push.device_id, r.outcome.reason)
+            elif isinstance(r.outcome, Failed):
+                log.warning("push failed incident=%s device=%s reason=%s", r.push.incident_id,
+                            r.push.device_id, r.outcome.reason)
+        if retries or dead:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                for push, due in retries:
+                    pipe.zadd(self.schedule, {json.dumps(push.to_fields(), sort_keys=True): due})
+                for push, reason in dead:
+                    entry: dict[Any, Any] = {**push.to_fields(), "reason": reason}
+                    pipe.xadd(keys.DEAD_STREAM, entry, maxlen=100_000, approximate=True)
+                await pipe.execute()
+
+    async def promote_due_retries(self, now: float | None = None, limit: int = 500) -> int:
+        """Move retries that are due back onto the push stream."""
+        moved = await self._promote(
+            keys=[self.schedule, self.stream], args=[now or time.time(), limit]
+        )
+        return int(moved)
+
+
+def _describe(r: Result) -> tuple[str, str | None, int | None, str | None, int | None]:
+    o = r.outcome
+    if isinstance(o, Sent):
+        latency = int(max(0.0, r.finished_at - r.push.received_at) * 1000)
+        return "sent", None, o.status, o.gateway_id, latency
+    if isinstance(o, TokenGone):
+        return "token_gone", o.reason, o.status, None, None
+    if isinstance(o, Retry):
+        return "retry", o.reason, o.status, None, None
+    return "failed", o.reason, o.status, None, None

@@ -1,0 +1,127 @@
+"""Redis Streams consumer-group plumbing shared by the matcher and the senders.
+
+An entry is acknowledged only after its handler has recorded the outcome; entries a
+dead consumer left pending are reclaimed with XAUTOCLAIM once idle long enough.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError, ResponseError
+
+log = logging.getLogger(__name__)
+
+Entry = tuple[str, dict[str, str]]
+BatchHandler = Callable[[list[Entry]], Awaitable[None]]
+
+
+async def ensure_group(redis: aioredis.Redis, stream: str, group: str) -> None:
+    try:
+        await redis.xgroup_create(stream, group, id="0", mkstream=True)
+    except ResponseError as exc:
+        if "BUSYGROUP" not in str(exc):
+            raise
+
+
+def _decode(raw: dict[bytes | str, bytes | str]) -> dict[str, str]:
+    return {
+        (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
+        for k, v in raw.items()
+    }
+
+
+class StreamConsumer:
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        stream: str,
+        group: str,
+        consumer: str,
+        *,
+        batch: int = 100,
+        block_ms: int = 1000,
+        claim_idle_ms: int = 60_000,
+        claim_every_s: float = 15.0,
+    ) -> None:
+        self.redis = redis
+        self.stream = stream
+        self.group = group
+        self.consumer = consumer
+        self.batch = batch
+        self.block_ms = block_ms
+        self.claim_idle_ms = claim_idle_ms
+        self.claim_every_s = claim_every_s
+        self._next_claim = 0.0
+
+    async def setup(self) -> None:
+        await ensure_group(self.redis, self.stream, self.group)
+
+    async def _claim(self) -> list[Entry]:
+        """Entries pending on any consumer for longer than claim_idle_ms (ours included,
+        which is how a restarted consumer with the same name picks up its own)."""
+        result: Any = await self.redis.xautoclaim(
+            self.stream, self.group, self.consumer, min_idle_time=self.claim_idle_ms,
+            start_id="0-0", count=self.batch,
+        )
+        claimed = result[1]
+        return [
+            (eid.decode() if isinstance(eid, bytes) else eid, _decode(fields))
+            for eid, fields in claimed
+            if fields is not None
+        ]
+
+    async def read(self) -> list[Entry]:
+        now = time.monotonic()
+        if now >= self._next_claim:
+            self._next_claim = now + self.claim_every_s
+            claimed = await self._claim()
+            if claimed:
+                log.info("reclaimed %d idle entries from %s", len(claimed), self.stream)
+                return claimed
+        response: Any = await self.redis.xreadgroup(
+            self.group, self.consumer, {self.stream: ">"}, count=self.batch, block=self.block_ms
+        )
+        entries: list[Entry] = []
+        for _stream, items in response or []:
+            for eid, fields in items:
+                entries.append((eid.decode() if isinstance(eid, bytes) else eid, _decode(fields)))
+        return entries
+
+    async def ack(self, ids: list[str]) -> None:
+        if ids:
+            await self.redis.xack(self.stream, self.group, *ids)
+
+
+async def consume(
+    consumer: StreamConsumer, handle: BatchHandler, stop: asyncio.Event
+) -> None:
+    """Read batches and hand them to ``handle`` until ``stop`` is set.
+
+    ``handle`` acknowledges what it finished. A batch in progress when ``stop`` is set
+    is finished before returning (bounded by the caller's shutdown timeout).
+    """
+    await consumer.setup()
+    backoff = 0.5
+    while not stop.is_set():
+        try:
+            entries = await consumer.read()
+        except (RedisError, OSError) as exc:
+            log.warning("reading %s failed: %s; retrying in %.1fs", consumer.stream, exc, backoff)
+            await _sleep_unless(stop, backoff)
+            backoff = min(backoff * 2, 10)
+            continue
+        backoff = 0.5
+        if entries:
+            await handle(entries)
+
+
+async def _sleep_unless(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), timeout=seconds)
