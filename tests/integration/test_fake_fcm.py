@@ -1,0 +1,475 @@
+"""The fake FCM gateway speaks Google's protocol: OAuth JWT-bearer grant + FCM HTTP v1."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import os
+import re
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import jwt
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from google.auth import exceptions as google_exceptions
+from google.oauth2 import service_account
+
+from loadtest.devkeys import ensure_fcm_service_account, public_key_pem
+from loadtest.fake_fcm import FCM_SCOPE, JWT_BEARER_GRANT, FakeFcm
+
+PROJECT = "geopush-test"
+REPO = Path(__file__).resolve().parents[2]
+
+
+# ---- fixtures ----
+
+@pytest.fixture(scope="module")
+def key_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    # one RSA key for the module; ensure_fcm_service_account keeps it across token_uris
+    return tmp_path_factory.mktemp("fcm-keys")
+
+
+@pytest.fixture
+async def fake(key_dir: Path) -> AsyncIterator[FakeFcm]:
+    server = FakeFcm(project_id=PROJECT, service_account_public_keys={})
+    await server.start(port=0)
+    path = ensure_fcm_service_account(key_dir, server.token_uri, PROJECT)
+    info = json.loads(path.read_text())
+    server.trust(info["client_email"], public_key_pem(info["private_key"].encode()))
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+@pytest.fixture
+def sa_info(fake: FakeFcm, key_dir: Path) -> dict[str, Any]:
+    info: dict[str, Any] = json.loads((key_dir / "fcm-service-account.json").read_text())
+    assert info["token_uri"] == fake.token_uri
+    return info
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+def _assertion(info: dict[str, Any], **overrides: Any) -> str:
+    now = int(time.time())
+    claims = {
+        "iss": info["client_email"],
+        "aud": "https://oauth2.googleapis.com/token",
+        "scope": FCM_SCOPE,
+        "iat": now,
+        "exp": now + 3600,
+    }
+    claims.update(overrides)
+    claims = {k: v for k, v in claims.items() if v is not None}
+    return jwt.encode(claims, info["private_key"], algorithm="RS256",
+                      headers={"kid": info["private_key_id"]})
+
+
+async def _grant(
+    http: aiohttp.ClientSession, fake: FakeFcm, assertion: str,
+    grant_type: str = JWT_BEARER_GRANT,
+) -> tuple[int, dict[str, Any]]:
+    async with http.post(
+        fake.token_uri, data={"grant_type": grant_type, "assertion": assertion}
+    ) as resp:
+        return resp.status, await resp.json()
+
+
+async def _token(http: aiohttp.ClientSession, fake: FakeFcm, info: dict[str, Any]) -> str:
+    status, body = await _grant(http, fake, _assertion(info))
+    assert status == 200, body
+    return str(body["access_token"])
+
+
+async def _send(
+    http: aiohttp.ClientSession, fake: FakeFcm, token: str | None, body: Any,
+    project: str = PROJECT,
+) -> tuple[int, dict[str, Any], dict[str, str]]:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    async with http.post(
+        f"{fake.url}/v1/projects/{project}/messages:send", json=body, headers=headers
+    ) as resp:
+        return resp.status, await resp.json(), dict(resp.headers)
+
+
+def _message(device: str = "device-token-1", **extra: Any) -> dict[str, Any]:
+    return {
+        "message": {
+            "token": device,
+            "notification": {"title": "Structure fire nearby", "body": "3 min ago"},
+            "data": {"incident": "F1"},
+            "android": {"priority": "HIGH", "ttl": "3600s", "collapse_key": "F1"},
+            **extra,
+        }
+    }
+
+
+def _fcm_error_code(body: dict[str, Any]) -> str | None:
+    for detail in body["error"].get("details", []):
+        if "errorCode" in detail:
+            return str(detail["errorCode"])
+    return None
+
+
+# ---- the token endpoint ----
+
+async def test_google_auth_service_account_gets_a_token(
+    fake: FakeFcm, sa_info: dict[str, Any], http: aiohttp.ClientSession
+) -> None:
+    requests = pytest.importorskip("requests")
+    from google.auth.transport.requests import Request
+
+    credentials = service_account.Credentials.from_service_account_info(  # type: ignore[no-untyped-call]
+        sa_info, scopes=[FCM_SCOPE]
+    )
+    with requests.Session() as session:
+        # google-auth's refresh() blocks; the fake runs on this loop
+        await asyncio.to_thread(credentials.refresh, Request(session))
+    assert credentials.token.startswith("ya29.")
+    now = dt.datetime.now(dt.UTC).replace(tzinfo=None)  # google-auth's expiry is naive UTC
+    assert 3500 < (credentials.expiry - now).total_seconds() <= 3600
+    status, body, _ = await _send(http, fake, credentials.token, _message())
+    assert status == 200, body
+    assert fake.stats()["tokens_issued"] == 1
+
+
+async def test_bad_signature_is_invalid_grant(
+    fake: FakeFcm, sa_info: dict[str, Any], http: aiohttp.ClientSession
+) -> None:
+    requests = pytest.importorskip("requests")
+    from google.auth.transport.requests import Request
+
+    other_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    forged = dict(sa_info, private_key=other_key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode())
+    credentials = service_account.Credentials.from_service_account_info(  # type: ignore[no-untyped-call]
+        forged, scopes=[FCM_SCOPE]
+    )
+    with requests.Session() as session, pytest.raises(
+        google_exceptions.RefreshError, match="invalid_grant"
+    ):
+        await asyncio.to_thread(credentials.refresh, Request(session))
+    status, body = await _grant(http, fake, _assertion(forged))
+    assert status == 400
+    assert body == {"error": "invalid_grant", "error_description": "Invalid JWT Signature."}
+
+
+@pytest.mark.parametrize(
+    ("overrides", "error"),
+    [
+        ({"iss": "nobody@elsewhere.iam.gserviceaccount.com"}, "invalid_grant"),
+        ({"aud": "https://example.com/token"}, "invalid_grant"),
+        ({"exp": int(time.time()) + 7200}, "invalid_grant"),  # longer than an hour
+        ({"iat": int(time.time()) - 7200, "exp": int(time.time()) - 3600}, "invalid_grant"),
+        ({"scope": None}, "invalid_scope"),
+    ],
+)
+async def test_bad_assertions_are_refused(
+    fake: FakeFcm, sa_info: dict[str, Any], http: aiohttp.ClientSession,
+    overrides: dict[str, Any], error: str,
+) -> None:
+    status, body = await _grant(http, fake, _assertion(sa_info, **overrides))
+    assert status == 400
+    assert body["error"] == error
+    assert body["error_description"]
+
+
+async def test_token_endpoint_accepts_its_own_url_as_audience(
+    fake: FakeFcm, sa_info: dict[str, Any], http: aiohttp.ClientSession
+) -> None:
+    status, body = await _grant(http, fake, _assertion(sa_info, aud=fake.token_uri))
+    assert status == 200
+    assert body["token_type"] == "Bearer"
+    assert body["expires_in"] == 3600
+
+
+async def test_wrong_grant_type_and_garbage(
+    fake: FakeFcm, sa_info: dict[str, Any], http: aiohttp.ClientSession
+) -> None:
+    status, body = await _grant(http, fake, _assertion(sa_info), grant_type="password")
+    assert (status, body["error"]) == (400, "unsupported_grant_type")
+    status, body = await _grant(http, fake, "not.a.jwt")
+    assert (status, body["error"]) == (400, "invalid_grant")
+
+
+async def test_token_without_messaging_scope_is_forbidden(
+    fake: FakeFcm, sa_info: dict[str, Any], http: aiohttp.ClientSession
+) -> None:
+    status, body = await _grant(
+        http, fake, _assertion(sa_info, scope="https://www.googleapis.com/auth/userinfo.email")
+    )
+    assert status == 200
+    status, err, _ = await _send(http, fake, body["access_token"], _message())
+    assert status == 403
+    assert err["error"]["status"] == "PERMISSION_DENIED"
+
+
+# ---- messages:send ----
+
+async def test_send_success_is_recorded(
+    fake: FakeFcm, sa_info: dict[str, Any], http: aiohttp.ClientSession
+) -> None:
+    token = await _token(http, fake, sa_info)
+    before = time.time()
+    status, body, _ = await _send(http, fake, token, _message("tok-A"))
+    assert status == 200
+    assert re.fullmatch(rf"projects/{PROJECT}/messages/0:\d+%[0-9a-f]+", body["name"])
+    [delivery] = fake.deliveries
+    assert delivery.token == "tok-A"
+    assert delivery.name == body["name"]
+    assert delivery.message == _message("tok-A")["message"]
+    assert delivery.headers["Authorization"] == f"Bearer {token}"
+    assert before <= delivery.arrived_at <= time.time()
+
+
+async def test_stored_deliveries_are_bounded(
+    fake: FakeFcm, sa_info: dict[str, Any], http: aiohttp.ClientSession
+) -> None:
+    token = await _token(http, fake, sa_info)
+    fake.max_deliveries = 10
+    for i in range(15):
+        await _send(http, fake, token, _message(f"d{i}"))
+    assert len(fake.deliveries) <= 10
+    assert fake.deliveries[-1].token == "d14"
+    assert fake.stats()["delivered"] == 15
+
+
+async def test_validate_only_is_not_delivered(
+    fake: FakeFcm, sa_info: dict[str, Any], http: aiohttp.ClientSession
+) -> None:
+    token = await _token(http, fake, sa_info)
+    status, body, _ = await _send(http, fake, token, {**_message(), "validate_only": True})
+    assert status == 200
+    assert body["name"] == f"projects/{PROJECT}/messages/fake_message_id"
+    assert fake.deliveries == []
+
+
+async def test_authentication_errors(
+    fake: FakeFcm, sa_info: dict[str, Any], http: aiohttp.ClientSession
+) -> None:
+    for bearer in (None, "ya29.made-up"):
+        status, body, _ = await _send(http, fake, bearer, _message())
+        assert status == 401
+        assert body["error"]["status"] == "UNAUTHENTICATED"
+        assert body["error"]["code"] == 401
+    token = await _token(http, fake, sa_info)
+    fake.clock = lambda: time.time() + 3601  # the token has expired
+    status, body, _ = await _send(http, fake, token, _message())
+    assert status == 401
+    assert fake.deliveries == []
+
+
+async def test_wrong_project_is_permission_denied(
+    fake: FakeFcm, sa_info: dict[str, Any], http: aiohttp.ClientSession
+) -> None:
+    token = await _token(http, fake, sa_info)
+    status, body, _ = await _send(http, fake, token, _message(), project="someone-else")
+    assert status == 403
+    assert body["error"]["status"] == "PERMISSION_DENIED"
+    assert "someone-else" in body["error"]["message"]
+
+
+async def test_unregistered_token_is_404(
+    fake: FakeFcm, sa_info: dict[str, Any], http: aiohttp.ClientSession
+) -> None:
+    token = await _token(http, fake, sa_info)
+    fake.mark_unregistered(["gone"])
+    status, body, _ = await _send(http, fake, token, _message("gone"))
+    assert status == 404
+    assert body == {
+        "error": {
+            "code": 404,
+            "message": "Requested entity was not found.",
+            "status": "NOT_FOUND",
+            "details": [
+                {
+                    "@type": "type.googleapis.com/google.firebase.fcm.v1.FcmError",
+                    "errorCode": "UNREGISTERED",
+                }
+            ],
+        }
+    }
+    assert fake.deliveries == []
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        (_message(colour="red"), "colour"),
+        ({"message": {"token": "t", "data": {"count": 3}}}, "message.data"),
+        (
+            {"message": {"token": "t", "android": {"priority": "URGENT"}}},
+            "message.android.priority",
+        ),
+        ({"message": {"token": "t", "android": {"ttl": "1h"}}}, "message.android.ttl"),
+        ({"message": {"token": "t", "android": {"ttl": 3600}}}, "message.android.ttl"),
+        ({"message": {"token": "t", "topic": "news"}}, "message"),
+        ({"message": {"data": {"a": "b"}}}, "message"),
+        ({"message": {"token": "t", "notification": {"title": "x", "sound": "y"}}}, "sound"),
+        ({"msg": {"token": "t"}}, "msg"),
+        ({"message": {"token": "t", "data": {"blob": "x" * 5000}}}, "message.data"),
+    ],
+)
+async def test_malformed_messages_are_invalid_argument(
+    fake: FakeFcm, sa_info: dict[str, Any], http: aiohttp.ClientSession,
+    body: dict[str, Any], field: str,
+) -> None:
+    token = await _token(http, fake, sa_info)
+    status, err, _ = await _send(http, fake, token, body)
+    assert status == 400
+    assert err["error"]["status"] == "INVALID_ARGUMENT"
+    assert field in err["error"]["message"] or any(
+        field in v["field"]
+        for d in err["error"]["details"] for v in d.get("fieldViolations", [])
+    )
+    assert fake.deliveries == []
+
+
+async def test_quota_exceeded_with_retry_after(
+    fake: FakeFcm, sa_info: dict[str, Any], http: aiohttp.ClientSession
+) -> None:
+    token = await _token(http, fake, sa_info)
+    fake.clock = lambda: 6_000_000 * 60 + 45.5  # 14.5 s before the next minute
+    fake.set_quota(2)
+    for _ in range(2):
+        status, _, _ = await _send(http, fake, token, _message())
+        assert status == 200
+    status, body, headers = await _send(http, fake, token, _message())
+    assert status == 429
+    assert body["error"]["status"] == "RESOURCE_EXHAUSTED"
+    assert _fcm_error_code(body) == "QUOTA_EXCEEDED"
+    assert headers["Retry-After"] == "15"
+    fake.clock = lambda: 6_000_001 * 60 + 1.0  # the next window
+    status, _, _ = await _send(http, fake, token, _message())
+    assert status == 200
+
+
+@pytest.mark.parametrize(
+    ("status", "reason", "grpc"),
+    [(503, "UNAVAILABLE", "UNAVAILABLE"), (500, "INTERNAL", "INTERNAL"),
+     (403, "SENDER_ID_MISMATCH", "PERMISSION_DENIED")],
+)
+async def test_faults(
+    fake: FakeFcm, sa_info: dict[str, Any], http: aiohttp.ClientSession,
+    status: int, reason: str, grpc: str,
+) -> None:
+    token = await _token(http, fake, sa_info)
+    fake.set_faults(rate=1.0, status=status, reason=reason, latency_ms=0)
+    got, body, _ = await _send(http, fake, token, _message())
+    assert got == status
+    assert body["error"]["status"] == grpc
+    assert _fcm_error_code(body) == reason
+    fake.set_faults(rate=0.0, status=status, reason=reason, latency_ms=0)
+    got, _, _ = await _send(http, fake, token, _message())
+    assert got == 200
+
+
+# ---- control API ----
+
+async def test_control_api(
+    fake: FakeFcm, sa_info: dict[str, Any], http: aiohttp.ClientSession
+) -> None:
+    token = await _token(http, fake, sa_info)
+    for device in ("a", "b", "a"):
+        await _send(http, fake, token, _message(device))
+
+    async with http.get(f"{fake.url}/_fake/deliveries") as resp:
+        assert len(await resp.json()) == 3
+    async with http.get(f"{fake.url}/_fake/deliveries", params={"token": "a"}) as resp:
+        only_a = await resp.json()
+    assert [d["token"] for d in only_a] == ["a", "a"]
+    assert set(only_a[0]) == {"token", "message", "headers", "arrived_at", "name"}
+    assert only_a[0]["message"]["android"]["priority"] == "HIGH"
+
+    async with http.delete(f"{fake.url}/_fake/deliveries") as resp:
+        assert resp.status == 204
+    assert fake.deliveries == []
+
+    async with http.post(f"{fake.url}/_fake/unregistered", json={"tokens": ["a"]}) as resp:
+        assert resp.status == 200
+    status, body, _ = await _send(http, fake, token, _message("a"))
+    assert (status, _fcm_error_code(body)) == (404, "UNREGISTERED")
+
+    async with http.post(
+        f"{fake.url}/_fake/faults",
+        json={"rate": 1, "status": 503, "reason": "UNAVAILABLE", "latency_ms": 150},
+    ) as resp:
+        assert resp.status == 200
+    started = time.monotonic()
+    status, body, _ = await _send(http, fake, token, _message("b"))
+    assert status == 503
+    assert time.monotonic() - started >= 0.15
+    async with http.post(f"{fake.url}/_fake/faults", json={"rate": 0}) as resp:
+        assert resp.status == 200
+    status, _, _ = await _send(http, fake, token, _message("b"))
+    assert status == 200
+
+    async with http.post(f"{fake.url}/_fake/quota", json={"per_minute": 0}) as resp:
+        assert (await resp.json()) == {"per_minute": 0}
+    status, _, headers = await _send(http, fake, token, _message("b"))
+    assert status == 429
+    assert 1 <= int(headers["Retry-After"]) <= 60
+    async with http.post(f"{fake.url}/_fake/quota", json={"per_minute": None}) as resp:
+        assert resp.status == 200
+
+    async with http.post(f"{fake.url}/_fake/faults", json={"rate": 2}) as resp:
+        assert resp.status == 400
+    async with http.post(f"{fake.url}/_fake/unregistered", json={"tokens": "a"}) as resp:
+        assert resp.status == 400
+
+    async with http.get(f"{fake.url}/_fake/stats") as resp:
+        stats = await resp.json()
+    assert stats["tokens_issued"] == 1
+    assert stats["delivered"] == 4
+    assert stats["errors"] == {"UNREGISTERED": 1, "UNAVAILABLE": 1, "QUOTA_EXCEEDED": 1}
+
+
+async def test_cli_starts_with_a_dev_service_account(tmp_path: Path) -> None:
+    from workers.fcm_client import FcmClient
+
+    certs = tmp_path / "certs"
+    with (tmp_path / "stderr.log").open("wb") as stderr:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "loadtest.fake_fcm", "--host", "127.0.0.1", "--port", "0",
+            "--project", "cli-project", "--certs-dir", str(certs),
+            cwd=REPO, stdout=asyncio.subprocess.PIPE, stderr=stderr,
+            env={**os.environ, "PYTHONWARNINGS": "error"},
+        )
+        try:
+            assert proc.stdout is not None
+            line = (await asyncio.wait_for(proc.stdout.readline(), 15)).decode()
+            match = re.search(r"ready on (http://127\.0\.0\.1:\d+)", line)
+            assert match, (line, (tmp_path / "stderr.log").read_text())
+            url = match.group(1)
+            async with aiohttp.ClientSession() as http, http.get(f"{url}/_fake/stats") as resp:
+                assert resp.status == 200
+                assert (await resp.json())["delivered"] == 0
+            sa_file = certs / "fcm-service-account.json"
+            assert json.loads(sa_file.read_text())["token_uri"] == f"{url}/token"
+            async with FcmClient(service_account_file=str(sa_file), endpoint=url) as client:
+                response = await client.send({"token": "cli-device", "data": {"k": "v"}})
+            assert response.status == 200, response
+            assert response.name is not None
+            assert response.name.startswith("projects/cli-project/messages/")
+        finally:
+            if proc.returncode is None:
+                proc.terminate()
+            returncode = await asyncio.wait_for(proc.wait(), 10)
+    log = (tmp_path / "stderr.log").read_text()
+    assert returncode == 0, log
+    assert "delivered projects/cli-project/messages/" in log
+    assert "cli-device" in log

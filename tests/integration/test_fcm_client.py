@@ -1,0 +1,294 @@
+"""geopush's FCM client against the fake gateway: tokens, retries, error parsing."""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import json
+import socket
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from loadtest.devkeys import ensure_fcm_service_account, public_key_pem
+from loadtest.fake_fcm import FakeFcm
+from workers.fcm_client import (
+    FcmAuthError,
+    FcmClient,
+    FcmResponse,
+    FcmTransportError,
+    parse_response,
+    parse_retry_after,
+)
+
+PROJECT = "geopush-test"
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def key_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("fcm-keys")
+
+
+@pytest.fixture
+async def fake(key_dir: Path) -> AsyncIterator[FakeFcm]:
+    server = FakeFcm(project_id=PROJECT, service_account_public_keys={})
+    await server.start(port=0)
+    path = ensure_fcm_service_account(key_dir, server.token_uri, PROJECT)
+    info = json.loads(path.read_text())
+    server.trust(info["client_email"], public_key_pem(info["private_key"].encode()))
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+@pytest.fixture
+def sa_file(fake: FakeFcm, key_dir: Path) -> str:
+    path = key_dir / "fcm-service-account.json"
+    assert json.loads(path.read_text())["token_uri"] == fake.token_uri
+    return str(path)
+
+
+@pytest.fixture
+async def client(fake: FakeFcm, sa_file: str) -> AsyncIterator[FcmClient]:
+    fcm = FcmClient(service_account_file=sa_file, endpoint=fake.url, timeout=5.0)
+    try:
+        yield fcm
+    finally:
+        await fcm.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _message(device: str = "device-1") -> dict[str, Any]:
+    return {
+        "token": device,
+        "notification": {"title": "Structure fire nearby", "body": "3 min ago"},
+        "data": {"incident": "F1", "category": "structure_fire"},
+        "android": {"priority": "HIGH", "ttl": "3600s", "collapse_key": "F1"},
+    }
+
+
+async def test_send_succeeds_and_is_recorded(client: FcmClient, fake: FakeFcm) -> None:
+    response = await client.send(_message("abc"))
+    assert response.ok
+    assert response.status == 200
+    assert response.error_code is None
+    assert response.name is not None
+    assert response.name.startswith(f"projects/{PROJECT}/messages/")
+    assert client.project_id == PROJECT  # taken from the key file
+    [delivery] = fake.deliveries
+    assert delivery.token == "abc"
+    assert delivery.message == _message("abc")
+    assert delivery.name == response.name
+    assert delivery.headers["Authorization"].startswith("Bearer ya29.")
+
+
+async def test_constructor_does_no_io() -> None:
+    fcm = FcmClient(service_account_file="/nonexistent/key.json")
+    await fcm.close()
+    with pytest.raises(RuntimeError):
+        await fcm.send(_message())
+
+
+async def test_token_fetched_once_for_concurrent_sends(client: FcmClient, fake: FakeFcm) -> None:
+    responses = await asyncio.gather(*(client.send(_message(f"d{i}")) for i in range(200)))
+    assert all(r.ok for r in responses)
+    assert len(fake.deliveries) == 200
+    assert fake.stats()["tokens_issued"] == 1
+    assert client.token_refreshes == 1
+    await client.send(_message())
+    assert fake.stats()["tokens_issued"] == 1
+
+
+async def test_token_refreshed_when_near_expiry(client: FcmClient, fake: FakeFcm) -> None:
+    # tokens that live exactly the client's 5-minute margin are stale on arrival
+    fake.token_lifetime_s = 300
+    await client.send(_message())
+    await client.send(_message())
+    assert fake.stats()["tokens_issued"] == 2
+    fake.token_lifetime_s = 3600
+    await client.send(_message())  # refreshes once more, then keeps the long-lived one
+    await client.send(_message())
+    assert fake.stats()["tokens_issued"] == 3
+    tokens = {d.headers["Authorization"] for d in fake.deliveries}
+    assert len(tokens) == 3
+
+
+async def test_401_refreshes_and_retries_once(client: FcmClient, fake: FakeFcm) -> None:
+    assert (await client.send(_message())).ok
+    fake.revoke_tokens()
+    results = await asyncio.gather(*(client.send(_message(f"r{i}")) for i in range(20)))
+    assert all(r.ok for r in results)
+    stats = fake.stats()
+    assert stats["tokens_issued"] == 2  # one refresh shared by all twenty 401s
+    assert stats["errors"] == {"UNAUTHENTICATED": 20}
+
+
+async def test_persistent_401_is_returned_after_one_retry(
+    client: FcmClient, fake: FakeFcm
+) -> None:
+    fake.set_faults(rate=1.0, status=401, reason="THIRD_PARTY_AUTH_ERROR")
+    response = await client.send(_message())
+    assert response.status == 401
+    assert response.error_code == "THIRD_PARTY_AUTH_ERROR"
+    assert not response.retryable
+    assert fake.stats()["tokens_issued"] == 2
+    assert fake.stats()["sends"] == 2
+
+
+async def test_error_parsing(client: FcmClient, fake: FakeFcm) -> None:
+    fake.mark_unregistered(["gone"])
+    gone = await client.send(_message("gone"))
+    assert (gone.status, gone.error_code) == (404, "UNREGISTERED")
+    assert gone.message == "Requested entity was not found."
+    assert not gone.retryable
+
+    # a protobuf-level rejection has no FcmError detail: error.status is the fallback
+    bad = await client.send({**_message(), "colour": "red"})
+    assert (bad.status, bad.error_code) == (400, "INVALID_ARGUMENT")
+    assert bad.message is not None and "colour" in bad.message
+
+    fake.set_quota(0)
+    quota = await client.send(_message())
+    assert (quota.status, quota.error_code) == (429, "QUOTA_EXCEEDED")
+    assert quota.retry_after is not None and 1 <= quota.retry_after <= 60
+    assert quota.retryable
+    fake.set_quota(None)
+
+    for status, code in ((503, "UNAVAILABLE"), (500, "INTERNAL")):
+        fake.set_faults(rate=1.0, status=status, reason=code)
+        failed = await client.send(_message())
+        assert (failed.status, failed.error_code, failed.retryable) == (status, code, True)
+    fake.set_faults(rate=0.0)
+    assert (await client.send(_message())).ok
+
+
+def test_parse_response_shapes() -> None:
+    body = json.dumps({"error": {"code": 503, "message": "down", "status": "UNAVAILABLE",
+                                 "details": [{"@type": "type.googleapis.com/google.rpc.X"},
+                                             {"@type": "type.googleapis.com/google.firebase"
+                                              ".fcm.v1.FcmError", "errorCode": "UNAVAILABLE"}]}})
+    assert parse_response(503, body.encode(), "2.5") == FcmResponse(
+        503, "UNAVAILABLE", "down", 2.5, None
+    )
+    html = parse_response(502, b"<html>Bad Gateway</html>", None)
+    assert (html.error_code, html.message) == ("UNAVAILABLE", "<html>Bad Gateway</html>")
+    assert parse_response(200, b'{"name": "projects/p/messages/1"}', None).name == (
+        "projects/p/messages/1"
+    )
+    no_details = parse_response(403, b'{"error": {"code": 403, "status": "PERMISSION_DENIED"}}',
+                                None)
+    assert no_details.error_code == "PERMISSION_DENIED"
+
+
+def test_parse_retry_after() -> None:
+    now = time.time()
+    assert parse_retry_after("30") == 30.0
+    assert parse_retry_after(None) is None
+    assert parse_retry_after("soon") is None
+    date = email.utils.formatdate(now + 120, usegmt=True)
+    delay = parse_retry_after(date, now=now)
+    assert delay is not None and 118 <= delay <= 121
+    assert parse_retry_after(email.utils.formatdate(now - 60, usegmt=True), now=now) == 0.0
+
+
+async def test_explicit_project_is_used(fake: FakeFcm, sa_file: str) -> None:
+    async with FcmClient(
+        service_account_file=sa_file, project_id="another-project", endpoint=fake.url
+    ) as fcm:
+        response = await fcm.send(_message())
+    assert (response.status, response.error_code) == (403, "PERMISSION_DENIED")
+
+
+async def test_connection_refused_is_transport_error(fake: FakeFcm, sa_file: str) -> None:
+    async with FcmClient(
+        service_account_file=sa_file, endpoint=f"http://127.0.0.1:{_free_port()}"
+    ) as fcm:
+        with pytest.raises(FcmTransportError):
+            await fcm.send(_message())
+
+
+async def test_token_endpoint_down_is_transport_error(fake: FakeFcm, sa_file: str) -> None:
+    endpoint = fake.url
+    await fake.stop()
+    async with FcmClient(service_account_file=sa_file, endpoint=endpoint, timeout=2) as fcm:
+        with pytest.raises(FcmTransportError):
+            await fcm.send(_message())
+
+
+async def test_timeout_is_transport_error(fake: FakeFcm, sa_file: str) -> None:
+    fake.set_faults(rate=0.0, latency_ms=600)
+    async with FcmClient(service_account_file=sa_file, endpoint=fake.url, timeout=0.2) as fcm:
+        started = time.monotonic()
+        with pytest.raises(FcmTransportError):
+            await fcm.send(_message())
+        assert time.monotonic() - started < 0.5
+    fake.set_faults(rate=0.0)
+
+
+async def test_untrusted_key_is_auth_error(fake: FakeFcm, key_dir: Path, tmp_path: Path) -> None:
+    # a second, different key under the same account name
+    other = ensure_fcm_service_account(tmp_path, fake.token_uri, PROJECT)
+    async with FcmClient(service_account_file=str(other), endpoint=fake.url) as fcm:
+        with pytest.raises(FcmAuthError, match="invalid_grant"):
+            await fcm.send(_message())
+
+
+async def test_cancelled_sender_does_not_break_the_shared_refresh(
+    client: FcmClient, fake: FakeFcm
+) -> None:
+    first = asyncio.create_task(client.send(_message("a")))
+    others = [asyncio.create_task(client.send(_message(f"b{i}"))) for i in range(5)]
+    await asyncio.sleep(0)
+    first.cancel()
+    results = await asyncio.gather(*others)
+    assert all(r.ok for r in results)
+    assert fake.stats()["tokens_issued"] == 1
+    with pytest.raises(asyncio.CancelledError):
+        await first
+
+
+_WITHOUT_REQUESTS = """
+import asyncio, json, sys
+sys.modules["requests"] = None  # as if requests were not installed
+from pathlib import Path
+from loadtest.devkeys import ensure_fcm_service_account, public_key_pem
+from loadtest.fake_fcm import FakeFcm
+from workers.fcm_client import FcmClient
+
+async def main():
+    fake = FakeFcm(project_id="p", service_account_public_keys={})
+    await fake.start(port=0)
+    path = ensure_fcm_service_account(Path(sys.argv[1]), fake.token_uri, "p")
+    info = json.loads(path.read_text())
+    fake.trust(info["client_email"], public_key_pem(info["private_key"].encode()))
+    try:
+        async with FcmClient(service_account_file=str(path), endpoint=fake.url) as fcm:
+            assert (await fcm.send({"token": "t"})).ok
+    finally:
+        await fake.stop()
+    print("ok")
+
+asyncio.run(main())
+"""
+
+
+async def test_client_needs_no_requests(key_dir: Path) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-W", "error", "-c", _WITHOUT_REQUESTS, str(key_dir),
+        cwd=REPO,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 20)
+    assert proc.returncode == 0, err.decode()
+    assert out.decode().strip() == "ok"

@@ -1,0 +1,349 @@
+"""geopush's FCM HTTP v1 client: one keep-alive aiohttp session plus google-auth.
+
+The OAuth access token comes from google-auth's ordinary service-account credentials
+(the ``token_uri`` in the key file decides where the JWT-bearer grant goes, which is how
+the fake gateway is reached). google-auth's ``refresh()`` is synchronous, so it runs in a
+worker thread (``asyncio.to_thread``): the RSA signing happens there, and its HTTP
+request is handed back to this client's aiohttp session on the event loop through a
+small ``google.auth.transport.Request`` adapter. Nothing blocks the loop, and
+``requests`` is not needed.
+
+Only one refresh runs at a time; concurrent senders await the same one. A token is
+refreshed ``REFRESH_MARGIN_S`` before it expires, and once more after a 401.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import email.utils
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import google.auth.exceptions
+import google.auth.transport
+from google.oauth2 import service_account
+
+logger = logging.getLogger(__name__)
+
+FCM_SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
+REFRESH_MARGIN_S = 300.0
+FCM_ERROR_TYPE = "type.googleapis.com/google.firebase.fcm.v1.FcmError"
+_STATUS_NAMES = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    429: "RESOURCE_EXHAUSTED",
+    500: "INTERNAL",
+    502: "UNAVAILABLE",
+    503: "UNAVAILABLE",
+    504: "DEADLINE_EXCEEDED",
+}
+
+
+@dataclass(frozen=True)
+class FcmResponse:
+    status: int
+    error_code: str | None  # FCM errorCode (UNREGISTERED, ...) or else the error status
+    message: str | None
+    retry_after: float | None  # seconds, from Retry-After
+    name: str | None  # projects/{p}/messages/{id} on success
+
+    @property
+    def ok(self) -> bool:
+        return self.status == 200
+
+    @property
+    def retryable(self) -> bool:
+        """Worth sending again later: quota (429) and server-side (5xx) failures."""
+        return self.status == 429 or self.status >= 500
+
+
+class FcmTransportError(Exception):
+    """The request didn't get an answer (connection failure, timeout): retryable."""
+
+
+class FcmAuthError(Exception):
+    """The token endpoint refused the service account's grant: not retryable."""
+
+
+def _transport_error(message: str) -> Exception:
+    error: Exception = google.auth.exceptions.TransportError(message)  # type: ignore[no-untyped-call]
+    return error
+
+
+class _Response(google.auth.transport.Response):
+    def __init__(self, status: int, headers: dict[str, str], data: bytes) -> None:
+        self._status, self._headers, self._data = status, headers, data
+
+    @property
+    def status(self) -> int:
+        return self._status
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return self._headers
+
+    @property
+    def data(self) -> bytes:
+        return self._data
+
+
+class _LoopRequest(google.auth.transport.Request):
+    """google-auth's transport interface, called from a worker thread, carried out by
+    the client's aiohttp session on the event loop."""
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, session: aiohttp.ClientSession, timeout: float
+    ) -> None:
+        self._loop, self._session, self._timeout = loop, session, timeout
+
+    def __call__(
+        self,
+        url: str,
+        method: str = "GET",
+        body: bytes | None = None,
+        headers: dict[str, str] | None = None,
+        timeout: float | None = None,
+        **kwargs: Any,
+    ) -> _Response:
+        seconds = timeout if timeout is not None else self._timeout
+        future = asyncio.run_coroutine_threadsafe(
+            self._request(url, method, body, headers, seconds), self._loop
+        )
+        try:
+            return future.result(timeout=seconds + 5)
+        except TimeoutError as e:
+            future.cancel()
+            raise _transport_error(f"token request timed out: {e!r}") from e
+
+    async def _request(
+        self, url: str, method: str, body: bytes | None, headers: dict[str, str] | None,
+        seconds: float,
+    ) -> _Response:
+        try:
+            async with self._session.request(
+                method, url, data=body, headers=headers,
+                timeout=aiohttp.ClientTimeout(total=seconds),
+            ) as resp:
+                data = await resp.read()
+                return _Response(resp.status, dict(resp.headers), data)
+        except (aiohttp.ClientError, TimeoutError) as e:
+            raise _transport_error(f"token request failed: {e!r}") from e
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """``Retry-After`` as seconds: delta-seconds or an HTTP date."""
+    if value is None:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def parse_response(status: int, body: bytes, retry_after: str | None) -> FcmResponse:
+    """An FCM v1 ``messages:send`` answer as an ``FcmResponse``."""
+    try:
+        data = json.loads(body) if body else None
+    except (ValueError, UnicodeDecodeError):
+        data = None
+    delay = parse_retry_after(retry_after)
+    if status == 200:
+        name = data.get("name") if isinstance(data, dict) else None
+        return FcmResponse(200, None, None, delay, name if isinstance(name, str) else None)
+    error = data.get("error") if isinstance(data, dict) else None
+    code: str | None = None
+    message: str | None = None
+    if isinstance(error, dict):
+        msg = error.get("message")
+        message = msg if isinstance(msg, str) else None
+        details = error.get("details")
+        for detail in details if isinstance(details, list) else []:
+            if isinstance(detail, dict) and isinstance(detail.get("errorCode"), str):
+                code = detail["errorCode"]
+                if detail.get("@type") == FCM_ERROR_TYPE:
+                    break
+        if code is None and isinstance(error.get("status"), str):
+            code = error["status"]
+    elif isinstance(error, str):  # an OAuth-style {"error": "...", "error_description"}
+        code = error
+        desc = data.get("error_description") if isinstance(data, dict) else None
+        message = desc if isinstance(desc, str) else None
+    if code is None:
+        code = _STATUS_NAMES.get(status, "UNKNOWN")
+    if message is None and body:
+        message = body[:200].decode("utf-8", "replace")
+    return FcmResponse(status, code, message, delay, None)
+
+
+def _consume_exception(task: asyncio.Task[str]) -> None:
+    # Waiters get the exception through shield(); this keeps asyncio from logging
+    # "exception was never retrieved" when every waiter was cancelled.
+    if not task.cancelled():
+        task.exception()
+
+
+class FcmClient:
+    """Sends FCM HTTP v1 messages; create it anywhere, use it inside one event loop."""
+
+    def __init__(
+        self,
+        *,
+        service_account_file: str,
+        project_id: str | None = None,
+        endpoint: str = "https://fcm.googleapis.com",
+        timeout: float = 10.0,
+        max_connections: int = 100,
+    ) -> None:
+        self._service_account_file = service_account_file
+        self._project_id = project_id
+        self._endpoint = endpoint.rstrip("/")
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._timeout_s = timeout
+        self._max_connections = max_connections
+        self._session: aiohttp.ClientSession | None = None
+        self._credentials: Any = None
+        self._url: str | None = None
+        self._setup_lock: asyncio.Lock | None = None
+        self._token: str | None = None
+        self._token_expires_at = 0.0  # unix seconds
+        self._refresh_task: asyncio.Task[str] | None = None
+        self._closed = False
+        self.token_refreshes = 0
+
+    @property
+    def project_id(self) -> str | None:
+        """The project messages go to (known after the first send if not given)."""
+        return self._project_id
+
+    async def send(self, message: dict[str, Any]) -> FcmResponse:
+        """POSTs ``{"message": message}``; FCM's rejections come back as responses,
+        unanswered requests raise ``FcmTransportError``."""
+        session, url = await self._ready()
+        body = json.dumps({"message": message}, separators=(",", ":")).encode()
+        token = await self._access_token()
+        response = await self._post(session, url, body, token)
+        if response.status == 401:
+            logger.info("FCM answered 401 (%s); refreshing the access token", response.message)
+            token = await self._access_token(stale=token)
+            response = await self._post(session, url, body, token)
+        return response
+
+    async def close(self) -> None:
+        self._closed = True
+        task = self._refresh_task
+        if task is not None and not task.done():
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await task
+        if self._session is not None:
+            session, self._session = self._session, None
+            await session.close()
+
+    async def __aenter__(self) -> FcmClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    # ---- internals ----
+
+    async def _ready(self) -> tuple[aiohttp.ClientSession, str]:
+        if self._closed:
+            raise RuntimeError("FcmClient is closed")
+        if self._session is not None and self._url is not None:
+            return self._session, self._url
+        if self._setup_lock is None:
+            self._setup_lock = asyncio.Lock()
+        async with self._setup_lock:
+            if self._credentials is None:
+                self._credentials = await asyncio.to_thread(
+                    service_account.Credentials.from_service_account_file,
+                    self._service_account_file,
+                    scopes=[FCM_SCOPE],
+                )
+            if self._project_id is None:
+                self._project_id = self._credentials.project_id
+                if not self._project_id:
+                    raise ValueError(
+                        f"{self._service_account_file} names no project_id; pass project_id"
+                    )
+            self._url = f"{self._endpoint}/v1/projects/{self._project_id}/messages:send"
+            if self._session is None:
+                self._session = aiohttp.ClientSession(
+                    connector=aiohttp.TCPConnector(limit=self._max_connections),
+                    timeout=self._timeout,
+                )
+            return self._session, self._url
+
+    async def _access_token(self, *, stale: str | None = None) -> str:
+        token = self._token
+        # A token other than the one that just got a 401 means another sender refreshed.
+        if (
+            token is not None
+            and token != stale
+            and time.time() < self._token_expires_at - REFRESH_MARGIN_S
+        ):
+            return token
+        task = self._refresh_task
+        if task is None or task.done():
+            task = asyncio.ensure_future(self._refresh())
+            task.add_done_callback(_consume_exception)
+            self._refresh_task = task
+        # shield: a cancelled sender must not cancel the refresh others are awaiting
+        return await asyncio.shield(task)
+
+    async def _refresh(self) -> str:
+        session, _ = await self._ready()
+        request = _LoopRequest(asyncio.get_running_loop(), session, self._timeout_s)
+        credentials = self._credentials
+        try:
+            await asyncio.to_thread(credentials.refresh, request)
+        except google.auth.exceptions.TransportError as e:
+            raise FcmTransportError(f"FCM token endpoint unreachable: {e}") from e
+        except google.auth.exceptions.RefreshError as e:
+            if getattr(e, "retryable", False):
+                raise FcmTransportError(f"FCM token endpoint failed: {e}") from e
+            raise FcmAuthError(f"FCM token grant refused: {e}") from e
+        token = credentials.token
+        if not isinstance(token, str) or not token:
+            raise FcmAuthError("the token endpoint returned no access token")
+        expiry = credentials.expiry
+        if isinstance(expiry, dt.datetime):
+            if expiry.tzinfo is None:  # google-auth uses naive UTC
+                expiry = expiry.replace(tzinfo=dt.UTC)
+            expires_at = expiry.timestamp()
+        else:
+            expires_at = time.time() + 3600
+        self._token, self._token_expires_at = token, expires_at
+        self.token_refreshes += 1
+        logger.debug("FCM access token refreshed, valid for %.0f s", expires_at - time.time())
+        return token
+
+    async def _post(
+        self, session: aiohttp.ClientSession, url: str, body: bytes, token: str
+    ) -> FcmResponse:
+        headers = {
+            "Authorization": f"Bearer {token}",
+            "Content-Type": "application/json; charset=UTF-8",
+        }
+        try:
+            async with session.post(url, data=body, headers=headers) as resp:
+                data = await resp.read()
+                return parse_response(resp.status, data, resp.headers.get("Retry-After"))
+        except (aiohttp.ClientError, TimeoutError) as e:
+            raise FcmTransportError(f"FCM request failed: {e!r}") from e
