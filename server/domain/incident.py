@@ -61,3 +61,9 @@ class RawIncident:
     address: str | None
     location_kind: LocationKind | None
     priority: int | None
+    # False for CAP Test/Exercise/Draft/System messages and the like: stored, never
+    # pushed to the public.
+    actual: bool = True
+    # Free text from the dispatcher. Only ever kept (redacted) for an editor's review;
+    # never pushed, never logged.
+    narrative: str | None = None

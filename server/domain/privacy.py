@@ -21,7 +21,7 @@ _UNIT = re.compile(
     r"\b\.?\s*\S*).*$",
     re.IGNORECASE,
 )
-_DIRECTIONS = {"n", "s", "e", "w", "ne", "nw", "se", "sw"}
+_DIRECTIONS = {"n", "s", "e", "w", "ne", "nw", "se", "sw", "nb", "sb", "eb", "wb"}
 
 
 def round_point(point: Point) -> Point:

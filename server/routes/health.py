@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import logging
 
+import msgspec
 from aiohttp import web
 
 from server.appkeys import POOL, REDIS
+from server.errors import PROBLEM_JSON, Problem
 from server.routes.body import json_response
 
 log = logging.getLogger(__name__)
@@ -36,6 +38,10 @@ async def readyz(request: web.Request) -> web.Response:
         except Exception as exc:  # readiness reports any failure, it never raises
             log.warning("readiness: %s unavailable: %s", name, exc)
             checks[name] = "unavailable"
-    ok = all(v == "ok" for v in checks.values())
-    return json_response({"status": "ok" if ok else "unavailable", "checks": checks},
-                         status=200 if ok else 503)
+    if all(v == "ok" for v in checks.values()):
+        return json_response({"status": "ok", "checks": checks})
+    problem = Problem(503, "Not ready", "A backing service is unreachable",
+                      slug="unavailable", headers={"Retry-After": "5"})
+    body = {**problem.body(), "checks": checks}
+    return web.Response(body=msgspec.json.encode(body), status=503, content_type=PROBLEM_JSON,
+                        headers=problem.headers)
