@@ -101,7 +101,9 @@ def post_incident(state_file: Path, *, base_url: str | None, call_type: str,
         headers={HEADER: sign(state["secret"], body, int(time.time()))},
     )
     print(f"POST /v1/agencies/{state['agency']}/incidents -> {status} {json.dumps(answer)}")
-    if status != 202 or answer.get("decision") != "alert":
+    if status != 202:
+        return
+    if answer.get("decision") != "alert":
         return
     time.sleep(2)
     for device in state["devices"]:
@@ -113,5 +115,5 @@ def post_incident(state_file: Path, *, base_url: str | None, call_type: str,
         if mine:
             payload = mine[-1].get("payload") or mine[-1].get("message") or {}
             alert = payload.get("aps", {}).get("alert") or payload.get("notification")
-            what = json.dumps(alert)
+            what = json.dumps(alert, ensure_ascii=False)
         print(f"  {device['name']:<22} ({device['platform']}): {what}")

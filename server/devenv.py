@@ -174,6 +174,9 @@ class PrivateRedis:
              "--appendonly", "no", "--dir", str(self.directory),
              "--logfile", str(self.directory / "redis.log")],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            # Its own session: a terminal's Ctrl-C must not stop Redis before the
+            # workers using it have drained; stop() ends it afterwards.
+            start_new_session=True,
         )
         wait_for_port(self.port, timeout=10)
         return self
