@@ -1,0 +1,311 @@
+"""workers.apns_client against the fake APNs, with stock aioapns 4.0 kept as the
+counter-proof: the two bug scenarios run against both, and the stock variant is
+expected to fail (``xfail(strict=True)``), so the suite keeps showing why we patch."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import ssl
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import pytest
+from aioapns import APNs, NotificationRequest
+from aioapns.connection import APNsProductionClientProtocol
+from aioapns.exceptions import ConnectionClosed, MaxAttemptsExceeded
+
+from loadtest.devkeys import (
+    DEV_APNS_KEY_ID,
+    DEV_APNS_TEAM_ID,
+    DEV_APNS_TOPIC,
+    TlsFiles,
+    ensure_apns_key,
+    ensure_tls,
+    public_key_pem,
+)
+from loadtest.fake_apns import FakeApns
+from workers.apns_client import ApnsClient, ApnsResponse, ApnsTransportError
+
+GOOD = "a1" * 32
+PAYLOAD = {"aps": {"alert": {"title": "Structure fire nearby"}}}
+
+
+@dataclass(frozen=True)
+class Keys:
+    tls: TlsFiles
+    private_pem: str
+
+
+@pytest.fixture(scope="session")
+def keys(tmp_path_factory: pytest.TempPathFactory) -> Keys:
+    directory = tmp_path_factory.mktemp("certs")
+    return Keys(ensure_tls(directory), ensure_apns_key(directory).key_file.read_text())
+
+
+@pytest.fixture
+async def fake(keys: Keys) -> AsyncIterator[FakeApns]:
+    server = FakeApns(
+        tls=keys.tls,
+        provider_keys={DEV_APNS_KEY_ID: public_key_pem(keys.private_pem.encode())},
+        team_id=DEV_APNS_TEAM_ID, topic=DEV_APNS_TOPIC,
+    )
+    await server.start(port=0, control_port=None)
+    yield server
+    await server.stop()
+
+
+def _context(keys: Keys) -> ssl.SSLContext:
+    return ssl.create_default_context(cafile=str(keys.tls.ca_cert))
+
+
+class Sender(Protocol):
+    async def send(self, token: str) -> ApnsResponse: ...
+    async def close(self) -> None: ...
+
+
+class Ours:
+    def __init__(self, fake: FakeApns, keys: Keys, *, max_connections: int,
+                 timeout: float) -> None:
+        self.client = ApnsClient(
+            key_pem=keys.private_pem, key_id=DEV_APNS_KEY_ID, team_id=DEV_APNS_TEAM_ID,
+            topic=DEV_APNS_TOPIC, host="127.0.0.1", port=fake.port, ssl_context=_context(keys),
+            max_connections=max_connections, request_timeout=timeout,
+        )
+
+    async def send(self, token: str) -> ApnsResponse:
+        return await self.client.send(token, PAYLOAD, collapse_id=None, expiration=None)
+
+    async def close(self) -> None:
+        await self.client.close()
+
+
+class Stock:
+    """Stock aioapns 4.0, aimed at the fake the way FACTS.md says (protocol subclass)."""
+
+    def __init__(self, fake: FakeApns, keys: Keys, *, max_connections: int,
+                 timeout: float) -> None:
+        closed: list[asyncio.Future[None]] = []
+        self.closed = closed
+
+        class Protocol(APNsProductionClientProtocol):
+            APNS_SERVER = "127.0.0.1"
+            APNS_PORT = fake.port
+
+            def connection_made(self, transport: asyncio.BaseTransport) -> None:
+                self.lost_future = asyncio.get_running_loop().create_future()
+                closed.append(self.lost_future)
+                super().connection_made(transport)
+
+            def connection_lost(self, exc: Exception | None) -> None:
+                try:
+                    super().connection_lost(exc)
+                finally:
+                    self.lost_future.set_result(None)
+
+        self.apns = APNs(
+            key=keys.private_pem, key_id=DEV_APNS_KEY_ID, team_id=DEV_APNS_TEAM_ID,
+            topic=DEV_APNS_TOPIC, ssl_context=_context(keys), max_connections=max_connections,
+        )
+        self.apns.pool.protocol_class = Protocol
+        self.timeout = timeout
+
+    async def send(self, token: str) -> ApnsResponse:
+        request = NotificationRequest(token, PAYLOAD)
+        try:
+            result = await asyncio.wait_for(
+                self.apns.pool.send_notification(request), self.timeout
+            )
+        except (TimeoutError, ConnectionClosed, MaxAttemptsExceeded) as exc:
+            raise ApnsTransportError(repr(exc)) from exc
+        return ApnsResponse(int(result.status), result.description, result.timestamp,
+                            result.notification_id)
+
+    async def close(self) -> None:
+        self.apns.pool.close()
+        if self.closed:
+            await asyncio.wait(self.closed, timeout=5)
+
+
+VARIANTS = [
+    pytest.param(Ours, id="geopush"),
+    pytest.param(Stock, id="stock-aioapns", marks=pytest.mark.xfail(
+        strict=True, reason="aioapns 4.0 bug, fixed in workers.apns_client")),
+]
+
+
+@contextlib.asynccontextmanager
+async def sender(kind: type[Ours | Stock], fake: FakeApns, keys: Keys, *,
+                 max_connections: int = 1, request_timeout: float = 10.0) -> AsyncIterator[Sender]:
+    s = kind(fake, keys, max_connections=max_connections, timeout=request_timeout)
+    try:
+        yield s
+    finally:
+        await s.close()
+
+
+async def _cancel(tasks: list[asyncio.Task[Any]]) -> None:
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+@pytest.mark.parametrize("kind", VARIANTS)
+async def test_5000_error_responses_over_one_connection(
+    kind: type[Ours | Stock], fake: FakeApns, keys: Keys
+) -> None:
+    """Stock aioapns never acknowledges DATA: ~2,400 error bodies fill its 64 KB
+    receive window and the connection stalls for good."""
+    async with sender(kind, fake, keys, max_connections=1) as s:
+        assert (await s.send(GOOD)).status == 200  # lifts the one-stream limit
+        done = 0
+        progress = asyncio.Event()
+        in_flight = asyncio.Semaphore(500)
+
+        async def one() -> ApnsResponse:
+            nonlocal done
+            async with in_flight:
+                response = await s.send("not-a-token")
+            done += 1
+            progress.set()
+            return response
+
+        tasks = [asyncio.create_task(one()) for _ in range(5000)]
+        try:
+            while done < 5000:
+                progress.clear()
+                try:
+                    await asyncio.wait_for(progress.wait(), 2)
+                except TimeoutError:
+                    pytest.fail(f"connection stalled after {done} of 5000 responses")
+            results = await asyncio.gather(*tasks)
+        finally:
+            await _cancel(tasks)
+        assert {(r.status, r.reason) for r in results} == {(400, "BadDeviceToken")}
+        assert fake.stats["connections"] == 1
+
+
+@pytest.mark.parametrize("kind", VARIANTS)
+async def test_timed_out_send_leaves_the_connection_alone(
+    kind: type[Ours | Stock], fake: FakeApns, keys: Keys
+) -> None:
+    """Stock aioapns: the late response of a cancelled send raises InvalidStateError in
+    data_received, the connection dies, and every in-flight send on it is lost (then
+    retried on a new connection: duplicates)."""
+    slow = "5e" * 32
+    fake.set_faults(rate=1.0, status=200, reason="", latency_ms=500, tokens=[slow])
+    async with sender(kind, fake, keys, max_connections=1, request_timeout=0.25) as s:
+        assert (await s.send(GOOD)).status == 200
+        slow_send = asyncio.create_task(s.send(slow))
+        sent: list[str] = []
+
+        def slow_settled() -> bool:  # answered late (stock) or reset by the client (ours)
+            answered = any(d.token == slow for d in fake.deliveries)
+            return slow_send.done() and (answered or fake.stats["client_resets"] > 0)
+
+        async def worker(n: int) -> list[ApnsResponse]:
+            results: list[ApnsResponse] = []
+            after = 0
+            while after < 25:
+                token = f"{n:02x}{len(results):062x}"
+                sent.append(token)
+                results.append(await s.send(token))
+                after += slow_settled()
+            return results
+
+        results = [r for rs in await asyncio.gather(*(worker(n) for n in range(8))) for r in rs]
+        with pytest.raises(ApnsTransportError):
+            await slow_send
+        assert {r.status for r in results} == {200}
+        delivered = [d.token for d in fake.deliveries if d.token in set(sent)]
+        assert sorted(delivered) == sorted(sent)  # each exactly once
+        assert fake.stats["connections"] == 1
+
+
+@pytest.fixture
+async def client(fake: FakeApns, keys: Keys) -> AsyncIterator[ApnsClient]:
+    c = ApnsClient(
+        key_pem=keys.private_pem, key_id=DEV_APNS_KEY_ID, team_id=DEV_APNS_TEAM_ID,
+        topic=DEV_APNS_TOPIC, host="127.0.0.1", port=fake.port, ssl_context=_context(keys),
+        max_connections=4, request_timeout=5,
+    )
+    yield c
+    await c.close()
+
+
+async def test_headers_and_absolute_expiration(client: ApnsClient, fake: FakeApns) -> None:
+    expires = int(time.time()) + 3600
+    response = await client.send(
+        GOOD, PAYLOAD, collapse_id="F220009060", expiration=expires, priority=5,
+        push_type="alert", apns_id="2f6a3d52-1c7e-4a4e-9c55-0b1c6f5c0a11",
+    )
+    assert response == ApnsResponse(200, None, None, "2f6a3d52-1c7e-4a4e-9c55-0b1c6f5c0a11")
+    [delivery] = fake.deliveries
+    assert delivery.payload == PAYLOAD
+    assert delivery.headers["apns-expiration"] == str(expires)
+    assert delivery.headers["apns-collapse-id"] == "F220009060"
+    assert delivery.headers["apns-priority"] == "5"
+    assert delivery.headers["apns-push-type"] == "alert"
+    assert delivery.headers["apns-topic"] == DEV_APNS_TOPIC
+    await client.send(GOOD, PAYLOAD, collapse_id=None, expiration=0)
+    assert fake.deliveries[1].headers["apns-expiration"] == "0"
+    assert "apns-collapse-id" not in fake.deliveries[1].headers
+
+
+async def test_one_jwt_across_connections_and_sends(client: ApnsClient, fake: FakeApns) -> None:
+    fake.set_faults(rate=1.0, status=200, reason="", latency_ms=50)
+    tokens = [f"{i:064x}" for i in range(40)]
+    results = await asyncio.gather(
+        *(client.send(t, PAYLOAD, collapse_id=None, expiration=None) for t in tokens)
+    )
+    assert {r.status for r in results} == {200}
+    assert fake.stats["connections"] > 1
+    assert len({d.headers["authorization"] for d in fake.deliveries}) == 1
+
+
+async def test_unregistered_returns_timestamp(client: ApnsClient, fake: FakeApns) -> None:
+    fake.mark_unregistered([GOOD], timestamp_ms=1_764_300_000_000)
+    response = await client.send(GOOD, PAYLOAD, collapse_id=None, expiration=None)
+    assert (response.status, response.reason, response.timestamp_ms) == (
+        410, "Unregistered", 1_764_300_000_000)
+
+
+async def test_error_body_split_across_frames(client: ApnsClient, fake: FakeApns) -> None:
+    reason = "R" * 20_000  # > one 16 KB DATA frame
+    fake.set_faults(rate=1.0, status=500, reason=reason, latency_ms=0)
+    response = await client.send(GOOD, PAYLOAD, collapse_id=None, expiration=None)
+    assert (response.status, response.reason) == (500, reason)
+
+
+async def test_timeout_is_a_transport_error(fake: FakeApns, keys: Keys) -> None:
+    fake.set_faults(rate=1.0, status=200, reason="", latency_ms=400)
+    async with sender(Ours, fake, keys, request_timeout=0.1) as s:
+        with pytest.raises(ApnsTransportError):
+            await s.send(GOOD)
+
+
+async def test_connection_refused_is_a_transport_error(keys: Keys) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    client = ApnsClient(
+        key_pem=keys.private_pem, key_id=DEV_APNS_KEY_ID, team_id=DEV_APNS_TEAM_ID,
+        topic=DEV_APNS_TOPIC, host="127.0.0.1", port=port, ssl_context=_context(keys),
+    )
+    try:
+        with pytest.raises(ApnsTransportError):
+            await client.send(GOOD, PAYLOAD, collapse_id=None, expiration=None)
+    finally:
+        await client.close()
+
+
+async def test_reconnects_after_goaway(client: ApnsClient, fake: FakeApns) -> None:
+    assert (await client.send(GOOD, PAYLOAD, collapse_id=None, expiration=None)).status == 200
+    [connection] = client._pool.connections
+    fake.goaway("Shutdown")
+    await asyncio.wait_for(connection.closed, 5)  # type: ignore[attr-defined]
+    assert (await client.send(GOOD, PAYLOAD, collapse_id=None, expiration=None)).status == 200
+    assert fake.stats["connections"] == 2
