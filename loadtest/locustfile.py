@@ -34,7 +34,7 @@ CALL_TYPES = [
 ]
 
 
-@events.init_command_line_parser.add_listener
+@events.init_command_line_parser.add_listener  # type: ignore[untyped-decorator]
 def _options(parser: Any) -> None:
     parser.add_argument("--agency", default=os.environ.get("GEOPUSH_LOAD_AGENCY", ""),
                         help="agency id to post as")

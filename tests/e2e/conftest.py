@@ -40,9 +40,9 @@ class Stack:
     redis: aioredis.Redis
     settings: Settings
 
-    async def drained(self, timeout: float = 10.0) -> None:
+    async def drained(self, within: float = 10.0) -> None:
         """Wait until every stream's consumer group has read and acknowledged everything."""
-        await wait_for(lambda: _all_streams_drained(self.redis), timeout=timeout,
+        await wait_for(lambda: _all_streams_drained(self.redis), within=within,
                        what="streams to drain")
 
 
@@ -61,9 +61,9 @@ async def _all_streams_drained(redis: aioredis.Redis) -> bool:
 
 
 async def wait_for(
-    predicate: Callable[[], Awaitable[bool] | bool], *, timeout: float = 10.0, what: str = ""
+    predicate: Callable[[], Awaitable[bool] | bool], *, within: float = 10.0, what: str = ""
 ) -> None:
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + within
     while True:
         result = predicate()
         if isinstance(result, Awaitable):
@@ -71,7 +71,7 @@ async def wait_for(
         if result:
             return
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
+            raise AssertionError(f"timed out after {within}s waiting for {what or predicate}")
         await asyncio.sleep(0.05)
 
 
