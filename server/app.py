@@ -12,9 +12,10 @@ from collections.abc import AsyncIterator
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from server.appkeys import POOL, REDIS, SETTINGS
+from server.appkeys import LIMITER, POOL, REDIS, SETTINGS
 from server.db import create_pool
 from server.errors import problem_middleware
+from server.ratelimit import RateLimiter
 from server.routes import admin, devices, health, incidents
 from server.settings import Settings
 
@@ -34,6 +35,7 @@ async def _redis(app: web.Application) -> AsyncIterator[None]:
         app[SETTINGS].redis_url, socket_timeout=2, socket_connect_timeout=2,
         health_check_interval=30,
     )
+    app[LIMITER] = RateLimiter(app[REDIS])
     yield
     await app[REDIS].aclose()
 

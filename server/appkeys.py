@@ -6,8 +6,10 @@ import asyncpg
 import redis.asyncio as aioredis
 from aiohttp import web
 
+from server.ratelimit import RateLimiter
 from server.settings import Settings
 
 SETTINGS = web.AppKey("settings", Settings)
 POOL = web.AppKey("pool", asyncpg.Pool)
 REDIS = web.AppKey("redis", aioredis.Redis)
+LIMITER = web.AppKey("limiter", RateLimiter)

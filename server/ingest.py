@@ -17,6 +17,7 @@ from server.domain.policy import decide
 from server.errors import Problem, Unauthorized
 from server.formats import native
 from server.publish import publish_incident
+from server.ratelimit import RateLimiter
 from server.store.agencies import get_agency
 from server.store.incidents import store_incident
 
@@ -56,6 +57,7 @@ async def ingest(
     signature: str | None,
     tolerance_s: int,
     now: dt.datetime,
+    limiter: RateLimiter | None = None,
 ) -> Accepted:
     agency = await get_agency(pool, agency_id)
     # An unknown agency and a bad signature answer alike, so ids can't be enumerated.
@@ -63,10 +65,21 @@ async def ingest(
     if not signing.verify(signature, body, secrets, now=now.timestamp(), tolerance_s=tolerance_s):
         raise Unauthorized("Missing, stale or invalid Geopush-Signature")
     assert agency is not None
+    if limiter is not None:
+        verdict = await limiter.check(agency.id, agency.rate_limit_per_minute)
+        if not verdict.allowed:
+            raise Problem(
+                429, "Too many requests",
+                f"Agency {agency.id!r} is limited to {agency.rate_limit_per_minute} "
+                "webhooks a minute", slug="rate-limited",
+                headers={"Retry-After": str(verdict.retry_after_s)},
+            )
     raw = parser(body)
     incident = normalize(raw, agency_id=agency.id, call_type_map=agency.call_types, now=now)
-    decision = decide(incident, agency.policy(), now)
-    stored = await store_incident(pool, incident, decision, now)
+    policy = agency.policy()
+    decision = decide(incident, policy, now)
+    stored = await store_incident(pool, incident, decision, now,
+                                  review_until=incident.occurred_at + policy.staleness)
     log.info(
         "incident agency=%s external_id=%s id=%s category=%s decision=%s duplicate=%s",
         agency.id, incident.external_id, stored.incident_id, incident.category,

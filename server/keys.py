@@ -45,3 +45,8 @@ def pushed(incident_id: str, device_id: str) -> str:
 
 PUSHED_TTL_S = 48 * 3600
 """Longer than any incident stays alertable (staleness window + expiry)."""
+
+
+def agency_rate(agency_id: str) -> str:
+    """GCRA state (theoretical arrival time, ms) of an agency's webhook rate limit."""
+    return f"{PREFIX}:rate:agency:{agency_id}"

@@ -6,6 +6,7 @@ Nothing else in the code base reads ``os.environ``: every process builds one
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -69,6 +70,9 @@ class Settings:
     # Ingest
     max_body_bytes: int = 256 * 1024
     signature_tolerance_s: int = 300
+    # How long the exact incident location is kept (for matching late revisions)
+    # before it is replaced by the public, rounded point.
+    exact_location_retention: dt.timedelta = dt.timedelta(hours=24)
     # Workers
     consumer_name: str = field(default_factory=lambda: f"{os.uname().nodename}-{os.getpid()}")
     stream_batch: int = 100
@@ -92,6 +96,8 @@ class Settings:
             http_host=env.get("GEOPUSH_HTTP_HOST", "127.0.0.1"),
             http_port=_int(env, "GEOPUSH_HTTP_PORT", 8080),
             log_level=env.get("GEOPUSH_LOG_LEVEL", "INFO").upper(),
+            exact_location_retention=dt.timedelta(
+                hours=_float(env, "GEOPUSH_EXACT_LOCATION_RETENTION_HOURS", 24.0)),
             stream_batch=_int(env, "GEOPUSH_STREAM_BATCH", 100),
             send_concurrency=_int(env, "GEOPUSH_SEND_CONCURRENCY", 200),
             apns=_apns_from_env(env),

@@ -19,7 +19,8 @@ _RETRYABLE_REASONS = {"ExpiredProviderToken", "TooManyRequests", "Shutdown",
 
 def build_payload(push: Push, now: dt.datetime) -> dict[str, Any]:
     title, body = title_and_body(
-        push.category, push.public_location or None, push.occurred, now, push.locale
+        push.category, push.public_location or None, push.occurred, now, push.locale,
+        title=push.title, body=push.body,
     )
     return {
         "aps": {

@@ -13,7 +13,8 @@ from workers.push import Failed, Outcome, Push, Retry, Sent, TokenGone
 
 def build_message(push: Push, now: dt.datetime) -> dict[str, Any]:
     title, body = title_and_body(
-        push.category, push.public_location or None, push.occurred, now, push.locale
+        push.category, push.public_location or None, push.occurred, now, push.locale,
+        title=push.title, body=push.body,
     )
     ttl = max(0, int(push.expires_at - now.timestamp()))
     area = {"lat": push.lat, "lon": push.lon, "location": push.public_location or None}

@@ -39,9 +39,30 @@ return 0
 """
 
 _INCIDENT = """
-SELECT id, agency_id, category, status, decision, occurred_at, received_at,
-       public_location, ST_Y(public_point) AS lat, ST_X(public_point) AS lon
+SELECT id, agency_id, category, status, decision, actual, occurred_at, received_at,
+       public_location, ST_Y(public_point) AS lat, ST_X(public_point) AS lon,
+       title_override, body_override
   FROM incidents WHERE id = $1
+"""
+
+# Two agencies reporting one event (a fire both the fire and the police CAD know
+# about): the same category within 150 m and 10 minutes, already alerted. Devices
+# are deduplicated on the earliest such incident, so each is alerted once.
+SAME_EVENT_DISTANCE_M = 150
+SAME_EVENT_WINDOW = dt.timedelta(minutes=10)
+_SAME_EVENT = """
+SELECT o.id
+  FROM incidents i
+  JOIN incidents o
+    ON o.category = i.category
+   AND o.agency_id <> i.agency_id
+   AND o.occurred_at BETWEEN i.occurred_at - $2::interval AND i.occurred_at + $2::interval
+   AND (o.received_at, o.id) < (i.received_at, i.id)
+   AND o.decision = 'alert' AND o.actual
+   AND ST_DWithin(o.geom::geography, i.geom::geography, $3)
+ WHERE i.id = $1
+ ORDER BY o.received_at, o.id
+ LIMIT 1
 """
 
 # The zone test runs on the GiST index of zones.geom: ST_Intersects adds the && box
@@ -73,7 +94,8 @@ class Matcher:
 
     async def match_incident(self, incident_id: str, now: dt.datetime) -> MatchResult:
         incident = await self.pool.fetchrow(_INCIDENT, incident_id)
-        if incident is None or incident["decision"] != ALERT or incident["status"] != "active":
+        if (incident is None or incident["decision"] != ALERT
+                or incident["status"] != "active" or not incident["actual"]):
             # Changed since it was published (cleared, cancelled, re-decided): nothing to do.
             return MatchResult(incident_id, 0, 0)
         expires = incident["occurred_at"] + ALERT_LIFETIME
@@ -83,6 +105,10 @@ class Matcher:
             # Never to neighbours; responders are matched by position, not by zone.
             return MatchResult(incident_id, 0, 0)
         rows = await self.pool.fetch(_NEIGHBOURS, incident["id"])
+        event_id = await self.pool.fetchval(
+            _SAME_EVENT, incident["id"], SAME_EVENT_WINDOW, SAME_EVENT_DISTANCE_M
+        ) if rows else None
+        dedup_on = str(event_id or incident["id"])
         enqueued = 0
         async with self.redis.pipeline(transaction=False) as pipe:
             for row in rows:
@@ -98,10 +124,12 @@ class Matcher:
                     occurred_at=incident["occurred_at"].timestamp(),
                     received_at=incident["received_at"].timestamp(),
                     expires_at=expires.timestamp(),
+                    title=incident["title_override"] or "",
+                    body=incident["body_override"] or "",
                 )
                 flat = [x for kv in push.to_fields().items() for x in kv]
                 await self._enqueue(
-                    keys=[keys.pushed(push.incident_id, push.device_id),
+                    keys=[keys.pushed(dedup_on, push.device_id),
                           keys.push_stream(push.platform)],
                     args=[keys.PUSHED_TTL_S, STREAM_MAXLEN, *flat],
                     client=pipe,

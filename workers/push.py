@@ -21,6 +21,8 @@ class Push:
     received_at: float          # when the incident arrived: latency is measured from here
     expires_at: float           # unix seconds: not worth delivering after this
     attempt: int = 1
+    title: str = ""             # an editor's wording, when the alert was reviewed
+    body: str = ""
 
     def to_fields(self) -> dict[str, str]:
         return {f.name: str(getattr(self, f.name)) for f in fields(self)}
@@ -34,6 +36,7 @@ class Push:
             lat=float(data["lat"]), lon=float(data["lon"]),
             occurred_at=float(data["occurred_at"]), received_at=float(data["received_at"]),
             expires_at=float(data["expires_at"]), attempt=int(data.get("attempt", "1")),
+            title=data.get("title", ""), body=data.get("body", ""),
         )
 
     def next_attempt(self) -> Push:
@@ -71,6 +74,13 @@ class Retry:
 
 
 @dataclass(frozen=True)
+class Withdrawn:
+    """The incident was cleared, cancelled or re-decided before this push went out."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
 class Failed:
     """The request itself is wrong (payload, topic, credentials): retrying won't help."""
 
@@ -78,4 +88,4 @@ class Failed:
     status: int | None = None
 
 
-Outcome = Sent | TokenGone | Retry | Failed
+Outcome = Sent | TokenGone | Retry | Failed | Withdrawn

@@ -24,6 +24,7 @@ from workers.apns import ApnsGateway
 from workers.apns_client import ApnsClient
 from workers.fcm import FcmGateway
 from workers.fcm_client import FcmClient
+from workers.maintenance import run_maintenance
 from workers.matcher import Matcher
 from workers.outbox_relay import run_relay
 from workers.sender import Gateway, Sender
@@ -102,7 +103,10 @@ async def worker_main(
         if kind == "relay":
             if ready:
                 await ready()
-            await run_relay(pool, redis, stop)
+            await asyncio.gather(
+                run_relay(pool, redis, stop),
+                run_maintenance(pool, settings.exact_location_retention, stop),
+            )
             return
         if kind == "matcher":
             matcher = Matcher(pool, redis)

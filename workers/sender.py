@@ -24,7 +24,7 @@ import redis.asyncio as aioredis
 
 from server import keys
 from server.store.devices import disable_token
-from workers.push import Failed, Outcome, Push, Retry, Sent, TokenGone
+from workers.push import Failed, Outcome, Push, Retry, Sent, TokenGone, Withdrawn
 from workers.streams import Entry, StreamConsumer
 
 log = logging.getLogger(__name__)
@@ -86,11 +86,24 @@ class Sender:
         self._rng = rng or random.Random()
         self._promote = redis.register_script(_PROMOTE_DUE)
 
-    async def _send_one(self, entry_id: str, push: Push) -> Result:
+    async def _withdrawn(self, pushes: list[Push]) -> set[str]:
+        """Incidents of this batch that were cleared, cancelled or re-decided since they
+        were matched: their pending pushes are dropped."""
+        ids = sorted({p.incident_id for p in pushes})
+        rows = await self.pool.fetch(
+            """SELECT id::text FROM incidents
+                WHERE id = ANY($1::uuid[]) AND (status <> 'active' OR decision <> 'alert')""",
+            ids,
+        )
+        return {r["id"] for r in rows}
+
+    async def _send_one(self, entry_id: str, push: Push, withdrawn: bool) -> Result:
         async with self._limit:
             now = time.time()
-            if now >= push.expires_at:
-                outcome: Outcome = Failed("Expired before it could be sent")
+            if withdrawn:
+                outcome: Outcome = Withdrawn("Incident no longer active")
+            elif now >= push.expires_at:
+                outcome = Failed("Expired before it could be sent")
             else:
                 try:
                     outcome = await self.gateway.send(push, now)
@@ -100,16 +113,19 @@ class Sender:
             return Result(entry_id, push, outcome, time.time())
 
     async def handle(self, consumer: StreamConsumer, entries: list[Entry]) -> None:
-        pending: list[asyncio.Task[Result]] = []
+        readable: list[tuple[str, Push]] = []
         unreadable: list[str] = []
         for entry_id, fields in entries:
             try:
-                push = Push.from_fields(fields)
+                readable.append((entry_id, Push.from_fields(fields)))
             except (KeyError, ValueError):
                 log.error("dropping malformed push entry %s", entry_id)
                 unreadable.append(entry_id)
-                continue
-            pending.append(asyncio.create_task(self._send_one(entry_id, push)))
+        withdrawn = await self._withdrawn([p for _, p in readable]) if readable else set()
+        pending = [
+            asyncio.create_task(self._send_one(eid, push, push.incident_id in withdrawn))
+            for eid, push in readable
+        ]
         results = list(await asyncio.gather(*pending)) if pending else []
         await self.record(results)
         await consumer.ack([r.entry_id for r in results] + unreadable)
@@ -173,4 +189,6 @@ def _describe(r: Result) -> tuple[str, str | None, int | None, str | None, int |
         return "token_gone", o.reason, o.status, None, None
     if isinstance(o, Retry):
         return "retry", o.reason, o.status, None, None
+    if isinstance(o, Withdrawn):
+        return "withdrawn", o.reason, None, None, None
     return "failed", o.reason, o.status, None, None

@@ -41,11 +41,25 @@ def validate_agency(
         errors.append(FieldError("name", "must not be blank"))
     if not valid_timezone(timezone):
         errors.append(FieldError("timezone", f"{timezone!r} is not an IANA time zone"))
+    try:
+        normalized = validate_call_types(call_types)
+    except ValidationFailed as exc:
+        errors.extend(exc.errors)
+    if errors:
+        raise ValidationFailed(errors)
+    return AgencySpec(agency_id, name.strip(), timezone, normalized)
+
+
+def validate_call_types(call_types: dict[str, str]) -> dict[str, str]:
+    """A call-type map with its keys normalized (case and spacing insensitive)."""
+    errors: list[FieldError] = []
     normalized: dict[str, str] = {}
     for call_type, category in call_types.items():
         key = normalize_call_type(call_type)
         if not key:
             errors.append(FieldError(f"call_types[{call_type!r}]", "call type is blank"))
+        elif len(key) > 200:
+            errors.append(FieldError(f"call_types[{call_type!r}]", "longer than 200 characters"))
         elif category not in ALL_CATEGORIES:
             errors.append(FieldError(
                 f"call_types[{call_type!r}]",
@@ -55,4 +69,4 @@ def validate_agency(
             normalized[key] = category
     if errors:
         raise ValidationFailed(errors)
-    return AgencySpec(agency_id, name.strip(), timezone, normalized)
+    return normalized

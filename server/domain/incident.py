@@ -45,6 +45,8 @@ class Incident:
     public_location: str | None    # generalized ("5300 block of 24th Ave NE")
     location_kind: LocationKind | None
     priority: int | None = None
+    actual: bool = True            # False: a test/exercise message, never pushed
+    narrative: str | None = None   # redacted; kept only while an editor reviews it
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ import datetime as dt
 
 from server.domain.categories import categorize
 from server.domain.incident import Incident, RawIncident
-from server.domain.privacy import generalize_address, round_point
+from server.domain.privacy import generalize_address, redact, round_point
 from server.errors import FieldError, ValidationFailed
 
 MAX_CLOCK_SKEW = dt.timedelta(minutes=5)
@@ -35,4 +35,6 @@ def normalize(
         public_location=generalize_address(raw.address),
         location_kind=raw.location_kind,
         priority=raw.priority,
+        actual=raw.actual,
+        narrative=redact(raw.narrative) if raw.narrative else None,
     )

@@ -16,17 +16,28 @@ def suppressed(reason: str) -> str:
     return f"suppressed:{reason}"
 
 
+DEFAULT_ALERTABLE: frozenset[str] = NEIGHBOUR_ALERTABLE | RESPONDER_ONLY
+
+
 @dataclass(frozen=True)
 class AgencyPolicy:
-    """An agency's knobs; the defaults are the product's stance."""
+    """An agency's knobs; the defaults are the product's stance.
 
-    alertable: frozenset[str] = field(default=NEIGHBOUR_ALERTABLE | RESPONDER_ONLY)
+    Agencies may narrow the alertable categories (never widen them beyond the
+    product's set), change the staleness window, and hold alerts for review, either
+    all of them or some categories.
+    """
+
+    alertable: frozenset[str] = field(default=DEFAULT_ALERTABLE)
     staleness: dt.timedelta = dt.timedelta(minutes=60)
     review: bool = False
+    review_categories: frozenset[str] = frozenset()
 
 
 def decide(incident: Incident, policy: AgencyPolicy, received_at: dt.datetime) -> str:
     """The decision for one revision of an incident, as the contract spells it."""
+    if not incident.actual:
+        return suppressed("test")
     if incident.status is Status.CLEARED:
         return suppressed("cleared")
     if incident.status is Status.CANCELLED:
@@ -37,7 +48,7 @@ def decide(incident: Incident, policy: AgencyPolicy, received_at: dt.datetime) -
         return suppressed("category")
     if received_at - incident.occurred_at > policy.staleness:
         return suppressed("stale")
-    if policy.review:
+    if policy.review or incident.category in policy.review_categories:
         return REVIEW
     return ALERT
 

@@ -69,3 +69,20 @@ def generalize_address(address: str | None) -> str | None:
         return None
     block = number - number % 100
     return f"{block} block of {street}"
+
+
+_EMAIL = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
+# Phone numbers: 7+ digits with the usual separators, optional +country code.
+_PHONE = re.compile(r"(?<![\w(])\+?\(?\d[\d\s().\-]{5,}\d(?![\w])")
+MAX_NARRATIVE = 2000
+
+
+def redact(text: str) -> str:
+    """A narrative safe to show an editor: e-mail addresses and phone numbers masked."""
+    text = _EMAIL.sub("[email]", text[:MAX_NARRATIVE])
+
+    def phone(m: re.Match[str]) -> str:
+        digits = sum(c.isdigit() for c in m.group(0))
+        return "[phone]" if digits >= 7 else m.group(0)
+
+    return _PHONE.sub(phone, text)

@@ -53,11 +53,15 @@ def relative_time(occurred_at: dt.datetime, now: dt.datetime, locale: str = "en"
 
 def title_and_body(
     category: str, public_location: str | None, occurred_at: dt.datetime,
-    now: dt.datetime, locale: str = "en",
+    now: dt.datetime, locale: str = "en", *, title: str = "", body: str = "",
 ) -> tuple[str, str]:
+    """The push text; an editor's ``title``/``body`` (from review) replace the template."""
+    if title and body:
+        return title, body
     lang = language(locale)
     t = _TEMPLATES[lang]
     label = _LABELS[lang].get(category) or LABELS_EN.get(category) or category.replace("_", " ")
-    title = t["title"].format(label=label)
-    body = f"{relative_time(occurred_at, now, lang)} · {public_location or t['near']}"
-    return title, body
+    return (
+        title or t["title"].format(label=label),
+        body or f"{relative_time(occurred_at, now, lang)} · {public_location or t['near']}",
+    )

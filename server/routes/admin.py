@@ -1,28 +1,43 @@
-"""Operator API: agencies (bearer GEOPUSH_ADMIN_TOKEN)."""
+"""Operator API (bearer GEOPUSH_ADMIN_TOKEN): agencies, their call-type maps, the
+editor's review queue."""
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
-from typing import Annotated
+from typing import Annotated, Any
 
 import msgspec
 from aiohttp import web
 
-from server.appkeys import POOL, SETTINGS
+from server.appkeys import POOL, REDIS, SETTINGS
 from server.auth import require_admin
 from server.domain import signing
-from server.domain.agency_spec import validate_agency
-from server.errors import NotFound, Problem
+from server.domain.agency_spec import validate_agency, validate_call_types
+from server.domain.categories import ALL_CATEGORIES, normalize_call_type
+from server.domain.policy import DEFAULT_ALERTABLE
+from server.errors import FieldError, NotFound, Problem, ValidationFailed
+from server.publish import publish_incident
 from server.routes.body import decode_json, json_response
-from server.store.agencies import AgencyExists, create_agency, rotate_secret
+from server.store import review
+from server.store.agencies import (
+    AgencyExists,
+    create_agency,
+    get_agency,
+    rotate_secret,
+    unmapped_call_types,
+    update_agency,
+)
 
 log = logging.getLogger(__name__)
 routes = web.RouteTableDef()
 
+Name = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+
 
 class AgencyCreate(msgspec.Struct, frozen=True):
     id: Annotated[str, msgspec.Meta(min_length=1, max_length=63)]
-    name: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+    name: Name
     timezone: str = "UTC"
     call_types: dict[str, str] = {}
     review: bool = False
@@ -33,9 +48,36 @@ class AgencyCreated(msgspec.Struct, frozen=True):
     secret: str
 
 
+class AgencyPatch(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """JSON merge patch (RFC 7396) of an agency: absent fields are unchanged;
+    in ``call_types`` a null value removes that call type."""
+
+    name: Name | msgspec.UnsetType = msgspec.UNSET
+    timezone: str | msgspec.UnsetType = msgspec.UNSET
+    call_types: dict[str, str | None] | msgspec.UnsetType = msgspec.UNSET
+    review: bool | msgspec.UnsetType = msgspec.UNSET
+    review_categories: list[str] | msgspec.UnsetType = msgspec.UNSET
+    alertable_categories: list[str] | msgspec.UnsetType | None = msgspec.UNSET
+    staleness_minutes: Annotated[int, msgspec.Meta(ge=1, le=1440)] | msgspec.UnsetType = (
+        msgspec.UNSET)
+    rate_limit_per_minute: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] | \
+        msgspec.UnsetType = msgspec.UNSET
+    responder_radius_m: Annotated[int, msgspec.Meta(ge=50, le=5000)] | msgspec.UnsetType = (
+        msgspec.UNSET)
+
+
+class ReviewDecision(msgspec.Struct, frozen=True):
+    title: Annotated[str, msgspec.Meta(min_length=1, max_length=120)] | None = None
+    body: Annotated[str, msgspec.Meta(min_length=1, max_length=240)] | None = None
+
+
+def _admin(request: web.Request) -> None:
+    require_admin(request, request.app[SETTINGS].admin_token)
+
+
 @routes.post("/v1/admin/agencies")
 async def post_agency(request: web.Request) -> web.Response:
-    require_admin(request, request.app[SETTINGS].admin_token)
+    _admin(request)
     body = await decode_json(request, AgencyCreate)
     spec = validate_agency(body.id, body.name, body.timezone, body.call_types)
     secret = signing.new_secret()
@@ -51,12 +93,123 @@ async def post_agency(request: web.Request) -> web.Response:
     return json_response(AgencyCreated(spec.id, secret), status=201)
 
 
+async def _agency_or_404(request: web.Request) -> Any:
+    agency = await get_agency(request.app[POOL], request.match_info["agency"])
+    if agency is None:
+        raise NotFound(f"No agency {request.match_info['agency']!r}")
+    return agency
+
+
+@routes.get("/v1/admin/agencies/{agency}")
+async def get_agency_view(request: web.Request) -> web.Response:
+    _admin(request)
+    return json_response((await _agency_or_404(request)).public())
+
+
+def _categories(field: str, names: list[str], allowed: frozenset[str]) -> list[str]:
+    unknown = sorted(set(names) - allowed)
+    if unknown:
+        raise ValidationFailed([FieldError(
+            field, f"unknown {', '.join(unknown)}; valid: {', '.join(sorted(allowed))}")])
+    return sorted(set(names))
+
+
+@routes.patch("/v1/admin/agencies/{agency}")
+async def patch_agency(request: web.Request) -> web.Response:
+    _admin(request)
+    agency = await _agency_or_404(request)
+    patch = await decode_json(request, AgencyPatch, limit=1024 * 1024)
+    changes: dict[str, Any] = {
+        f: getattr(patch, f) for f in patch.__struct_fields__
+        if getattr(patch, f) is not msgspec.UNSET
+    }
+    if "call_types" in changes:
+        merged = dict(agency.call_types)
+        additions = {k: v for k, v in changes["call_types"].items() if v is not None}
+        for removed in (k for k, v in changes["call_types"].items() if v is None):
+            merged.pop(normalize_call_type(removed), None)
+        merged.update(validate_call_types(additions))
+        changes["call_types"] = merged
+    if "timezone" in changes or "name" in changes:
+        validate_agency(agency.id, changes.get("name", agency.name),
+                        changes.get("timezone", agency.timezone), {})
+    if "review_categories" in changes:
+        changes["review_categories"] = _categories(
+            "review_categories", changes["review_categories"], ALL_CATEGORIES)
+    if changes.get("alertable_categories") is not None:
+        changes["alertable_categories"] = _categories(
+            "alertable_categories", changes["alertable_categories"], DEFAULT_ALERTABLE)
+    await update_agency(request.app[POOL], agency.id, changes)
+    log.info("agency updated id=%s fields=%s", agency.id, ",".join(sorted(changes)))
+    updated = await get_agency(request.app[POOL], agency.id)
+    assert updated is not None
+    return json_response(updated.public())
+
+
+@routes.get("/v1/admin/agencies/{agency}/unmapped")
+async def get_unmapped(request: web.Request) -> web.Response:
+    _admin(request)
+    agency = await _agency_or_404(request)
+    return json_response({"agency": agency.id,
+                          "call_types": await unmapped_call_types(request.app[POOL], agency.id)})
+
+
 @routes.post("/v1/admin/agencies/{agency}/secret")
 async def post_agency_secret(request: web.Request) -> web.Response:
-    require_admin(request, request.app[SETTINGS].admin_token)
+    _admin(request)
     agency_id = request.match_info["agency"]
     secret = signing.new_secret()
     if not await rotate_secret(request.app[POOL], agency_id, secret):
         raise NotFound(f"No agency {agency_id!r}")
     log.info("agency secret rotated id=%s", agency_id)
     return json_response(AgencyCreated(agency_id, secret), status=200)
+
+
+@routes.get("/v1/admin/review")
+async def get_review(request: web.Request) -> web.Response:
+    _admin(request)
+    items = await review.pending(request.app[POOL], agency_id=request.query.get("agency"),
+                                 now=dt.datetime.now(dt.UTC))
+    return json_response({"items": items})
+
+
+def _closed(exc: review.ReviewClosed) -> Problem:
+    return Problem(409, "Review item closed", f"This item is {exc}; nothing was changed",
+                   slug="conflict")
+
+
+@routes.post("/v1/admin/review/{incident}/approve")
+async def post_approve(request: web.Request) -> web.Response:
+    _admin(request)
+    decision = await decode_json(request, ReviewDecision) if request.can_read_body \
+        else ReviewDecision()
+    incident_id = request.match_info["incident"]
+    try:
+        approved = await review.approve(
+            request.app[POOL], incident_id, editor="admin", now=dt.datetime.now(dt.UTC),
+            title=decision.title, body=decision.body,
+        )
+    except (LookupError, ValueError):
+        raise NotFound(f"No review item for incident {incident_id!r}") from None
+    except review.ReviewClosed as exc:
+        raise _closed(exc) from None
+    if approved.publish:
+        await publish_incident(request.app[POOL], request.app[REDIS], incident_id)
+    log.info("review approved incident=%s edited=%s", incident_id,
+             decision.title is not None or decision.body is not None)
+    return json_response({"incident_id": incident_id, "decision": "alert"})
+
+
+@routes.post("/v1/admin/review/{incident}/reject")
+async def post_reject(request: web.Request) -> web.Response:
+    _admin(request)
+    incident_id = request.match_info["incident"]
+    try:
+        await review.reject(request.app[POOL], incident_id, editor="admin",
+                            now=dt.datetime.now(dt.UTC))
+    except (LookupError, ValueError):
+        raise NotFound(f"No review item for incident {incident_id!r}") from None
+    except review.ReviewClosed as exc:
+        raise _closed(exc) from None
+    log.info("review rejected incident=%s", incident_id)
+    return json_response({"incident_id": incident_id, "decision": "suppressed:rejected"})

@@ -6,7 +6,7 @@ import datetime as dt
 
 from aiohttp import web
 
-from server.appkeys import POOL, REDIS, SETTINGS
+from server.appkeys import LIMITER, POOL, REDIS, SETTINGS
 from server.domain.signing import HEADER
 from server.ingest import ingest, parser_for
 from server.routes.body import json_response, read_bounded
@@ -28,6 +28,7 @@ async def post_incident(request: web.Request) -> web.Response:
         signature=request.headers.get(HEADER),
         tolerance_s=settings.signature_tolerance_s,
         now=dt.datetime.now(dt.UTC),
+        limiter=request.app[LIMITER],
     )
     return json_response(
         {"incident_id": accepted.incident_id, "decision": accepted.decision,

@@ -8,7 +8,7 @@ from typing import Any
 
 import asyncpg
 
-from server.domain.policy import AgencyPolicy
+from server.domain.policy import DEFAULT_ALERTABLE, AgencyPolicy
 
 PREVIOUS_SECRET_GRACE = dt.timedelta(hours=24)
 
@@ -21,13 +21,44 @@ class Agency:
     call_types: dict[str, str]
     review: bool
     verifying_secrets: list[str]   # the current one first; the previous during its grace
+    alertable_categories: frozenset[str] | None = None   # None: the product's default
+    staleness_minutes: int = 60
+    review_categories: frozenset[str] = frozenset()
+    rate_limit_per_minute: int = 1200
+    responder_radius_m: int = 400
 
     def policy(self) -> AgencyPolicy:
-        return AgencyPolicy(review=self.review)
+        alertable = DEFAULT_ALERTABLE
+        if self.alertable_categories is not None:
+            alertable = DEFAULT_ALERTABLE & self.alertable_categories
+        return AgencyPolicy(
+            alertable=alertable,
+            staleness=dt.timedelta(minutes=self.staleness_minutes),
+            review=self.review,
+            review_categories=self.review_categories,
+        )
+
+    def public(self) -> dict[str, Any]:
+        """What the admin API shows: everything but the secrets."""
+        return {
+            "id": self.id, "name": self.name, "timezone": self.timezone,
+            "call_types": self.call_types, "review": self.review,
+            "review_categories": sorted(self.review_categories),
+            "alertable_categories": (sorted(self.alertable_categories)
+                                     if self.alertable_categories is not None else None),
+            "staleness_minutes": self.staleness_minutes,
+            "rate_limit_per_minute": self.rate_limit_per_minute,
+            "responder_radius_m": self.responder_radius_m,
+        }
 
 
 class AgencyExists(Exception):
     pass
+
+
+_COLUMNS = """id, name, timezone, call_types, review, signing_secret, previous_secret,
+              previous_secret_expires_at, alertable_categories, staleness_minutes,
+              review_categories, rate_limit_per_minute, responder_radius_m"""
 
 
 def _from_row(row: Any, now: dt.datetime) -> Agency:
@@ -35,19 +66,20 @@ def _from_row(row: Any, now: dt.datetime) -> Agency:
     expires = row["previous_secret_expires_at"]
     if row["previous_secret"] and expires and expires > now:
         secrets.append(row["previous_secret"])
+    alertable = row["alertable_categories"]
     return Agency(
         id=row["id"], name=row["name"], timezone=row["timezone"],
         call_types=dict(row["call_types"]), review=row["review"], verifying_secrets=secrets,
+        alertable_categories=frozenset(alertable) if alertable is not None else None,
+        staleness_minutes=row["staleness_minutes"],
+        review_categories=frozenset(row["review_categories"]),
+        rate_limit_per_minute=row["rate_limit_per_minute"],
+        responder_radius_m=row["responder_radius_m"],
     )
 
 
 async def get_agency(pool: asyncpg.Pool, agency_id: str) -> Agency | None:
-    row = await pool.fetchrow(
-        """SELECT id, name, timezone, call_types, review, signing_secret,
-                  previous_secret, previous_secret_expires_at
-             FROM agencies WHERE id = $1""",
-        agency_id,
-    )
+    row = await pool.fetchrow(f"SELECT {_COLUMNS} FROM agencies WHERE id = $1", agency_id)  # noqa: S608
     return _from_row(row, dt.datetime.now(dt.UTC)) if row else None
 
 
@@ -65,6 +97,24 @@ async def create_agency(
         raise AgencyExists(agency_id) from None
 
 
+# Columns the admin API may change, and nothing else (the names are not user input).
+UPDATABLE = ("name", "timezone", "call_types", "review", "review_categories",
+             "alertable_categories", "staleness_minutes", "rate_limit_per_minute",
+             "responder_radius_m")
+
+
+async def update_agency(pool: asyncpg.Pool, agency_id: str, changes: dict[str, Any]) -> bool:
+    cols = [c for c in UPDATABLE if c in changes]
+    if not cols:
+        return await pool.fetchval("SELECT true FROM agencies WHERE id = $1", agency_id) or False
+    assignments = ", ".join(f"{c} = ${i}" for i, c in enumerate(cols, start=2))
+    status = await pool.execute(
+        f"UPDATE agencies SET {assignments} WHERE id = $1",  # noqa: S608 (fixed column names)
+        agency_id, *(changes[c] for c in cols),
+    )
+    return status.endswith(" 1")
+
+
 async def rotate_secret(pool: asyncpg.Pool, agency_id: str, new_secret: str) -> bool:
     """The new secret signs from now on; the current one keeps verifying for 24 h."""
     status = await pool.execute(
@@ -76,3 +126,19 @@ async def rotate_secret(pool: asyncpg.Pool, agency_id: str, new_secret: str) -> 
         agency_id, new_secret, PREVIOUS_SECRET_GRACE,
     )
     return status.endswith(" 1")
+
+
+async def unmapped_call_types(pool: asyncpg.Pool, agency_id: str) -> list[dict[str, Any]]:
+    """Call types that arrived without a mapping, most frequent first, so an operator
+    can complete the agency's map."""
+    rows = await pool.fetch(
+        """SELECT call_type, count(*) AS incidents, max(received_at) AS last_seen
+             FROM incidents
+            WHERE agency_id = $1 AND category = 'unmapped'
+            GROUP BY call_type
+            ORDER BY count(*) DESC, call_type
+            LIMIT 500""",
+        agency_id,
+    )
+    return [{"call_type": r["call_type"], "incidents": r["incidents"],
+             "last_seen": r["last_seen"].isoformat()} for r in rows]

@@ -6,9 +6,10 @@ import datetime as dt
 from dataclasses import dataclass
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 
 from server.domain.incident import Incident
-from server.domain.policy import is_pushable, suppressed
+from server.domain.policy import REVIEW, is_pushable, suppressed
 
 OUTDATED = suppressed("outdated")
 
@@ -24,9 +25,9 @@ class Stored:
 _INSERT = """
 INSERT INTO incidents (agency_id, external_id, revision, status, call_type, category,
                        occurred_at, received_at, geom, public_point, public_location,
-                       location_kind, priority, decision)
+                       location_kind, priority, decision, actual)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, ST_GeomFromText($9, 4326),
-        ST_SetSRID(ST_MakePoint($10, $11), 4326), $12, $13, $14, $15)
+        ST_SetSRID(ST_MakePoint($10, $11), 4326), $12, $13, $14, $15, $16)
 ON CONFLICT (agency_id, external_id) DO NOTHING
 RETURNING id
 """
@@ -36,19 +37,20 @@ UPDATE incidents
    SET revision = $2, status = $3, call_type = $4, category = $5, occurred_at = $6,
        received_at = $7, geom = ST_GeomFromText($8, 4326),
        public_point = ST_SetSRID(ST_MakePoint($9, $10), 4326), public_location = $11,
-       location_kind = $12, priority = $13, decision = $14, updated_at = now()
+       location_kind = $12, priority = $13, decision = $14, actual = $15, updated_at = now()
  WHERE id = $1
 """
 
 
 async def store_incident(
-    pool: asyncpg.Pool, incident: Incident, decision: str, received_at: dt.datetime
+    pool: asyncpg.Pool, incident: Incident, decision: str, received_at: dt.datetime,
+    review_until: dt.datetime | None = None,
 ) -> Stored:
     """Store one revision. The same revision again is a duplicate; an older one is
     ignored; a newer one replaces the stored one. Pushable revisions get an outbox row
     in the same transaction."""
     while True:
-        stored = await _store_once(pool, incident, decision, received_at)
+        stored = await _store_once(pool, incident, decision, received_at, review_until)
         if stored is not None:
             return stored
         # A concurrent request inserted the same incident between our SELECT and
@@ -56,7 +58,8 @@ async def store_incident(
 
 
 async def _store_once(
-    pool: asyncpg.Pool, incident: Incident, decision: str, received_at: dt.datetime
+    pool: asyncpg.Pool, incident: Incident, decision: str, received_at: dt.datetime,
+    review_until: dt.datetime | None,
 ) -> Stored | None:
     i = incident
     kind = i.location_kind.value if i.location_kind else None
@@ -70,10 +73,11 @@ async def _store_once(
             incident_id = await conn.fetchval(
                 _INSERT, i.agency_id, i.external_id, i.revision, i.status.value, i.call_type,
                 i.category, i.occurred_at, received_at, i.geometry_wkt, i.public_point.lon,
-                i.public_point.lat, i.public_location, kind, i.priority, decision,
+                i.public_point.lat, i.public_location, kind, i.priority, decision, i.actual,
             )
             if incident_id is None:
                 return None
+            await _sync_review(conn, incident_id, i, decision, review_until)
             publish = is_pushable(decision)
             if publish:
                 await conn.execute("INSERT INTO outbox (incident_id) VALUES ($1)", incident_id)
@@ -86,8 +90,9 @@ async def _store_once(
         await conn.execute(
             _UPDATE, incident_id, i.revision, i.status.value, i.call_type, i.category,
             i.occurred_at, received_at, i.geometry_wkt, i.public_point.lon, i.public_point.lat,
-            i.public_location, kind, i.priority, decision,
+            i.public_location, kind, i.priority, decision, i.actual,
         )
+        await _sync_review(conn, incident_id, i, decision, review_until)
         # Publish when this revision newly becomes pushable, or is pushable under a new
         # category; the matcher's per-device dedup keeps repeats off phones either way.
         publish = is_pushable(decision) and (
@@ -96,3 +101,31 @@ async def _store_once(
         if publish:
             await conn.execute("INSERT INTO outbox (incident_id) VALUES ($1)", incident_id)
         return Stored(str(incident_id), decision, duplicate=False, publish=publish)
+
+
+async def _sync_review(
+    conn: PoolConnectionProxy[asyncpg.Record], incident_id: object, incident: Incident,
+    decision: str, review_until: dt.datetime | None,
+) -> None:
+    """Keep the editor's queue in step with the latest revision.
+
+    A revision held for review (re)opens a pending item carrying the redacted
+    narrative; a revision that no longer needs review closes a pending item and drops
+    its narrative. Decided items stay decided.
+    """
+    if decision == REVIEW:
+        await conn.execute(
+            """INSERT INTO review_items (incident_id, agency_id, narrative, expires_at)
+               VALUES ($1, $2, $3, $4)
+               ON CONFLICT (incident_id) DO UPDATE
+                  SET narrative = EXCLUDED.narrative, expires_at = EXCLUDED.expires_at
+                WHERE review_items.state = 'pending'""",
+            incident_id, incident.agency_id, incident.narrative, review_until,
+        )
+    else:
+        await conn.execute(
+            """UPDATE review_items SET state = 'superseded', narrative = NULL,
+                                       decided_at = now()
+                WHERE incident_id = $1 AND state = 'pending'""",
+            incident_id,
+        )

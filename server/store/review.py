@@ -1,0 +1,124 @@
+"""The editor's queue: alerts an agency wants a person to look at first."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+
+from server.domain.policy import ALERT, suppressed
+from server.domain.pushtext import title_and_body
+
+
+class ReviewClosed(Exception):
+    """The item is not pending any more (decided, superseded or expired)."""
+
+
+@dataclass(frozen=True)
+class Approved:
+    incident_id: str
+    publish: bool
+
+
+async def pending(
+    pool: asyncpg.Pool, *, agency_id: str | None, now: dt.datetime, limit: int = 100
+) -> list[dict[str, Any]]:
+    rows = await pool.fetch(
+        """SELECT r.incident_id, r.agency_id, r.narrative, r.created_at, r.expires_at,
+                  i.external_id, i.call_type, i.category, i.status, i.occurred_at,
+                  i.public_location, i.location_kind, i.priority,
+                  ST_Y(i.public_point) AS lat, ST_X(i.public_point) AS lon
+             FROM review_items r JOIN incidents i ON i.id = r.incident_id
+            WHERE r.state = 'pending' AND r.expires_at > $1
+              AND ($2::text IS NULL OR r.agency_id = $2)
+            ORDER BY r.created_at
+            LIMIT $3""",
+        now, agency_id, limit,
+    )
+    items = []
+    for r in rows:
+        title, body = title_and_body(r["category"], r["public_location"], r["occurred_at"], now)
+        items.append({
+            "incident_id": str(r["incident_id"]), "agency_id": r["agency_id"],
+            "external_id": r["external_id"], "call_type": r["call_type"],
+            "category": r["category"], "status": r["status"], "priority": r["priority"],
+            "occurred_at": r["occurred_at"].isoformat(),
+            "location": {"public": r["public_location"], "lat": r["lat"], "lon": r["lon"],
+                         "kind": r["location_kind"]},
+            "narrative": r["narrative"],
+            "proposed": {"title": title, "body": body},
+            "queued_at": r["created_at"].isoformat(),
+            "expires_at": r["expires_at"].isoformat(),
+        })
+    return items
+
+
+async def _lock_pending(conn: Any, incident_id: str, now: dt.datetime) -> None:
+    row = await conn.fetchrow(
+        "SELECT state, expires_at FROM review_items WHERE incident_id = $1::uuid FOR UPDATE",
+        incident_id,
+    )
+    if row is None:
+        raise LookupError(incident_id)
+    if row["state"] != "pending" or row["expires_at"] <= now:
+        raise ReviewClosed(row["state"] if row["state"] != "pending" else "expired")
+
+
+async def approve(
+    pool: asyncpg.Pool, incident_id: str, *, editor: str, now: dt.datetime,
+    title: str | None, body: str | None,
+) -> Approved:
+    """Approve: the incident becomes an alert (with the editor's wording, if any) and gets
+    an outbox row in the same transaction, so the caller's publish can't be lost."""
+    async with pool.acquire() as conn, conn.transaction():
+        await _lock_pending(conn, incident_id, now)
+        await conn.execute(
+            """UPDATE review_items SET state = 'approved', narrative = NULL, decided_at = $2,
+                                       decided_by = $3
+                WHERE incident_id = $1::uuid""",
+            incident_id, now, editor,
+        )
+        status = await conn.fetchval(
+            """UPDATE incidents SET decision = $2, title_override = $3, body_override = $4,
+                                    updated_at = now()
+                WHERE id = $1::uuid RETURNING status""",
+            incident_id, ALERT, title, body,
+        )
+        publish = status == "active"
+        if publish:
+            await conn.execute("INSERT INTO outbox (incident_id) VALUES ($1::uuid)", incident_id)
+    return Approved(incident_id, publish)
+
+
+async def reject(pool: asyncpg.Pool, incident_id: str, *, editor: str, now: dt.datetime) -> None:
+    async with pool.acquire() as conn, conn.transaction():
+        await _lock_pending(conn, incident_id, now)
+        await conn.execute(
+            """UPDATE review_items SET state = 'rejected', narrative = NULL, decided_at = $2,
+                                       decided_by = $3
+                WHERE incident_id = $1::uuid""",
+            incident_id, now, editor,
+        )
+        await conn.execute(
+            "UPDATE incidents SET decision = $2, updated_at = now() WHERE id = $1::uuid",
+            incident_id, suppressed("rejected"),
+        )
+
+
+async def expire(pool: asyncpg.Pool, now: dt.datetime) -> int:
+    """Close items past the staleness window: their narrative goes with them."""
+    async with pool.acquire() as conn, conn.transaction():
+        ids = await conn.fetch(
+            """UPDATE review_items SET state = 'expired', narrative = NULL, decided_at = $1
+                WHERE state = 'pending' AND expires_at <= $1 RETURNING incident_id""",
+            now,
+        )
+        if ids:
+            await conn.execute(
+                """UPDATE incidents SET decision = $2, updated_at = now()
+                    WHERE id = ANY($1::uuid[]) AND decision = 'review'""",
+                [r["incident_id"] for r in ids], suppressed("stale"),
+            )
+    return len(ids)

@@ -1,0 +1,49 @@
+"""Periodic housekeeping, run by the relay process: expire review items past the
+staleness window and forget exact incident locations after the retention period."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+
+import asyncpg
+
+from server.db import STORE_UNAVAILABLE
+from server.store import review
+
+log = logging.getLogger(__name__)
+
+
+async def purge_exact_locations(pool: asyncpg.Pool, older_than: dt.timedelta,
+                                now: dt.datetime) -> int:
+    """Replace exact point locations by the public (rounded) point once matching can no
+    longer need them. Areas (CAP polygons) are published geometry and are kept."""
+    status = await pool.execute(
+        """UPDATE incidents SET geom = public_point, exact_purged_at = $2
+            WHERE exact_purged_at IS NULL AND received_at < $1
+              AND GeometryType(geom) = 'POINT'""",
+        now - older_than, now,
+    )
+    return int(status.split()[-1])
+
+
+async def maintain_once(pool: asyncpg.Pool, retention: dt.timedelta) -> None:
+    now = dt.datetime.now(dt.UTC)
+    expired = await review.expire(pool, now)
+    purged = await purge_exact_locations(pool, retention, now)
+    if expired or purged:
+        log.info("maintenance: %d review items expired, %d exact locations purged",
+                 expired, purged)
+
+
+async def run_maintenance(pool: asyncpg.Pool, retention: dt.timedelta, stop: asyncio.Event,
+                          *, interval_s: float = 30.0) -> None:
+    while not stop.is_set():
+        try:
+            await maintain_once(pool, retention)
+        except STORE_UNAVAILABLE as exc:
+            log.warning("maintenance: store unavailable: %s", exc)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=interval_s)
