@@ -112,6 +112,17 @@ async def consume(
     while not stop.is_set():
         try:
             entries = await consumer.read()
+        except ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            # Redis lost the stream or group (restarted without persistence): make it
+            # again and carry on; the outbox relay republishes what was lost.
+            log.warning("consumer group %s on %s is gone; recreating it",
+                        consumer.group, consumer.stream)
+            await _sleep_unless(stop, backoff)
+            with contextlib.suppress(RedisError, OSError):
+                await consumer.setup()
+            continue
         except (RedisError, OSError) as exc:
             log.warning("reading %s failed: %s; retrying in %.1fs", consumer.stream, exc, backoff)
             await _sleep_unless(stop, backoff)

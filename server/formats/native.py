@@ -26,8 +26,9 @@ class NativeLocation(msgspec.Struct, frozen=True):
 
 
 class NativeIncident(msgspec.Struct, frozen=True):
-    """Fields not declared here (``caller``, ``narrative``, patient data, …) are never
-    decoded: they are dropped by the parser itself, not scrubbed afterwards."""
+    """Fields not declared here (``caller``, patient data, …) are never decoded: they
+    are dropped by the parser itself, not scrubbed afterwards. ``narrative`` is read
+    only so an editor can see it, redacted, while an alert waits for review."""
 
     id: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
     call_type: NonEmpty
@@ -36,6 +37,7 @@ class NativeIncident(msgspec.Struct, frozen=True):
     updated_at: AwareDatetime | None = None
     status: Literal["active", "cleared", "cancelled"] = "active"
     priority: Annotated[int, msgspec.Meta(ge=0, le=99)] | None = None
+    narrative: Annotated[str, msgspec.Meta(max_length=20_000)] | None = None
 
 
 _decoder = msgspec.json.Decoder(NativeIncident)
@@ -62,4 +64,5 @@ def parse(body: bytes) -> RawIncident:
         address=doc.location.address,
         location_kind=LocationKind(doc.location.kind) if doc.location.kind else None,
         priority=doc.priority,
+        narrative=doc.narrative,
     )

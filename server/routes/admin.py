@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import uuid
 from typing import Annotated, Any
 
 import msgspec
@@ -173,6 +174,14 @@ async def get_review(request: web.Request) -> web.Response:
     return json_response({"items": items})
 
 
+def _incident_id(request: web.Request) -> str:
+    raw = request.match_info["incident"]
+    try:
+        return str(uuid.UUID(raw))
+    except ValueError:
+        raise NotFound(f"No review item for incident {raw!r}") from None
+
+
 def _closed(exc: review.ReviewClosed) -> Problem:
     return Problem(409, "Review item closed", f"This item is {exc}; nothing was changed",
                    slug="conflict")
@@ -183,13 +192,13 @@ async def post_approve(request: web.Request) -> web.Response:
     _admin(request)
     decision = await decode_json(request, ReviewDecision) if request.can_read_body \
         else ReviewDecision()
-    incident_id = request.match_info["incident"]
+    incident_id = _incident_id(request)
     try:
         approved = await review.approve(
             request.app[POOL], incident_id, editor="admin", now=dt.datetime.now(dt.UTC),
             title=decision.title, body=decision.body,
         )
-    except (LookupError, ValueError):
+    except LookupError:
         raise NotFound(f"No review item for incident {incident_id!r}") from None
     except review.ReviewClosed as exc:
         raise _closed(exc) from None
@@ -203,11 +212,11 @@ async def post_approve(request: web.Request) -> web.Response:
 @routes.post("/v1/admin/review/{incident}/reject")
 async def post_reject(request: web.Request) -> web.Response:
     _admin(request)
-    incident_id = request.match_info["incident"]
+    incident_id = _incident_id(request)
     try:
         await review.reject(request.app[POOL], incident_id, editor="admin",
                             now=dt.datetime.now(dt.UTC))
-    except (LookupError, ValueError):
+    except LookupError:
         raise NotFound(f"No review item for incident {incident_id!r}") from None
     except review.ReviewClosed as exc:
         raise _closed(exc) from None

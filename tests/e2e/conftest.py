@@ -7,7 +7,7 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,13 @@ class Stack:
     pool: asyncpg.Pool
     redis: aioredis.Redis
     settings: Settings
+    stop: asyncio.Event
+    extra: list[asyncio.Task[None]] = field(default_factory=list)
+
+    def start_worker(self, kind: str) -> None:
+        """Start one more worker, e.g. a sender after the test prepared its stream."""
+        self.extra.append(asyncio.create_task(worker_main(
+            replace(self.settings, consumer_name=f"test-{kind}-late"), kind, self.stop)))
 
     async def drained(self, within: float = 10.0) -> None:
         """Wait until every stream's consumer group has read and acknowledged everything."""
@@ -75,10 +82,17 @@ async def wait_for(
         await asyncio.sleep(0.05)
 
 
+ALL_WORKERS = ("matcher", "apns", "fcm", "relay")
+
+
 @pytest.fixture
 async def stack(
-    settings: Settings, pool: asyncpg.Pool, redis: aioredis.Redis, tmp_path: Path
+    request: pytest.FixtureRequest, settings: Settings, pool: asyncpg.Pool,
+    redis: aioredis.Redis, tmp_path: Path,
 ) -> AsyncIterator[Stack]:
+    """Mark a test ``@pytest.mark.workers("matcher", ...)`` to run only those workers."""
+    marker = request.node.get_closest_marker("workers")
+    kinds = marker.args if marker else ALL_WORKERS
     certs = tmp_path / "certs"
     tls = ensure_tls(certs)
     apns_key = ensure_apns_key(certs)
@@ -105,7 +119,7 @@ async def stack(
     )
     stop = asyncio.Event()
     workers = []
-    for kind in ("matcher", "apns", "fcm", "relay"):
+    for kind in kinds:
         ready = asyncio.Event()
 
         async def mark(ev: asyncio.Event = ready) -> None:
@@ -119,10 +133,11 @@ async def stack(
         if task in done:
             task.result()  # surface start-up errors
     async with TestClient(TestServer(create_app(full))) as client:
+        stack = Stack(client, fake_apns, fake_fcm, pool, redis, full, stop)
         try:
-            yield Stack(client, fake_apns, fake_fcm, pool, redis, full)
+            yield stack
         finally:
             stop.set()
-            await asyncio.wait_for(asyncio.gather(*workers), timeout=15)
+            await asyncio.wait_for(asyncio.gather(*workers, *stack.extra), timeout=20)
             await fake_apns.stop()
             await fake_fcm.stop()
