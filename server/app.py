@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 import redis.asyncio as aioredis
 from aiohttp import web
 
+from server import openapi
 from server.appkeys import LIMITER, POOL, REDIS, SETTINGS
 from server.db import create_pool
 from server.errors import problem_middleware
@@ -45,6 +46,7 @@ def create_app(settings: Settings) -> web.Application:
     app[SETTINGS] = settings
     app.cleanup_ctx.append(_postgres)
     app.cleanup_ctx.append(_redis)
-    for table in (health.routes, incidents.routes, admin.routes, devices.routes):
+    for table in (health.routes, incidents.routes, admin.routes, devices.routes,
+                  openapi.routes):
         app.router.add_routes(table)
     return app

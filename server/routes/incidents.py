@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
+import msgspec
 from aiohttp import web
 
 from server.appkeys import LIMITER, POOL, REDIS, SETTINGS
@@ -12,6 +13,12 @@ from server.ingest import ingest, parser_for
 from server.routes.body import json_response, read_bounded
 
 routes = web.RouteTableDef()
+
+
+class IncidentAccepted(msgspec.Struct, frozen=True):
+    incident_id: str
+    decision: str   # alert | review | suppressed:<reason>
+    duplicate: bool
 
 
 @routes.post("/v1/agencies/{agency}/incidents")
@@ -31,7 +38,6 @@ async def post_incident(request: web.Request) -> web.Response:
         limiter=request.app[LIMITER],
     )
     return json_response(
-        {"incident_id": accepted.incident_id, "decision": accepted.decision,
-         "duplicate": accepted.duplicate},
+        IncidentAccepted(accepted.incident_id, accepted.decision, accepted.duplicate),
         status=202,
     )

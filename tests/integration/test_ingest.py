@@ -141,3 +141,17 @@ async def test_caller_and_narrative_are_never_stored(
     dump = await pool.fetchval("SELECT json_agg(i)::text FROM incidents i")
     for secret_value in ("John Q Caller", "555 0147", "Jane Roe", "smoke", "5312", "Apt 4B"):
         assert secret_value not in dump
+
+
+async def test_openapi_document_describes_the_contract(client: Client) -> None:
+    r = await client.get("/openapi.json")
+    doc = await r.json()
+    assert doc["openapi"].startswith("3.1")
+    ingest = doc["paths"]["/v1/agencies/{agency}/incidents"]["post"]
+    assert set(ingest["requestBody"]["content"]) == {
+        "application/json", "application/cap+xml", "application/xml", "application/eido+json"}
+    assert {"202", "401", "413", "415", "422", "429", "503"} <= set(ingest["responses"])
+    native = doc["components"]["schemas"]["NativeIncident"]
+    assert set(native["required"]) == {"id", "call_type", "occurred_at", "location"}
+    assert "caller" not in native["properties"]
+    assert doc["components"]["schemas"]["NativeLocation"]["properties"]["lat"]["maximum"] == 90

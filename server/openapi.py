@@ -1,0 +1,156 @@
+"""``GET /openapi.json``: the OpenAPI 3.1 document, generated from the msgspec types
+the handlers decode requests with, so the document and the validation can't drift."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+from aiohttp import web
+
+from server.formats.native import NativeIncident
+from server.routes import admin, devices
+from server.routes.body import json_response
+from server.routes.incidents import IncidentAccepted
+
+routes = web.RouteTableDef()
+
+
+class FieldProblem(msgspec.Struct, frozen=True):
+    field: str
+    message: str
+
+
+class ProblemDocument(msgspec.Struct, frozen=True):
+    """RFC 9457 problem details."""
+
+    type: str
+    title: str
+    status: int
+    detail: str | None = None
+    errors: list[FieldProblem] | None = None
+
+
+@dataclass(frozen=True)
+class Op:
+    method: str
+    path: str
+    summary: str
+    tag: str
+    auth: str | None = None              # "admin" | "device" | "signature"
+    request: Any = None
+    responses: dict[int, Any] = field(default_factory=dict)
+    errors: tuple[int, ...] = ()
+    extra_request: dict[str, Any] = field(default_factory=dict)
+
+
+_XML = {"schema": {"type": "string", "description": "OASIS CAP 1.2 alert (XML)"}}
+_EIDO = {"schema": {"type": "object", "description": "NENA EIDO (NENA-STA-024) JSON"}}
+
+OPERATIONS = [
+    Op("post", "/v1/agencies/{agency}/incidents", "Post an incident (CAD webhook)", "ingest",
+       auth="signature", request=NativeIncident, responses={202: IncidentAccepted},
+       errors=(401, 413, 415, 422, 429, 503),
+       extra_request={"application/cap+xml": _XML, "application/xml": _XML,
+                      "application/eido+json": _EIDO}),
+    Op("post", "/v1/admin/agencies", "Create an agency (its secret is shown once)", "admin",
+       auth="admin", request=admin.AgencyCreate, responses={201: admin.AgencyCreated},
+       errors=(401, 409, 422)),
+    Op("get", "/v1/admin/agencies/{agency}", "An agency's settings (never its secret)", "admin",
+       auth="admin", responses={200: None}, errors=(401, 404)),
+    Op("patch", "/v1/admin/agencies/{agency}", "Change an agency (JSON merge patch)", "admin",
+       auth="admin", request=admin.AgencyPatch, responses={200: None}, errors=(401, 404, 422)),
+    Op("get", "/v1/admin/agencies/{agency}/unmapped", "Call types that arrived unmapped",
+       "admin", auth="admin", responses={200: None}, errors=(401, 404)),
+    Op("post", "/v1/admin/agencies/{agency}/secret",
+       "Rotate the signing secret (the previous one verifies for 24 h)", "admin",
+       auth="admin", responses={200: admin.AgencyCreated}, errors=(401, 404)),
+    Op("get", "/v1/admin/review", "Alerts waiting for an editor", "review", auth="admin",
+       responses={200: None}, errors=(401,)),
+    Op("post", "/v1/admin/review/{incident}/approve", "Approve (optionally reworded)", "review",
+       auth="admin", request=admin.ReviewDecision, responses={200: None},
+       errors=(401, 404, 409, 422)),
+    Op("post", "/v1/admin/review/{incident}/reject", "Reject: nothing is sent", "review",
+       auth="admin", responses={200: None}, errors=(401, 404, 409)),
+    Op("post", "/v1/devices", "Register a device (its secret is shown once)", "devices",
+       request=devices.DeviceCreate, responses={201: devices.DeviceCreated}, errors=(422,)),
+    Op("put", "/v1/devices/{device}/zones", "Replace the device's zones", "devices",
+       auth="device", request=devices.ZonesPut, responses={200: None}, errors=(401, 422)),
+    Op("put", "/v1/devices/{device}/preferences", "Categories, quiet hours, responder",
+       "devices", auth="device", request=devices.PreferencesPut, responses={200: None},
+       errors=(401, 422)),
+    Op("put", "/v1/devices/{device}/token", "Rotate the push token", "devices",
+       auth="device", request=devices.TokenPut, responses={204: None}, errors=(401, 422)),
+    Op("get", "/healthz", "The process is alive", "operations", responses={200: None}),
+    Op("get", "/readyz", "PostgreSQL and Redis answer", "operations", responses={200: None},
+       errors=(503,)),
+]
+
+_SECURITY: dict[str, list[dict[str, list[str]]]] = {
+    "admin": [{"adminToken": []}],
+    "device": [{"deviceSecret": []}],
+    "signature": [{"webhookSignature": []}],
+}
+
+
+def _ref(t: Any) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{t.__name__}"}
+
+
+def build_document() -> dict[str, Any]:
+    types = {ProblemDocument}
+    for op in OPERATIONS:
+        if op.request is not None:
+            types.add(op.request)
+        types.update(t for t in op.responses.values() if t is not None)
+    _, components = msgspec.json.schema_components(
+        sorted(types, key=lambda t: t.__name__), ref_template="#/components/schemas/{name}")
+    paths: dict[str, dict[str, Any]] = {}
+    for op in OPERATIONS:
+        operation: dict[str, Any] = {"summary": op.summary, "tags": [op.tag], "responses": {}}
+        params = [p.strip("{}") for p in op.path.split("/") if p.startswith("{")]
+        if params:
+            operation["parameters"] = [
+                {"name": p, "in": "path", "required": True, "schema": {"type": "string"}}
+                for p in params]
+        if op.request is not None:
+            content = {"application/json": {"schema": _ref(op.request)}, **op.extra_request}
+            operation["requestBody"] = {"required": True, "content": content}
+        for status, typ in op.responses.items():
+            response: dict[str, Any] = {"description": "OK"}
+            if typ is not None:
+                response["content"] = {"application/json": {"schema": _ref(typ)}}
+            operation["responses"][str(status)] = response
+        for status in op.errors:
+            operation["responses"][str(status)] = {
+                "description": "Problem", "content": {
+                    "application/problem+json": {"schema": _ref(ProblemDocument)}}}
+        if op.auth:
+            operation["security"] = _SECURITY[op.auth]
+        paths.setdefault(op.path, {})[op.method] = operation
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "geopush", "version": "1",
+                 "description": "Geofenced push alerts from CAD incidents. See "
+                                "docs/cad-integration.md for the webhook signature."},
+        "paths": paths,
+        "components": {
+            "schemas": components,
+            "securitySchemes": {
+                "adminToken": {"type": "http", "scheme": "bearer",
+                               "description": "GEOPUSH_ADMIN_TOKEN"},
+                "deviceSecret": {"type": "http", "scheme": "bearer",
+                                 "description": "the secret POST /v1/devices returned"},
+                "webhookSignature": {
+                    "type": "apiKey", "in": "header", "name": "Geopush-Signature",
+                    "description": 't=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>." '
+                                   '+ raw body)>; rejected when |now - t| > 300 s'},
+            },
+        },
+    }
+
+
+@routes.get("/openapi.json")
+async def openapi(request: web.Request) -> web.Response:
+    return json_response(build_document())
