@@ -77,6 +77,9 @@ class Settings:
     consumer_name: str = field(default_factory=lambda: f"{os.uname().nodename}-{os.getpid()}")
     stream_batch: int = 100
     send_concurrency: int = 200
+    # A stream entry pending this long on a consumer is presumed orphaned (its worker
+    # died) and is claimed by another. Longer than any batch takes to finish.
+    claim_idle_ms: int = 60_000
     apns: ApnsSettings | None = None
     fcm: FcmSettings | None = None
 
@@ -100,6 +103,9 @@ class Settings:
                 hours=_float(env, "GEOPUSH_EXACT_LOCATION_RETENTION_HOURS", 24.0)),
             stream_batch=_int(env, "GEOPUSH_STREAM_BATCH", 100),
             send_concurrency=_int(env, "GEOPUSH_SEND_CONCURRENCY", 200),
+            claim_idle_ms=_int(env, "GEOPUSH_CLAIM_IDLE_MS", 60_000),
+            **({"consumer_name": env["GEOPUSH_CONSUMER_NAME"]}
+               if env.get("GEOPUSH_CONSUMER_NAME") else {}),
             apns=_apns_from_env(env),
             fcm=_fcm_from_env(env),
         )

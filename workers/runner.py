@@ -111,7 +111,8 @@ async def worker_main(
         if kind == "matcher":
             matcher = Matcher(pool, redis)
             consumer = StreamConsumer(redis, keys.INCIDENTS_STREAM, keys.MATCHER_GROUP,
-                                      settings.consumer_name, batch=settings.stream_batch)
+                                      settings.consumer_name, batch=settings.stream_batch,
+                                      claim_idle_ms=settings.claim_idle_ms)
             await consumer.setup()
             if ready:
                 await ready()
@@ -125,7 +126,9 @@ async def worker_main(
         try:
             sender = Sender(pool, redis, gateway, concurrency=settings.send_concurrency)
             consumer = StreamConsumer(redis, keys.push_stream(kind), keys.SENDER_GROUP,
-                                      settings.consumer_name, batch=settings.stream_batch)
+                                      settings.consumer_name, batch=settings.stream_batch,
+                                      claim_idle_ms=settings.claim_idle_ms,
+                                      claim_every_s=min(15.0, settings.claim_idle_ms / 2000))
             await consumer.setup()
             if ready:
                 await ready()
