@@ -13,6 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 
+def _default_consumer_name() -> str:
+    return f"{os.uname().nodename}-{os.getpid()}"
+
+
 class ConfigError(ValueError):
     """A setting is missing or malformed; the message names the variable."""
 
@@ -74,7 +78,7 @@ class Settings:
     # before it is replaced by the public, rounded point.
     exact_location_retention: dt.timedelta = dt.timedelta(hours=24)
     # Workers
-    consumer_name: str = field(default_factory=lambda: f"{os.uname().nodename}-{os.getpid()}")
+    consumer_name: str = field(default_factory=lambda: _default_consumer_name())
     stream_batch: int = 100
     send_concurrency: int = 200
     # A stream entry pending this long on a consumer is presumed orphaned (its worker
@@ -104,8 +108,7 @@ class Settings:
             stream_batch=_int(env, "GEOPUSH_STREAM_BATCH", 100),
             send_concurrency=_int(env, "GEOPUSH_SEND_CONCURRENCY", 200),
             claim_idle_ms=_int(env, "GEOPUSH_CLAIM_IDLE_MS", 60_000),
-            **({"consumer_name": env["GEOPUSH_CONSUMER_NAME"]}
-               if env.get("GEOPUSH_CONSUMER_NAME") else {}),
+            consumer_name=env.get("GEOPUSH_CONSUMER_NAME") or _default_consumer_name(),
             apns=_apns_from_env(env),
             fcm=_fcm_from_env(env),
         )
