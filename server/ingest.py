@@ -15,7 +15,7 @@ from server.domain.incident import RawIncident
 from server.domain.normalize import normalize
 from server.domain.policy import decide
 from server.errors import Problem, Unauthorized
-from server.formats import native
+from server.formats import cap, eido, native
 from server.publish import publish_incident
 from server.ratelimit import RateLimiter
 from server.store.agencies import get_agency
@@ -25,7 +25,11 @@ log = logging.getLogger(__name__)
 
 Parser = Callable[[bytes], RawIncident]
 
-PARSERS: dict[str, Parser] = {ct: native.parse for ct in native.CONTENT_TYPES}
+PARSERS: dict[str, Parser] = {
+    content_type: module.parse
+    for module in (native, cap, eido)
+    for content_type in module.CONTENT_TYPES
+}
 
 
 def parser_for(content_type: str) -> Parser:

@@ -94,11 +94,22 @@ def _geodesic_area_km2(geom: Polygon | MultiPolygon) -> float:
     return total
 
 
+def _all_finite(coords: Any, depth: int = 0) -> bool:
+    """Positions are lists of finite numbers, nested at most four deep (MultiPolygon)."""
+    if depth > 4 or not isinstance(coords, list):
+        return False
+    if coords and not isinstance(coords[0], list):
+        return all(_is_number(c) for c in coords)
+    return all(_all_finite(c, depth + 1) for c in coords)
+
+
 def area(field: str, name: str, geometry: Any) -> Area:
     """A GeoJSON Polygon or MultiPolygon, validated; the error says why and where."""
     gfield = f"{field}.geometry"
     if not isinstance(geometry, dict) or geometry.get("type") not in ("Polygon", "MultiPolygon"):
         raise ZoneError(f"{gfield}.type", "must be a GeoJSON Polygon or MultiPolygon")
+    if not _all_finite(geometry.get("coordinates")):
+        raise ZoneError(f"{gfield}.coordinates", "must be nested lists of finite numbers")
     try:
         geom = shape(geometry)
     except (ValueError, TypeError, AttributeError, IndexError, KeyError) as exc:

@@ -29,7 +29,7 @@ Mapping (errors name the CAP element path, e.g. ``info.area.circle``):
 - ``info/area``: every ``circle`` ("lat,lon radius_km") and ``polygon`` (closed ring
   of "lat,lon" pairs) of every area. CAP writes latitude first; the WKT produced is
   EPSG:4326 in lon/lat order. A circle with a radius is approximated on the sphere by
-  a 32-vertex polygon; a zero radius is a point. One polygon -> POLYGON, several ->
+  a 32-vertex polygon; a zero (sub-metre) radius is a point. One polygon -> POLYGON, several ->
   their union as a MULTIPOLYGON, only zero-radius circles -> no geometry (None).
   The point is the first circle's centre, else the polygon's centroid. Invalid,
   self-intersecting and antimeridian-crossing polygons are refused. Geocodes alone
@@ -45,6 +45,7 @@ shared with the EIDO parser.
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -58,7 +59,7 @@ from server.errors import FieldError, ValidationFailed
 from server.formats.safexml import child, children, parse_xml, split_tag, text_of
 
 if TYPE_CHECKING:
-    from xml.etree.ElementTree import Element  # noqa: S405 (type only)
+    from xml.etree.ElementTree import Element
 
 CONTENT_TYPES = ("application/cap+xml", "application/xml")
 
@@ -70,11 +71,11 @@ CAP_NAMESPACES = (
 EARTH_RADIUS_KM = 6371.0088
 CIRCLE_VERTICES = 32
 MAX_RADIUS_KM = 1000.0
+MIN_RADIUS_KM = 0.001     # below a metre a circle is a point
 MAX_VERTICES = 1000        # per polygon
 MAX_SHAPES = 20            # circles + polygons over all areas
 MAX_ID = 128
 MAX_TEXT = 500
-WKT_DECIMALS = 7           # about 1 cm
 
 _ACTUAL = {"Actual": True, "Exercise": False, "System": False, "Test": False, "Draft": False}
 _MSG_TYPES = {"Alert": Status.ACTIVE, "Update": Status.ACTIVE, "Cancel": Status.CANCELLED}
@@ -100,7 +101,7 @@ def check_lat_lon(lat: float, lon: float, field: str) -> None:
 
 
 def _crosses_antimeridian(lonlat: Sequence[tuple[float, float]]) -> bool:
-    return any(abs(b[0] - a[0]) > 180 for a, b in zip(lonlat, lonlat[1:], strict=False))
+    return any(abs(b[0] - a[0]) > 180 for a, b in itertools.pairwise(lonlat))
 
 
 def checked_polygon(lonlat: Sequence[tuple[float, float]], field: str) -> Polygon:
@@ -114,11 +115,11 @@ def checked_polygon(lonlat: Sequence[tuple[float, float]], field: str) -> Polygo
     if _crosses_antimeridian(lonlat):
         raise _fail(field, "polygons crossing the antimeridian are not supported")
     poly = Polygon(lonlat)
-    if poly.is_empty or poly.area <= 0:
-        raise _fail(field, "the polygon has no area")
     if not poly.is_valid:
         reason = shapely.is_valid_reason(poly)
         raise _fail(field, f"invalid polygon: {reason}")
+    if poly.is_empty or poly.area <= 0:
+        raise _fail(field, "the polygon has no area")
     return poly
 
 
@@ -154,7 +155,7 @@ def area_wkt(polygons: Sequence[Polygon]) -> str | None:
         union = shapely.union_all(list(polygons))
         parts = list(union.geoms) if isinstance(union, MultiPolygon) else [union]
         geom = MultiPolygon([p for p in parts if isinstance(p, Polygon)])
-    return str(shapely.to_wkt(geom, rounding_precision=WKT_DECIMALS, output_dimension=2))
+    return str(shapely.to_wkt(geom, rounding_precision=-1, output_dimension=2))
 
 
 def centroid(polygons: Sequence[Polygon]) -> Point:
@@ -286,7 +287,7 @@ def _parse_circle(text: str) -> tuple[Point, Polygon | None]:
     if not (math.isfinite(radius) and 0 <= radius <= MAX_RADIUS_KM):
         raise _fail(field, f"radius must be between 0 and {MAX_RADIUS_KM:g} km")
     centre = Point(lat=lat, lon=lon)
-    if radius == 0:
+    if radius < MIN_RADIUS_KM:
         return centre, None
     return centre, circle_polygon(lat, lon, radius, field)
 

@@ -44,12 +44,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import msgspec
 from shapely.geometry import Polygon
 
 from server.domain.incident import Point, RawIncident, Status
-from server.errors import FieldError, ValidationFailed, field_error_from_msgspec
+from server.errors import FieldError, ValidationFailed
 from server.formats.cap import (
+    MIN_RADIUS_KM,
     area_wkt,
     check_lat_lon,
     checked_polygon,
@@ -57,9 +57,10 @@ from server.formats.cap import (
     parse_time,
 )
 from server.formats.safexml import child, descendants, parse_xml, text_of
+from server.jsondecode import decode
 
 if TYPE_CHECKING:
-    from xml.etree.ElementTree import Element  # noqa: S405 (type only)
+    from xml.etree.ElementTree import Element
 
 CONTENT_TYPES = ("application/eido+json",)
 
@@ -326,7 +327,7 @@ def _circle(elem: Element, field: str) -> tuple[Point, Polygon | None]:
     metres = radius[0]
     if not 0 <= metres <= MAX_RADIUS_M:
         raise _fail(field, f"gs:radius must be between 0 and {MAX_RADIUS_M:g} metres")
-    if metres == 0:
+    if metres < MIN_RADIUS_KM * 1000:
         return centre, None
     return centre, circle_polygon(centre.lat, centre.lon, metres / 1000.0, field)
 
@@ -390,12 +391,7 @@ def _incident(doc: dict[str, Any]) -> tuple[str, dict[str, Any]]:
 
 
 def parse(body: bytes) -> RawIncident:
-    try:
-        decoded = msgspec.json.decode(body)
-    except msgspec.DecodeError as exc:
-        raise ValidationFailed([field_error_from_msgspec(exc)]) from None
-    except RecursionError:
-        raise _fail("body", "JSON is nested too deeply") from None
+    decoded: Any = decode(body)
     doc = _obj(decoded, "body")
     path, inc = _incident(doc)
     external_id = _external_id(inc, path)

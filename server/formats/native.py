@@ -8,7 +8,8 @@ from typing import Annotated, Literal
 import msgspec
 
 from server.domain.incident import LocationKind, Point, RawIncident, Status
-from server.errors import FieldError, ValidationFailed, field_error_from_msgspec
+from server.errors import FieldError, ValidationFailed
+from server.jsondecode import decode
 
 CONTENT_TYPES = ("application/json",)
 
@@ -44,10 +45,7 @@ _decoder = msgspec.json.Decoder(NativeIncident)
 
 
 def parse(body: bytes) -> RawIncident:
-    try:
-        doc = _decoder.decode(body)
-    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-        raise ValidationFailed([field_error_from_msgspec(exc)]) from None
+    doc = decode(body, decoder=_decoder)
     if not doc.id.strip():
         raise ValidationFailed([FieldError("id", "must not be blank")])
     if not doc.call_type.strip():

@@ -7,7 +7,8 @@ from typing import TypeVar
 import msgspec
 from aiohttp import web
 
-from server.errors import FieldError, Problem, ValidationFailed, field_error_from_msgspec
+from server.errors import FieldError, Problem, ValidationFailed
+from server.jsondecode import decode
 
 T = TypeVar("T")
 
@@ -39,10 +40,7 @@ async def decode_json(request: web.Request, typ: type[T], limit: int = 64 * 1024
     body = await read_bounded(request, limit)
     if not body.strip():
         raise ValidationFailed([FieldError("body", "is empty; a JSON object is expected")])
-    try:
-        return msgspec.json.decode(body, type=typ)
-    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-        raise ValidationFailed([field_error_from_msgspec(exc)]) from None
+    return decode(body, typ)
 
 
 def json_response(data: object, status: int = 200) -> web.Response:
