@@ -38,9 +38,13 @@ MATCHER_GROUP = "matchers"
 SENDER_GROUP = "senders"
 
 
-def pushed(incident_id: str, device_id: str) -> str:
-    """Set once a push of this incident to this device has been enqueued (dedup)."""
-    return f"{PREFIX}:pushed:{incident_id}:{device_id}"
+PUSHED_PATTERN = f"{PREFIX}:pushed:*"
+
+
+def pushed(event_id: str) -> str:
+    """Set of device ids already given a push for this event (dedup). One set per event
+    rather than one key per device keeps erasure cheap: it scans events, not pushes."""
+    return f"{PREFIX}:pushed:{event_id}"
 
 
 PUSHED_TTL_S = 48 * 3600
@@ -50,3 +54,13 @@ PUSHED_TTL_S = 48 * 3600
 def agency_rate(agency_id: str) -> str:
     """GCRA state (theoretical arrival time, ms) of an agency's webhook rate limit."""
     return f"{PREFIX}:rate:agency:{agency_id}"
+
+
+RESPONDERS_GEO = f"{PREFIX}:responders:geo"
+"""GEO set of responders' last reported positions (member: device id)."""
+
+RESPONDERS_SEEN = f"{PREFIX}:responders:seen"
+"""Sorted set: when each responder last reported (unix s); older than
+RESPONDER_POSITION_TTL_S and the position is forgotten."""
+
+RESPONDER_POSITION_TTL_S = 15 * 60

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 from typing import Any
 
 from server.domain.pushtext import title_and_body
@@ -17,24 +18,43 @@ _RETRYABLE_REASONS = {"ExpiredProviderToken", "TooManyRequests", "Shutdown",
                       "ServiceUnavailable", "InternalServerError"}
 
 
+MAX_PAYLOAD_BYTES = 4096
+
+
+def _size(payload: dict[str, Any]) -> int:
+    return len(json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode())
+
+
+def fit(payload: dict[str, Any], limit: int = MAX_PAYLOAD_BYTES) -> dict[str, Any]:
+    """Keep a payload within the gateway's limit: AED descriptions go first, then AEDs,
+    then the body is shortened. Normal payloads are far below the limit."""
+    incident = payload["incident"]
+    aeds = incident.get("aeds") or []
+    if _size(payload) > limit:
+        for aed in aeds:
+            aed.pop("description", None)
+    while _size(payload) > limit and aeds:
+        aeds.pop()
+    alert = payload["aps"]["alert"]
+    while _size(payload) > limit and len(alert["body"]) > 20:
+        alert["body"] = alert["body"][: len(alert["body"]) * 3 // 4] + "…"
+    return payload
+
+
 def build_payload(push: Push, now: dt.datetime) -> dict[str, Any]:
     title, body = title_and_body(
         push.category, push.public_location or None, push.occurred, now, push.locale,
         title=push.title, body=push.body,
     )
-    return {
+    return fit({
         "aps": {
             "alert": {"title": title, "body": body},
             "sound": "default",
             "interruption-level": "time-sensitive",
             "thread-id": push.category,
         },
-        "incident": {
-            "id": push.incident_id,
-            "category": push.category,
-            "area": {"lat": push.lat, "lon": push.lon, "location": push.public_location or None},
-        },
-    }
+        "incident": push.incident_data(),
+    })
 
 
 def classify(response: ApnsResponse) -> Outcome:

@@ -11,13 +11,17 @@ from workers.fcm_client import FcmClient, FcmResponse, FcmTransportError
 from workers.push import Failed, Outcome, Push, Retry, Sent, TokenGone
 
 
+def _compact(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
 def build_message(push: Push, now: dt.datetime) -> dict[str, Any]:
     title, body = title_and_body(
         push.category, push.public_location or None, push.occurred, now, push.locale,
         title=push.title, body=push.body,
     )
     ttl = max(0, int(push.expires_at - now.timestamp()))
-    area = {"lat": push.lat, "lon": push.lon, "location": push.public_location or None}
+    data = push.incident_data()
     return {
         "token": push.token,
         "notification": {"title": title, "body": body},
@@ -25,7 +29,9 @@ def build_message(push: Push, now: dt.datetime) -> dict[str, Any]:
         "data": {
             "incident_id": push.incident_id,
             "category": push.category,
-            "area": json.dumps(area, separators=(",", ":")),
+            "area": _compact(data["area"]),
+            **({"aeds": _compact(data["aeds"]), "responder": "true"}
+               if push.audience == "responder" else {}),
         },
         "android": {
             "priority": "HIGH",

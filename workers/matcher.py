@@ -10,17 +10,19 @@ half-way and is replayed never pushes a device twice and never skips one.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 from dataclasses import dataclass
 
 import asyncpg
 import redis.asyncio as aioredis
 
-from server import keys
+from server import keys, responders
 from server.domain.categories import RESPONDER_ONLY
 from server.domain.policy import ALERT
 from server.domain.quiet import allowed_now
 from server.publish import STREAM_MAXLEN
+from server.store import aeds
 from workers.push import Push
 from workers.streams import Entry, StreamConsumer
 
@@ -30,19 +32,38 @@ log = logging.getLogger(__name__)
 # expiration and the FCM TTL).
 ALERT_LIFETIME = dt.timedelta(hours=1)
 
+# KEYS: the event's dedup set, the platform's push stream.
+# ARGV: device id, dedup TTL, stream MAXLEN, then the entry's field/value pairs.
 _ENQUEUE = """
-if redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then
-  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', unpack(ARGV, 3))
+if redis.call('SADD', KEYS[1], ARGV[1]) == 1 then
+  redis.call('EXPIRE', KEYS[1], ARGV[2])
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', unpack(ARGV, 4))
   return 1
 end
 return 0
 """
 
 _INCIDENT = """
-SELECT id, agency_id, category, status, decision, actual, occurred_at, received_at,
-       public_location, ST_Y(public_point) AS lat, ST_X(public_point) AS lon,
-       title_override, body_override
-  FROM incidents WHERE id = $1
+SELECT i.id, i.agency_id, i.category, i.status, i.decision, i.actual, i.occurred_at,
+       i.received_at, i.public_location, i.location_kind,
+       ST_Y(i.public_point) AS lat, ST_X(i.public_point) AS lon,
+       ST_Y(ST_PointOnSurface(i.geom)) AS exact_lat, ST_X(ST_PointOnSurface(i.geom)) AS exact_lon,
+       i.title_override, i.body_override, a.responder_radius_m
+  FROM incidents i JOIN agencies a ON a.id = i.agency_id
+ WHERE i.id = $1
+"""
+
+# Responders near a cardiac arrest, from the positions Redis found. Where the arrest is
+# not known to be in a public place, only responders the agency registered are alerted.
+_RESPONDERS = """
+SELECT d.id, d.platform, d.token, d.locale, d.timezone, d.quiet_start, d.quiet_end
+  FROM devices d
+ WHERE d.id = ANY ($1::uuid[])
+   AND d.responder
+   AND d.token_disabled_at IS NULL
+   AND (d.categories IS NULL OR 'cardiac_arrest' = ANY (d.categories))
+   AND ($2 OR EXISTS (SELECT 1 FROM agency_responders r
+                       WHERE r.device_id = d.id AND r.agency_id = $3))
 """
 
 # Two agencies reporting one event (a fire both the fire and the police CAD know
@@ -101,10 +122,19 @@ class Matcher:
         expires = incident["occurred_at"] + ALERT_LIFETIME
         if now >= expires:
             return MatchResult(incident_id, 0, 0)
+        audience, aeds_json = "neighbour", ""
+        lat, lon = incident["lat"], incident["lon"]
         if incident["category"] in RESPONDER_ONLY:
-            # Never to neighbours; responders are matched by position, not by zone.
-            return MatchResult(incident_id, 0, 0)
-        rows = await self.pool.fetch(_NEIGHBOURS, incident["id"])
+            # Never to neighbours: responders are matched by where they are now, and get
+            # the exact point (they have to find the patient) and the nearest AEDs.
+            audience = "responder"
+            lat, lon = incident["exact_lat"], incident["exact_lon"]
+            rows = await self._responders(incident)
+            if rows:
+                aeds_json = json.dumps(await aeds.nearest(self.pool, lat, lon),
+                                       separators=(",", ":"))
+        else:
+            rows = await self.pool.fetch(_NEIGHBOURS, incident["id"])
         event_id = await self.pool.fetchval(
             _SAME_EVENT, incident["id"], SAME_EVENT_WINDOW, SAME_EVENT_DISTANCE_M
         ) if rows else None
@@ -120,18 +150,18 @@ class Matcher:
                     platform=row["platform"], token=row["token"], locale=row["locale"],
                     category=incident["category"],
                     public_location=incident["public_location"] or "",
-                    lat=incident["lat"], lon=incident["lon"],
+                    lat=lat, lon=lon,
                     occurred_at=incident["occurred_at"].timestamp(),
                     received_at=incident["received_at"].timestamp(),
                     expires_at=expires.timestamp(),
                     title=incident["title_override"] or "",
                     body=incident["body_override"] or "",
+                    audience=audience, aeds=aeds_json,
                 )
                 flat = [x for kv in push.to_fields().items() for x in kv]
                 await self._enqueue(
-                    keys=[keys.pushed(dedup_on, push.device_id),
-                          keys.push_stream(push.platform)],
-                    args=[keys.PUSHED_TTL_S, STREAM_MAXLEN, *flat],
+                    keys=[keys.pushed(dedup_on), keys.push_stream(push.platform)],
+                    args=[push.device_id, keys.PUSHED_TTL_S, STREAM_MAXLEN, *flat],
                     client=pipe,
                 )
             results = await pipe.execute() if len(pipe) else []
@@ -139,6 +169,16 @@ class Matcher:
         log.info("matched incident=%s category=%s candidates=%d enqueued=%d",
                  incident_id, incident["category"], len(rows), enqueued)
         return MatchResult(incident_id, len(rows), enqueued)
+
+    async def _responders(self, incident: asyncpg.Record) -> list[asyncpg.Record]:
+        nearby = await responders.near(self.redis, incident["exact_lat"], incident["exact_lon"],
+                                       incident["responder_radius_m"])
+        if not nearby:
+            return []
+        return await self.pool.fetch(
+            _RESPONDERS, [r.device_id for r in nearby],
+            incident["location_kind"] == "public", incident["agency_id"],
+        )
 
     async def handle(self, consumer: StreamConsumer, entries: list[Entry]) -> None:
         done: list[str] = []

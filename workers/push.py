@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 from dataclasses import dataclass, fields, replace
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -23,6 +25,9 @@ class Push:
     attempt: int = 1
     title: str = ""             # an editor's wording, when the alert was reviewed
     body: str = ""
+    # "neighbour" (zone match) or "responder" (CPR: exact point, nearest AEDs)
+    audience: str = "neighbour"
+    aeds: str = ""              # JSON list of the nearest AEDs, responders only
 
     def to_fields(self) -> dict[str, str]:
         return {f.name: str(getattr(self, f.name)) for f in fields(self)}
@@ -37,10 +42,23 @@ class Push:
             occurred_at=float(data["occurred_at"]), received_at=float(data["received_at"]),
             expires_at=float(data["expires_at"]), attempt=int(data.get("attempt", "1")),
             title=data.get("title", ""), body=data.get("body", ""),
+            audience=data.get("audience", "neighbour"), aeds=data.get("aeds", ""),
         )
 
     def next_attempt(self) -> Push:
         return replace(self, attempt=self.attempt + 1)
+
+    def incident_data(self) -> dict[str, Any]:
+        """The custom data both platforms carry: what the app shows about the incident."""
+        data: dict[str, Any] = {
+            "id": self.incident_id,
+            "category": self.category,
+            "area": {"lat": self.lat, "lon": self.lon, "location": self.public_location or None},
+        }
+        if self.audience == "responder":
+            data["responder"] = True
+            data["aeds"] = json.loads(self.aeds) if self.aeds else []
+        return data
 
     @property
     def occurred(self) -> dt.datetime:

@@ -95,8 +95,14 @@ class StreamConsumer:
         return entries
 
     async def ack(self, ids: list[str]) -> None:
+        """Acknowledge and delete: a handled entry's record is in PostgreSQL, so the
+        stream keeps only work in progress (bounded memory, and a device's erasure
+        finds its pending pushes by scanning a short stream)."""
         if ids:
-            await self.redis.xack(self.stream, self.group, *ids)
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.xack(self.stream, self.group, *ids)
+                pipe.xdel(self.stream, *ids)
+                await pipe.execute()
 
 
 async def consume(

@@ -48,7 +48,7 @@ LABELS_EN: dict[str, str] = {
     "commercial_fire": "Commercial fire",
     "structure_fire": "Structure fire",
     "explosion": "Explosion",
-    "cardiac_arrest": "Cardiac arrest",
+    "cardiac_arrest": "CPR needed",
 }
 
 _CATEGORY_NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")

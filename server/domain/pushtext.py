@@ -24,7 +24,7 @@ LABELS_ES: dict[str, str] = {
     "commercial_fire": "Incendio en comercio",
     "structure_fire": "Incendio en edificio",
     "explosion": "Explosión",
-    "cardiac_arrest": "Paro cardíaco",
+    "cardiac_arrest": "Se necesita RCP",
 }
 
 _TEMPLATES = {

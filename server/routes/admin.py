@@ -13,14 +13,14 @@ from aiohttp import web
 
 from server.appkeys import POOL, REDIS, SETTINGS
 from server.auth import require_admin
-from server.domain import signing
+from server.domain import aed_import, signing
 from server.domain.agency_spec import validate_agency, validate_call_types
 from server.domain.categories import ALL_CATEGORIES, normalize_call_type
 from server.domain.policy import DEFAULT_ALERTABLE
 from server.errors import FieldError, NotFound, Problem, ValidationFailed
 from server.publish import publish_incident
-from server.routes.body import decode_json, json_response
-from server.store import review
+from server.routes.body import decode_json, json_response, read_bounded
+from server.store import aeds, review
 from server.store.agencies import (
     AgencyExists,
     create_agency,
@@ -29,6 +29,7 @@ from server.store.agencies import (
     unmapped_call_types,
     update_agency,
 )
+from server.store.devices import register_responder, unregister_responder
 
 log = logging.getLogger(__name__)
 routes = web.RouteTableDef()
@@ -222,3 +223,51 @@ async def post_reject(request: web.Request) -> web.Response:
         raise _closed(exc) from None
     log.info("review rejected incident=%s", incident_id)
     return json_response({"incident_id": incident_id, "decision": "suppressed:rejected"})
+
+
+AED_CONTENT_TYPES = ("application/geo+json", "application/json", "text/csv")
+
+
+@routes.post("/v1/admin/aeds")
+async def post_aeds(request: web.Request) -> web.Response:
+    """Import AEDs from a GeoJSON FeatureCollection of Points or a CSV with latitude and
+    longitude columns (name, description and id optional; id makes re-imports update)."""
+    _admin(request)
+    content_type = request.content_type.lower()
+    if content_type not in AED_CONTENT_TYPES:
+        raise Problem(415, "Unsupported media type",
+                      f"use one of: {', '.join(AED_CONTENT_TYPES)}", slug="unsupported-media-type")
+    body = await read_bounded(request, 16 * 1024 * 1024)
+    parsed = aed_import.parse_csv(body) if content_type == "text/csv" \
+        else aed_import.parse_geojson(body)
+    count = await aeds.import_aeds(request.app[POOL], parsed)
+    log.info("aeds imported count=%d", count)
+    return json_response({"imported": count})
+
+
+class ResponderRegistration(msgspec.Struct, frozen=True):
+    device_id: str
+
+
+@routes.post("/v1/admin/agencies/{agency}/responders")
+async def post_responder(request: web.Request) -> web.Response:
+    """Register a verified CPR responder with an agency: they are alerted to cardiac
+    arrests in residences too, not only in public places."""
+    _admin(request)
+    agency = await _agency_or_404(request)
+    body = await decode_json(request, ResponderRegistration)
+    try:
+        device_id = str(uuid.UUID(body.device_id))
+    except ValueError:
+        raise ValidationFailed([FieldError("device_id", "is not a device id")]) from None
+    if not await register_responder(request.app[POOL], agency.id, device_id):
+        raise ValidationFailed([FieldError("device_id", "no such device")])
+    return json_response({"agency": agency.id, "device_id": device_id}, status=201)
+
+
+@routes.delete("/v1/admin/agencies/{agency}/responders/{device}")
+async def delete_responder(request: web.Request) -> web.Response:
+    _admin(request)
+    agency = await _agency_or_404(request)
+    await unregister_responder(request.app[POOL], agency.id, request.match_info["device"])
+    return web.Response(status=204)

@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import uuid
 from typing import Annotated, Any, Literal
 
 import msgspec
 from aiohttp import web
 
-from server.appkeys import POOL
+from server import responders
+from server.appkeys import POOL, REDIS
 from server.auth import bearer, new_device_secret
 from server.domain import zones as zone_rules
 from server.domain.agency_spec import valid_timezone
 from server.domain.categories import NEIGHBOUR_ALERTABLE, RESPONDER_ONLY
-from server.errors import FieldError, Unauthorized, ValidationFailed
+from server.domain.pushtext import title_and_body
+from server.erasure import scrub_device
+from server.errors import FieldError, Problem, Unauthorized, ValidationFailed
 from server.routes.body import decode_json, json_response
 from server.store import devices as store
 
@@ -64,6 +68,28 @@ class PreferencesPut(msgspec.Struct, frozen=True):
     categories: list[str] | None = None
     quiet_hours: QuietHours | None = None
     responder: bool = False
+    timezone: str | None = None   # IANA name; quiet hours are in this zone
+    locale: Annotated[str, msgspec.Meta(max_length=35)] | None = None
+
+
+class LocationPut(msgspec.Struct, frozen=True):
+    lat: Annotated[float, msgspec.Meta(ge=-90, le=90)]
+    lon: Annotated[float, msgspec.Meta(ge=-180, le=180)]
+
+
+class AlertItem(msgspec.Struct, frozen=True):
+    incident_id: str
+    category: str
+    status: str
+    title: str
+    occurred_at: str
+    alerted_at: str
+    location: dict[str, Any]
+
+
+class AlertFeed(msgspec.Struct, frozen=True):
+    alerts: list[AlertItem]
+    next: str | None
 
 
 class TokenPut(msgspec.Struct, frozen=True):
@@ -157,6 +183,13 @@ async def put_preferences(request: web.Request) -> web.Response:
                 f"unknown {', '.join(unknown)}; valid: {', '.join(sorted(SUBSCRIBABLE))}",
             )])
         categories = sorted(set(body.categories))
+    errors = []
+    if body.timezone is not None and not valid_timezone(body.timezone):
+        errors.append(FieldError("timezone", f"{body.timezone!r} is not an IANA time zone"))
+    if body.locale is not None and not _LOCALE.match(body.locale):
+        errors.append(FieldError("locale", "must be a language tag like 'en' or 'es-US'"))
+    if errors:
+        raise ValidationFailed(errors)
     start = end = None
     if body.quiet_hours is not None:
         start = _time("quiet_hours.start", body.quiet_hours.start)
@@ -165,6 +198,11 @@ async def put_preferences(request: web.Request) -> web.Response:
         request.app[POOL], device.id, categories=categories, quiet_start=start, quiet_end=end,
         responder=body.responder,
     )
+    if body.timezone is not None or body.locale is not None:
+        await store.update_profile(request.app[POOL], device.id, timezone=body.timezone,
+                                   locale=body.locale)
+    if not body.responder:
+        await responders.forget(request.app[REDIS], [device.id])
     return json_response({"categories": categories, "responder": body.responder})
 
 
@@ -174,4 +212,74 @@ async def put_token(request: web.Request) -> web.Response:
     body = await decode_json(request, TokenPut)
     _check_token(device.platform, body.token)
     await store.set_token(request.app[POOL], device.id, body.token)
+    return web.Response(status=204)
+
+
+@routes.put("/v1/devices/{device}/location")
+async def put_location(request: web.Request) -> web.Response:
+    """A responder's current position; kept 15 minutes, then forgotten."""
+    device = await _device(request)
+    body = await decode_json(request, LocationPut)
+    if not await store.is_responder(request.app[POOL], device.id):
+        raise Problem(409, "Not a responder",
+                      "Set responder: true in the preferences before reporting a position",
+                      slug="not-a-responder")
+    await responders.report_position(request.app[REDIS], device.id, body.lat, body.lon)
+    return web.Response(status=204)
+
+
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+
+def _cursor(raw: str | None) -> tuple[dt.datetime, str] | None:
+    if not raw:
+        return None
+    try:
+        micros, _, incident = raw.partition("_")
+        stamp = _EPOCH + dt.timedelta(microseconds=int(micros))
+        return stamp, str(uuid.UUID(incident))
+    except (ValueError, OverflowError, OSError):
+        raise ValidationFailed([FieldError("before", "is not a cursor from a previous page")]) \
+            from None
+
+
+@routes.get("/v1/devices/{device}/alerts")
+async def get_alerts(request: web.Request) -> web.Response:
+    """The device's alerts of the last 24 hours with their current status, newest first.
+    ``?limit=`` (1-100, default 20) and ``?before=`` (the previous page's ``next``)."""
+    device = await _device(request)
+    try:
+        limit = int(request.query.get("limit", "20"))
+    except ValueError:
+        limit = 0
+    if not 1 <= limit <= 100:
+        raise ValidationFailed([FieldError("limit", "must be an integer from 1 to 100")])
+    now = dt.datetime.now(dt.UTC)
+    rows = await store.recent_alerts(request.app[POOL], device.id, now=now, limit=limit,
+                                     before=_cursor(request.query.get("before")))
+    items = []
+    for r in rows:
+        title, _ = title_and_body(r["category"], r["public_location"], r["occurred_at"], now,
+                                  device.locale)
+        items.append(AlertItem(
+            incident_id=str(r["id"]), category=r["category"], status=r["status"], title=title,
+            occurred_at=r["occurred_at"].isoformat(), alerted_at=r["alerted_at"].isoformat(),
+            location={"public": r["public_location"], "lat": r["lat"], "lon": r["lon"]},
+        ))
+    next_cursor = None
+    if len(rows) == limit:
+        last = rows[-1]
+        # URL-safe: microseconds since the epoch, then the incident id.
+        micros = (last["alerted_at"] - _EPOCH) // dt.timedelta(microseconds=1)
+        next_cursor = f"{micros}_{last['id']}"
+    return json_response(AlertFeed(items, next_cursor))
+
+
+@routes.delete("/v1/devices/{device}")
+async def delete_device(request: web.Request) -> web.Response:
+    """Erase the device: its row, zones, preferences, position and every Redis key or
+    pending push about it. Delivery records stay, unlinked, for incident statistics."""
+    device = await _device(request)
+    await store.delete_device(request.app[POOL], device.id)
+    await scrub_device(request.app[REDIS], device.id)
     return web.Response(status=204)

@@ -112,3 +112,69 @@ async def disable_token(pool: asyncpg.Pool, device_id: str, token: str, reason: 
             WHERE id = $1 AND token = $2 AND token_disabled_at IS NULL""",
         UUID(device_id), token, reason,
     )
+
+
+async def register_responder(pool: asyncpg.Pool, agency_id: str, device_id: str) -> bool:
+    """False when there is no such device."""
+    found = await pool.fetchval(
+        """WITH d AS (SELECT id FROM devices WHERE id = $2::uuid),
+                ins AS (INSERT INTO agency_responders (agency_id, device_id)
+                        SELECT $1, id FROM d ON CONFLICT DO NOTHING)
+           SELECT count(*) FROM d""",
+        agency_id, device_id,
+    )
+    return bool(found)
+
+
+async def unregister_responder(pool: asyncpg.Pool, agency_id: str, device_id: str) -> None:
+    uid = _uuid(device_id)
+    if uid is not None:
+        await pool.execute(
+            "DELETE FROM agency_responders WHERE agency_id = $1 AND device_id = $2",
+            agency_id, uid)
+
+
+async def update_profile(pool: asyncpg.Pool, device_id: str, *, timezone: str | None,
+                         locale: str | None) -> None:
+    await pool.execute(
+        """UPDATE devices SET timezone = coalesce($2, timezone), locale = coalesce($3, locale),
+                              updated_at = now()
+            WHERE id = $1""",
+        UUID(device_id), timezone, locale,
+    )
+
+
+async def is_responder(pool: asyncpg.Pool, device_id: str) -> bool:
+    return bool(await pool.fetchval(
+        "SELECT responder FROM devices WHERE id = $1", UUID(device_id)))
+
+
+FEED_WINDOW = dt.timedelta(hours=24)
+
+
+async def recent_alerts(pool: asyncpg.Pool, device_id: str, *, now: dt.datetime, limit: int,
+                        before: tuple[dt.datetime, str] | None) -> list[asyncpg.Record]:
+    """The incidents this device was alerted to in the last 24 hours, newest first, with
+    their current status. Keyset-paginated on (alerted_at, incident id)."""
+    return await pool.fetch(
+        """WITH alerted AS (
+               SELECT incident_id, min(created_at) AS alerted_at
+                 FROM deliveries
+                WHERE device_id = $1 AND outcome = 'sent' AND created_at > $2
+                GROUP BY incident_id)
+           SELECT a.alerted_at, i.id, i.category, i.status, i.occurred_at, i.public_location,
+                  ST_Y(i.public_point) AS lat, ST_X(i.public_point) AS lon
+             FROM alerted a JOIN incidents i ON i.id = a.incident_id
+            WHERE $3::timestamptz IS NULL OR (a.alerted_at, i.id) < ($3, $4::uuid)
+            ORDER BY a.alerted_at DESC, i.id DESC
+            LIMIT $5""",
+        UUID(device_id), now - FEED_WINDOW, before[0] if before else None,
+        before[1] if before else None, limit,
+    )
+
+
+async def delete_device(pool: asyncpg.Pool, device_id: str) -> None:
+    """Delete the device with its zones, preferences and responder registrations; its
+    delivery rows are kept for the incident's statistics but no longer point at it."""
+    # zones and agency_responders cascade; deliveries.device_id is ON DELETE SET NULL.
+    await pool.execute("DELETE FROM devices WHERE id = $1", UUID(device_id))

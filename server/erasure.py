@@ -1,0 +1,53 @@
+"""Forgetting a device in Redis: every key, set member and stream entry about it.
+
+PostgreSQL forgets through ``DELETE FROM devices`` (cascades and SET NULL); this is the
+Redis half, called by ``DELETE /v1/devices/{id}``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from server import keys, responders
+from server.keys import PLATFORMS, SENDER_GROUP
+
+
+def _s(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+async def _scrub_stream(redis: aioredis.Redis, stream: str, device_id: str,
+                        group: str | None) -> int:
+    removed = 0
+    start = "-"
+    while True:
+        batch: Any = await redis.xrange(stream, min=start, max="+", count=1000)
+        if not batch:
+            return removed
+        ids = [_s(eid) for eid, fields in batch
+               if _s(fields.get(b"device_id", fields.get("device_id", ""))) == device_id]
+        if ids:
+            if group:
+                await redis.xack(stream, group, *ids)
+            await redis.xdel(stream, *ids)
+            removed += len(ids)
+        start = "(" + _s(batch[-1][0])  # exclusive: after the last one seen
+
+
+async def scrub_device(redis: aioredis.Redis, device_id: str) -> None:
+    await responders.forget(redis, [device_id])
+    async for key in redis.scan_iter(match=keys.PUSHED_PATTERN, count=1000):
+        await redis.srem(key, device_id)
+    for platform in PLATFORMS:
+        if await redis.exists(keys.push_stream(platform)):
+            await _scrub_stream(redis, keys.push_stream(platform), device_id, SENDER_GROUP)
+        schedule = keys.retry_schedule(platform)
+        members: list[Any] = await redis.zrange(schedule, 0, -1)
+        doomed = [m for m in members if json.loads(_s(m)).get("device_id") == device_id]
+        if doomed:
+            await redis.zrem(schedule, *doomed)
+    if await redis.exists(keys.DEAD_STREAM):
+        await _scrub_stream(redis, keys.DEAD_STREAM, device_id, None)
