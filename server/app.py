@@ -13,9 +13,11 @@ import redis.asyncio as aioredis
 from aiohttp import web
 
 from server import openapi
-from server.appkeys import LIMITER, POOL, REDIS, SETTINGS
+from server.agency_cache import AgencyCache
+from server.appkeys import AGENCIES, LIMITER, OUTBOX, POOL, REDIS, SETTINGS
 from server.db import create_pool
 from server.errors import problem_middleware
+from server.publish import OutboxCleaner
 from server.ratelimit import RateLimiter
 from server.routes import admin, devices, health, incidents
 from server.settings import Settings
@@ -27,7 +29,11 @@ async def _postgres(app: web.Application) -> AsyncIterator[None]:
     # Lazy: min_size=0 lets the process start (and answer /healthz and 503s) while
     # PostgreSQL is still coming up or briefly down.
     app[POOL] = await create_pool(app[SETTINGS].database_url, min_size=0, max_size=20)
+    app[AGENCIES] = AgencyCache(app[POOL])
+    app[OUTBOX] = OutboxCleaner(app[POOL])
+    app[OUTBOX].start()
     yield
+    await app[OUTBOX].stop()
     await app[POOL].close()
 
 

@@ -6,6 +6,8 @@ import asyncpg
 import redis.asyncio as aioredis
 from aiohttp import web
 
+from server.agency_cache import AgencyCache
+from server.publish import OutboxCleaner
 from server.ratelimit import RateLimiter
 from server.settings import Settings
 
@@ -13,3 +15,5 @@ SETTINGS = web.AppKey("settings", Settings)
 POOL = web.AppKey("pool", asyncpg.Pool)
 REDIS = web.AppKey("redis", aioredis.Redis)
 LIMITER = web.AppKey("limiter", RateLimiter)
+AGENCIES = web.AppKey("agencies", AgencyCache)
+OUTBOX = web.AppKey("outbox", OutboxCleaner)

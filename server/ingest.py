@@ -10,15 +10,16 @@ from dataclasses import dataclass
 import asyncpg
 import redis.asyncio as aioredis
 
+from server.agency_cache import AgencyCache
 from server.domain import signing
 from server.domain.incident import RawIncident
 from server.domain.normalize import normalize
 from server.domain.policy import decide
 from server.errors import Problem, Unauthorized
 from server.formats import cap, eido, native
-from server.publish import publish_incident
+from server.publish import OutboxCleaner, publish_incident
 from server.ratelimit import RateLimiter
-from server.store.agencies import get_agency
+from server.store.agencies import Agency
 from server.store.incidents import store_incident
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,8 @@ class Accepted:
 async def ingest(
     pool: asyncpg.Pool,
     redis: aioredis.Redis,
+    agencies: AgencyCache,
+    outbox: OutboxCleaner,
     *,
     agency_id: str,
     parser: Parser,
@@ -63,12 +66,20 @@ async def ingest(
     now: dt.datetime,
     limiter: RateLimiter | None = None,
 ) -> Accepted:
-    agency = await get_agency(pool, agency_id)
+    agency, cached = await agencies.get(agency_id)
+
+    def verified(a: Agency | None) -> bool:
+        secrets = a.verifying_secrets if a else []
+        return signing.verify(signature, body, secrets, now=now.timestamp(),
+                              tolerance_s=tolerance_s)
+
+    ok = verified(agency)
+    if not ok and cached:
+        agency, _ = await agencies.get(agency_id, fresh=True)  # a secret just rotated?
+        ok = verified(agency)
     # An unknown agency and a bad signature answer alike, so ids can't be enumerated.
-    secrets = agency.verifying_secrets if agency else []
-    if not signing.verify(signature, body, secrets, now=now.timestamp(), tolerance_s=tolerance_s):
+    if not ok or agency is None:
         raise Unauthorized("Missing, stale or invalid Geopush-Signature")
-    assert agency is not None
     if limiter is not None:
         verdict = await limiter.check(agency.id, agency.rate_limit_per_minute)
         if not verdict.allowed:
@@ -90,5 +101,5 @@ async def ingest(
         stored.decision, stored.duplicate,
     )
     if stored.publish:
-        await publish_incident(pool, redis, stored.incident_id)
+        await publish_incident(redis, outbox, stored.incident_id)
     return Accepted(stored.incident_id, stored.decision, stored.duplicate)

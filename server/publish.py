@@ -1,13 +1,16 @@
 """Handing stored incidents to the matcher through the Redis stream.
 
-The outbox row written with the incident is deleted only after XADD succeeded; the
-outbox relay (workers/outbox_relay.py) republishes whatever is left, so an incident
-answered with 202 reaches the matcher even when Redis was down at the time.
+The outbox row written with the incident is deleted only after XADD succeeded (in
+batches, by ``OutboxCleaner``); the outbox relay (workers/outbox_relay.py) republishes
+whatever is left, so an incident answered with 202 reaches the matcher even when Redis
+was down at the time.
 Publishing twice is harmless: the matcher's per-device dedup absorbs it.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 
 import asyncpg
@@ -29,17 +32,56 @@ async def xadd_incident(redis: aioredis.Redis, incident_id: str) -> None:
     )
 
 
-async def publish_incident(pool: asyncpg.Pool, redis: aioredis.Redis, incident_id: str) -> bool:
-    """True when the incident is on the stream and its outbox row is gone."""
+class OutboxCleaner:
+    """Deletes the outbox rows of published incidents in batches (every ``interval_s``)
+    instead of one DELETE per webhook. A row not yet deleted is harmless: the relay
+    only takes rows older than its grace period, and the matcher dedups a republish."""
+
+    def __init__(self, pool: asyncpg.Pool, interval_s: float = 0.05) -> None:
+        self._pool = pool
+        self._interval = interval_s
+        self._published: list[str] = []
+        self._task: asyncio.Task[None] | None = None
+
+    def published(self, incident_id: str) -> None:
+        self._published.append(incident_id)
+
+    async def flush(self) -> None:
+        batch, self._published = self._published, []
+        if not batch:
+            return
+        try:
+            await self._pool.execute(
+                "DELETE FROM outbox WHERE incident_id = ANY($1::uuid[])", batch)
+        except (asyncpg.PostgresError, OSError) as exc:
+            # The relay will publish them once more; the matcher dedups.
+            log.warning("could not clear %d outbox rows: %s", len(batch), exc)
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            await self.flush()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self.flush()
+
+
+async def publish_incident(redis: aioredis.Redis, cleaner: OutboxCleaner,
+                           incident_id: str) -> bool:
+    """True when the incident is on the stream (its outbox row goes with the next
+    batch); False when Redis is unreachable and the relay will publish it."""
     try:
         await xadd_incident(redis, incident_id)
     except (RedisError, OSError) as exc:
         log.warning("redis unavailable, incident %s left to the outbox relay: %s",
                     incident_id, exc)
         return False
-    try:
-        await pool.execute("DELETE FROM outbox WHERE incident_id = $1", incident_id)
-    except (asyncpg.PostgresError, OSError) as exc:
-        # The relay will publish it once more; the matcher dedups.
-        log.warning("could not clear outbox row of incident %s: %s", incident_id, exc)
+    cleaner.published(incident_id)
     return True

@@ -11,7 +11,7 @@ from typing import Annotated, Any
 import msgspec
 from aiohttp import web
 
-from server.appkeys import POOL, REDIS, SETTINGS
+from server.appkeys import AGENCIES, OUTBOX, POOL, REDIS, SETTINGS
 from server.auth import require_admin
 from server.domain import aed_import, signing
 from server.domain.agency_spec import validate_agency, validate_call_types
@@ -91,6 +91,7 @@ async def post_agency(request: web.Request) -> web.Response:
     except AgencyExists:
         raise Problem(409, "Agency exists", f"An agency with id {spec.id!r} already exists",
                       slug="conflict") from None
+    request.app[AGENCIES].invalidate(spec.id)  # it may be cached as unknown
     log.info("agency created id=%s call_types=%d", spec.id, len(spec.call_types))
     return json_response(AgencyCreated(spec.id, secret), status=201)
 
@@ -142,6 +143,7 @@ async def patch_agency(request: web.Request) -> web.Response:
         changes["alertable_categories"] = _categories(
             "alertable_categories", changes["alertable_categories"], DEFAULT_ALERTABLE)
     await update_agency(request.app[POOL], agency.id, changes)
+    request.app[AGENCIES].invalidate(agency.id)
     log.info("agency updated id=%s fields=%s", agency.id, ",".join(sorted(changes)))
     updated = await get_agency(request.app[POOL], agency.id)
     assert updated is not None
@@ -163,6 +165,7 @@ async def post_agency_secret(request: web.Request) -> web.Response:
     secret = signing.new_secret()
     if not await rotate_secret(request.app[POOL], agency_id, secret):
         raise NotFound(f"No agency {agency_id!r}")
+    request.app[AGENCIES].invalidate(agency_id)
     log.info("agency secret rotated id=%s", agency_id)
     return json_response(AgencyCreated(agency_id, secret), status=200)
 
@@ -204,7 +207,7 @@ async def post_approve(request: web.Request) -> web.Response:
     except review.ReviewClosed as exc:
         raise _closed(exc) from None
     if approved.publish:
-        await publish_incident(request.app[POOL], request.app[REDIS], incident_id)
+        await publish_incident(request.app[REDIS], request.app[OUTBOX], incident_id)
     log.info("review approved incident=%s edited=%s", incident_id,
              decision.title is not None or decision.body is not None)
     return json_response({"incident_id": incident_id, "decision": "alert"})

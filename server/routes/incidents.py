@@ -7,7 +7,7 @@ import datetime as dt
 import msgspec
 from aiohttp import web
 
-from server.appkeys import LIMITER, POOL, REDIS, SETTINGS
+from server.appkeys import AGENCIES, LIMITER, OUTBOX, POOL, REDIS, SETTINGS
 from server.domain.signing import HEADER
 from server.ingest import ingest, parser_for
 from server.routes.body import json_response, read_bounded
@@ -29,6 +29,8 @@ async def post_incident(request: web.Request) -> web.Response:
     accepted = await ingest(
         request.app[POOL],
         request.app[REDIS],
+        request.app[AGENCIES],
+        request.app[OUTBOX],
         agency_id=request.match_info["agency"],
         parser=parser,
         body=body,

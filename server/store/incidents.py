@@ -22,16 +22,6 @@ class Stored:
     publish: bool   # an outbox row was written: hand the incident to the matcher
 
 
-_INSERT = """
-INSERT INTO incidents (agency_id, external_id, revision, status, call_type, category,
-                       occurred_at, received_at, geom, public_point, public_location,
-                       location_kind, priority, decision, actual)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, ST_GeomFromText($9, 4326),
-        ST_SetSRID(ST_MakePoint($10, $11), 4326), $12, $13, $14, $15, $16)
-ON CONFLICT (agency_id, external_id) DO NOTHING
-RETURNING id
-"""
-
 _UPDATE = """
 UPDATE incidents
    SET revision = $2, status = $3, call_type = $4, category = $5, occurred_at = $6,
@@ -49,12 +39,53 @@ async def store_incident(
     """Store one revision. The same revision again is a duplicate; an older one is
     ignored; a newer one replaces the stored one. Pushable revisions get an outbox row
     in the same transaction."""
+    first = await _insert_new(pool, incident, decision, received_at, review_until)
+    if first is not None:
+        return first
     while True:
         stored = await _store_once(pool, incident, decision, received_at, review_until)
         if stored is not None:
             return stored
         # A concurrent request inserted the same incident between our SELECT and
         # INSERT: go again, and this time see its row.
+
+
+# The common case, a revision of an incident not seen before, in one statement (one
+# round trip, atomic without an explicit transaction): the incident, its outbox row
+# when it is to be pushed, its review item when it is to be reviewed.
+_INSERT_NEW = """
+WITH ins AS (
+    INSERT INTO incidents (agency_id, external_id, revision, status, call_type, category,
+                           occurred_at, received_at, geom, public_point, public_location,
+                           location_kind, priority, decision, actual)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, ST_GeomFromText($9, 4326),
+            ST_SetSRID(ST_MakePoint($10, $11), 4326), $12, $13, $14, $15, $16)
+    ON CONFLICT (agency_id, external_id) DO NOTHING
+    RETURNING id),
+ ob AS (INSERT INTO outbox (incident_id) SELECT id FROM ins WHERE $17),
+ rv AS (INSERT INTO review_items (incident_id, agency_id, narrative, expires_at)
+        SELECT id, $1, $18, $19 FROM ins WHERE $15 = 'review')
+SELECT id FROM ins
+"""
+
+
+async def _insert_new(
+    db: asyncpg.Pool | PoolConnectionProxy[asyncpg.Record], incident: Incident, decision: str,
+    received_at: dt.datetime, review_until: dt.datetime | None,
+) -> Stored | None:
+    """None when the incident exists already (then the locking path decides)."""
+    i = incident
+    kind = i.location_kind.value if i.location_kind else None
+    publish = is_pushable(decision)
+    incident_id = await db.fetchval(
+        _INSERT_NEW, i.agency_id, i.external_id, i.revision, i.status.value, i.call_type,
+        i.category, i.occurred_at, received_at, i.geometry_wkt, i.public_point.lon,
+        i.public_point.lat, i.public_location, kind, i.priority, decision, i.actual,
+        publish, i.narrative, review_until,
+    )
+    if incident_id is None:
+        return None
+    return Stored(str(incident_id), decision, duplicate=False, publish=publish)
 
 
 async def _store_once(
@@ -70,18 +101,8 @@ async def _store_once(
             i.agency_id, i.external_id,
         )
         if existing is None:
-            incident_id = await conn.fetchval(
-                _INSERT, i.agency_id, i.external_id, i.revision, i.status.value, i.call_type,
-                i.category, i.occurred_at, received_at, i.geometry_wkt, i.public_point.lon,
-                i.public_point.lat, i.public_location, kind, i.priority, decision, i.actual,
-            )
-            if incident_id is None:
-                return None
-            await _sync_review(conn, incident_id, i, decision, review_until)
-            publish = is_pushable(decision)
-            if publish:
-                await conn.execute("INSERT INTO outbox (incident_id) VALUES ($1)", incident_id)
-            return Stored(str(incident_id), decision, duplicate=False, publish=publish)
+            # Deleted since the fast path saw it (or a race): insert it here.
+            return await _insert_new(conn, incident, decision, received_at, review_until)
         incident_id = existing["id"]
         if existing["revision"] == i.revision:
             return Stored(str(incident_id), existing["decision"], duplicate=True, publish=False)
