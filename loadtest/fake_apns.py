@@ -78,6 +78,7 @@ class _Faults:
     reason: str
     latency_ms: int
     tokens: frozenset[str] | None
+    reset: bool = False   # drop the connection instead of answering
 
     def applies(self, token: str) -> bool:
         if self.tokens is not None and token not in self.tokens:
@@ -183,6 +184,11 @@ class _ApnsConnection(asyncio.Protocol):
             self.h2.update_settings(
                 {SettingCodes.MAX_CONCURRENT_STREAMS: self.fake.max_concurrent_streams}
             )
+
+    def abort(self) -> None:
+        """Drop the connection without a GOAWAY, like a reset TCP connection."""
+        if self.transport is not None:
+            self.transport.abort()
 
     def goaway(self, reason: str) -> None:
         if self.transport is None:
@@ -297,18 +303,21 @@ class FakeApns:
 
     def set_faults(
         self, *, rate: float, status: int = 500, reason: str = "InternalServerError",
-        latency_ms: int = 0, tokens: Iterable[str] | None = None,
+        latency_ms: int = 0, tokens: Iterable[str] | None = None, reset: bool = False,
     ) -> None:
         """Answer a share ``rate`` of requests (optionally only for ``tokens``) after
         ``latency_ms`` with ``status``/``reason``; status 200 means "only the latency",
-        the request is then judged normally. ``rate=0`` clears the faults."""
+        the request is then judged normally. ``reset=True`` aborts the whole connection
+        instead of answering (every stream on it is lost, as when a TCP connection is
+        reset). ``rate=0`` clears the faults."""
         if not 0 <= rate <= 1:
             raise ValueError("rate must be within 0..1")
         if rate == 0:
             self._faults = None
             return
         self._faults = _Faults(
-            rate, status, reason, latency_ms, None if tokens is None else frozenset(tokens)
+            rate, status, reason, latency_ms, None if tokens is None else frozenset(tokens),
+            reset,
         )
 
     def goaway(self, reason: str = "Shutdown") -> None:
@@ -333,6 +342,10 @@ class FakeApns:
         faults: _Faults | None,
     ) -> None:
         connection.timers.pop(stream_id, None)
+        if faults is not None and faults.reset:
+            self.stats["resets"] += 1
+            connection.abort()
+            return
         headers = request.headers
         apns_id = headers.get("apns-id") or str(uuid.uuid4())
         token = device_token(headers.get(":path", ""))
@@ -418,6 +431,7 @@ class FakeApns:
                 reason=str(body.get("reason", "InternalServerError")),
                 latency_ms=int(body.get("latency_ms", 0)),
                 tokens=None if tokens is None else [str(t) for t in tokens],
+                reset=bool(body.get("reset", False)),
             )
         except (TypeError, ValueError) as exc:
             raise _bad_request(str(exc)) from None

@@ -309,3 +309,16 @@ async def test_reconnects_after_goaway(client: ApnsClient, fake: FakeApns) -> No
     await asyncio.wait_for(connection.closed, 5)  # type: ignore[attr-defined]
     assert (await client.send(GOOD, PAYLOAD, collapse_id=None, expiration=None)).status == 200
     assert fake.stats["connections"] == 2
+
+
+async def test_connection_reset_fails_in_flight_sends_and_the_next_one_reconnects(
+    client: ApnsClient, fake: FakeApns
+) -> None:
+    assert (await client.send(GOOD, PAYLOAD, collapse_id=None, expiration=None)).status == 200
+    fake.set_faults(rate=1.0, reset=True)
+    with pytest.raises(ApnsTransportError):
+        await client.send(GOOD, PAYLOAD, collapse_id=None, expiration=None)
+    assert fake.stats["resets"] == 1
+    fake.set_faults(rate=0)
+    assert (await client.send(GOOD, PAYLOAD, collapse_id=None, expiration=None)).status == 200
+    assert fake.stats["connections"] == 2
