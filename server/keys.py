@@ -64,3 +64,8 @@ RESPONDERS_SEEN = f"{PREFIX}:responders:seen"
 RESPONDER_POSITION_TTL_S and the position is forgotten."""
 
 RESPONDER_POSITION_TTL_S = 15 * 60
+
+
+def device_rate(device_id: str) -> str:
+    """Pushes enqueued for a device in the current hour (fixed window)."""
+    return f"{PREFIX}:device_rate:{device_id}"

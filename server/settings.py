@@ -84,6 +84,8 @@ class Settings:
     # A stream entry pending this long on a consumer is presumed orphaned (its worker
     # died) and is claimed by another. Longer than any batch takes to finish.
     claim_idle_ms: int = 60_000
+    # Pushes a device gets per hour before only the most severe categories come through.
+    device_pushes_per_hour: int = 10
     apns: ApnsSettings | None = None
     fcm: FcmSettings | None = None
 
@@ -108,6 +110,7 @@ class Settings:
             stream_batch=_int(env, "GEOPUSH_STREAM_BATCH", 100),
             send_concurrency=_int(env, "GEOPUSH_SEND_CONCURRENCY", 200),
             claim_idle_ms=_int(env, "GEOPUSH_CLAIM_IDLE_MS", 60_000),
+            device_pushes_per_hour=_int(env, "GEOPUSH_DEVICE_PUSHES_PER_HOUR", 10),
             consumer_name=env.get("GEOPUSH_CONSUMER_NAME") or _default_consumer_name(),
             apns=_apns_from_env(env),
             fcm=_fcm_from_env(env),

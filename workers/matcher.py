@@ -18,7 +18,7 @@ import asyncpg
 import redis.asyncio as aioredis
 
 from server import keys, responders
-from server.domain.categories import RESPONDER_ONLY
+from server.domain.categories import MOST_SEVERE, RESPONDER_ONLY
 from server.domain.policy import ALERT
 from server.domain.quiet import allowed_now
 from server.publish import STREAM_MAXLEN
@@ -32,15 +32,27 @@ log = logging.getLogger(__name__)
 # expiration and the FCM TTL).
 ALERT_LIFETIME = dt.timedelta(hours=1)
 
-# KEYS: the event's dedup set, the platform's push stream.
-# ARGV: device id, dedup TTL, stream MAXLEN, then the entry's field/value pairs.
+# KEYS: the event's dedup set, the platform's push stream, the device's rate counter.
+# ARGV: device id, dedup TTL, stream MAXLEN, hourly limit (0: none), then the entry's
+# field/value pairs. Returns 1 enqueued, 0 already pushed, -1 over the device's limit.
 _ENQUEUE = """
-if redis.call('SADD', KEYS[1], ARGV[1]) == 1 then
-  redis.call('EXPIRE', KEYS[1], ARGV[2])
-  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', unpack(ARGV, 4))
-  return 1
+if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 1 then
+  return 0
 end
-return 0
+local limit = tonumber(ARGV[4])
+if limit > 0 then
+  local n = redis.call('INCR', KEYS[3])
+  if n == 1 then
+    redis.call('EXPIRE', KEYS[3], 3600)
+  end
+  if n > limit then
+    return -1
+  end
+end
+redis.call('SADD', KEYS[1], ARGV[1])
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', unpack(ARGV, 5))
+return 1
 """
 
 _INCIDENT = """
@@ -108,9 +120,14 @@ class MatchResult:
 
 
 class Matcher:
-    def __init__(self, pool: asyncpg.Pool, redis: aioredis.Redis) -> None:
+    def __init__(self, pool: asyncpg.Pool, redis: aioredis.Redis, *,
+                 device_pushes_per_hour: int = 10) -> None:
         self.pool = pool
         self.redis = redis
+        # A neighbourhood having a bad night must not turn a phone into a pager: past
+        # this many pushes an hour a device gets only the most severe categories and
+        # CPR calls (0 switches the limit off).
+        self.device_pushes_per_hour = device_pushes_per_hour
         self._enqueue = redis.register_script(_ENQUEUE)
 
     async def match_incident(self, incident_id: str, now: dt.datetime) -> MatchResult:
@@ -139,6 +156,8 @@ class Matcher:
             _SAME_EVENT, incident["id"], SAME_EVENT_WINDOW, SAME_EVENT_DISTANCE_M
         ) if rows else None
         dedup_on = str(event_id or incident["id"])
+        limit = 0 if (audience == "responder" or incident["category"] in MOST_SEVERE) \
+            else self.device_pushes_per_hour
         enqueued = 0
         async with self.redis.pipeline(transaction=False) as pipe:
             for row in rows:
@@ -160,14 +179,16 @@ class Matcher:
                 )
                 flat = [x for kv in push.to_fields().items() for x in kv]
                 await self._enqueue(
-                    keys=[keys.pushed(dedup_on), keys.push_stream(push.platform)],
-                    args=[push.device_id, keys.PUSHED_TTL_S, STREAM_MAXLEN, *flat],
+                    keys=[keys.pushed(dedup_on), keys.push_stream(push.platform),
+                          keys.device_rate(push.device_id)],
+                    args=[push.device_id, keys.PUSHED_TTL_S, STREAM_MAXLEN, limit, *flat],
                     client=pipe,
                 )
             results = await pipe.execute() if len(pipe) else []
         enqueued = sum(1 for r in results if r == 1)
-        log.info("matched incident=%s category=%s candidates=%d enqueued=%d",
-                 incident_id, incident["category"], len(rows), enqueued)
+        limited = sum(1 for r in results if r == -1)
+        log.info("matched incident=%s category=%s candidates=%d enqueued=%d rate_limited=%d",
+                 incident_id, incident["category"], len(rows), enqueued, limited)
         return MatchResult(incident_id, len(rows), enqueued)
 
     async def _responders(self, incident: asyncpg.Record) -> list[asyncpg.Record]:
