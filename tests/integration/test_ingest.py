@@ -161,3 +161,16 @@ async def test_openapi_document_describes_the_contract(client: Client) -> None:
     assert set(native["required"]) == {"id", "call_type", "occurred_at", "location"}
     assert "caller" not in native["properties"]
     assert doc["components"]["schemas"]["NativeLocation"]["properties"]["lat"]["maximum"] == 90
+
+
+async def test_chunked_oversize_body_is_refused(client: Client) -> None:
+    secret = await create_agency(client)
+
+    async def body() -> Any:
+        for _ in range(64):          # 4 MiB without a Content-Length, 64 KiB at a time
+            yield b" " * 65536
+
+    resp = await client.post("/v1/agencies/seattle-fire/incidents", data=body(),
+                             headers=signed(secret, b""))
+    assert resp.status == 413
+    assert (await resp.json())["type"].endswith("/payload-too-large")

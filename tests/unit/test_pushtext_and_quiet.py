@@ -36,3 +36,23 @@ def test_only_the_most_severe_come_through_quiet_hours() -> None:
     assert not allowed_now("burglary", NOW, "America/Los_Angeles", start, end)
     assert allowed_now("shooting", NOW, "America/Los_Angeles", start, end)
     assert allowed_now("burglary", NOW, "Europe/Berlin", start, end)
+
+
+def test_responder_payload_with_long_aed_texts_stays_within_4_kib() -> None:
+    import json
+
+    from workers.apns import MAX_PAYLOAD_BYTES, build_payload
+    from workers.push import Push
+
+    aeds = [{"name": "N" * 100, "description": "D" * 200, "lat": 47.6, "lon": -122.3,
+             "distance_m": 100 * i} for i in range(40)]
+    push = Push(incident_id="i", device_id="d", platform="apns", token="t", locale="en",
+                category="cardiac_arrest", public_location="X" * 300, lat=47.6, lon=-122.3,
+                occurred_at=NOW.timestamp() - 60, received_at=NOW.timestamp(),
+                expires_at=NOW.timestamp() + 3600, audience="responder",
+                aeds=json.dumps(aeds))
+    payload = build_payload(push, NOW)
+    size = len(json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode())
+    assert size <= MAX_PAYLOAD_BYTES
+    assert payload["incident"]["aeds"], "the nearest AEDs are kept as long as they fit"
+    assert payload["aps"]["alert"]["title"] == "CPR needed nearby"

@@ -1,0 +1,147 @@
+"""What a sender does with each kind of answer, against the fake gateways."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import secrets
+import time
+import uuid
+
+import pytest
+
+from server import keys
+from tests.e2e.conftest import Stack
+from workers.push import Push
+from workers.runner import build_gateway
+from workers.sender import Sender
+from workers.streams import StreamConsumer
+
+
+async def _incident(stack: Stack) -> str:
+    await stack.pool.execute(
+        """INSERT INTO agencies (id, name, timezone, signing_secret)
+           VALUES ('a', 'A', 'UTC', 's') ON CONFLICT DO NOTHING""")
+    return str(await stack.pool.fetchval(
+        """INSERT INTO incidents (agency_id, external_id, revision, status, call_type,
+                                  category, occurred_at, geom, public_point, decision)
+           VALUES ('a', $1, now(), 'active', 'Fire', 'structure_fire', now(),
+                   ST_SetSRID(ST_MakePoint(-122.3, 47.6), 4326),
+                   ST_SetSRID(ST_MakePoint(-122.3, 47.6), 4326), 'alert')
+           RETURNING id""", uuid.uuid4().hex))
+
+
+def _push(incident_id: str, platform: str, token: str, expires_in: float = 3600) -> Push:
+    now = time.time()
+    return Push(incident_id=incident_id, device_id=str(uuid.uuid4()), platform=platform,
+                token=token, locale="en", category="structure_fire",
+                public_location="5300 block of 24th Ave NE", lat=47.6, lon=-122.3,
+                occurred_at=now - 60, received_at=now - 1, expires_at=now + expires_in)
+
+
+async def _run_batch(stack: Stack, sender: Sender, platform: str) -> None:
+    consumer = StreamConsumer(stack.redis, keys.push_stream(platform), keys.SENDER_GROUP, "t",
+                              block_ms=100)
+    await consumer.setup()
+    entries = await consumer.read()
+    await sender.handle(consumer, entries)
+
+
+async def _outcomes(stack: Stack) -> list[tuple[str, str | None, int]]:
+    rows = await stack.pool.fetch(
+        "SELECT outcome, reason, attempt FROM deliveries ORDER BY id")
+    return [(r["outcome"], r["reason"], r["attempt"]) for r in rows]
+
+
+@pytest.mark.workers()
+async def test_apns_503_is_retried_with_backoff_then_sent(stack: Stack) -> None:
+    gateway = build_gateway(stack.settings, "apns")
+    sender = Sender(stack.pool, stack.redis, gateway, rng=random.Random(1))
+    try:
+        incident = await _incident(stack)
+        push = _push(incident, "apns", secrets.token_hex(32))
+        await stack.redis.xadd(keys.push_stream("apns"), push.to_fields())
+        stack.apns.set_faults(rate=1.0, status=503, reason="ServiceUnavailable")
+        await _run_batch(stack, sender, "apns")
+        assert await _outcomes(stack) == [("retry", "ServiceUnavailable", 1)]
+        [(member, due)] = await stack.redis.zrange(keys.retry_schedule("apns"), 0, -1,
+                                                   withscores=True)
+        assert 0.4 < due - time.time() < 1.6   # attempt 1: 1 s, jittered ×0.5–1.5
+        assert json.loads(member)["attempt"] == "2"
+
+        stack.apns.set_faults(rate=0)
+        assert await sender.promote_due_retries(now=time.time()) == 0   # not due yet
+        assert await sender.promote_due_retries(now=time.time() + 2) == 1
+        await _run_batch(stack, sender, "apns")
+        assert (await _outcomes(stack))[-1] == ("sent", None, 2)
+        assert [d.token for d in stack.apns.deliveries] == [push.token]
+    finally:
+        await gateway.close()
+
+
+@pytest.mark.workers()
+async def test_retries_end_in_the_dead_letter_stream_at_expiry(stack: Stack) -> None:
+    gateway = build_gateway(stack.settings, "apns")
+    sender = Sender(stack.pool, stack.redis, gateway, rng=random.Random(1))
+    try:
+        incident = await _incident(stack)
+        push = _push(incident, "apns", secrets.token_hex(32), expires_in=0.3)
+        await stack.redis.xadd(keys.push_stream("apns"), push.to_fields())
+        stack.apns.set_faults(rate=1.0, status=500, reason="InternalServerError")
+        await _run_batch(stack, sender, "apns")
+        assert await _outcomes(stack) == [("dead", "InternalServerError", 1)]
+        [(_, dead)] = await stack.redis.xrange(keys.DEAD_STREAM)
+        assert dead["reason"] == "InternalServerError" and dead["token"] == push.token
+        assert await stack.redis.zcard(keys.retry_schedule("apns")) == 0
+    finally:
+        await gateway.close()
+
+
+@pytest.mark.workers()
+async def test_payload_errors_fail_without_retry_and_gone_tokens_are_not_retried(
+    stack: Stack
+) -> None:
+    gateway = build_gateway(stack.settings, "apns")
+    sender = Sender(stack.pool, stack.redis, gateway)
+    try:
+        incident = await _incident(stack)
+        stack.apns.set_faults(rate=1.0, status=400, reason="BadTopic")
+        await stack.redis.xadd(keys.push_stream("apns"),
+                               _push(incident, "apns", secrets.token_hex(32)).to_fields())
+        await _run_batch(stack, sender, "apns")
+        stack.apns.set_faults(rate=1.0, status=400, reason="BadDeviceToken")
+        await stack.redis.xadd(keys.push_stream("apns"),
+                               _push(incident, "apns", secrets.token_hex(32)).to_fields())
+        await _run_batch(stack, sender, "apns")
+        assert await _outcomes(stack) == [("failed", "BadTopic", 1),
+                                          ("token_gone", "BadDeviceToken", 1)]
+        assert await stack.redis.zcard(keys.retry_schedule("apns")) == 0
+        assert await stack.redis.xlen(keys.push_stream("apns")) == 0  # acknowledged, gone
+    finally:
+        await gateway.close()
+
+
+@pytest.mark.workers()
+async def test_fcm_quota_retry_after_is_honoured(stack: Stack) -> None:
+    gateway = build_gateway(stack.settings, "fcm")
+    # A tiny random jitter so the gateway's Retry-After decides the delay.
+    sender = Sender(stack.pool, stack.redis, gateway, rng=random.Random(1))
+    try:
+        incident = await _incident(stack)
+        if time.time() % 60 > 57:   # keep both sends inside one of the fake's minutes
+            await asyncio.sleep(60 - time.time() % 60 + 0.1)
+        stack.fcm.set_quota(1)   # one message a minute: the second gets QUOTA_EXCEEDED
+        for token in ("fcm-token-a", "fcm-token-b"):
+            await stack.redis.xadd(keys.push_stream("fcm"),
+                                   _push(incident, "fcm", token).to_fields())
+        await _run_batch(stack, sender, "fcm")
+        outcomes = sorted(o for o, _, _ in await _outcomes(stack))
+        assert outcomes == ["retry", "sent"]
+        [(_, due)] = await stack.redis.zrange(keys.retry_schedule("fcm"), 0, -1,
+                                              withscores=True)
+        # The fake's Retry-After is the seconds to its next minute window (at least 1).
+        retry_after = max(1, int(60 - time.time() % 60))
+        assert due - time.time() >= retry_after - 1.5
+    finally:
+        await gateway.close()
