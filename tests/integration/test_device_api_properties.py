@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -13,41 +12,24 @@ from typing import Any
 
 import asyncpg
 import pytest
-from aiohttp import web
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from server.app import create_app
-from server.devenv import free_port
 from server.settings import Settings
 from tests.conftest import Services
+from tests.live import live_app
 
 
 @pytest.fixture(scope="module")
 def device(services: Services) -> Iterator[tuple[str, str, str, str]]:
-    """The app on a real port (its own loop and thread) and one registered device."""
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    runner = web.AppRunner(create_app(Settings(database_url=services.database_url,
-                                               redis_url=services.redis_url)),
-                           access_log=None)
-    port = free_port()
-
-    async def start() -> None:
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", port).start()
-
-    asyncio.run_coroutine_threadsafe(start(), loop).result(30)
-    url = f"http://127.0.0.1:{port}"
-    status, created = _call("POST", f"{url}/v1/devices",
-                            json.dumps({"platform": "fcm", "token": "fuzz-token"}).encode(), "")
-    assert status == 201
-    yield url, created["id"], created["secret"], services.database_url
-    asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(30)
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(10)
-    loop.close()
+    """The app on a real port and one registered device."""
+    settings = Settings(database_url=services.database_url, redis_url=services.redis_url)
+    with live_app(settings) as app:
+        status, created = _call("POST", f"{app.url}/v1/devices",
+                                json.dumps({"platform": "fcm", "token": "fuzz-token"}).encode(),
+                                "")
+        assert status == 201
+        yield app.url, created["id"], created["secret"], services.database_url
 
 
 def _call(method: str, url: str, body: bytes, secret: str) -> tuple[int, Any]:

@@ -3,11 +3,9 @@ it: every answer is a 202 or a 4xx problem document, never a 500 or a traceback.
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import json
 import re
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -17,16 +15,14 @@ from typing import Any
 
 import asyncpg
 import pytest
-from aiohttp import web
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from server.app import create_app
-from server.devenv import free_port
 from server.domain.signing import HEADER, sign
 from server.settings import Settings
 from tests.conftest import ADMIN_TOKEN, Services
 from tests.helpers import SEATTLE_CALL_TYPES, create_agency, signed
+from tests.live import live_app
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 
@@ -108,18 +104,10 @@ async def test_eido_documents(client: Any) -> None:
 
 @pytest.fixture(scope="module")
 def live_server(services: Services) -> Iterator[tuple[str, str]]:
-    """The app on a real port in a thread of its own, for synchronous hypothesis tests."""
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
     settings = Settings(database_url=services.database_url, redis_url=services.redis_url,
                         admin_token=ADMIN_TOKEN)
-    runner = web.AppRunner(create_app(settings), access_log=None)
-    port = free_port()
 
-    async def start() -> str:
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", port).start()
+    async def agency() -> None:
         conn = await asyncpg.connect(services.database_url)
         try:
             await conn.execute("DELETE FROM agencies WHERE id = 'fuzz'")
@@ -130,14 +118,10 @@ def live_server(services: Services) -> Iterator[tuple[str, str]]:
                            'fuzz-secret', 1000000)""")
         finally:
             await conn.close()
-        return "fuzz-secret"
 
-    secret = asyncio.run_coroutine_threadsafe(start(), loop).result(30)
-    yield f"http://127.0.0.1:{port}", secret
-    asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(30)
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(10)
-    loop.close()
+    with live_app(settings) as app:
+        app.run(agency())
+        yield app.url, "fuzz-secret"
 
 
 def _fixture_bodies() -> list[bytes]:
