@@ -69,3 +69,8 @@ RESPONDER_POSITION_TTL_S = 15 * 60
 def device_rate(device_id: str) -> str:
     """Pushes enqueued for a device in the current hour (fixed window)."""
     return f"{PREFIX}:device_rate:{device_id}"
+
+
+def apns_provider_token(team_id: str, key_id: str) -> str:
+    """The APNs provider JWT all sender processes share (JSON: jwt, iat)."""
+    return f"{PREFIX}:apns:provider_token:{team_id}:{key_id}"

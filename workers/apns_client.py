@@ -29,7 +29,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 from aioapns.common import NotificationRequest, NotificationResult
 from aioapns.connection import (
@@ -76,6 +76,22 @@ class ApnsTransportError(Exception):
 
 class _SharedJwtProvider(JWTAuthorizationHeaderProvider):
     TOKEN_TTL = TOKEN_TTL_S
+
+    def __init__(self, key: str, key_id: str, team_id: str) -> None:
+        super().__init__(key, key_id, team_id)
+        self.external: str | None = None   # set from a TokenSource before each send
+
+    def get_header(self) -> str:
+        if self.external is not None:
+            return self.external
+        header: str = super().get_header()  # type: ignore[no-untyped-call]
+        return header
+
+
+class TokenSource(Protocol):
+    """Where the provider token comes from when several processes must share one."""
+
+    async def header(self) -> str: ...
 
 
 class _Request(NotificationRequest):
@@ -437,8 +453,9 @@ class ApnsClient:
         self, *, key_pem: str, key_id: str, team_id: str, topic: str,
         host: str = "api.push.apple.com", port: int = 443,
         ssl_context: ssl.SSLContext | None = None, max_connections: int = 4,
-        request_timeout: float = 10.0,
+        request_timeout: float = 10.0, token_source: TokenSource | None = None,
     ) -> None:
+        self._token_source = token_source
         protocol_class = type(
             "GeopushApnsProtocolFor", (GeopushApnsProtocol,),
             {"APNS_SERVER": host, "APNS_PORT": port},
@@ -458,6 +475,8 @@ class ApnsClient:
             token, payload, apns_id or str(uuid.uuid4()), priority=priority,
             collapse_id=collapse_id, push_type=push_type, expiration=expiration,
         )
+        if self._token_source is not None:
+            self._pool.auth_provider.external = await self._token_source.header()
         try:
             result = await asyncio.wait_for(self._pool.send_notification(request), self._timeout)
         except TimeoutError:

@@ -22,6 +22,7 @@ from server.db import create_pool
 from server.settings import ConfigError, Settings
 from workers.apns import ApnsGateway
 from workers.apns_client import ApnsClient
+from workers.apns_token import SharedProviderToken
 from workers.fcm import FcmGateway
 from workers.fcm_client import FcmClient
 from workers.maintenance import run_maintenance
@@ -36,7 +37,7 @@ KINDS = ("matcher", "apns", "fcm", "relay")
 SHUTDOWN_GRACE_S = 20.0
 
 
-def build_gateway(settings: Settings, platform: str) -> Gateway:
+def build_gateway(settings: Settings, platform: str, redis: aioredis.Redis) -> Gateway:
     if platform == "apns":
         apns = settings.apns
         if apns is None:
@@ -44,10 +45,13 @@ def build_gateway(settings: Settings, platform: str) -> Gateway:
         context = ssl.create_default_context()
         if apns.ca_file:
             context.load_verify_locations(cafile=str(apns.ca_file))
+        key_pem = apns.key_file.read_text()
         return ApnsGateway(ApnsClient(
-            key_pem=apns.key_file.read_text(), key_id=apns.key_id, team_id=apns.team_id,
+            key_pem=key_pem, key_id=apns.key_id, team_id=apns.team_id,
             topic=apns.topic, host=apns.host, port=apns.port, ssl_context=context,
             max_connections=apns.max_connections, request_timeout=apns.request_timeout,
+            token_source=SharedProviderToken(redis, key_pem=key_pem, key_id=apns.key_id,
+                                             team_id=apns.team_id),
         ))
     fcm = settings.fcm
     if fcm is None:
@@ -123,7 +127,7 @@ async def worker_main(
 
             await consume(consumer, handle, stop)
             return
-        gateway = build_gateway(settings, kind)
+        gateway = build_gateway(settings, kind, redis)
         try:
             sender = Sender(pool, redis, gateway, concurrency=settings.send_concurrency)
             consumer = StreamConsumer(redis, keys.push_stream(kind), keys.SENDER_GROUP,

@@ -56,7 +56,7 @@ async def _outcomes(stack: Stack) -> list[tuple[str, str | None, int]]:
 
 @pytest.mark.workers()
 async def test_apns_503_is_retried_with_backoff_then_sent(stack: Stack) -> None:
-    gateway = build_gateway(stack.settings, "apns")
+    gateway = build_gateway(stack.settings, "apns", stack.redis)
     sender = Sender(stack.pool, stack.redis, gateway, rng=random.Random(1))
     try:
         incident = await _incident(stack)
@@ -82,7 +82,7 @@ async def test_apns_503_is_retried_with_backoff_then_sent(stack: Stack) -> None:
 
 @pytest.mark.workers()
 async def test_retries_end_in_the_dead_letter_stream_at_expiry(stack: Stack) -> None:
-    gateway = build_gateway(stack.settings, "apns")
+    gateway = build_gateway(stack.settings, "apns", stack.redis)
     sender = Sender(stack.pool, stack.redis, gateway, rng=random.Random(1))
     try:
         incident = await _incident(stack)
@@ -102,7 +102,7 @@ async def test_retries_end_in_the_dead_letter_stream_at_expiry(stack: Stack) -> 
 async def test_payload_errors_fail_without_retry_and_gone_tokens_are_not_retried(
     stack: Stack
 ) -> None:
-    gateway = build_gateway(stack.settings, "apns")
+    gateway = build_gateway(stack.settings, "apns", stack.redis)
     sender = Sender(stack.pool, stack.redis, gateway)
     try:
         incident = await _incident(stack)
@@ -124,7 +124,7 @@ async def test_payload_errors_fail_without_retry_and_gone_tokens_are_not_retried
 
 @pytest.mark.workers()
 async def test_fcm_quota_retry_after_is_honoured(stack: Stack) -> None:
-    gateway = build_gateway(stack.settings, "fcm")
+    gateway = build_gateway(stack.settings, "fcm", stack.redis)
     # A tiny random jitter so the gateway's Retry-After decides the delay.
     sender = Sender(stack.pool, stack.redis, gateway, rng=random.Random(1))
     try:
