@@ -6,6 +6,8 @@ import datetime as dt
 import json
 from typing import Any
 
+from redis.exceptions import RedisError
+
 from server.domain.pushtext import title_and_body
 from workers.apns_client import ApnsClient, ApnsResponse, ApnsTransportError
 from workers.push import Failed, Outcome, Push, Retry, Sent, TokenGone
@@ -83,6 +85,8 @@ class ApnsGateway:
             )
         except ApnsTransportError as exc:
             return Retry(f"transport: {exc}" if str(exc) else "transport error")
+        except (RedisError, OSError) as exc:   # the shared provider token was unreachable
+            return Retry(f"provider token: {exc}")
         return classify(response)
 
     async def close(self) -> None:

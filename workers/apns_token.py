@@ -11,12 +11,14 @@ others read it.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Callable
 
 import jwt
 import redis.asyncio as aioredis
+from redis.exceptions import RedisError
 
 from server import keys
 
@@ -36,17 +38,34 @@ class SharedProviderToken:
         self._clock = clock
         self._key = keys.apns_provider_token(team_id, key_id)
         self._header: str | None = None
+        self._issued_at = 0
         self._valid_until = 0.0
+        self._lock = asyncio.Lock()
 
     def _mint(self, now: int) -> str:
         return jwt.encode({"iss": self._team_id, "iat": now}, self._key_pem,
                           algorithm="ES256", headers={"kid": self._key_id})
 
     async def header(self) -> str:
-        """``bearer <jwt>``; reads Redis only when the local copy is about to expire."""
+        """``bearer <jwt>``; reads Redis only when the local copy is about to expire, once
+        for all concurrent sends."""
         now = self._clock()
         if self._header is not None and now < self._valid_until:
             return self._header
+        async with self._lock:
+            now = self._clock()
+            if self._header is not None and now < self._valid_until:
+                return self._header
+            try:
+                await self._refresh(now)
+            except (RedisError, OSError):
+                if self._header is None or now - self._issued_at >= MAX_AGE_S:
+                    raise
+                self._valid_until = now + 5   # keep using ours; ask Redis again soon
+            assert self._header is not None
+            return self._header
+
+    async def _refresh(self, now: float) -> None:
         for _ in range(3):
             raw = await self._redis.get(self._key)
             if raw is not None:
@@ -66,6 +85,6 @@ class SharedProviderToken:
                 break
             # Another process minted in the meantime: take theirs.
         self._header = f"bearer {token}"
+        self._issued_at = iat
         # Re-read a little before the shared one expires, so all processes switch together.
         self._valid_until = min(iat + self._lifetime - 5, now + 60)
-        return self._header

@@ -74,7 +74,8 @@ async def resources(settings: Settings) -> AsyncIterator[tuple[asyncpg.Pool, aio
         await pool.close()
 
 
-async def run_sender_loop(sender: Sender, consumer: StreamConsumer, stop: asyncio.Event) -> None:
+async def run_sender_loop(sender: Sender, consumer: StreamConsumer, stop: asyncio.Event,
+                          pipelines: int = 3) -> None:
     async def promote() -> None:
         while not stop.is_set():
             try:
@@ -89,7 +90,9 @@ async def run_sender_loop(sender: Sender, consumer: StreamConsumer, stop: asynci
 
     promoter = asyncio.create_task(promote())
     try:
-        await consume(consumer, handle, stop)
+        # Several read-send-record loops at once, so the gateway connection stays busy
+        # while another batch is being recorded and acknowledged.
+        await asyncio.gather(*(consume(consumer, handle, stop) for _ in range(pipelines)))
     finally:
         promoter.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -137,7 +140,7 @@ async def worker_main(
             await consumer.setup()
             if ready:
                 await ready()
-            await run_sender_loop(sender, consumer, stop)
+            await run_sender_loop(sender, consumer, stop, settings.sender_pipelines)
         finally:
             await gateway.close()
 
@@ -149,7 +152,15 @@ def run_worker(settings: Settings, kind: str) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         task = asyncio.create_task(worker_main(settings, kind, stop))
-        await stop.wait()
+        stopping = asyncio.create_task(stop.wait())
+        await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if task.done():
+            # The worker ended on its own: that is a failure (it can't reach its store,
+            # its configuration is wrong). Exit non-zero so a supervisor restarts it
+            # instead of leaving a process that looks alive and does nothing.
+            stopping.cancel()
+            task.result()
+            raise SystemExit(f"{kind} worker stopped unexpectedly")
         log.info("%s worker stopping: finishing in-flight work", kind)
         try:
             await asyncio.wait_for(task, timeout=SHUTDOWN_GRACE_S)

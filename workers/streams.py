@@ -16,9 +16,12 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
+from server.db import STORE_UNAVAILABLE
+
 log = logging.getLogger(__name__)
 
 Entry = tuple[str, dict[str, str]]
+_TRANSIENT: tuple[type[BaseException], ...] = (RedisError, OSError, *STORE_UNAVAILABLE)
 BatchHandler = Callable[[list[Entry]], Awaitable[None]]
 
 
@@ -59,6 +62,10 @@ class StreamConsumer:
         self.claim_idle_ms = claim_idle_ms
         self.claim_every_s = claim_every_s
         self._next_claim = 0.0
+        self._claim_cursor = "0-0"
+        # Entries this process is working on: never claimed back from ourselves while
+        # still in flight (several loops may share one consumer).
+        self._inflight: set[str] = set()
 
     async def setup(self) -> None:
         await ensure_group(self.redis, self.stream, self.group)
@@ -68,14 +75,20 @@ class StreamConsumer:
         which is how a restarted consumer with the same name picks up its own)."""
         result: Any = await self.redis.xautoclaim(
             self.stream, self.group, self.consumer, min_idle_time=self.claim_idle_ms,
-            start_id="0-0", count=self.batch,
+            start_id=self._claim_cursor, count=self.batch,
         )
-        claimed = result[1]
-        return [
+        cursor = result[0].decode() if isinstance(result[0], bytes) else str(result[0])
+        self._claim_cursor = cursor
+        if cursor != "0-0":
+            self._next_claim = 0.0   # more to scan: claim again on the next read
+        claimed = [
             (eid.decode() if isinstance(eid, bytes) else eid, _decode(fields))
-            for eid, fields in claimed
+            for eid, fields in result[1]
             if fields is not None
         ]
+        claimed = [(eid, fields) for eid, fields in claimed if eid not in self._inflight]
+        self._inflight.update(eid for eid, _ in claimed)
+        return claimed
 
     async def read(self) -> list[Entry]:
         now = time.monotonic()
@@ -92,7 +105,12 @@ class StreamConsumer:
         for _stream, items in response or []:
             for eid, fields in items:
                 entries.append((eid.decode() if isinstance(eid, bytes) else eid, _decode(fields)))
+        self._inflight.update(eid for eid, _ in entries)
         return entries
+
+    def release(self, ids: list[str]) -> None:
+        """Give up entries without acknowledging them: they stay pending, to be claimed."""
+        self._inflight.difference_update(ids)
 
     async def ack(self, ids: list[str]) -> None:
         """Acknowledge and delete: a handled entry's record is in PostgreSQL, so the
@@ -103,6 +121,7 @@ class StreamConsumer:
                 pipe.xack(self.stream, self.group, *ids)
                 pipe.xdel(self.stream, *ids)
                 await pipe.execute()
+            self._inflight.difference_update(ids)
 
 
 async def consume(
@@ -136,7 +155,15 @@ async def consume(
             continue
         backoff = 0.5
         if entries:
-            await handle(entries)
+            try:
+                await handle(entries)
+            except _TRANSIENT as exc:
+                # A PostgreSQL or Redis blip while recording: the entries stay pending
+                # (unacknowledged) and are claimed again once idle; carry on reading.
+                log.warning("handling %d entries of %s failed: %s", len(entries),
+                            consumer.stream, exc)
+                consumer.release([eid for eid, _ in entries])
+                await _sleep_unless(stop, backoff)
 
 
 async def _sleep_unless(stop: asyncio.Event, seconds: float) -> None:
