@@ -76,7 +76,11 @@ def cmd_demo(args: argparse.Namespace) -> None:
     from server import demo
 
     if args.demo_command == "load":
-        demo.load(Path(args.state), base_url=args.url)
+        settings = _settings()
+        if not settings.admin_token:
+            sys.exit("geopush: GEOPUSH_ADMIN_TOKEN is needed to create the demo agency")
+        url = args.url or f"http://127.0.0.1:{settings.http_port}"
+        demo.load(Path(args.state), url, settings.admin_token)
     else:
         demo.post_incident(Path(args.state), base_url=args.url, call_type=args.call_type,
                            lat=args.lat, lon=args.lon)
@@ -114,7 +118,8 @@ def main(argv: list[str] | None = None) -> None:
                        ("incident", "post a signed demo incident and show the pushes")):
         p = d.add_parser(name, help=text)
         p.add_argument("--state", default=".geopush/demo.json")
-        p.add_argument("--url", default=None, help="server URL (default from GEOPUSH_HTTP_PORT)")
+        p.add_argument("--url", default=None,
+                       help="server URL (default: the one the demo was loaded on)")
         if name == "incident":
             p.add_argument("--call-type", default="Fire in Building")
             p.add_argument("--lat", type=float, default=None)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import secrets
 import time
 import urllib.error
@@ -30,8 +29,7 @@ DEVICES = [
 ]
 
 
-def _base_url(url: str | None) -> str:
-    return url or f"http://127.0.0.1:{os.environ.get('GEOPUSH_HTTP_PORT', '8080')}"
+DEFAULT_URL = "http://127.0.0.1:8080"
 
 
 def _request(method: str, url: str, body: Any = None, headers: dict[str, str] | None = None,
@@ -47,12 +45,12 @@ def _request(method: str, url: str, body: Any = None, headers: dict[str, str] | 
         return exc.code, json.loads(exc.read() or b"null")
 
 
-def load(state_file: Path, base_url: str | None = None) -> dict[str, Any]:
+def load(state_file: Path, base_url: str, admin_token: str) -> dict[str, Any]:
     """Create the demo agency and devices once; later calls reuse the saved state."""
     if state_file.exists():
         return dict(json.loads(state_file.read_text()))
-    base = _base_url(base_url)
-    admin = {"Authorization": f"Bearer {os.environ['GEOPUSH_ADMIN_TOKEN']}"}
+    base = base_url
+    admin = {"Authorization": f"Bearer {admin_token}"}
     call_types = json.loads((REPO / "examples/call-types/seattle-fire.json").read_text())
     status, created = _request("POST", f"{base}/v1/admin/agencies", {
         "id": AGENCY, "name": "Seattle Fire Department (demo)",
@@ -60,7 +58,8 @@ def load(state_file: Path, base_url: str | None = None) -> dict[str, Any]:
     }, admin)
     if status != 201:
         raise RuntimeError(f"creating the demo agency failed: {status} {created}")
-    state: dict[str, Any] = {"agency": AGENCY, "secret": created["secret"], "devices": []}
+    state: dict[str, Any] = {"url": base, "agency": AGENCY, "secret": created["secret"],
+                             "devices": []}
     for name, platform, (lat, lon), radius in DEVICES:
         token = (secrets.token_hex(32) if platform == "apns"
                  else "demo-fcm-" + secrets.token_urlsafe(24))
@@ -82,7 +81,7 @@ def load(state_file: Path, base_url: str | None = None) -> dict[str, Any]:
 def post_incident(state_file: Path, *, base_url: str | None, call_type: str,
                   lat: float | None, lon: float | None) -> None:
     state = json.loads(state_file.read_text())
-    base = _base_url(base_url)
+    base = base_url or state.get("url") or DEFAULT_URL
     now = dt.datetime.now(dt.UTC)
     incident = {
         "id": f"DEMO{int(time.time())}",

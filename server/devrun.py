@@ -68,9 +68,9 @@ def _announce_demo(env: dict[str, str], state: Path) -> None:
         return
     for port_ in (FAKE_APNS_CONTROL_PORT, FAKE_FCM_PORT):
         _wait_ready(f"http://127.0.0.1:{port_}/_fake/deliveries")
-    os.environ["GEOPUSH_ADMIN_TOKEN"] = env["GEOPUSH_ADMIN_TOKEN"]
     try:
-        info = demo.load(state / "demo.json", f"http://127.0.0.1:{port}")
+        info = demo.load(state / "demo.json", f"http://127.0.0.1:{port}",
+                         env["GEOPUSH_ADMIN_TOKEN"])
     except Exception as exc:  # the demo is a convenience; the server keeps running
         print(f"geopush dev: loading the demo failed: {exc}", file=sys.stderr)
         return
