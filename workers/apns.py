@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
-import json
 from typing import Any
 
+import msgspec
 from redis.exceptions import RedisError
 
 from server.domain.pushtext import title_and_body
@@ -24,7 +24,8 @@ MAX_PAYLOAD_BYTES = 4096
 
 
 def _size(payload: dict[str, Any]) -> int:
-    return len(json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode())
+    # The same encoder as the client's (compact UTF-8), so the size is what goes out.
+    return len(msgspec.json.encode(payload))
 
 
 def fit(payload: dict[str, Any], limit: int = MAX_PAYLOAD_BYTES) -> dict[str, Any]:

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, Protocol, cast
 
+import msgspec
 from aioapns.common import NotificationRequest, NotificationResult
 from aioapns.connection import (
     APNsBaseClientProtocol,
@@ -230,7 +231,7 @@ class GeopushApnsProtocol(APNsTLSClientProtocol):
         self.streams[stream_id] = stream
         try:
             self.conn.send_headers(stream_id, self._headers(request))
-            await self._send_body(stream_id, json.dumps(request.message).encode())
+            await self._send_body(stream_id, msgspec.json.encode(request.message))
             self.flush()
             return await stream.future
         except H2Error as exc:

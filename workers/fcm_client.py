@@ -27,6 +27,7 @@ from typing import Any
 import aiohttp
 import google.auth.exceptions
 import google.auth.transport
+import msgspec
 from google.oauth2 import service_account
 
 logger = logging.getLogger(__name__)
@@ -235,7 +236,7 @@ class FcmClient:
         """POSTs ``{"message": message}``; FCM's rejections come back as responses,
         unanswered requests raise ``FcmTransportError``."""
         session, url = await self._ready()
-        body = json.dumps({"message": message}, separators=(",", ":")).encode()
+        body = msgspec.json.encode({"message": message})
         token = await self._access_token()
         response = await self._post(session, url, body, token)
         if response.status == 401:
