@@ -148,13 +148,20 @@ class Sender:
                     dead.append((r.push, reason or "retries exhausted"))
             rows.append((r.push.incident_id, r.push.device_id, r.push.platform, outcome_name,
                          reason, status, gateway_id, r.push.attempt, latency))
-        await self.pool.executemany(
+        # One statement for the whole batch. A device erased meanwhile is recorded
+        # unlinked (NULL), as its older rows are.
+        columns = list(zip(*rows, strict=True))
+        await self.pool.execute(
             """INSERT INTO deliveries (incident_id, device_id, platform, outcome, reason,
                                        status_code, gateway_id, attempt, latency_ms)
-               SELECT $1::uuid, d.id, $3, $4, $5, $6, $7, $8, $9
-                 FROM (SELECT $2::uuid AS wanted) w
-                 LEFT JOIN devices d ON d.id = w.wanted""",
-            rows,
+               SELECT r.incident_id, d.id, r.platform, r.outcome, r.reason, r.status_code,
+                      r.gateway_id, r.attempt, r.latency_ms
+                 FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[],
+                             $6::int[], $7::text[], $8::int[], $9::int[])
+                      AS r(incident_id, device_id, platform, outcome, reason, status_code,
+                           gateway_id, attempt, latency_ms)
+                 LEFT JOIN devices d ON d.id = r.device_id""",
+            *(list(c) for c in columns),
         )
         for r in results:
             if isinstance(r.outcome, TokenGone):
