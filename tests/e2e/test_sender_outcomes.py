@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
 import secrets
 import time
 import uuid
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -40,6 +42,16 @@ def _push(incident_id: str, platform: str, token: str, expires_in: float = 3600)
                 occurred_at=now - 60, received_at=now - 1, expires_at=now + expires_in)
 
 
+@contextlib.asynccontextmanager
+async def _sender(stack: Stack, platform: str) -> AsyncIterator[Sender]:
+    """A sender on the stack's fake gateway, with seeded jitter."""
+    gateway = build_gateway(stack.settings, platform, stack.redis)
+    try:
+        yield Sender(stack.pool, stack.redis, gateway, rng=random.Random(1))
+    finally:
+        await gateway.close()
+
+
 async def _run_batch(stack: Stack, sender: Sender, platform: str) -> None:
     consumer = StreamConsumer(stack.redis, keys.push_stream(platform), keys.SENDER_GROUP, "t",
                               block_ms=100)
@@ -56,9 +68,7 @@ async def _outcomes(stack: Stack) -> list[tuple[str, str | None, int]]:
 
 @pytest.mark.workers()
 async def test_apns_503_is_retried_with_backoff_then_sent(stack: Stack) -> None:
-    gateway = build_gateway(stack.settings, "apns", stack.redis)
-    sender = Sender(stack.pool, stack.redis, gateway, rng=random.Random(1))
-    try:
+    async with _sender(stack, "apns") as sender:
         incident = await _incident(stack)
         push = _push(incident, "apns", secrets.token_hex(32))
         await stack.redis.xadd(keys.push_stream("apns"), push.to_fields())
@@ -76,15 +86,11 @@ async def test_apns_503_is_retried_with_backoff_then_sent(stack: Stack) -> None:
         await _run_batch(stack, sender, "apns")
         assert (await _outcomes(stack))[-1] == ("sent", None, 2)
         assert [d.token for d in stack.apns.deliveries] == [push.token]
-    finally:
-        await gateway.close()
 
 
 @pytest.mark.workers()
 async def test_retries_end_in_the_dead_letter_stream_at_expiry(stack: Stack) -> None:
-    gateway = build_gateway(stack.settings, "apns", stack.redis)
-    sender = Sender(stack.pool, stack.redis, gateway, rng=random.Random(1))
-    try:
+    async with _sender(stack, "apns") as sender:
         incident = await _incident(stack)
         push = _push(incident, "apns", secrets.token_hex(32), expires_in=0.3)
         await stack.redis.xadd(keys.push_stream("apns"), push.to_fields())
@@ -94,17 +100,13 @@ async def test_retries_end_in_the_dead_letter_stream_at_expiry(stack: Stack) -> 
         [(_, dead)] = await stack.redis.xrange(keys.DEAD_STREAM)
         assert dead["reason"] == "InternalServerError" and dead["token"] == push.token
         assert await stack.redis.zcard(keys.retry_schedule("apns")) == 0
-    finally:
-        await gateway.close()
 
 
 @pytest.mark.workers()
 async def test_payload_errors_fail_without_retry_and_gone_tokens_are_not_retried(
     stack: Stack
 ) -> None:
-    gateway = build_gateway(stack.settings, "apns", stack.redis)
-    sender = Sender(stack.pool, stack.redis, gateway)
-    try:
+    async with _sender(stack, "apns") as sender:
         incident = await _incident(stack)
         stack.apns.set_faults(rate=1.0, status=400, reason="BadTopic")
         await stack.redis.xadd(keys.push_stream("apns"),
@@ -118,16 +120,11 @@ async def test_payload_errors_fail_without_retry_and_gone_tokens_are_not_retried
                                           ("token_gone", "BadDeviceToken", 1)]
         assert await stack.redis.zcard(keys.retry_schedule("apns")) == 0
         assert await stack.redis.xlen(keys.push_stream("apns")) == 0  # acknowledged, gone
-    finally:
-        await gateway.close()
 
 
 @pytest.mark.workers()
 async def test_fcm_quota_retry_after_is_honoured(stack: Stack) -> None:
-    gateway = build_gateway(stack.settings, "fcm", stack.redis)
-    # A tiny random jitter so the gateway's Retry-After decides the delay.
-    sender = Sender(stack.pool, stack.redis, gateway, rng=random.Random(1))
-    try:
+    async with _sender(stack, "fcm") as sender:
         incident = await _incident(stack)
         if time.time() % 60 > 57:   # keep both sends inside one of the fake's minutes
             await asyncio.sleep(60 - time.time() % 60 + 0.1)
@@ -143,5 +140,3 @@ async def test_fcm_quota_retry_after_is_honoured(stack: Stack) -> None:
         # The fake's Retry-After is the seconds to its next minute window (at least 1).
         retry_after = max(1, int(60 - time.time() % 60))
         assert due - time.time() >= retry_after - 1.5
-    finally:
-        await gateway.close()
