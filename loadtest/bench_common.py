@@ -29,7 +29,8 @@ REPO = LOADTEST.parent
 REPLAY_LUA = LOADTEST / "wrk" / "replay.lua"
 
 # tool -> Debian package that provides it
-TOOLS = {"wrk": "wrk", "pg_ctl": "postgresql postgis", "redis-server": "redis-server"}
+TOOLS = {"wrk": "wrk", "h2load": "nghttp2-client", "pg_ctl": "postgresql postgis",
+         "redis-server": "redis-server"}
 
 
 class BenchError(RuntimeError):
@@ -134,11 +135,11 @@ def run_wrk(
 _TICK = os.sysconf("SC_CLK_TCK")
 
 
-def _proc_cpu(pid: int) -> float:
+def proc_cpu(pid: int) -> float:
     """User+system seconds of one process (0 when it is gone)."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (FileNotFoundError, ProcessLookupError, IndexError):
+    except (OSError, IndexError):
         return 0.0
     return (int(fields[11]) + int(fields[12])) / _TICK
 
@@ -178,7 +179,7 @@ class CpuMeter:
     _machine: tuple[float, float] = (0.0, 0.0)
 
     def _sample(self) -> dict[str, dict[int, float]]:
-        return {name: {pid: _proc_cpu(pid) for pid in descendants(root)}
+        return {name: {pid: proc_cpu(pid) for pid in descendants(root)}
                 for name, root in self.groups.items()}
 
     def start(self) -> None:
@@ -214,15 +215,18 @@ def wait_http(url: str, timeout: float = 30.0, proc: subprocess.Popen[bytes] | N
         time.sleep(0.1)
 
 
-def stop_process(proc: subprocess.Popen[bytes] | None, timeout: float = 10.0) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+def stop_process(proc: subprocess.Popen[bytes] | None, timeout: float = 10.0) -> int | None:
+    """SIGTERM, then SIGKILL after ``timeout``; the exit code (None: no process)."""
+    if proc is None:
+        return None
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
 
 
 # -- the ceiling ----------------------------------------------------------------------

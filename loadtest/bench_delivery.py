@@ -58,13 +58,19 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from loadtest.bench_common import (
+    BenchError,
+    descendants,
+    proc_cpu,
+    require_tools,
+    stop_process,
+)
+
 LOADTEST = Path(__file__).resolve().parent
 REPO = LOADTEST.parent
 WORKDIR = REPO / ".geopush" / "bench-delivery"
 
 # tool -> the Debian package that provides it
-TOOLS = {"h2load": "nghttp2-client", "pg_ctl": "postgresql postgis",
-         "redis-server": "redis-server"}
 
 AGENCY = "bench-delivery"
 TARGET_RATIO = 0.7
@@ -73,44 +79,10 @@ STALL_TIMEOUT_S = 60.0
 PUBLIC_LOCATION = "5300 block of 24th Ave NE"
 
 
-class BenchError(RuntimeError):
-    pass
-
-
-# -- tools and processes ----------------------------------------------------------------
-
-
-def _which(name: str) -> str | None:
-    if name == "pg_ctl":
-        found = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"))
-        return str(found[-1]) if found else shutil.which(name)
-    return shutil.which(name)
-
-
-def require_tools(names: Sequence[str]) -> None:
-    """Exit with the apt-get line to run when a tool is missing."""
-    missing = [n for n in names if not _which(n)]
-    if missing:
-        pkgs = " ".join(dict.fromkeys(TOOLS.get(n, n) for n in missing))
-        sys.exit(f"bench: missing {', '.join(missing)}; install with: apt-get install -y {pkgs}")
-
-
 def free_port() -> int:
     from server.devenv import free_port as _free_port
 
     return _free_port()
-
-
-_TICK = os.sysconf("SC_CLK_TCK")
-
-
-def proc_cpu(pid: int) -> float:
-    """User+system CPU seconds of one process (0 when it is gone)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / _TICK
 
 
 def proc_status_kb(pid: int, key: str) -> int:
@@ -124,42 +96,12 @@ def proc_status_kb(pid: int, key: str) -> int:
     return 0
 
 
-def descendants(root: int) -> list[int]:
-    """``root`` and every process below it (for PostgreSQL: the postmaster's backends)."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    out, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        out.append(pid)
-        todo.extend(children.get(pid, []))
-    return out
-
-
 def group_cpu(roots: Sequence[int]) -> dict[int, float]:
     return {pid: proc_cpu(pid) for root in roots for pid in descendants(root)}
 
 
 def cpu_used(before: dict[int, float], after: dict[int, float]) -> float:
     return sum(cpu - before.get(pid, 0.0) for pid, cpu in after.items())
-
-
-def stop_process(proc: subprocess.Popen[bytes] | None, timeout: float = 10.0) -> int | None:
-    if proc is None:
-        return None
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    return proc.returncode
 
 
 def http_json(url: str, method: str = "GET", data: bytes | None = None,
