@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import resource
@@ -24,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from server.devenv import PrivatePostgres, PrivateRedis
+
 LOADTEST = Path(__file__).resolve().parent
 REPO = LOADTEST.parent
 REPLAY_LUA = LOADTEST / "wrk" / "replay.lua"
@@ -35,6 +38,56 @@ TOOLS = {"wrk": "wrk", "h2load": "nghttp2-client", "pg_ctl": "postgresql postgis
 
 class BenchError(RuntimeError):
     pass
+
+
+# -- services -------------------------------------------------------------------------
+
+
+@dataclass
+class Services:
+    """PostgreSQL and Redis for one benchmark run (private ones are stopped after)."""
+
+    database_url: str
+    redis_url: str
+    postgres: PrivatePostgres | None = None
+    redis: PrivateRedis | None = None
+
+    def pids(self) -> dict[str, int]:
+        """The postmaster's and redis-server's pids, for CPU accounting."""
+        out: dict[str, int] = {}
+        if self.postgres is not None:
+            pidfile = self.postgres.data_dir / "postmaster.pid"
+            with contextlib.suppress(OSError, ValueError):
+                out["postgres"] = int(pidfile.read_text().split("\n", 1)[0])
+        if self.redis is not None and self.redis.process is not None:
+            out["redis"] = int(self.redis.process.pid)
+        return out
+
+    def stop(self) -> None:
+        if self.redis is not None:
+            self.redis.stop()
+        if self.postgres is not None:
+            self.postgres.stop()
+
+
+def start_services(workdir: Path, database: str) -> Services:
+    """GEOPUSH_DATABASE_URL and GEOPUSH_REDIS_URL if both are set; otherwise private
+    instances under ``workdir`` with a fresh ``database`` each run (so runs compare)."""
+    db_url = os.environ.get("GEOPUSH_DATABASE_URL", "")
+    redis_url = os.environ.get("GEOPUSH_REDIS_URL", "")
+    if db_url and redis_url:
+        return Services(db_url, redis_url)
+    if db_url or redis_url:
+        sys.exit("bench: set both GEOPUSH_DATABASE_URL and GEOPUSH_REDIS_URL, or neither")
+    require_tools(["pg_ctl", "redis-server"])
+    pg = PrivatePostgres(workdir / "postgres").start()
+    subprocess.run(
+        [shutil.which("psql") or "psql", "-h", "127.0.0.1", "-p", str(pg.port), "-U",
+         "postgres", "-d", "postgres", "-c", f'DROP DATABASE IF EXISTS "{database}"'],
+        check=True, capture_output=True,
+    )
+    redis = PrivateRedis(workdir / "redis").start()
+    return Services(pg.create_database(database), redis.url(), pg, redis)
 
 
 def require_tools(names: Sequence[str]) -> None:

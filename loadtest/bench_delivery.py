@@ -60,9 +60,11 @@ from typing import Any
 
 from loadtest.bench_common import (
     BenchError,
+    Services,
     descendants,
     proc_cpu,
     require_tools,
+    start_services,
     stop_process,
 )
 
@@ -124,49 +126,6 @@ def wait_until(check: Any, what: str, timeout: float = 30.0) -> None:
 
 
 # -- services ---------------------------------------------------------------------------
-
-
-@dataclass
-class Services:
-    database_url: str
-    redis_url: str
-    postgres: Any = None
-    redis: Any = None
-
-    def pids(self) -> dict[str, int]:
-        out: dict[str, int] = {}
-        if self.postgres is not None:
-            pidfile = Path(self.postgres.data_dir) / "postmaster.pid"
-            with contextlib.suppress(OSError, ValueError):
-                out["postgres"] = int(pidfile.read_text().split("\n", 1)[0])
-        if self.redis is not None and self.redis.process is not None:
-            out["redis"] = int(self.redis.process.pid)
-        return out
-
-    def stop(self) -> None:
-        if self.redis is not None:
-            self.redis.stop()
-        if self.postgres is not None:
-            self.postgres.stop()
-
-
-def start_services(workdir: Path) -> Services:
-    from server.devenv import PrivatePostgres, PrivateRedis
-
-    db_url = os.environ.get("GEOPUSH_DATABASE_URL", "")
-    redis_url = os.environ.get("GEOPUSH_REDIS_URL", "")
-    if db_url and redis_url:
-        return Services(db_url, redis_url)
-    if db_url or redis_url:
-        sys.exit("bench: set both GEOPUSH_DATABASE_URL and GEOPUSH_REDIS_URL, or neither")
-    require_tools(["pg_ctl", "redis-server"])
-    pg = PrivatePostgres(workdir / "postgres").start()
-    psql = shutil.which("psql") or "psql"
-    subprocess.run([psql, "-h", "127.0.0.1", "-p", str(pg.port), "-U", "postgres", "-d",
-                    "postgres", "-c", "DROP DATABASE IF EXISTS geopush_bench_delivery"],
-                   check=True, capture_output=True)
-    redis = PrivateRedis(workdir / "redis").start()
-    return Services(pg.create_database("geopush_bench_delivery"), redis.url(), pg, redis)
 
 
 async def _seed(database_url: str, platform: str, count: int) -> tuple[str, list[tuple[str, str]]]:
@@ -835,7 +794,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.py_spy is not None and not Path(sys.executable).with_name("py-spy").exists():
         sys.exit("bench: --py-spy needs py-spy in the venv: .venv/bin/pip install py-spy")
     WORKDIR.mkdir(parents=True, exist_ok=True)
-    services = start_services(WORKDIR)
+    services = start_services(WORKDIR, "geopush_bench_delivery")
     tmp = Path(tempfile.mkdtemp(prefix="bench-delivery-", dir=WORKDIR))
     certs_dir = tmp / "certs"
     results: list[PlatformResult] = []

@@ -49,16 +49,18 @@ from loadtest.bench_common import (
     REPO,
     BenchError,
     CpuMeter,
+    Services,
     WrkResult,
     raw_post,
     require_tools,
     run_wrk,
     serve_hello,
+    start_services,
     stop_process,
     wait_http,
     write_requests,
 )
-from server.devenv import PrivatePostgres, PrivateRedis, free_port
+from server.devenv import free_port
 from server.domain.signing import HEADER, sign
 
 AGENCY = "bench-seattle"
@@ -80,46 +82,6 @@ WARMUP_REQUESTS = 20_000
 
 
 # -- services -------------------------------------------------------------------------
-
-
-@dataclass
-class Services:
-    database_url: str
-    redis_url: str
-    postgres: PrivatePostgres | None = None
-    redis: PrivateRedis | None = None
-
-    def postmaster_pid(self) -> int | None:
-        if self.postgres is None:
-            return None
-        pidfile = self.postgres.data_dir / "postmaster.pid"
-        return int(pidfile.read_text().split("\n", 1)[0]) if pidfile.exists() else None
-
-    def stop(self) -> None:
-        if self.redis is not None:
-            self.redis.stop()
-        if self.postgres is not None:
-            self.postgres.stop()
-
-
-def start_services(workdir: Path) -> Services:
-    db_url = os.environ.get("GEOPUSH_DATABASE_URL", "")
-    redis_url = os.environ.get("GEOPUSH_REDIS_URL", "")
-    if db_url and redis_url:
-        return Services(db_url, redis_url)
-    if db_url or redis_url:
-        sys.exit("bench: set both GEOPUSH_DATABASE_URL and GEOPUSH_REDIS_URL, or neither")
-    require_tools(["pg_ctl", "redis-server"])
-    pg = PrivatePostgres(workdir / "postgres").start()
-    # A fresh database each run, so runs are comparable (the cluster itself is reused).
-    psql = [*_psql(pg), "-c", "DROP DATABASE IF EXISTS geopush_bench"]
-    subprocess.run(psql, check=True, capture_output=True)
-    redis = PrivateRedis(workdir / "redis").start()
-    return Services(pg.create_database("geopush_bench"), redis.url(), pg, redis)
-
-
-def _psql(pg: PrivatePostgres) -> list[str]:
-    return ["psql", "-h", "127.0.0.1", "-p", str(pg.port), "-U", "postgres", "-d", "postgres"]
 
 
 _SEED_DEVICES = """
@@ -381,7 +343,7 @@ def measure(args: argparse.Namespace, services: Services, workdir: Path) -> Repo
     servers = start_servers(services, workdir, args.web_cmd)
     run_id = secrets.token_hex(3)
     groups = {"web": servers.web.pid, "hello": servers.hello.pid}
-    pg_pid = services.postmaster_pid()
+    pg_pid = services.pids().get("postgres")
     if pg_pid is not None:
         groups["postgres"] = pg_pid
     if services.redis is not None and services.redis.process is not None:
@@ -498,7 +460,7 @@ def main(argv: list[str] | None = None) -> None:
     require_tools(["wrk"])
     workdir = REPO / ".geopush" / "bench"
     workdir.mkdir(parents=True, exist_ok=True)
-    services = start_services(workdir)
+    services = start_services(workdir, "geopush_bench")
     try:
         report = measure(args, services, workdir)
     except BenchError as exc:
