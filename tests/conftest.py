@@ -25,6 +25,10 @@ from server.devenv import PrivatePostgres, PrivateRedis
 from server.migrate import migrate
 from server.settings import Settings
 
+# Fixtures of the fake FCM (``fake``, ``key_dir``); modules with a ``fake`` of their
+# own (the APNs tests) override it.
+pytest_plugins = ["tests.fake_fcm_fixtures"]
+
 ADMIN_TOKEN = "test-admin-token"
 
 

@@ -21,33 +21,13 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from google.auth import exceptions as google_exceptions
 from google.oauth2 import service_account
 
-from loadtest.devkeys import ensure_fcm_service_account, public_key_pem
 from loadtest.fake_fcm import FCM_SCOPE, JWT_BEARER_GRANT, FakeFcm
+from tests.fake_fcm_fixtures import PROJECT
 
-PROJECT = "geopush-test"
 REPO = Path(__file__).resolve().parents[2]
 
 
 # ---- fixtures ----
-
-@pytest.fixture(scope="module")
-def key_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    # one RSA key for the module; ensure_fcm_service_account keeps it across token_uris
-    return tmp_path_factory.mktemp("fcm-keys")
-
-
-@pytest.fixture
-async def fake(key_dir: Path) -> AsyncIterator[FakeFcm]:
-    server = FakeFcm(project_id=PROJECT, service_account_public_keys={})
-    await server.start(port=0)
-    path = ensure_fcm_service_account(key_dir, server.token_uri, PROJECT)
-    info = json.loads(path.read_text())
-    server.trust(info["client_email"], public_key_pem(info["private_key"].encode()))
-    try:
-        yield server
-    finally:
-        await server.stop()
-
 
 @pytest.fixture
 def sa_info(fake: FakeFcm, key_dir: Path) -> dict[str, Any]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import json
-import socket
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -14,8 +13,10 @@ from typing import Any
 
 import pytest
 
-from loadtest.devkeys import ensure_fcm_service_account, public_key_pem
+from loadtest.devkeys import ensure_fcm_service_account
 from loadtest.fake_fcm import FakeFcm
+from server.devenv import free_port
+from tests.fake_fcm_fixtures import PROJECT
 from workers.fcm_client import (
     FcmAuthError,
     FcmClient,
@@ -25,26 +26,7 @@ from workers.fcm_client import (
     parse_retry_after,
 )
 
-PROJECT = "geopush-test"
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def key_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("fcm-keys")
-
-
-@pytest.fixture
-async def fake(key_dir: Path) -> AsyncIterator[FakeFcm]:
-    server = FakeFcm(project_id=PROJECT, service_account_public_keys={})
-    await server.start(port=0)
-    path = ensure_fcm_service_account(key_dir, server.token_uri, PROJECT)
-    info = json.loads(path.read_text())
-    server.trust(info["client_email"], public_key_pem(info["private_key"].encode()))
-    try:
-        yield server
-    finally:
-        await server.stop()
 
 
 @pytest.fixture
@@ -61,12 +43,6 @@ async def client(fake: FakeFcm, sa_file: str) -> AsyncIterator[FcmClient]:
         yield fcm
     finally:
         await fcm.close()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _message(device: str = "device-1") -> dict[str, Any]:
@@ -212,7 +188,7 @@ async def test_explicit_project_is_used(fake: FakeFcm, sa_file: str) -> None:
 
 async def test_connection_refused_is_transport_error(fake: FakeFcm, sa_file: str) -> None:
     async with FcmClient(
-        service_account_file=sa_file, endpoint=f"http://127.0.0.1:{_free_port()}"
+        service_account_file=sa_file, endpoint=f"http://127.0.0.1:{free_port()}"
     ) as fcm:
         with pytest.raises(FcmTransportError):
             await fcm.send(_message())
