@@ -304,9 +304,9 @@ async def test_connection_refused_is_a_transport_error(keys: Keys) -> None:
 
 async def test_reconnects_after_goaway(client: ApnsClient, fake: FakeApns) -> None:
     assert (await client.send(GOOD, PAYLOAD, collapse_id=None, expiration=None)).status == 200
-    [connection] = client._pool.connections
+    [connection] = client.connections
     fake.goaway("Shutdown")
-    await asyncio.wait_for(connection.closed, 5)  # type: ignore[attr-defined]
+    await asyncio.wait_for(connection.closed, 5)
     assert (await client.send(GOOD, PAYLOAD, collapse_id=None, expiration=None)).status == 200
     assert fake.stats["connections"] == 2
 

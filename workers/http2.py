@@ -1,0 +1,597 @@
+"""A lean HTTP/2 client connection for APNs: the frames a push needs, nothing else.
+
+Why not aioapns (or h2 underneath it): aioapns 4.0 never returns flow-control credit
+and breaks when a send is cancelled, and even with both fixed in a subclass, h2's
+generic machinery (header validation and normalization, a per-stream state machine,
+HPACK with Huffman, an event object per frame) was about half of a sender's CPU per
+push (profiles in docs/BENCHMARKS.md). A push is one HEADERS and one DATA frame out,
+one HEADERS (and, for errors, one DATA) frame back; this module does exactly that:
+
+- requests: HPACK without Huffman, with the headers a fan-out repeats (authority,
+  topic, push type, priority, expiration, collapse id, authorization) added to the
+  dynamic table once and then sent as one-byte indexes; per-push values (``:path``,
+  ``apns-id``) are literals that are never indexed;
+- responses: decoded with ``hpack.Decoder`` (every header block, in order, so the
+  table stays in sync even for streams we gave up on);
+- flow control both ways: DATA received is credited back (connection and stream), and
+  DATA sent waits for the peer's windows;
+- the peer's SETTINGS (stream limit, initial window, frame size, header table size),
+  PING, RST_STREAM and GOAWAY (streams past the last one processed fail as retryable);
+- a cancelled request resets its stream (RST_STREAM CANCEL); its late response is
+  decoded and dropped, and the other streams carry on.
+
+Everything a single response needs is parsed in ``data_received`` without an event
+object per frame, and frames written in one loop iteration go out in one write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import struct
+from typing import cast
+
+from hpack import Decoder
+from hpack.exceptions import HPACKError
+
+logger = logging.getLogger(__name__)
+
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+# frame types
+DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PUSH_PROMISE, PING, GOAWAY = range(8)
+WINDOW_UPDATE, CONTINUATION = 8, 9
+# flags
+END_STREAM, ACK, END_HEADERS, PADDED, PRIORITY_FLAG = 0x1, 0x1, 0x4, 0x8, 0x20
+# settings
+HEADER_TABLE_SIZE, ENABLE_PUSH, MAX_CONCURRENT_STREAMS = 0x1, 0x2, 0x3
+INITIAL_WINDOW_SIZE, MAX_FRAME_SIZE = 0x4, 0x5
+# error codes
+NO_ERROR, PROTOCOL_ERROR, FLOW_CONTROL_ERROR, CANCEL = 0x0, 0x1, 0x3, 0x8
+
+DEFAULT_WINDOW = 65_535
+MAX_STREAM_ID = 2**31 - 1
+# Credit is given back once this much of a window has been consumed.
+CREDIT_THRESHOLD = 32_768
+
+Fields = tuple[tuple[bytes, bytes], ...]
+
+_HEADER = struct.Struct(">IBI")   # (length << 8 | type), flags, stream id
+_U32 = struct.Struct(">I")
+_SETTING = struct.Struct(">HI")
+
+
+def frame(ftype: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes:
+    return _HEADER.pack(len(payload) << 8 | ftype, flags, stream_id) + payload
+
+
+def _integer(value: int, prefix_bits: int, first: int) -> bytes:
+    """An HPACK integer with an N-bit prefix; ``first`` carries the pattern bits."""
+    limit = (1 << prefix_bits) - 1
+    if value < limit:
+        return bytes((first | value,))
+    out = bytearray((first | limit,))
+    value -= limit
+    while value >= 128:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _string(value: bytes) -> bytes:
+    return _integer(len(value), 7, 0) + value   # H = 0: no Huffman
+
+
+def never_indexed(name: bytes, value: bytes) -> bytes:
+    """Literal header field never indexed, new name (RFC 7541 §6.2.3)."""
+    return b"\x10" + _string(name) + _string(value)
+
+
+def path_literal(path: bytes) -> bytes:
+    """``:path`` (static name index 4), literal without indexing (§6.2.2)."""
+    return b"\x04" + _string(path)
+
+
+class HeaderEncoder:
+    """HPACK encoder state for one connection: the dynamic table as the peer's
+    decoder will hold it, modelled exactly (FIFO, 32 octets overhead per entry)."""
+
+    def __init__(self, max_size: int = 4096) -> None:
+        self.max_size = max_size
+        self.size = 0
+        self.newest = 0                      # sequence number of the newest entry
+        self.entries: collections.deque[tuple[tuple[bytes, bytes], int, int]] = (
+            collections.deque())             # (field, size, seq), oldest first
+        self.seq_of: dict[tuple[bytes, bytes], int] = {}
+        self.generation = 0                  # bumped whenever an index may change
+        self._size_update: int | None = None
+
+    def resize(self, max_size: int) -> None:
+        """The peer changed SETTINGS_HEADER_TABLE_SIZE: shrink (never grow past 4096)
+        and tell its decoder at the start of the next header block."""
+        max_size = min(max_size, 4096)
+        if max_size != self.max_size:
+            self.max_size = max_size
+            self._evict(0)
+            self._size_update = max_size
+            self.generation += 1
+
+    def prefix(self) -> bytes:
+        if self._size_update is None:
+            return b""
+        update, self._size_update = _integer(self._size_update, 5, 0x20), None
+        return update
+
+    def field(self, name: bytes, value: bytes) -> bytes:
+        """An indexed field when the table has it, else a literal that adds it."""
+        key = (name, value)
+        seq = self.seq_of.get(key)
+        if seq is not None:
+            return _integer(62 + self.newest - seq, 7, 0x80)
+        size = len(name) + len(value) + 32
+        if size > self.max_size:
+            return b"\x00" + _string(name) + _string(value)  # too big to index
+        self._evict(size)
+        self.newest += 1
+        self.entries.append((key, size, self.newest))
+        self.seq_of[key] = self.newest
+        self.size += size
+        self.generation += 1
+        return b"\x40" + _string(name) + _string(value)
+
+    def _evict(self, room: int) -> None:
+        while self.entries and self.size + room > self.max_size:
+            key, size, seq = self.entries.popleft()
+            if self.seq_of.get(key) == seq:
+                del self.seq_of[key]
+            self.size -= size
+            self.generation += 1
+
+
+class StreamError(Exception):
+    """The request on this stream failed before a response (reset, GOAWAY, lost)."""
+
+
+class Response:
+    __slots__ = ("body", "headers", "status")
+
+    def __init__(self, status: int, headers: dict[bytes, bytes], body: bytes) -> None:
+        self.status = status
+        self.headers = headers
+        self.body = body
+
+
+class _Stream:
+    __slots__ = ("body", "future", "headers", "pending", "received", "send_window")
+
+    def __init__(self, future: asyncio.Future[Response], send_window: int) -> None:
+        self.future = future
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.body = bytearray()
+        self.send_window = send_window
+        self.pending = b""         # request body waiting for flow-control credit
+        self.received = 0          # DATA consumed since the last stream WINDOW_UPDATE
+
+
+class StreamSlots:
+    """The peer's concurrent-stream limit for one connection, resizable by SETTINGS;
+    waiting for a free slot is an awaited queue."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.in_use = 0
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._error: Exception | None = None
+
+    @property
+    def is_busy(self) -> bool:
+        return self.in_use >= self.limit
+
+    @property
+    def load(self) -> int:
+        return self.in_use + len(self._waiters)
+
+    async def acquire(self) -> None:
+        while self._error is None and (self.in_use >= self.limit or self._waiters):
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            except asyncio.CancelledError:
+                if waiter.done() and not waiter.cancelled():
+                    self._wake()  # pass the wake-up on
+                raise
+            finally:
+                if waiter in self._waiters:
+                    self._waiters.remove(waiter)
+            if self.in_use < self.limit:
+                break
+        if self._error is not None:
+            raise self._error
+        self.in_use += 1
+
+    def release(self) -> None:
+        self.in_use -= 1
+        if self._waiters:
+            self._wake()
+
+    def set_limit(self, limit: int) -> None:
+        self.limit = limit
+        self._wake()
+
+    def fail(self, error: Exception) -> None:
+        self._error = error
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def _wake(self) -> None:
+        free = self.limit - self.in_use
+        for waiter in self._waiters:
+            if free <= 0:
+                break
+            if not waiter.done():
+                waiter.set_result(None)
+                free -= 1
+
+
+class Http2Connection(asyncio.Protocol):
+    """One client connection. ``request`` sends a header block and a body and returns
+    the response; everything else is the protocol's own housekeeping."""
+
+    def __init__(self, *, initial_stream_limit: int = 1, idle_timeout: float = 60.0) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.transport: asyncio.Transport | None = None
+        self.encoder = HeaderEncoder()
+        self.decoder = Decoder()
+        self.slots = StreamSlots(initial_stream_limit)
+        self.streams: dict[int, _Stream] = {}
+        self.next_stream_id = 1
+        self.send_window = DEFAULT_WINDOW          # connection-level, peer's credit
+        self.initial_send_window = DEFAULT_WINDOW  # peer's SETTINGS_INITIAL_WINDOW_SIZE
+        self.max_frame_size = 16_384
+        self.received = 0                          # DATA consumed since the last credit
+        self.blocked: collections.deque[int] = collections.deque()
+        self.closing = False
+        self.lost = False
+        self.goaway_reason: str | None = None
+        self.closed: asyncio.Future[None] = self.loop.create_future()
+        self.last_used = self.loop.time()
+        self._idle_timeout = idle_timeout
+        self._idle_timer: asyncio.TimerHandle | None = None
+        self._buffer = bytearray()
+        self._out: list[bytes] = []
+        self._flush_scheduled = False
+        self._header_block: tuple[int, bytearray, bool] | None = None  # continuation
+        self._encoded: dict[Fields, bytes] = {}    # fields already in the table
+        self._encoded_generation = -1
+
+    # ---- asyncio.Protocol ----------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass
+        settings = _SETTING.pack(ENABLE_PUSH, 0)
+        self.transport.write(PREFACE + frame(SETTINGS, 0, 0, settings))
+        self._idle_timer = self.loop.call_later(self._idle_timeout, self._check_idle)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = self.closing = True
+        self.transport = None
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+        reason = self.goaway_reason or f"connection lost: {exc}"
+        error = StreamError(reason)
+        for stream in self.streams.values():
+            if not stream.future.done():
+                stream.future.set_exception(error)
+        self.streams.clear()
+        self.blocked.clear()
+        self.slots.fail(error)
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self._buffer
+        buffer += data
+        pos = 0
+        size = len(buffer)
+        try:
+            while size - pos >= 9:
+                length_type, flags, stream_id = _HEADER.unpack_from(buffer, pos)
+                length = length_type >> 8
+                end = pos + 9 + length
+                if end > size:
+                    break
+                payload = bytes(buffer[pos + 9:end])
+                pos = end
+                self._frame(length_type & 0xFF, flags, stream_id & MAX_STREAM_ID, payload)
+                if self.transport is None:
+                    return
+        except (HPACKError, ValueError, IndexError, struct.error) as exc:
+            logger.warning("HTTP/2 protocol error from %s: %s", self._peer(), exc)
+            self._goaway(PROTOCOL_ERROR)
+            return
+        finally:
+            del buffer[:pos]
+        self._flush()
+
+    # ---- requests -------------------------------------------------------------------
+
+    @property
+    def is_busy(self) -> bool:
+        return self.closing or self.slots.is_busy
+
+    async def request(self, head: bytes, fields: Fields, tail: bytes, body: bytes) -> Response:
+        """Send one request and wait for its response. The header block is ``head``
+        (pre-encoded fields that never touch the table: :method, :scheme, :path), then
+        ``fields`` through the dynamic table, then ``tail`` (never-indexed literals).
+        It is encoded only once the request has its stream, right before it is
+        written: header blocks must reach the peer in the order they were encoded."""
+        await self.slots.acquire()
+        if self.closing or self.transport is None:
+            self.slots.release()
+            raise StreamError(self.goaway_reason or "connection is closing")
+        header_block = self._encode(head, fields, tail)
+        stream_id = self.next_stream_id
+        self.next_stream_id += 2
+        if self.next_stream_id > MAX_STREAM_ID:
+            self.closing = True       # no ids left: the pool opens a new connection
+        stream = _Stream(self.loop.create_future(), self.initial_send_window)
+        self.streams[stream_id] = stream
+        self.last_used = self.loop.time()
+        n = len(body)
+        if (not self.blocked and n <= self.send_window and n <= stream.send_window
+                and n <= self.max_frame_size):
+            self.send_window -= n
+            stream.send_window -= n
+            self._write(frame(HEADERS, END_HEADERS, stream_id, header_block)
+                        + frame(DATA, END_STREAM, stream_id, body))
+        else:
+            self._write(frame(HEADERS, END_HEADERS, stream_id, header_block))
+            stream.pending = body
+            self.blocked.append(stream_id)
+            self._send_blocked()
+        try:
+            return await stream.future
+        finally:
+            if self.streams.get(stream_id) is stream:   # cancelled (timeout) or failed
+                del self.streams[stream_id]
+                self.slots.release()
+                if stream.pending and stream_id in self.blocked:
+                    self.blocked.remove(stream_id)
+                if self.transport is not None:
+                    self._write(frame(RST_STREAM, 0, stream_id, _U32.pack(CANCEL)))
+
+    def _encode(self, head: bytes, fields: Fields, tail: bytes) -> bytes:
+        encoder = self.encoder
+        if self._encoded_generation != encoder.generation:
+            self._encoded.clear()
+            self._encoded_generation = encoder.generation
+        middle = self._encoded.get(fields)
+        if middle is None:
+            before = encoder.generation
+            middle = b"".join([encoder.field(name, value) for name, value in fields])
+            if encoder.generation == before:
+                # All indexed: the same bytes until the table changes.
+                if len(self._encoded) >= 64:
+                    self._encoded.clear()
+                self._encoded[fields] = middle
+            else:
+                self._encoded.clear()
+                self._encoded_generation = encoder.generation
+        return encoder.prefix() + head + middle + tail
+
+    def close(self) -> None:
+        """Stop taking requests; close once the streams in flight have finished."""
+        self.closing = True
+        if not self.streams and self.transport is not None:
+            self._goaway(NO_ERROR)
+
+    # ---- frames ---------------------------------------------------------------------
+
+    def _frame(self, ftype: int, flags: int, stream_id: int, payload: bytes) -> None:
+        if self._header_block is not None and ftype != CONTINUATION:
+            raise ValueError("frame inside a header block")
+        if ftype == HEADERS:
+            self._on_headers(flags, stream_id, payload)
+        elif ftype == DATA:
+            self._on_data(flags, stream_id, payload)
+        elif ftype == CONTINUATION:
+            if self._header_block is None or self._header_block[0] != stream_id:
+                raise ValueError("unexpected CONTINUATION")
+            self._header_block[1].extend(payload)
+            if flags & END_HEADERS:
+                _, block, end_stream = self._header_block
+                self._header_block = None
+                self._on_header_block(stream_id, bytes(block), end_stream)
+        elif ftype == SETTINGS:
+            if not flags & ACK:
+                self._on_settings(payload)
+        elif ftype == WINDOW_UPDATE:
+            self._on_window_update(stream_id, _U32.unpack(payload)[0] & MAX_STREAM_ID)
+        elif ftype == RST_STREAM:
+            code = _U32.unpack(payload)[0]
+            self._fail(stream_id, StreamError(f"stream reset by the server (code {code})"))
+        elif ftype == PING:
+            if not flags & ACK:
+                self._write(frame(PING, ACK, 0, payload))
+        elif ftype == GOAWAY:
+            self._on_goaway(payload)
+        elif ftype == PUSH_PROMISE:
+            raise ValueError("PUSH_PROMISE although push is disabled")
+        # PRIORITY and unknown frame types are ignored (RFC 9113 §5.5)
+
+    def _on_headers(self, flags: int, stream_id: int, payload: bytes) -> None:
+        start, end = 0, len(payload)
+        if flags & PADDED:
+            start, end = 1, end - payload[0]
+        if flags & PRIORITY_FLAG:
+            start += 5
+        block = payload[start:end]
+        if flags & END_HEADERS:
+            self._on_header_block(stream_id, block, bool(flags & END_STREAM))
+        else:
+            self._header_block = (stream_id, bytearray(block), bool(flags & END_STREAM))
+
+    def _on_header_block(self, stream_id: int, block: bytes, end_stream: bool) -> None:
+        # Decoded whatever the stream's state: the table must follow the peer's.
+        headers = self.decoder.decode(block, raw=True)
+        stream = self.streams.get(stream_id)
+        if stream is None:
+            return
+        if not stream.headers:
+            stream.headers = cast(list[tuple[bytes, bytes]], headers)
+        if end_stream:
+            self._finish(stream_id, stream)
+
+    def _on_data(self, flags: int, stream_id: int, payload: bytes) -> None:
+        length = len(payload)   # flow control counts the padding too
+        self.received += length
+        if self.received >= CREDIT_THRESHOLD:
+            self._write(frame(WINDOW_UPDATE, 0, 0, _U32.pack(self.received)))
+            self.received = 0
+        stream = self.streams.get(stream_id)
+        if stream is None:
+            return
+        if flags & PADDED:
+            payload = payload[1:length - payload[0]]
+        stream.body += payload
+        if flags & END_STREAM:
+            self._finish(stream_id, stream)
+            return
+        stream.received += length
+        if stream.received >= CREDIT_THRESHOLD:
+            self._write(frame(WINDOW_UPDATE, 0, stream_id, _U32.pack(stream.received)))
+            stream.received = 0
+
+    def _on_settings(self, payload: bytes) -> None:
+        for offset in range(0, len(payload) - len(payload) % 6, 6):
+            code, value = _SETTING.unpack_from(payload, offset)
+            if code == MAX_CONCURRENT_STREAMS:
+                self.slots.set_limit(value)
+            elif code == INITIAL_WINDOW_SIZE:
+                if value > MAX_STREAM_ID:
+                    raise ValueError("SETTINGS_INITIAL_WINDOW_SIZE too large")
+                delta = value - self.initial_send_window
+                self.initial_send_window = value
+                for stream in self.streams.values():
+                    stream.send_window += delta
+            elif code == MAX_FRAME_SIZE:
+                self.max_frame_size = value
+            elif code == HEADER_TABLE_SIZE:
+                self.encoder.resize(value)
+        self._write(frame(SETTINGS, ACK, 0))
+        self._send_blocked()
+
+    def _on_window_update(self, stream_id: int, increment: int) -> None:
+        if stream_id == 0:
+            self.send_window += increment
+        else:
+            stream = self.streams.get(stream_id)
+            if stream is None:
+                return
+            stream.send_window += increment
+        if self.blocked:
+            self._send_blocked()
+
+    def _on_goaway(self, payload: bytes) -> None:
+        last_stream_id = _U32.unpack_from(payload, 0)[0] & MAX_STREAM_ID
+        code = _U32.unpack_from(payload, 4)[0]
+        debug = payload[8:].decode("utf-8", "replace")
+        logger.warning("APNs sent GOAWAY: code=%s last_stream_id=%s data=%s",
+                       code, last_stream_id, debug)
+        self.goaway_reason = f"GOAWAY {debug or code}"
+        self.closing = True
+        for stream_id in [s for s in self.streams if s > last_stream_id]:
+            self._fail(stream_id, StreamError(f"{self.goaway_reason} before processing"))
+        if not self.streams and self.transport is not None:
+            self.transport.close()
+
+    # ---- helpers --------------------------------------------------------------------
+
+    def _send_blocked(self) -> None:
+        """Send waiting request bodies, in order, as far as the windows allow."""
+        while self.blocked and self.send_window > 0:
+            stream_id = self.blocked[0]
+            stream = self.streams.get(stream_id)
+            if stream is None or not stream.pending:
+                self.blocked.popleft()
+                continue
+            size = min(len(stream.pending), self.send_window, stream.send_window,
+                       self.max_frame_size)
+            if size <= 0:
+                # This stream waits for its own credit; the others may go meanwhile.
+                self.blocked.rotate(-1)
+                if all(self._stream_window(s) <= 0 for s in self.blocked):
+                    return
+                continue
+            chunk, stream.pending = stream.pending[:size], stream.pending[size:]
+            self.send_window -= size
+            stream.send_window -= size
+            self._write(frame(DATA, 0 if stream.pending else END_STREAM, stream_id, chunk))
+            if not stream.pending:
+                self.blocked.popleft()
+
+    def _stream_window(self, stream_id: int) -> int:
+        stream = self.streams.get(stream_id)
+        return 1 if stream is None else stream.send_window
+
+    def _finish(self, stream_id: int, stream: _Stream) -> None:
+        del self.streams[stream_id]
+        self.slots.release()
+        if not stream.future.done():
+            headers = dict(stream.headers)
+            try:
+                status = int(headers.get(b":status", b"0"))
+            except ValueError:
+                status = 0
+            stream.future.set_result(Response(status, headers, bytes(stream.body)))
+        if self.closing and not self.streams and self.transport is not None:
+            self._goaway(NO_ERROR)
+
+    def _fail(self, stream_id: int, error: Exception) -> None:
+        stream = self.streams.pop(stream_id, None)
+        if stream is None:
+            return
+        self.slots.release()
+        if not stream.future.done():
+            stream.future.set_exception(error)
+
+    def _goaway(self, code: int) -> None:
+        self.closing = True
+        if self.transport is not None:
+            last = max(0, self.next_stream_id - 2)
+            self._write(frame(GOAWAY, 0, 0, _U32.pack(last) + _U32.pack(code)))
+            self._flush()
+            self.transport.close()
+
+    def _check_idle(self) -> None:
+        """Close a connection nobody used for ``idle_timeout`` (APNs would, too)."""
+        if self.transport is None:
+            return
+        idle = self.loop.time() - self.last_used
+        if idle >= self._idle_timeout and not self.streams:
+            self.close()
+        else:
+            delay = max(1.0, self._idle_timeout - idle)
+            self._idle_timer = self.loop.call_later(delay, self._check_idle)
+
+    def _write(self, data: bytes) -> None:
+        self._out.append(data)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if self._out:
+            data = b"".join(self._out)
+            self._out.clear()
+            if self.transport is not None:
+                self.transport.write(data)
+
+    def _peer(self) -> object:
+        return None if self.transport is None else self.transport.get_extra_info("peername")
