@@ -20,7 +20,9 @@ import datetime as dt
 import email.utils
 import json
 import logging
+import ssl
 import time
+import urllib.parse
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,7 +32,11 @@ import google.auth.transport
 import msgspec
 from google.oauth2 import service_account
 
+from workers.http1 import ConnectionFailed, Http1Pool, ProtocolError
+
 logger = logging.getLogger(__name__)
+
+_encode_json = msgspec.json.Encoder().encode
 
 FCM_SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
 REFRESH_MARGIN_S = 300.0
@@ -217,9 +223,20 @@ class FcmClient:
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._timeout_s = timeout
         self._max_connections = max_connections
+        endpoint_url = urllib.parse.urlsplit(self._endpoint)
+        if endpoint_url.scheme not in ("http", "https") or not endpoint_url.hostname:
+            raise ValueError(f"FCM endpoint must be an http(s) URL, not {endpoint!r}")
+        self._tls = endpoint_url.scheme == "https"
+        self._host = endpoint_url.hostname
+        self._port = endpoint_url.port or (443 if self._tls else 80)
+        self._host_header = endpoint_url.netloc
+        self._base_path = endpoint_url.path.rstrip("/")
+        self._path = ""
+        self._head = b""
+        self._head_token: str | None = None
         self._session: aiohttp.ClientSession | None = None
+        self._pool: Http1Pool | None = None
         self._credentials: Any = None
-        self._url: str | None = None
         self._setup_lock: asyncio.Lock | None = None
         self._token: str | None = None
         self._token_expires_at = 0.0  # unix seconds
@@ -235,14 +252,14 @@ class FcmClient:
     async def send(self, message: dict[str, Any]) -> FcmResponse:
         """POSTs ``{"message": message}``; FCM's rejections come back as responses,
         unanswered requests raise ``FcmTransportError``."""
-        session, url = await self._ready()
-        body = msgspec.json.encode({"message": message})
+        await self._ready()
+        body = _encode_json({"message": message})
         token = await self._access_token()
-        response = await self._post(session, url, body, token)
+        response = await self._post(body, token)
         if response.status == 401:
             logger.info("FCM answered 401 (%s); refreshing the access token", response.message)
             token = await self._access_token(stale=token)
-            response = await self._post(session, url, body, token)
+            response = await self._post(body, token)
         return response
 
     async def close(self) -> None:
@@ -251,6 +268,9 @@ class FcmClient:
         if task is not None and not task.done():
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await task
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            await pool.close()
         if self._session is not None:
             session, self._session = self._session, None
             await session.close()
@@ -263,11 +283,12 @@ class FcmClient:
 
     # ---- internals ----
 
-    async def _ready(self) -> tuple[aiohttp.ClientSession, str]:
+    async def _ready(self) -> aiohttp.ClientSession:
+        """The session for token requests; the message pool and path are set up too."""
         if self._closed:
             raise RuntimeError("FcmClient is closed")
-        if self._session is not None and self._url is not None:
-            return self._session, self._url
+        if self._session is not None and self._pool is not None:
+            return self._session
         if self._setup_lock is None:
             self._setup_lock = asyncio.Lock()
         async with self._setup_lock:
@@ -283,13 +304,16 @@ class FcmClient:
                     raise ValueError(
                         f"{self._service_account_file} names no project_id; pass project_id"
                     )
-            self._url = f"{self._endpoint}/v1/projects/{self._project_id}/messages:send"
+            self._path = f"{self._base_path}/v1/projects/{self._project_id}/messages:send"
             if self._session is None:
-                self._session = aiohttp.ClientSession(
-                    connector=aiohttp.TCPConnector(limit=self._max_connections),
-                    timeout=self._timeout,
+                # google-auth's token requests only (rare): aiohttp is fine there
+                self._session = aiohttp.ClientSession(timeout=self._timeout)
+            if self._pool is None:
+                self._pool = Http1Pool(
+                    self._host, self._port, max_connections=self._max_connections,
+                    ssl_context=ssl.create_default_context() if self._tls else None,
                 )
-            return self._session, self._url
+            return self._session
 
     async def _access_token(self, *, stale: str | None = None) -> str:
         token = self._token
@@ -309,7 +333,7 @@ class FcmClient:
         return await asyncio.shield(task)
 
     async def _refresh(self) -> str:
-        session, _ = await self._ready()
+        session = await self._ready()
         request = _LoopRequest(asyncio.get_running_loop(), session, self._timeout_s)
         credentials = self._credentials
         try:
@@ -335,16 +359,21 @@ class FcmClient:
         logger.debug("FCM access token refreshed, valid for %.0f s", expires_at - time.time())
         return token
 
-    async def _post(
-        self, session: aiohttp.ClientSession, url: str, body: bytes, token: str
-    ) -> FcmResponse:
-        headers = {
-            "Authorization": f"Bearer {token}",
-            "Content-Type": "application/json; charset=UTF-8",
-        }
+    async def _post(self, body: bytes, token: str) -> FcmResponse:
+        assert self._pool is not None
+        if token != self._head_token:
+            self._head = (
+                f"POST {self._path} HTTP/1.1\r\nHost: {self._host_header}\r\n"
+                f"User-Agent: geopush\r\nAuthorization: Bearer {token}\r\n"
+                "Content-Type: application/json; charset=UTF-8\r\nContent-Length: "
+            ).encode("latin-1")
+            self._head_token = token
+        request = b"%s%d\r\n\r\n%s" % (self._head, len(body), body)
         try:
-            async with session.post(url, data=body, headers=headers) as resp:
-                data = await resp.read()
-                return parse_response(resp.status, data, resp.headers.get("Retry-After"))
-        except (aiohttp.ClientError, TimeoutError) as e:
+            async with asyncio.timeout(self._timeout_s):
+                resp = await self._pool.request(request)
+        except TimeoutError:
+            raise FcmTransportError(f"no FCM response within {self._timeout_s} s") from None
+        except (ConnectionFailed, ProtocolError, OSError) as e:
             raise FcmTransportError(f"FCM request failed: {e!r}") from e
+        return parse_response(resp.status, resp.body, resp.headers.get("retry-after"))

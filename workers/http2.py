@@ -30,6 +30,7 @@ import asyncio
 import collections
 import logging
 import struct
+from collections.abc import Callable
 from typing import cast
 
 from hpack import Decoder
@@ -268,6 +269,12 @@ class Http2Connection(asyncio.Protocol):
         self._header_block: tuple[int, bytearray, bool] | None = None  # continuation
         self._encoded: dict[Fields, bytes] = {}    # fields already in the table
         self._encoded_generation = -1
+        self._handlers: dict[int, Callable[[int, int, bytes], None]] = {
+            DATA: self._on_data, HEADERS: self._on_headers, CONTINUATION: self._on_continuation,
+            SETTINGS: self._on_settings, WINDOW_UPDATE: self._on_window_update,
+            RST_STREAM: self._on_rst_stream, PING: self._on_ping, GOAWAY: self._on_goaway,
+            PUSH_PROMISE: self._on_push_promise,
+        }
 
     # ---- asyncio.Protocol ----------------------------------------------------------
 
@@ -395,34 +402,29 @@ class Http2Connection(asyncio.Protocol):
     def _frame(self, ftype: int, flags: int, stream_id: int, payload: bytes) -> None:
         if self._header_block is not None and ftype != CONTINUATION:
             raise ValueError("frame inside a header block")
-        if ftype == HEADERS:
-            self._on_headers(flags, stream_id, payload)
-        elif ftype == DATA:
-            self._on_data(flags, stream_id, payload)
-        elif ftype == CONTINUATION:
-            if self._header_block is None or self._header_block[0] != stream_id:
-                raise ValueError("unexpected CONTINUATION")
-            self._header_block[1].extend(payload)
-            if flags & END_HEADERS:
-                _, block, end_stream = self._header_block
-                self._header_block = None
-                self._on_header_block(stream_id, bytes(block), end_stream)
-        elif ftype == SETTINGS:
-            if not flags & ACK:
-                self._on_settings(payload)
-        elif ftype == WINDOW_UPDATE:
-            self._on_window_update(stream_id, _U32.unpack(payload)[0] & MAX_STREAM_ID)
-        elif ftype == RST_STREAM:
-            code = _U32.unpack(payload)[0]
-            self._fail(stream_id, StreamError(f"stream reset by the server (code {code})"))
-        elif ftype == PING:
-            if not flags & ACK:
-                self._write(frame(PING, ACK, 0, payload))
-        elif ftype == GOAWAY:
-            self._on_goaway(payload)
-        elif ftype == PUSH_PROMISE:
-            raise ValueError("PUSH_PROMISE although push is disabled")
-        # PRIORITY and unknown frame types are ignored (RFC 9113 §5.5)
+        handler = self._handlers.get(ftype)
+        if handler is not None:   # PRIORITY and unknown types are ignored (RFC 9113 §5.5)
+            handler(flags, stream_id, payload)
+
+    def _on_continuation(self, flags: int, stream_id: int, payload: bytes) -> None:
+        if self._header_block is None or self._header_block[0] != stream_id:
+            raise ValueError("unexpected CONTINUATION")
+        self._header_block[1].extend(payload)
+        if flags & END_HEADERS:
+            _, block, end_stream = self._header_block
+            self._header_block = None
+            self._on_header_block(stream_id, bytes(block), end_stream)
+
+    def _on_rst_stream(self, flags: int, stream_id: int, payload: bytes) -> None:
+        code = _U32.unpack(payload)[0]
+        self._fail(stream_id, StreamError(f"stream reset by the server (code {code})"))
+
+    def _on_ping(self, flags: int, stream_id: int, payload: bytes) -> None:
+        if not flags & ACK:
+            self._write(frame(PING, ACK, 0, payload))
+
+    def _on_push_promise(self, flags: int, stream_id: int, payload: bytes) -> None:
+        raise ValueError("PUSH_PROMISE although push is disabled")
 
     def _on_headers(self, flags: int, stream_id: int, payload: bytes) -> None:
         start, end = 0, len(payload)
@@ -467,7 +469,9 @@ class Http2Connection(asyncio.Protocol):
             self._write(frame(WINDOW_UPDATE, 0, stream_id, _U32.pack(stream.received)))
             stream.received = 0
 
-    def _on_settings(self, payload: bytes) -> None:
+    def _on_settings(self, flags: int, stream_id: int, payload: bytes) -> None:
+        if flags & ACK:
+            return
         for offset in range(0, len(payload) - len(payload) % 6, 6):
             code, value = _SETTING.unpack_from(payload, offset)
             if code == MAX_CONCURRENT_STREAMS:
@@ -486,7 +490,8 @@ class Http2Connection(asyncio.Protocol):
         self._write(frame(SETTINGS, ACK, 0))
         self._send_blocked()
 
-    def _on_window_update(self, stream_id: int, increment: int) -> None:
+    def _on_window_update(self, flags: int, stream_id: int, payload: bytes) -> None:
+        increment = _U32.unpack(payload)[0] & MAX_STREAM_ID
         if stream_id == 0:
             self.send_window += increment
         else:
@@ -497,7 +502,7 @@ class Http2Connection(asyncio.Protocol):
         if self.blocked:
             self._send_blocked()
 
-    def _on_goaway(self, payload: bytes) -> None:
+    def _on_goaway(self, flags: int, stream_id: int, payload: bytes) -> None:
         last_stream_id = _U32.unpack_from(payload, 0)[0] & MAX_STREAM_ID
         code = _U32.unpack_from(payload, 4)[0]
         debug = payload[8:].decode("utf-8", "replace")
