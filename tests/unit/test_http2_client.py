@@ -1,0 +1,289 @@
+"""workers.http2 against h2's server side in memory: the peer is a real, strict HTTP/2
+implementation, so HPACK, flow control, SETTINGS, GOAWAY, RST_STREAM, CONTINUATION
+and padding are checked frame by frame. (Against the fake APNs over TLS:
+tests/integration/test_apns_client.py.)"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import h2.config
+import h2.connection
+import h2.events
+import pytest
+from h2.settings import SettingCodes
+from hpack import Decoder, Encoder
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from workers.http2 import (
+    CONTINUATION,
+    END_HEADERS,
+    END_STREAM,
+    HEADERS,
+    PADDED,
+    HeaderEncoder,
+    Http2Connection,
+    Response,
+    StreamError,
+    frame,
+    never_indexed,
+    path_literal,
+)
+
+HEAD = b"\x83\x87" + path_literal(b"/3/device/" + b"ab" * 32)
+FIELDS = ((b":authority", b"api.example"), (b"apns-topic", b"org.example"),
+          (b"authorization", b"bearer " + b"j" * 200))
+
+
+class Wire:
+    """The client's transport: collects what it writes."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.data += data
+
+    def close(self) -> None:
+        self.closed = True
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return default
+
+
+class Peer:
+    """An h2 server wired to one Http2Connection."""
+
+    def __init__(self, **local_settings: int) -> None:
+        self.client = Http2Connection(initial_stream_limit=100)
+        self.wire = Wire()
+        self.client.connection_made(self.wire)  # type: ignore[arg-type]
+        self.h2 = h2.connection.H2Connection(
+            h2.config.H2Configuration(client_side=False, header_encoding=None))
+        self.h2.initiate_connection()
+        if local_settings:
+            self.h2.update_settings(
+                {getattr(SettingCodes, k): v for k, v in local_settings.items()})
+        self.requests: dict[int, dict[str, Any]] = {}
+        self.events: list[h2.events.Event] = []
+
+    async def exchange(self) -> list[h2.events.Event]:
+        """Let the client flush, hand its bytes to the server, and the server's back."""
+        for _ in range(3):   # requests run, then their writes are flushed
+            await asyncio.sleep(0)
+        events = self.h2.receive_data(bytes(self.wire.data))
+        self.wire.data.clear()
+        for event in events:
+            if isinstance(event, h2.events.RequestReceived):
+                self.requests[event.stream_id] = {"headers": list(event.headers), "body": b""}
+            elif isinstance(event, h2.events.DataReceived):
+                self.requests[event.stream_id]["body"] += event.data
+                self.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+        self.events += events
+        self.to_client(self.h2.data_to_send())
+        await asyncio.sleep(0)
+        return events
+
+    def to_client(self, data: bytes) -> None:
+        if data:
+            self.client.data_received(data)
+
+    def respond(self, stream_id: int, status: int, body: bytes = b"",
+                extra: list[tuple[bytes, bytes]] | None = None) -> None:
+        headers = [(b":status", str(status).encode()), *(extra or [])]
+        self.h2.send_headers(stream_id, headers, end_stream=not body)
+        if body:
+            self.h2.send_data(stream_id, body, end_stream=True)
+        self.to_client(self.h2.data_to_send())
+
+
+async def _start(peer: Peer, fields: Any = FIELDS, body: bytes = b"{}") -> asyncio.Task[Response]:
+    task = asyncio.create_task(peer.client.request(HEAD, fields, b"", body))
+    await peer.exchange()
+    return task
+
+
+async def test_round_trip_and_repeated_headers_go_out_indexed() -> None:
+    peer = Peer()
+    await peer.exchange()
+    sizes = []
+    for n in range(5):
+        before = len(peer.wire.data)
+        task = asyncio.create_task(peer.client.request(
+            HEAD, FIELDS, never_indexed(b"apns-id", f"id-{n}".encode()), b'{"n":%d}' % n))
+        for _ in range(3):   # the request, then its flush
+            await asyncio.sleep(0)
+        sizes.append(len(peer.wire.data) - before)
+        await peer.exchange()
+        [stream_id] = [s for s in peer.requests if "done" not in peer.requests[s]]
+        request = peer.requests[stream_id]
+        request["done"] = True
+        headers = dict(request["headers"])
+        assert headers[b":path"] == b"/3/device/" + b"ab" * 32
+        assert headers[b":method"] == b"POST"
+        assert headers[b"authorization"] == FIELDS[2][1]
+        assert headers[b"apns-id"] == f"id-{n}".encode()
+        assert request["body"] == b'{"n":%d}' % n
+        peer.respond(stream_id, 200, extra=[(b"apns-id", f"id-{n}".encode())])
+        response = await task
+        assert response.status == 200 and response.headers[b"apns-id"] == f"id-{n}".encode()
+    assert sizes[1] < sizes[0] - 200   # the JWT went out once, then as an index
+
+
+async def test_receive_window_is_credited_back_for_large_and_many_bodies() -> None:
+    peer = Peer()
+    await peer.exchange()
+    body = b"E" * 100_000   # more than the 65,535-byte stream and connection windows
+    task = await _start(peer)
+    [stream_id] = peer.requests
+    peer.h2.send_headers(stream_id, [(b":status", b"500")])
+    sent = 0
+    while sent < len(body):
+        window = min(peer.h2.local_flow_control_window(stream_id), 16_384)
+        assert window > 0, f"client stopped crediting after {sent} bytes"
+        chunk = body[sent:sent + window]
+        sent += len(chunk)
+        peer.h2.send_data(stream_id, chunk, end_stream=sent == len(body))
+        peer.to_client(peer.h2.data_to_send())
+        await peer.exchange()
+    response = await task
+    assert (response.status, response.body) == (500, body)
+
+
+async def test_request_body_waits_for_the_peers_window() -> None:
+    peer = Peer(INITIAL_WINDOW_SIZE=100)
+    await peer.exchange()
+    await peer.exchange()   # settings ACKed both ways
+    body = bytes(range(256)) * 10
+    task = await _start(peer, body=body)
+    [stream_id] = peer.requests
+    for _ in range(40):
+        if peer.requests[stream_id]["body"] == body:
+            break
+        peer.h2.increment_flow_control_window(100, stream_id)
+        peer.to_client(peer.h2.data_to_send())
+        await peer.exchange()
+    assert peer.requests[stream_id]["body"] == body
+    assert any(isinstance(e, h2.events.StreamEnded) for e in peer.events)
+    peer.respond(stream_id, 200)
+    assert (await task).status == 200
+
+
+async def test_smaller_header_table_is_announced_and_honoured() -> None:
+    peer = Peer(HEADER_TABLE_SIZE=0)
+    await peer.exchange()
+    for n in range(3):
+        task = asyncio.create_task(peer.client.request(HEAD, FIELDS, b"", b"{}"))
+        await peer.exchange()   # h2 rejects a block without the size update
+        stream_id = max(peer.requests)
+        assert dict(peer.requests[stream_id]["headers"])[b"apns-topic"] == b"org.example"
+        peer.respond(stream_id, 200)
+        assert (await task).status == 200, n
+    assert peer.client.encoder.size == 0
+
+
+async def test_goaway_fails_only_the_streams_past_the_last_one() -> None:
+    peer = Peer()
+    await peer.exchange()
+    tasks = [asyncio.create_task(peer.client.request(HEAD, FIELDS, b"", b"{}"))
+             for _ in range(3)]
+    await peer.exchange()
+    first, second, _third = sorted(peer.requests)
+    peer.respond(first, 200)
+    # A graceful GOAWAY: `second` was processed, its answer follows the GOAWAY.
+    peer.h2.send_headers(second, [(b":status", b"200")], end_stream=True)
+    answer = peer.h2.data_to_send()
+    peer.h2.close_connection(last_stream_id=second, additional_data=b'{"reason":"Shutdown"}')
+    peer.to_client(peer.h2.data_to_send())
+    assert not peer.wire.closed   # streams up to `second` still get their answers
+    peer.to_client(answer)
+    assert (await tasks[0]).status == 200
+    assert (await tasks[1]).status == 200
+    with pytest.raises(StreamError, match="Shutdown"):
+        await tasks[2]
+    assert peer.client.closing and peer.wire.closed
+    with pytest.raises(StreamError):
+        await peer.client.request(HEAD, FIELDS, b"", b"{}")
+
+
+async def test_reset_and_cancelled_streams_leave_the_others_alone() -> None:
+    peer = Peer()
+    await peer.exchange()
+    tasks = [asyncio.create_task(peer.client.request(HEAD, FIELDS, b"", b"{}"))
+             for _ in range(3)]
+    await peer.exchange()
+    a, b, c = sorted(peer.requests)
+    peer.h2.reset_stream(a)
+    peer.to_client(peer.h2.data_to_send())
+    with pytest.raises(StreamError, match="reset"):
+        await tasks[0]
+    tasks[1].cancel()                       # a timed-out send
+    await peer.exchange()
+    assert any(isinstance(e, h2.events.StreamReset) and e.stream_id == b for e in peer.events)
+    # its late answer (a header block the table must still follow) is dropped
+    peer.respond(c, 200, extra=[(b"x-late", b"1")])
+    assert (await tasks[2]).status == 200
+    task = await _start(peer)
+    peer.respond(max(peer.requests), 200, extra=[(b"x-late", b"1")])
+    response = await task
+    assert response.headers[b"x-late"] == b"1"
+    assert peer.client.slots.in_use == 0 and not peer.client.streams
+
+
+async def test_continuation_padding_and_ping() -> None:
+    peer = Peer()
+    await peer.exchange()
+    task = await _start(peer)
+    [stream_id] = peer.requests
+    block = Encoder().encode([(b":status", b"410"), (b"apns-id", b"x" * 50)])
+    padded = bytes([3]) + block[:10] + b"\0\0\0"
+    peer.to_client(frame(HEADERS, PADDED, stream_id, padded)
+                   + frame(CONTINUATION, END_HEADERS, stream_id, block[10:])
+                   + frame(0x0, END_STREAM | PADDED, stream_id, bytes([2]) + b"{}" + b"\0\0"))
+    response = await task
+    assert (response.status, response.body) == (410, b"{}")
+    peer.h2.ping(b"12345678")
+    peer.to_client(peer.h2.data_to_send())
+    events = await peer.exchange()
+    assert any(isinstance(e, h2.events.PingAckReceived) and e.ping_data == b"12345678"
+               for e in events)
+
+
+async def test_a_protocol_violation_closes_the_connection() -> None:
+    peer = Peer()
+    await peer.exchange()
+    task = await _start(peer)
+    peer.to_client(frame(0x5, END_HEADERS, 1, b"\0\0\0\2"))   # PUSH_PROMISE
+    assert peer.wire.closed and peer.client.closing
+    peer.client.connection_lost(None)     # what the transport does once closed
+    with pytest.raises(StreamError):
+        await task
+
+
+names = st.sampled_from([b"apns-topic", b"apns-expiration", b"apns-collapse-id",
+                         b"authorization", b"x-long"])
+values = st.binary(min_size=0, max_size=300)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.lists(st.tuples(names, values), max_size=8), min_size=1, max_size=30),
+       st.lists(st.sampled_from([4096, 1024, 256, 0, 4096]), max_size=3))
+def test_header_encoder_stays_in_step_with_a_real_decoder(
+    blocks: list[list[tuple[bytes, bytes]]], resizes: list[int]
+) -> None:
+    encoder = HeaderEncoder()
+    decoder = Decoder()
+    for n, fields in enumerate(blocks):
+        if resizes and n % 7 == 3:
+            size = resizes.pop()
+            encoder.resize(size)
+            decoder.max_allowed_table_size = min(size, 4096)
+        block = encoder.prefix() + HEAD + b"".join(encoder.field(k, v) for k, v in fields)
+        decoded = decoder.decode(block, raw=True)
+        assert decoded[3:] == fields
+        assert encoder.size <= encoder.max_size
+        table = decoder.header_table
+        assert sum(len(k) + len(v) + 32 for k, v in table.dynamic_entries) == encoder.size
