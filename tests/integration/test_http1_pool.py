@@ -1,0 +1,116 @@
+"""workers.http1 against a real HTTP/1.1 server (aiohttp's): keep-alive reuse,
+chunked bodies, Connection: close, a server that drops idle connections, and a
+cancelled request that must not leave its late answer for the next one."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+from aiohttp import web
+
+from workers.http1 import Http1Pool
+
+REQUEST = b"POST /send HTTP/1.1\r\nHost: test\r\nContent-Length: 2\r\n\r\n{}"
+
+
+async def _send(request: web.Request) -> web.StreamResponse:
+    await request.read()
+    mode = request.query.get("mode", "")
+    if mode == "slow":
+        await asyncio.sleep(0.3)
+        return web.Response(text="late")
+    if mode == "chunked":
+        response = web.StreamResponse(status=503, headers={"Retry-After": "4"})
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        for part in (b'{"error":', b'{"status":"UNAVAILABLE"}', b"}"):
+            await response.write(part)
+        await response.write_eof()
+        return response
+    if mode == "close":
+        return web.Response(text="bye", headers={"Connection": "close"})
+    return web.Response(text=f"ok {request.transport.get_extra_info('peername')[1]}")
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[web.TCPSite]:
+    app = web.Application()
+    app.router.add_post("/send", _send)
+    runner = web.AppRunner(app, keepalive_timeout=0.5)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    yield site
+    await runner.cleanup()
+
+
+def _pool(site: web.TCPSite, **kwargs: float) -> Http1Pool:
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    return Http1Pool("127.0.0.1", port, ssl_context=None, **kwargs)  # type: ignore[arg-type]
+
+
+def _request(mode: str = "") -> bytes:
+    return REQUEST.replace(b"/send", b"/send?mode=" + mode.encode()) if mode else REQUEST
+
+
+async def test_connections_are_kept_alive_and_bounded(server: web.TCPSite) -> None:
+    pool = _pool(server, max_connections=8)
+    try:
+        responses = await asyncio.gather(*(pool.request(REQUEST) for _ in range(400)))
+        assert {r.status for r in responses} == {200}
+        assert pool.connects <= 8
+        assert len({r.body for r in responses}) == pool.connects   # one client port each
+    finally:
+        await pool.close()
+
+
+async def test_chunked_response_and_headers(server: web.TCPSite) -> None:
+    pool = _pool(server)
+    try:
+        response = await pool.request(_request("chunked"))
+        assert response.status == 503
+        assert response.headers["retry-after"] == "4"
+        assert response.body == b'{"error":{"status":"UNAVAILABLE"}}'
+        assert (await pool.request(REQUEST)).status == 200
+        assert pool.connects == 1
+    finally:
+        await pool.close()
+
+
+async def test_connection_close_is_not_reused(server: web.TCPSite) -> None:
+    pool = _pool(server)
+    try:
+        assert (await pool.request(_request("close"))).body == b"bye"
+        assert (await pool.request(REQUEST)).status == 200
+        assert pool.connects == 2
+        assert pool.open == 1
+    finally:
+        await pool.close()
+
+
+async def test_idle_connection_dropped_by_the_server_is_replaced(server: web.TCPSite) -> None:
+    pool = _pool(server)
+    try:
+        assert (await pool.request(REQUEST)).status == 200
+        await asyncio.sleep(1.0)     # past the server's keep-alive timeout
+        assert (await pool.request(REQUEST)).status == 200
+        assert pool.connects == 2
+    finally:
+        await pool.close()
+
+
+async def test_cancelled_request_does_not_leak_its_answer(server: web.TCPSite) -> None:
+    pool = _pool(server, max_connections=1)
+    try:
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.1):
+                await pool.request(_request("slow"))
+        response = await pool.request(REQUEST)
+        assert response.body.startswith(b"ok")       # not the slow request's "late"
+        assert pool.connects == 2
+        await asyncio.sleep(0.4)                      # the late answer arrives nowhere
+        assert (await pool.request(REQUEST)).body.startswith(b"ok")
+    finally:
+        await pool.close()
