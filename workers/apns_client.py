@@ -124,10 +124,13 @@ class ApnsClient:
         fields.append((b"authorization", authorization.encode()))
         head = _METHOD_SCHEME + path_literal(b"/3/device/" + token.encode())
         tail = b"" if apns_id is None else never_indexed(b"apns-id", apns_id.encode())
+        deadline = asyncio.get_running_loop().time() + self._timeout
         try:
-            async with asyncio.timeout(self._timeout):
-                connection = await self._acquire()
-                response = await connection.request(head, tuple(fields), tail, body)
+            connection = self._free_connection()
+            if connection is None:
+                async with asyncio.timeout_at(deadline):
+                    connection = await self._acquire()
+            response = await connection.request(head, tuple(fields), tail, body, deadline)
         except TimeoutError:
             raise ApnsTransportError(f"no APNs response within {self._timeout} s") from None
         except (StreamError, OSError) as exc:   # ssl.SSLError is an OSError
@@ -138,10 +141,13 @@ class ApnsClient:
             apns_id=response.headers.get(b"apns-id", b"").decode() or apns_id or "",
         )
 
-    async def _acquire(self) -> Http2Connection:
+    def _free_connection(self) -> Http2Connection | None:
         for connection in self.connections:
             if not connection.is_busy:
                 return connection
+        return None
+
+    async def _acquire(self) -> Http2Connection:
         async with self._lock:
             live = [c for c in self.connections if not c.closing]
             for connection in live:

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import datetime as dt
-import json
 from typing import Any
+
+import msgspec
 
 from server.domain.pushtext import title_and_body
 from workers.fcm_client import FcmClient, FcmResponse, FcmTransportError
 from workers.push import Failed, Outcome, Push, Retry, Sent, TokenGone
 
+_encode = msgspec.json.Encoder().encode
+
 
 def _compact(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    return _encode(value).decode()
 
 
 def build_message(push: Push, now: dt.datetime) -> dict[str, Any]:

@@ -311,6 +311,7 @@ class FcmClient:
             if self._pool is None:
                 self._pool = Http1Pool(
                     self._host, self._port, max_connections=self._max_connections,
+                    request_timeout=self._timeout_s,
                     ssl_context=ssl.create_default_context() if self._tls else None,
                 )
             return self._session
@@ -370,8 +371,7 @@ class FcmClient:
             self._head_token = token
         request = b"%s%d\r\n\r\n%s" % (self._head, len(body), body)
         try:
-            async with asyncio.timeout(self._timeout_s):
-                resp = await self._pool.request(request)
+            resp = await self._pool.request(request)
         except TimeoutError:
             raise FcmTransportError(f"no FCM response within {self._timeout_s} s") from None
         except (ConnectionFailed, ProtocolError, OSError) as e:

@@ -243,17 +243,22 @@ class Http1Connection(asyncio.Protocol):
     def reusable(self) -> bool:
         return not self.lost and self.parser.keep_alive and self.waiter is None
 
-    async def request(self, data: bytes) -> Response:
+    async def request(self, data: bytes, deadline: float) -> Response:
+        """Send one request; TimeoutError at ``deadline`` (loop time)."""
         if self.transport is None:
             raise ConnectionFailed("connection is closed")
         waiter: asyncio.Future[Response] = self.loop.create_future()
         self.waiter = waiter
         self.transport.write(data)
+        # A timer handle rather than asyncio.timeout(): cheaper, and the
+        # connection is closed either way, since its answer may still come.
+        timer = self.loop.call_at(deadline, _expire, waiter)
         try:
             return await waiter
         finally:
+            timer.cancel()
             self.last_used = self.loop.time()
-            if not waiter.done():         # cancelled (timeout): the answer may still come
+            if self.waiter is waiter:    # timed out or cancelled: out of step now
                 self.waiter = None
                 self.close()
 
@@ -263,11 +268,18 @@ class Http1Connection(asyncio.Protocol):
             self.transport.close()
 
 
+def _expire(waiter: asyncio.Future[Response]) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError())
+
+
 class Http1Pool:
     """Keep-alive connections to one origin, at most ``max_connections`` at a time."""
 
     def __init__(self, host: str, port: int, *, ssl_context: ssl.SSLContext | None,
-                 max_connections: int = 100, idle_timeout: float = 30.0) -> None:
+                 max_connections: int = 100, idle_timeout: float = 30.0,
+                 request_timeout: float = 10.0) -> None:
+        self.request_timeout = request_timeout
         self.host = host
         self.port = port
         self._ssl = ssl_context
@@ -279,9 +291,16 @@ class Http1Pool:
         self.connects = 0
 
     async def request(self, data: bytes) -> Response:
-        connection = await self._acquire()
+        """One request on a kept-alive (or new) connection, answered within
+        ``request_timeout`` seconds (waiting for a connection included) or TimeoutError."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.request_timeout
+        connection = self._idle_connection(loop.time())
+        if connection is None:
+            async with asyncio.timeout_at(deadline):
+                connection = await self._acquire()
         try:
-            response = await connection.request(data)
+            response = await connection.request(data, deadline)
         except BaseException:
             connection.close()
             self._release(connection)
@@ -289,15 +308,20 @@ class Http1Pool:
         self._release(connection)
         return response
 
+    def _idle_connection(self, now: float) -> Http1Connection | None:
+        while self.idle:
+            connection = self.idle.pop()          # most recently used first
+            if connection.reusable and now - connection.last_used < self._idle_timeout:
+                return connection
+            connection.close()
+            self.open -= 1
+        return None
+
     async def _acquire(self) -> Http1Connection:
-        now = asyncio.get_running_loop().time()
         while True:
-            while self.idle:
-                connection = self.idle.pop()          # most recently used first
-                if connection.reusable and now - connection.last_used < self._idle_timeout:
-                    return connection
-                connection.close()
-                self.open -= 1
+            connection = self._idle_connection(asyncio.get_running_loop().time())
+            if connection is not None:
+                return connection
             if self.open < self._max:
                 self.open += 1
                 try:

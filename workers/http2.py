@@ -194,6 +194,13 @@ class StreamSlots:
     def load(self) -> int:
         return self.in_use + len(self._waiters)
 
+    def try_acquire(self) -> bool:
+        """Take a slot if one is free and nobody is queued for it."""
+        if self._error is None and self.in_use < self.limit and not self._waiters:
+            self.in_use += 1
+            return True
+        return False
+
     async def acquire(self) -> None:
         while self._error is None and (self.in_use >= self.limit or self._waiters):
             waiter = asyncio.get_running_loop().create_future()
@@ -237,6 +244,11 @@ class StreamSlots:
             if not waiter.done():
                 waiter.set_result(None)
                 free -= 1
+
+
+def _expire(future: asyncio.Future[Response]) -> None:
+    if not future.done():
+        future.set_exception(TimeoutError())
 
 
 class Http2Connection(asyncio.Protocol):
@@ -331,13 +343,17 @@ class Http2Connection(asyncio.Protocol):
     def is_busy(self) -> bool:
         return self.closing or self.slots.is_busy
 
-    async def request(self, head: bytes, fields: Fields, tail: bytes, body: bytes) -> Response:
+    async def request(self, head: bytes, fields: Fields, tail: bytes, body: bytes,
+                      deadline: float) -> Response:
         """Send one request and wait for its response. The header block is ``head``
         (pre-encoded fields that never touch the table: :method, :scheme, :path), then
         ``fields`` through the dynamic table, then ``tail`` (never-indexed literals).
         It is encoded only once the request has its stream, right before it is
-        written: header blocks must reach the peer in the order they were encoded."""
-        await self.slots.acquire()
+        written: header blocks must reach the peer in the order they were encoded.
+        TimeoutError at ``deadline`` (loop time), waiting for a stream included."""
+        if not self.slots.try_acquire():
+            async with asyncio.timeout_at(deadline):
+                await self.slots.acquire()
         if self.closing or self.transport is None:
             self.slots.release()
             raise StreamError(self.goaway_reason or "connection is closing")
@@ -361,10 +377,13 @@ class Http2Connection(asyncio.Protocol):
             stream.pending = body
             self.blocked.append(stream_id)
             self._send_blocked()
+        # A timer handle rather than asyncio.timeout(): cheaper per push.
+        timer = self.loop.call_at(deadline, _expire, stream.future)
         try:
             return await stream.future
         finally:
-            if self.streams.get(stream_id) is stream:   # cancelled (timeout) or failed
+            timer.cancel()
+            if self.streams.get(stream_id) is stream:   # timed out, cancelled or failed
                 del self.streams[stream_id]
                 self.slots.release()
                 if stream.pending and stream_id in self.blocked:

@@ -114,3 +114,20 @@ async def test_cancelled_request_does_not_leak_its_answer(server: web.TCPSite) -
         assert (await pool.request(REQUEST)).body.startswith(b"ok")
     finally:
         await pool.close()
+
+
+async def test_waiting_for_a_busy_pool_counts_against_the_timeout(
+    server: web.TCPSite,
+) -> None:
+    pool = _pool(server, max_connections=1, request_timeout=5)
+    try:
+        slow = asyncio.create_task(pool.request(_request("slow")))   # 0.3 s
+        await asyncio.sleep(0.05)
+        pool.request_timeout = 0.1
+        with pytest.raises(TimeoutError):
+            await pool.request(REQUEST)        # never got the one connection
+        assert (await slow).body == b"late"
+        assert (await pool.request(REQUEST)).status == 200
+        assert pool.open == 1 and pool.connects == 1
+    finally:
+        await pool.close()

@@ -37,6 +37,10 @@ FIELDS = ((b":authority", b"api.example"), (b"apns-topic", b"org.example"),
           (b"authorization", b"bearer " + b"j" * 200))
 
 
+def _deadline(seconds: float = 10.0) -> float:
+    return asyncio.get_running_loop().time() + seconds
+
+
 class Wire:
     """The client's transport: collects what it writes."""
 
@@ -101,7 +105,7 @@ class Peer:
 
 
 async def _start(peer: Peer, fields: Any = FIELDS, body: bytes = b"{}") -> asyncio.Task[Response]:
-    task = asyncio.create_task(peer.client.request(HEAD, fields, b"", body))
+    task = asyncio.create_task(peer.client.request(HEAD, fields, b"", body, _deadline()))
     await peer.exchange()
     return task
 
@@ -112,8 +116,9 @@ async def test_round_trip_and_repeated_headers_go_out_indexed() -> None:
     sizes = []
     for n in range(5):
         before = len(peer.wire.data)
-        task = asyncio.create_task(peer.client.request(
-            HEAD, FIELDS, never_indexed(b"apns-id", f"id-{n}".encode()), b'{"n":%d}' % n))
+        apns_id = never_indexed(b"apns-id", f"id-{n}".encode())
+        task = asyncio.create_task(
+            peer.client.request(HEAD, FIELDS, apns_id, b'{"n":%d}' % n, _deadline()))
         for _ in range(3):   # the request, then its flush
             await asyncio.sleep(0)
         sizes.append(len(peer.wire.data) - before)
@@ -176,7 +181,7 @@ async def test_smaller_header_table_is_announced_and_honoured() -> None:
     peer = Peer(HEADER_TABLE_SIZE=0)
     await peer.exchange()
     for n in range(3):
-        task = asyncio.create_task(peer.client.request(HEAD, FIELDS, b"", b"{}"))
+        task = asyncio.create_task(peer.client.request(HEAD, FIELDS, b"", b"{}", _deadline()))
         await peer.exchange()   # h2 rejects a block without the size update
         stream_id = max(peer.requests)
         assert dict(peer.requests[stream_id]["headers"])[b"apns-topic"] == b"org.example"
@@ -188,8 +193,8 @@ async def test_smaller_header_table_is_announced_and_honoured() -> None:
 async def test_goaway_fails_only_the_streams_past_the_last_one() -> None:
     peer = Peer()
     await peer.exchange()
-    tasks = [asyncio.create_task(peer.client.request(HEAD, FIELDS, b"", b"{}"))
-             for _ in range(3)]
+    tasks = [asyncio.create_task(
+        peer.client.request(HEAD, FIELDS, b"", b"{}", _deadline())) for _ in range(3)]
     await peer.exchange()
     first, second, _third = sorted(peer.requests)
     peer.respond(first, 200)
@@ -206,14 +211,14 @@ async def test_goaway_fails_only_the_streams_past_the_last_one() -> None:
         await tasks[2]
     assert peer.client.closing and peer.wire.closed
     with pytest.raises(StreamError):
-        await peer.client.request(HEAD, FIELDS, b"", b"{}")
+        await peer.client.request(HEAD, FIELDS, b"", b"{}", _deadline())
 
 
 async def test_reset_and_cancelled_streams_leave_the_others_alone() -> None:
     peer = Peer()
     await peer.exchange()
-    tasks = [asyncio.create_task(peer.client.request(HEAD, FIELDS, b"", b"{}"))
-             for _ in range(3)]
+    tasks = [asyncio.create_task(
+        peer.client.request(HEAD, FIELDS, b"", b"{}", _deadline())) for _ in range(3)]
     await peer.exchange()
     a, b, c = sorted(peer.requests)
     peer.h2.reset_stream(a)
@@ -287,3 +292,21 @@ def test_header_encoder_stays_in_step_with_a_real_decoder(
         assert encoder.size <= encoder.max_size
         table = decoder.header_table
         assert sum(len(k) + len(v) + 32 for k, v in table.dynamic_entries) == encoder.size
+
+
+async def test_deadline_covers_the_answer_and_the_wait_for_a_stream() -> None:
+    peer = Peer()
+    await peer.exchange()
+    peer.client.slots.set_limit(1)
+    first = asyncio.create_task(peer.client.request(HEAD, FIELDS, b"", b"{}", _deadline(0.1)))
+    await peer.exchange()
+    with pytest.raises(TimeoutError):   # waits for the only stream, then gives up
+        await peer.client.request(HEAD, FIELDS, b"", b"{}", _deadline(0.05))
+    with pytest.raises(TimeoutError):   # never answered
+        await first
+    await peer.exchange()
+    assert [e.stream_id for e in peer.events if isinstance(e, h2.events.StreamReset)] == [1]
+    assert peer.client.slots.in_use == 0 and not peer.client.streams
+    task = await _start(peer)
+    peer.respond(max(peer.requests), 200)
+    assert (await task).status == 200
