@@ -659,6 +659,108 @@ def run_sender(platform: str, services: Services, fleet: Fleet, certs_dir: Path,
     )
 
 
+# -- the client alone: the transport's share of a sender's cost ------------------------
+
+
+@dataclass
+class ClientOnly:
+    """geopush's gateway client (ApnsClient / FcmClient) sending one fixed message as
+    fast as it can: no Redis, no PostgreSQL, no sender loop. What any Python sender
+    built on it could reach at best."""
+
+    requests: int
+    seconds: float
+    rate: float
+    cpu_s: dict[str, float]
+
+
+def client_only(args: argparse.Namespace) -> None:
+    """(internal) run in a process of its own, so that its CPU is its own."""
+    import uvloop
+
+    uvloop.run(_client_only(args))
+
+
+async def _client_only(args: argparse.Namespace) -> None:
+    import datetime as dt
+
+    from loadtest.devkeys import DEV_FCM_PROJECT, ensure_apns_key, ensure_tls
+    from workers.push import Push
+
+    now = time.time()
+    push = Push(
+        incident_id=str(uuid.uuid4()), device_id=str(uuid.uuid4()), platform=args.platform,
+        token="0123456789abcdef" * 4, locale="en", category="structure_fire",
+        public_location=PUBLIC_LOCATION, lat=47.667, lon=-122.302, occurred_at=now - 120,
+        received_at=now, expires_at=now + 3600)
+    send: Any
+    if args.platform == "apns":
+        from workers.apns import build_payload
+        from workers.apns_client import ApnsClient
+
+        key = ensure_apns_key(args.certs_dir)
+        context = ssl.create_default_context(cafile=str(ensure_tls(args.certs_dir).ca_cert))
+        client: Any = ApnsClient(
+            key_pem=key.key_file.read_text(), key_id=key.key_id, team_id=key.team_id,
+            topic=key.topic, host="127.0.0.1", port=args.port, ssl_context=context)
+        payload = build_payload(push, dt.datetime.now(dt.UTC))
+
+        async def send() -> bool:
+            response = await client.send(push.token, payload, collapse_id=push.incident_id,
+                                         expiration=int(push.expires_at))
+            return bool(response.status == 200)
+    else:
+        from workers.fcm import build_message
+        from workers.fcm_client import FcmClient
+
+        client = FcmClient(
+            service_account_file=str(args.certs_dir / "fcm-service-account.json"),
+            project_id=DEV_FCM_PROJECT, endpoint=f"http://127.0.0.1:{args.port}")
+        message = build_message(push, dt.datetime.now(dt.UTC))
+
+        async def send() -> bool:
+            return bool((await client.send(message)).ok)
+
+    assert await send()   # connect, lift Apple's one-stream limit, fetch the token
+    done = failed = 0
+    deadline = time.monotonic() + args.seconds
+
+    async def loop() -> None:
+        nonlocal done, failed
+        while time.monotonic() < deadline:
+            if await send():
+                done += 1
+            else:
+                failed += 1
+
+    started, cpu_before = time.monotonic(), time.process_time()
+    await asyncio.gather(*(loop() for _ in range(args.concurrency)))
+    seconds, cpu = time.monotonic() - started, time.process_time() - cpu_before
+    await client.close()
+    print(json.dumps({"requests": done, "failed": failed, "seconds": seconds, "cpu_s": cpu}),
+          flush=True)
+
+
+def run_client_only(platform: str, fleet: Fleet, services: Services, certs_dir: Path,
+                    *, seconds: float, concurrency: int) -> ClientOnly:
+    roots = {"fake": fleet.pids}
+    before = {name: group_cpu(pids) for name, pids in roots.items()}
+    out = subprocess.run(
+        [sys.executable, "-m", "loadtest.bench_delivery", "client-only",
+         "--platform", platform, "--port", str(fleet.port), "--certs-dir", str(certs_dir),
+         "--seconds", str(seconds), "--concurrency", str(concurrency)],
+        cwd=REPO, capture_output=True, check=False, timeout=seconds + 120)
+    if out.returncode != 0:
+        raise BenchError(f"the client-only run failed:\n{out.stderr.decode(errors='replace')}")
+    result = json.loads(out.stdout.decode().strip().splitlines()[-1])
+    if result["failed"]:
+        raise BenchError(f"the client-only run saw {result['failed']} failures")
+    cpu = {name: cpu_used(before[name], group_cpu(pids)) for name, pids in roots.items()}
+    cpu["client"] = result["cpu_s"]
+    return ClientOnly(result["requests"], result["seconds"],
+                      result["requests"] / result["seconds"], cpu)
+
+
 # -- the whole run ----------------------------------------------------------------------
 
 
@@ -668,6 +770,7 @@ class PlatformResult:
     fake_processes: int
     ceiling: Ceiling
     sender: SenderRun
+    client_only: ClientOnly | None = None
 
     @property
     def ratio(self) -> float:
@@ -698,13 +801,24 @@ def bench_platform(platform: str, args: argparse.Namespace, services: Services,
         # Enough connections that SO_REUSEPORT spreads them evenly over the processes
         # (4 connections on 2 processes land 4:0 one time in eight).
         clients = args.clients or (16 if platform == "apns" else 64)
-        streams = args.streams or (25 if platform == "apns" else 1)
+        # APNs: 16 x 100 gave the highest ceiling of 16x25, 8x100, 16x100 and 32x50.
+        streams = args.streams or (100 if platform == "apns" else 1)
         ceiling = run_h2load(platform, fleet, services, certs_dir, tmp,
                              duration=args.duration, clients=clients, streams=streams,
                              threads=args.h2load_threads)
         print(f"[{platform}] ceiling {ceiling.rate:,.0f} req/s", flush=True)
     finally:
         fleet.stop()
+    alone: ClientOnly | None = None
+    if args.client_seconds > 0:
+        fleet = Fleet(platform, args.fake_processes, certs_dir, tmp).start()
+        try:
+            print(f"[{platform}] the client alone, {args.client_seconds:g} s ...", flush=True)
+            alone = run_client_only(platform, fleet, services, certs_dir,
+                                    seconds=args.client_seconds, concurrency=200)
+            print(f"[{platform}] client alone {alone.rate:,.0f} req/s", flush=True)
+        finally:
+            fleet.stop()
     fleet = Fleet(platform, args.fake_processes, certs_dir, tmp).start()
     try:
         print(f"[{platform}] one sender, {args.pushes:,} pushes ...", flush=True)
@@ -714,7 +828,7 @@ def bench_platform(platform: str, args: argparse.Namespace, services: Services,
         print(f"[{platform}] sender {sender.rate:,.0f} pushes/s", flush=True)
     finally:
         fleet.stop()
-    return PlatformResult(platform, args.fake_processes, ceiling, sender)
+    return PlatformResult(platform, args.fake_processes, ceiling, sender, alone)
 
 
 def report(results: list[PlatformResult]) -> str:
@@ -729,6 +843,14 @@ def report(results: list[PlatformResult]) -> str:
             f"{r.sender.rss_max_mb:11.1f} {r.sender.rss_hwm_mb:9.1f}  "
             f"{c.get('sender', 0):.1f} / {c.get('fake', 0):.1f} / {c.get('redis', 0):.1f} / "
             f"{c.get('postgres', 0):.1f} over {r.sender.seconds:.1f} s")
+    for r in results:
+        if r.client_only is not None:
+            a = r.client_only
+            lines.append(
+                f"{r.platform} client alone (no Redis, PostgreSQL or sender loop): "
+                f"{a.rate:,.0f} req/s = {a.rate / r.ceiling.rate:.2f} of the ceiling; CPU s "
+                f"client {a.cpu_s['client']:.1f} / fake {a.cpu_s['fake']:.1f} "
+                f"over {a.seconds:.1f} s")
     for r in results:
         c = r.ceiling.cpu_s
         lines.append(f"{r.platform} ceiling: {r.ceiling.succeeded:,} requests in "
@@ -754,6 +876,12 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
                                      description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command")
+    p = sub.add_parser("client-only", help="(internal) the gateway client alone")
+    p.add_argument("--platform", choices=("apns", "fcm"), required=True)
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--certs-dir", type=Path, required=True)
+    p.add_argument("--seconds", type=float, required=True)
+    p.add_argument("--concurrency", type=int, default=200)
     for name in ("serve-fake-apns", "serve-fake-fcm"):
         p = sub.add_parser(name, help="(internal) one fake gateway process on a shared port")
         p.add_argument("--port", type=int, required=True)
@@ -769,9 +897,12 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--clients", type=int, default=0,
                         help="h2load connections (default: apns 16, fcm 64)")
     parser.add_argument("--streams", type=int, default=0,
-                        help="h2load concurrent streams per connection (default: apns 25, "
+                        help="h2load concurrent streams per connection (default: apns 100, "
                              "fcm 1)")
     parser.add_argument("--h2load-threads", type=int, default=1)
+    parser.add_argument("--client-seconds", type=float, default=8,
+                        help="seconds of the gateway client alone, between the ceiling and "
+                             "the sender (0: skip)")
     parser.add_argument("--sender-env", action="append", default=[], metavar="NAME=VALUE",
                         help="extra environment for the sender, e.g. GEOPUSH_STREAM_BATCH=500")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
@@ -789,6 +920,9 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.command == "serve-fake-fcm":
         serve_fake_fcm(args)
+        return
+    if args.command == "client-only":
+        client_only(args)
         return
     require_tools(["h2load"])
     if args.py_spy is not None and not Path(sys.executable).with_name("py-spy").exists():

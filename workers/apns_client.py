@@ -16,7 +16,9 @@ What the client does:
 - ``apns-expiration`` is an absolute unix time; ``apns-id`` is sent only when the
   caller has one (APNs answers with the one it assigned otherwise);
 - a connection starts with one stream (Apple's rule until the first success) and then
-  follows the server's SETTINGS; connections open lazily, up to ``max_connections``;
+  follows the server's SETTINGS; connections open lazily, up to ``max_connections``,
+  a new one once every open one carries ``SPREAD_STREAMS`` sends, and sends go to the
+  least loaded connection once all are open;
 - each send makes one attempt within ``request_timeout`` (retrying is the caller's
   business) and every transport failure surfaces as ``ApnsTransportError``.
 """
@@ -41,6 +43,8 @@ logger = logging.getLogger(__name__)
 __all__ = ["ApnsClient", "ApnsResponse", "ApnsTransportError", "TokenSource"]
 
 TOKEN_TTL_S = 40 * 60
+# Streams in flight on a connection before the pool opens another (up to its maximum).
+SPREAD_STREAMS = 100
 
 _METHOD_SCHEME = b"\x83\x87"     # :method POST, :scheme https (static table 3 and 7)
 _encode_json = msgspec.json.Encoder().encode
@@ -142,17 +146,24 @@ class ApnsClient:
         )
 
     def _free_connection(self) -> Http2Connection | None:
-        for connection in self.connections:
-            if not connection.is_busy:
+        """A connection with a free stream, without waiting: the least loaded once the
+        pool is full, else one below ``SPREAD_STREAMS`` (so that load spreads over
+        several connections, and so over the gateway's front ends)."""
+        live = [c for c in self.connections if not c.closing]
+        if len(live) >= self._max_connections:
+            best = min(live, key=_in_use)
+            return None if best.is_busy else best
+        for connection in live:
+            if not connection.is_busy and connection.slots.in_use < SPREAD_STREAMS:
                 return connection
         return None
 
     async def _acquire(self) -> Http2Connection:
         async with self._lock:
+            connection = self._free_connection()
+            if connection is not None:
+                return connection
             live = [c for c in self.connections if not c.closing]
-            for connection in live:
-                if not connection.is_busy:
-                    return connection
             if len(live) < self._max_connections:
                 connection = await self._connect()
                 self.connections.append(connection)
@@ -184,6 +195,10 @@ class ApnsClient:
                     connection.transport.abort()
             if pending:
                 await asyncio.wait(pending, timeout=1)
+
+
+def _in_use(connection: Http2Connection) -> int:
+    return connection.slots.in_use
 
 
 def _error_body(body: bytes) -> tuple[str | None, int | None]:
