@@ -587,8 +587,8 @@ class Http2Connection(asyncio.Protocol):
     def _goaway(self, code: int) -> None:
         self.closing = True
         if self.transport is not None:
-            last = max(0, self.next_stream_id - 2)
-            self._write(frame(GOAWAY, 0, 0, _U32.pack(last) + _U32.pack(code)))
+            # Last stream id: the last one the *peer* opened; with push off, none (0).
+            self._write(frame(GOAWAY, 0, 0, _U32.pack(0) + _U32.pack(code)))
             self._flush()
             self.transport.close()
 
