@@ -234,49 +234,33 @@ def stream_state(redis_url: str, platform: str) -> dict[str, Any]:
 
 
 def serve_fake_apns(args: argparse.Namespace) -> None:
-    """One fake APNs process bound with SO_REUSEPORT, so several share a port.
-
-    It is ``loadtest.fake_apns.FakeApns`` unchanged but for the listening socket (the
-    fake's ``start()`` has no reuse_port switch yet)."""
+    """One fake APNs process of a fleet: ``loadtest.fake_apns.FakeApns`` unchanged, but
+    its connections are handed over by the fleet (``_take_connections``) instead of
+    accepted on a port of its own; its control API has a port of its own."""
     import uvloop
-    from aiohttp import web
 
     from loadtest.devkeys import ensure_apns_key, ensure_tls, public_key_pem
     from loadtest.fake_apns import FakeApns, _ApnsConnection
 
-    class ReusePortFakeApns(FakeApns):
-        async def start(self, host: str = "127.0.0.1", port: int = 8443,
-                        control_port: int | None = 8444) -> None:
-            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-            context.load_cert_chain(self.tls.server_cert, self.tls.server_key)
-            context.set_alpn_protocols(["h2"])
-            loop = asyncio.get_running_loop()
-            self._server = await loop.create_server(
-                lambda: _ApnsConnection(self), host, port, ssl=context, backlog=1024,
-                reuse_port=True)
-            self.port = port
-            if control_port is not None:
-                self._runner = web.AppRunner(self._control_app(), access_log=None)
-                await self._runner.setup()
-                await web.TCPSite(self._runner, host, control_port).start()
-                self.control_port = control_port
-
     async def main() -> None:
         tls = ensure_tls(args.certs_dir)
         key = ensure_apns_key(args.certs_dir)
-        fake = ReusePortFakeApns(
+        fake = FakeApns(
             tls=tls, provider_keys={key.key_id: public_key_pem(key.key_file.read_bytes())},
             team_id=key.team_id, topic=key.topic)
-        await fake.start("127.0.0.1", args.port, args.control_port)
+        await fake.start("127.0.0.1", 0, args.control_port)   # its own port goes unused
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(tls.server_cert, tls.server_key)
+        context.set_alpn_protocols(["h2"])
+        _take_connections(args.handoff_fd, lambda: _ApnsConnection(fake), context)
         await _serve_until_signalled(fake.stop)
 
     uvloop.run(main())
 
 
 def serve_fake_fcm(args: argparse.Namespace) -> None:
-    """One fake FCM process bound with SO_REUSEPORT: ``loadtest.fake_fcm.FakeFcm``'s own
-    application, its listening socket aside, plus the same application on a control
-    port of its own.
+    """One fake FCM process of a fleet: ``loadtest.fake_fcm.FakeFcm``'s own application,
+    on connections handed over by the fleet, plus a control port of its own.
 
     Access tokens live in one process's memory, so with several processes a token
     issued by one is refused by the others. Every process here issues the same token
@@ -302,13 +286,41 @@ def serve_fake_fcm(args: argparse.Namespace) -> None:
         fake.trust(sa["client_email"], public_key_pem(sa["private_key"].encode()))
         runner = web.AppRunner(fake.app, access_log=None, handle_signals=False)
         await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", args.port, backlog=1024,
-                          reuse_port=True).start()
         await web.TCPSite(runner, "127.0.0.1", args.control_port).start()
         fake.host, fake.port = "127.0.0.1", args.port
+        assert runner.server is not None
+        _take_connections(args.handoff_fd, runner.server, None)
         await _serve_until_signalled(runner.cleanup)
 
     uvloop.run(main())
+
+
+def _take_connections(handoff_fd: int, factory: Any, context: ssl.SSLContext | None) -> None:
+    """Serve the connections the fleet passes over ``handoff_fd`` (SCM_RIGHTS)."""
+    import socket
+
+    loop = asyncio.get_running_loop()
+    channel = socket.socket(fileno=handoff_fd)
+    channel.setblocking(False)
+
+    def receive() -> None:
+        try:
+            _, fds, _, _ = socket.recv_fds(channel, 16, 16)
+        except BlockingIOError:
+            return
+        if not fds:
+            loop.remove_reader(channel)   # the fleet is gone
+            return
+        for fd in fds:
+            sock = socket.socket(fileno=fd)
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            task = loop.create_task(loop.connect_accepted_socket(factory, sock, ssl=context))
+            handshakes.add(task)
+            task.add_done_callback(handshakes.discard)
+
+    handshakes: set[asyncio.Task[Any]] = set()
+    loop.add_reader(channel, receive)
 
 
 async def _serve_until_signalled(stop: Any) -> None:
@@ -334,11 +346,24 @@ class Fleet:
     port: int = 0
     control_ports: list[int] = field(default_factory=list)
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    handed_out: list[int] = field(default_factory=list)   # connections per process
+    _listener: Any = None
+    _channels: list[Any] = field(default_factory=list)
+    _acceptor: threading.Thread | None = None
+    _stopping: threading.Event = field(default_factory=threading.Event)
 
     def start(self) -> Fleet:
-        self.port = free_port()
+        import socket
+
         self.control_ports = [free_port() for _ in range(self.count)]
         shared_token = uuid.uuid4().hex
+        # One listening socket here; connections go to the processes in turn. With
+        # SO_REUSEPORT the kernel spreads them by a hash instead, and 4 connections over
+        # 2 processes land 3:1 or 4:0 more than half the time: one fake process, and
+        # not the client, would then set the pace.
+        self._listener = socket.create_server(("127.0.0.1", 0), backlog=1024)
+        self._listener.settimeout(0.2)
+        self.port = self._listener.getsockname()[1]
         # Key material first, once: processes creating it side by side would race.
         from loadtest.devkeys import (
             DEV_FCM_PROJECT,
@@ -352,12 +377,17 @@ class Fleet:
         ensure_fcm_service_account(self.certs_dir, f"http://127.0.0.1:{self.port}/token",
                                    DEV_FCM_PROJECT)
         for n, control in enumerate(self.control_ports):
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            self._channels.append(ours)
+            self.handed_out.append(0)
             log = (self.log_dir / f"fake-{self.platform}-{n}.log").open("wb")
             proc = subprocess.Popen(
                 [sys.executable, "-m", "loadtest.bench_delivery", f"serve-fake-{self.platform}",
                  "--port", str(self.port), "--control-port", str(control),
-                 "--certs-dir", str(self.certs_dir), "--shared-token", shared_token],
-                cwd=REPO, stdout=subprocess.PIPE, stderr=log)
+                 "--certs-dir", str(self.certs_dir), "--shared-token", shared_token,
+                 "--handoff-fd", str(theirs.fileno())],
+                cwd=REPO, stdout=subprocess.PIPE, stderr=log, pass_fds=[theirs.fileno()])
+            theirs.close()
             log.close()
             self.procs.append(proc)
         for proc in self.procs:
@@ -366,6 +396,8 @@ class Fleet:
             if not line.startswith(b"READY"):
                 self.stop()
                 raise BenchError(f"a fake {self.platform} did not start; see {self.log_dir}")
+        self._acceptor = threading.Thread(target=self._hand_out, daemon=True)
+        self._acceptor.start()
         if self.platform == "fcm":
             try:
                 for port in self.control_ports:  # every process learns the shared token
@@ -375,7 +407,37 @@ class Fleet:
                 raise
         return self
 
+    def _hand_out(self) -> None:
+        import socket
+
+        turn = 0
+        while not self._stopping.is_set():
+            try:
+                connection, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            with connection:
+                n = turn % len(self._channels)
+                turn += 1
+                try:
+                    socket.send_fds(self._channels[n], [b"c"], [connection.fileno()])
+                except OSError:
+                    return
+            self.handed_out[n] += 1
+
     def stop(self) -> None:
+        self._stopping.set()
+        if self._acceptor is not None:
+            self._acceptor.join()
+            self._acceptor = None
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+        for channel in self._channels:
+            channel.close()
+        self._channels = []
         for proc in self.procs:
             stop_process(proc)
             if proc.stdout is not None:
@@ -888,6 +950,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.add_argument("--control-port", type=int, required=True)
         p.add_argument("--certs-dir", type=Path, required=True)
         p.add_argument("--shared-token", default="", help=argparse.SUPPRESS)
+        p.add_argument("--handoff-fd", type=int, required=True, help=argparse.SUPPRESS)
     parser.add_argument("--platform", choices=("apns", "fcm", "both"), default="both")
     parser.add_argument("--pushes", type=int, default=100_000,
                         help="pushes (distinct devices) for the sender run")
