@@ -7,6 +7,7 @@ import json
 import secrets
 import time
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from server import keys
 from tests.conftest import ADMIN_TOKEN
@@ -71,7 +72,8 @@ async def test_erasure_leaves_nothing_behind(stack: Stack) -> None:
     device, key = await create_device(stack.client, "apns", token, circle(*POINT, 1000))
     await stack.client.put(f"/v1/devices/{device}/preferences", headers=auth(key),
                            json={"categories": ["structure_fire", "cardiac_arrest"],
-                                 "quiet_hours": {"start": "23:00", "end": "06:00"},
+                                 # set, so that erasure must clear them; never now
+                                 "quiet_hours": _quiet_hours_away_from_now(),
                                  "responder": True})
     await stack.client.put(f"/v1/devices/{device}/location", headers=auth(key),
                            json={"lat": POINT[0], "lon": POINT[1]})
@@ -94,6 +96,14 @@ async def test_erasure_leaves_nothing_behind(stack: Stack) -> None:
     assert await stack.pool.fetchval("SELECT count(*) FROM deliveries WHERE device_id IS NULL") == 1
     r = await stack.client.get(f"/v1/devices/{device}/alerts", headers=auth(key))
     assert r.status == 401
+
+
+def _quiet_hours_away_from_now() -> dict[str, str]:
+    """Quiet hours that start six hours from now on the devices' clock
+    (tests.helpers.create_device: America/Los_Angeles), so the push is never held."""
+    local = dt.datetime.now(ZoneInfo("America/Los_Angeles"))
+    start, end = local + dt.timedelta(hours=6), local + dt.timedelta(hours=8)
+    return {"start": start.strftime("%H:%M"), "end": end.strftime("%H:%M")}
 
 
 async def _aeds(stack: Stack) -> None:
