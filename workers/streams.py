@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -21,7 +21,7 @@ from server.db import STORE_UNAVAILABLE
 log = logging.getLogger(__name__)
 
 Entry = tuple[str, dict[str, str]]
-_TRANSIENT: tuple[type[BaseException], ...] = (RedisError, OSError, *STORE_UNAVAILABLE)
+TRANSIENT: tuple[type[BaseException], ...] = (RedisError, OSError, *STORE_UNAVAILABLE)
 BatchHandler = Callable[[list[Entry]], Awaitable[None]]
 
 
@@ -73,6 +73,9 @@ class StreamConsumer:
     async def _claim(self) -> list[Entry]:
         """Entries pending on any consumer for longer than claim_idle_ms (ours included,
         which is how a restarted consumer with the same name picks up its own)."""
+        # Entries in flight now may be acknowledged while XAUTOCLAIM runs (by another
+        # task of this process): Redis may still hand them over, but they are done.
+        busy = set(self._inflight)
         result: Any = await self.redis.xautoclaim(
             self.stream, self.group, self.consumer, min_idle_time=self.claim_idle_ms,
             start_id=self._claim_cursor, count=self.batch,
@@ -86,11 +89,15 @@ class StreamConsumer:
             for eid, fields in result[1]
             if fields is not None
         ]
-        claimed = [(eid, fields) for eid, fields in claimed if eid not in self._inflight]
+        claimed = [(eid, fields) for eid, fields in claimed
+                   if eid not in busy and eid not in self._inflight]
         self._inflight.update(eid for eid, _ in claimed)
         return claimed
 
-    async def read(self) -> list[Entry]:
+    async def read(self, count: int | None = None) -> list[Entry]:
+        """Up to ``count`` (default: the batch size) entries: reclaimed ones first when
+        a claim is due, else new ones (blocking up to ``block_ms``)."""
+        count = self.batch if count is None else max(1, min(count, self.batch))
         now = time.monotonic()
         if now >= self._next_claim:
             self._next_claim = now + self.claim_every_s
@@ -99,7 +106,7 @@ class StreamConsumer:
                 log.info("reclaimed %d idle entries from %s", len(claimed), self.stream)
                 return claimed
         response: Any = await self.redis.xreadgroup(
-            self.group, self.consumer, {self.stream: ">"}, count=self.batch, block=self.block_ms
+            self.group, self.consumer, {self.stream: ">"}, count=count, block=self.block_ms
         )
         entries: list[Entry] = []
         for _stream, items in response or []:
@@ -132,11 +139,36 @@ async def consume(
     ``handle`` acknowledges what it finished. A batch in progress when ``stop`` is set
     is finished before returning (bounded by the caller's shutdown timeout).
     """
+    backoff = 0.5
+    async for entries in batches(consumer, stop):
+        try:
+            await handle(entries)
+            backoff = 0.5
+        except TRANSIENT as exc:
+            # A PostgreSQL or Redis blip while recording: the entries stay pending
+            # (unacknowledged) and are claimed again once idle; carry on reading.
+            log.warning("handling %d entries of %s failed: %s", len(entries),
+                        consumer.stream, exc)
+            consumer.release([eid for eid, _ in entries])
+            await sleep_unless(stop, backoff)
+            backoff = min(backoff * 2, 10)
+
+
+async def batches(
+    consumer: StreamConsumer, stop: asyncio.Event,
+    count: Callable[[], Awaitable[int]] | None = None,
+) -> AsyncIterator[list[Entry]]:
+    """Batches of entries until ``stop`` is set, riding out Redis blips (and a Redis
+    that lost the group). ``count``, when given, is awaited before each read for how
+    many entries to ask for (the reader's free capacity)."""
     await consumer.setup()
     backoff = 0.5
     while not stop.is_set():
+        want = await count() if count is not None else None
+        if stop.is_set():
+            return
         try:
-            entries = await consumer.read()
+            entries = await consumer.read(want)
         except ResponseError as exc:
             if "NOGROUP" not in str(exc):
                 raise
@@ -144,28 +176,20 @@ async def consume(
             # again and carry on; the outbox relay republishes what was lost.
             log.warning("consumer group %s on %s is gone; recreating it",
                         consumer.group, consumer.stream)
-            await _sleep_unless(stop, backoff)
+            await sleep_unless(stop, backoff)
             with contextlib.suppress(RedisError, OSError):
                 await consumer.setup()
             continue
         except (RedisError, OSError) as exc:
             log.warning("reading %s failed: %s; retrying in %.1fs", consumer.stream, exc, backoff)
-            await _sleep_unless(stop, backoff)
+            await sleep_unless(stop, backoff)
             backoff = min(backoff * 2, 10)
             continue
         backoff = 0.5
         if entries:
-            try:
-                await handle(entries)
-            except _TRANSIENT as exc:
-                # A PostgreSQL or Redis blip while recording: the entries stay pending
-                # (unacknowledged) and are claimed again once idle; carry on reading.
-                log.warning("handling %d entries of %s failed: %s", len(entries),
-                            consumer.stream, exc)
-                consumer.release([eid for eid, _ in entries])
-                await _sleep_unless(stop, backoff)
+            yield entries
 
 
-async def _sleep_unless(stop: asyncio.Event, seconds: float) -> None:
+async def sleep_unless(stop: asyncio.Event, seconds: float) -> None:
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(stop.wait(), timeout=seconds)
