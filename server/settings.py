@@ -83,7 +83,6 @@ class Settings:
     send_concurrency: int = 200
     # Read-send-record loops per sender process (keeps the gateway busy while a
     # batch is being recorded).
-    sender_pipelines: int = 3
     # A stream entry pending this long on a consumer is presumed orphaned (its worker
     # died) and is claimed by another. Longer than any batch takes to finish.
     claim_idle_ms: int = 60_000
@@ -112,7 +111,6 @@ class Settings:
                 hours=_float(env, "GEOPUSH_EXACT_LOCATION_RETENTION_HOURS", 24.0)),
             stream_batch=_int(env, "GEOPUSH_STREAM_BATCH", 100),
             send_concurrency=_int(env, "GEOPUSH_SEND_CONCURRENCY", 200),
-            sender_pipelines=max(1, _int(env, "GEOPUSH_SENDER_PIPELINES", 3)),
             claim_idle_ms=_int(env, "GEOPUSH_CLAIM_IDLE_MS", 60_000),
             device_pushes_per_hour=_int(env, "GEOPUSH_DEVICE_PUSHES_PER_HOUR", 10),
             consumer_name=env.get("GEOPUSH_CONSUMER_NAME") or _default_consumer_name(),

@@ -74,8 +74,8 @@ async def resources(settings: Settings) -> AsyncIterator[tuple[asyncpg.Pool, aio
         await pool.close()
 
 
-async def run_sender_loop(sender: Sender, consumer: StreamConsumer, stop: asyncio.Event,
-                          pipelines: int = 3) -> None:
+async def run_sender_loop(sender: Sender, consumer: StreamConsumer, stop: asyncio.Event
+                          ) -> None:
     async def promote() -> None:
         while not stop.is_set():
             try:
@@ -85,14 +85,9 @@ async def run_sender_loop(sender: Sender, consumer: StreamConsumer, stop: asynci
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=0.5)
 
-    async def handle(entries: list[tuple[str, dict[str, str]]]) -> None:
-        await sender.handle(consumer, entries)
-
     promoter = asyncio.create_task(promote())
     try:
-        # Several read-send-record loops at once, so the gateway connection stays busy
-        # while another batch is being recorded and acknowledged.
-        await asyncio.gather(*(consume(consumer, handle, stop) for _ in range(pipelines)))
+        await sender.run(consumer, stop)
     finally:
         promoter.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -140,7 +135,7 @@ async def worker_main(
             await consumer.setup()
             if ready:
                 await ready()
-            await run_sender_loop(sender, consumer, stop, settings.sender_pipelines)
+            await run_sender_loop(sender, consumer, stop)
         finally:
             await gateway.close()
 

@@ -11,6 +11,7 @@ the phone show it once).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import random
@@ -25,7 +26,7 @@ import redis.asyncio as aioredis
 from server import keys
 from server.store.devices import disable_token
 from workers.push import Failed, Outcome, Push, Retry, Sent, TokenGone, Withdrawn
-from workers.streams import Entry, StreamConsumer
+from workers.streams import TRANSIENT, Entry, StreamConsumer, batches, sleep_unless
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +83,8 @@ class Sender:
         self.gateway = gateway
         self.stream = keys.push_stream(gateway.platform)
         self.schedule = keys.retry_schedule(gateway.platform)
-        self._limit = asyncio.Semaphore(concurrency)
+        self.concurrency = max(1, concurrency)
+        self._limit = asyncio.Semaphore(self.concurrency)
         self._rng = rng or random.Random()
         self._promote = redis.register_script(_PROMOTE_DUE)
 
@@ -97,22 +99,28 @@ class Sender:
         )
         return {r["id"] for r in rows}
 
+    async def _send(self, entry_id: str, push: Push, withdrawn: bool) -> Result:
+        now = time.time()
+        if withdrawn:
+            outcome: Outcome = Withdrawn("Incident no longer active")
+        elif now >= push.expires_at:
+            outcome = Failed("Expired before it could be sent")
+        else:
+            try:
+                outcome = await self.gateway.send(push, now)
+            except Exception as exc:  # a bug or an unforeseen transport error: retry
+                log.exception("send to %s failed unexpectedly", self.gateway.platform)
+                outcome = Retry(f"{type(exc).__name__}")
+        return Result(entry_id, push, outcome, time.time())
+
     async def _send_one(self, entry_id: str, push: Push, withdrawn: bool) -> Result:
         async with self._limit:
-            now = time.time()
-            if withdrawn:
-                outcome: Outcome = Withdrawn("Incident no longer active")
-            elif now >= push.expires_at:
-                outcome = Failed("Expired before it could be sent")
-            else:
-                try:
-                    outcome = await self.gateway.send(push, now)
-                except Exception as exc:  # a bug or an unforeseen transport error: retry
-                    log.exception("send to %s failed unexpectedly", self.gateway.platform)
-                    outcome = Retry(f"{type(exc).__name__}")
-            return Result(entry_id, push, outcome, time.time())
+            return await self._send(entry_id, push, withdrawn)
 
-    async def handle(self, consumer: StreamConsumer, entries: list[Entry]) -> None:
+    async def _prepare(self, entries: list[Entry]) -> tuple[list[tuple[str, Push, bool]],
+                                                             list[str]]:
+        """Parse a batch and look up which of its incidents were withdrawn: (entry id,
+        push, withdrawn) to send, and the ids of malformed entries (acknowledged unsent)."""
         readable: list[tuple[str, Push]] = []
         unreadable: list[str] = []
         for entry_id, fields in entries:
@@ -122,13 +130,28 @@ class Sender:
                 log.error("dropping malformed push entry %s", entry_id)
                 unreadable.append(entry_id)
         withdrawn = await self._withdrawn([p for _, p in readable]) if readable else set()
-        pending = [
-            asyncio.create_task(self._send_one(eid, push, push.incident_id in withdrawn))
-            for eid, push in readable
-        ]
+        return [(eid, p, p.incident_id in withdrawn) for eid, p in readable], unreadable
+
+    async def handle(self, consumer: StreamConsumer, entries: list[Entry]) -> None:
+        """One batch from start to finish: send, record, acknowledge."""
+        sends, unreadable = await self._prepare(entries)
+        pending = [asyncio.create_task(self._send_one(*send)) for send in sends]
         results = list(await asyncio.gather(*pending)) if pending else []
         await self.record(results)
         await consumer.ack([r.entry_id for r in results] + unreadable)
+
+    async def run(self, consumer: StreamConsumer, stop: asyncio.Event, *,
+                  flush_size: int = 100, flush_interval_s: float = 0.02) -> None:
+        """The sender's main loop, streaming: up to ``concurrency`` sends in flight all
+        the time, new entries read as room frees up, and finished sends recorded and
+        acknowledged in groups (every ``flush_size`` results or ``flush_interval_s``)
+        by a task of their own, so neither reading nor recording holds the gateway
+        connections idle. An entry is acknowledged only after its outcome is recorded.
+
+        On ``stop``: nothing more is read; the sends in flight finish, are recorded and
+        acknowledged, then it returns (the caller bounds how long that may take).
+        """
+        await _Streaming(self, consumer, stop, flush_size, flush_interval_s).run()
 
     async def record(self, results: Sequence[Result]) -> None:
         """Write outcomes; then act on them (disable tokens, retry, dead-letter)."""
@@ -185,6 +208,101 @@ class Sender:
             keys=[self.schedule, self.stream], args=[now or time.time(), limit]
         )
         return int(moved)
+
+
+class _Streaming:
+    """One run of ``Sender.run``: a reader task and a recorder task around the sends."""
+
+    def __init__(self, sender: Sender, consumer: StreamConsumer, stop: asyncio.Event,
+                 flush_size: int, flush_interval_s: float) -> None:
+        self.sender = sender
+        self.consumer = consumer
+        self.stop = stop
+        self.flush_size = flush_size
+        self.flush_interval_s = flush_interval_s
+        self.in_flight: set[asyncio.Task[Result]] = set()
+        self.finished: list[Result] = []
+        self.unreadable: list[str] = []
+        self.room = asyncio.Event()     # a send finished: the reader may read again
+        self.flush = asyncio.Event()    # enough results to record now
+        self.reading = True
+
+    async def run(self) -> None:
+        reader = asyncio.create_task(self.read())
+        try:
+            await asyncio.gather(reader, self.record())
+        finally:
+            reader.cancel()
+            for task in list(self.in_flight):
+                task.cancel()
+
+    def _done(self, task: asyncio.Task[Result]) -> None:
+        self.in_flight.discard(task)
+        self.room.set()
+        if not task.cancelled():
+            self.finished.append(task.result())
+            if len(self.finished) >= self.flush_size:
+                self.flush.set()
+
+    async def _capacity(self) -> int:
+        """How many entries to read: waits until a whole batch fits."""
+        limit = self.sender.concurrency
+        want = min(self.consumer.batch, limit)
+        while limit - len(self.in_flight) < want and not self.stop.is_set():
+            self.room.clear()
+            await self.room.wait()
+        return limit - len(self.in_flight)
+
+    async def read(self) -> None:
+        backoff = 0.5
+        try:
+            async for entries in batches(self.consumer, self.stop, self._capacity):
+                try:
+                    sends, bad = await self.sender._prepare(entries)
+                except TRANSIENT as exc:
+                    log.warning("looking up %d pushes failed: %s", len(entries), exc)
+                    self.consumer.release([eid for eid, _ in entries])
+                    await sleep_unless(self.stop, backoff)
+                    backoff = min(backoff * 2, 10)
+                    continue
+                backoff = 0.5
+                self.unreadable.extend(bad)
+                for send in sends:
+                    task = asyncio.create_task(self.sender._send(*send))
+                    self.in_flight.add(task)
+                    task.add_done_callback(self._done)
+        finally:
+            self.reading = False
+            self.flush.set()
+
+    async def record(self) -> None:
+        backoff = 0.5
+        while self.reading or self.in_flight or self.finished or self.unreadable:
+            await self._wait_for_results()
+            results, self.finished = self.finished, []
+            ids = [r.entry_id for r in results] + self.unreadable
+            self.unreadable = []
+            if not ids:
+                continue
+            try:
+                await self.sender.record(results)
+                await self.consumer.ack(ids)
+                backoff = 0.5
+            except TRANSIENT as exc:
+                # Sent but not recorded: the entries stay pending and are claimed again
+                # once idle (a device may get the push twice, under one collapse id).
+                log.warning("recording %d outcomes failed: %s", len(results), exc)
+                self.consumer.release(ids)
+                await sleep_unless(self.stop, backoff)
+                backoff = min(backoff * 2, 10)
+
+    async def _wait_for_results(self) -> None:
+        if self.reading and len(self.finished) < self.flush_size:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.flush.wait(), self.flush_interval_s)
+        elif not self.finished and not self.unreadable and self.in_flight:
+            await asyncio.wait(set(self.in_flight))   # stopping: the last sends
+        self.flush.clear()
 
 
 def _describe(r: Result) -> tuple[str, str | None, int | None, str | None, int | None]:

@@ -63,10 +63,12 @@ async def test_sigterm_finishes_in_flight_sends_acks_them_and_leaves_the_rest(
     tokens = await bulk_apns_devices(stack.pool, DEVICES, "grace-")
     secret = await create_agency(stack.client)
 
-    # One read-send-record loop, so exactly one batch is in flight when SIGTERM lands.
+    # As many sends in flight as a batch holds: the sender reads the next batch only
+    # once the whole previous one is done, so exactly one is in flight when SIGTERM
+    # lands.
     async with sender_process(stack, fake, "grace-a", tmp_path,
                               GEOPUSH_STREAM_BATCH=str(BATCH),
-                              GEOPUSH_SENDER_PIPELINES="1") as first:
+                              GEOPUSH_SEND_CONCURRENCY=str(BATCH)) as first:
         status, accepted = await post_incident(stack.client, secret, incident())
         assert (status, accepted["decision"]) == (202, "alert"), accepted
         incident_id = accepted["incident_id"]
