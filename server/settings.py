@@ -80,7 +80,7 @@ class Settings:
     # Workers
     consumer_name: str = field(default_factory=lambda: _default_consumer_name())
     stream_batch: int = 100
-    send_concurrency: int = 200
+    send_concurrency: int = 500
     # Read-send-record loops per sender process (keeps the gateway busy while a
     # batch is being recorded).
     # A stream entry pending this long on a consumer is presumed orphaned (its worker
@@ -110,7 +110,7 @@ class Settings:
             exact_location_retention=dt.timedelta(
                 hours=_float(env, "GEOPUSH_EXACT_LOCATION_RETENTION_HOURS", 24.0)),
             stream_batch=_int(env, "GEOPUSH_STREAM_BATCH", 100),
-            send_concurrency=_int(env, "GEOPUSH_SEND_CONCURRENCY", 200),
+            send_concurrency=_int(env, "GEOPUSH_SEND_CONCURRENCY", 500),
             claim_idle_ms=_int(env, "GEOPUSH_CLAIM_IDLE_MS", 60_000),
             device_pushes_per_hour=_int(env, "GEOPUSH_DEVICE_PUSHES_PER_HOUR", 10),
             consumer_name=env.get("GEOPUSH_CONSUMER_NAME") or _default_consumer_name(),

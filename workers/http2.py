@@ -10,7 +10,14 @@ one HEADERS (and, for errors, one DATA) frame back; this module does exactly tha
 - requests: HPACK without Huffman, with the headers a fan-out repeats (authority,
   topic, push type, priority, expiration, collapse id, authorization) added to the
   dynamic table once and then sent as one-byte indexes; per-push values (``:path``,
-  ``apns-id``) are literals that are never indexed;
+  ``apns-id``) are literals that are never indexed. Indexing ``authorization`` is
+  safe here, though RFC 7541 §7.1.3 suggests not indexing it (nghttp2 never does):
+  the risk is an attacker who adds chosen headers to the same compression context
+  and watches sizes, which needs a guess of the whole value; the JWT has ~256 bits
+  of signature, and the only value phones influence (the token in ``:path``) is
+  never indexed;
+- SETTINGS_HEADER_TABLE_SIZE 0 for responses: a status and a unique apns-id, nothing
+  that repeats, so neither side keeps a table for them;
 - responses: decoded with ``hpack.Decoder`` (every header block, in order, so the
   table stays in sync even for streams we gave up on);
 - flow control both ways: DATA received is credited back (connection and stream), and
@@ -259,7 +266,7 @@ class Http2Connection(asyncio.Protocol):
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.encoder = HeaderEncoder()
-        self.decoder = Decoder()
+        self.decoder = Decoder()   # the peer shrinks its table to our 0 once it applies it
         self.slots = StreamSlots(initial_stream_limit)
         self.streams: dict[int, _Stream] = {}
         self.next_stream_id = 1
@@ -292,7 +299,9 @@ class Http2Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass
-        settings = _SETTING.pack(ENABLE_PUSH, 0)
+        # No push; and no dynamic table for the responses: APNs answers are a status
+        # and a unique apns-id, nothing worth indexing, so neither side keeps a table.
+        settings = _SETTING.pack(ENABLE_PUSH, 0) + _SETTING.pack(HEADER_TABLE_SIZE, 0)
         self.transport.write(PREFACE + frame(SETTINGS, 0, 0, settings))
         self._idle_timer = self.loop.call_later(self._idle_timeout, self._check_idle)
 

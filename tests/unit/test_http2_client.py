@@ -136,6 +136,8 @@ async def test_round_trip_and_repeated_headers_go_out_indexed() -> None:
         response = await task
         assert response.status == 200 and response.headers[b"apns-id"] == f"id-{n}".encode()
     assert sizes[1] < sizes[0] - 200   # the JWT went out once, then as an index
+    # and the peer keeps no table for its answers (SETTINGS_HEADER_TABLE_SIZE 0)
+    assert not peer.client.decoder.header_table.dynamic_entries
 
 
 async def test_receive_window_is_credited_back_for_large_and_many_bodies() -> None:
