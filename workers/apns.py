@@ -10,7 +10,16 @@ from redis.exceptions import RedisError
 
 from server.domain.pushtext import title_and_body
 from workers.apns_client import ApnsClient, ApnsResponse, ApnsTransportError
-from workers.push import Failed, Outcome, Push, Retry, Sent, TokenGone
+from workers.push import (
+    Failed,
+    Outcome,
+    PayloadCache,
+    Push,
+    Retry,
+    Sent,
+    TokenGone,
+    push_text_key,
+)
 
 # Reasons that mean the token itself is unusable for this app, for good.
 _TOKEN_GONE = {"Unregistered", "BadDeviceToken", "DeviceTokenNotForTopic"}
@@ -23,9 +32,12 @@ _RETRYABLE_REASONS = {"ExpiredProviderToken", "TooManyRequests", "Shutdown",
 MAX_PAYLOAD_BYTES = 4096
 
 
+_encode = msgspec.json.Encoder().encode
+
+
 def _size(payload: dict[str, Any]) -> int:
     # The same encoder as the client's (compact UTF-8), so the size is what goes out.
-    return len(msgspec.json.encode(payload))
+    return len(_encode(payload))
 
 
 def fit(payload: dict[str, Any], limit: int = MAX_PAYLOAD_BYTES) -> dict[str, Any]:
@@ -76,9 +88,20 @@ class ApnsGateway:
 
     def __init__(self, client: ApnsClient) -> None:
         self.client = client
+        self._payloads: PayloadCache[bytes] = PayloadCache()
+
+    def payload(self, push: Push, now: float) -> bytes:
+        """The encoded payload: the same for every device of a fan-out (same incident,
+        locale and audience, within the same minute), so built once for all of them."""
+        key = (*push_text_key(push, now), push.lat, push.lon, push.aeds)
+        payload = self._payloads.get(key)
+        if payload is None:
+            payload = _encode(build_payload(push, dt.datetime.fromtimestamp(now, dt.UTC)))
+            self._payloads.put(key, payload)
+        return payload
 
     async def send(self, push: Push, now: float) -> Outcome:
-        payload = build_payload(push, dt.datetime.fromtimestamp(now, dt.UTC))
+        payload = self.payload(push, now)
         try:
             response = await self.client.send(
                 push.token, payload, collapse_id=push.incident_id,

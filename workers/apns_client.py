@@ -109,11 +109,12 @@ class ApnsClient:
         self.connections: list[Http2Connection] = []
 
     async def send(
-        self, token: str, payload: dict[str, Any], *, collapse_id: str | None,
+        self, token: str, payload: dict[str, Any] | bytes, *, collapse_id: str | None,
         expiration: int | None, priority: int = 10, push_type: str = "alert",
         apns_id: str | None = None,
     ) -> ApnsResponse:
-        body = _encode_json(payload)
+        """``payload``: the aps dictionary, or its JSON already encoded."""
+        body = payload if isinstance(payload, bytes) else _encode_json(payload)
         authorization = await self._tokens.header()
         fields: list[tuple[bytes, bytes]] = [
             (b":authority", self._authority),

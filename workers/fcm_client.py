@@ -252,8 +252,11 @@ class FcmClient:
     async def send(self, message: dict[str, Any]) -> FcmResponse:
         """POSTs ``{"message": message}``; FCM's rejections come back as responses,
         unanswered requests raise ``FcmTransportError``."""
+        return await self.send_body(_encode_json({"message": message}))
+
+    async def send_body(self, body: bytes) -> FcmResponse:
+        """``send`` with the request body (``{"message": …}``) already encoded."""
         await self._ready()
-        body = _encode_json({"message": message})
         token = await self._access_token()
         response = await self._post(body, token)
         if response.status == 401:

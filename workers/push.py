@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 from dataclasses import dataclass, fields, replace
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 
 @dataclass(frozen=True)
@@ -63,6 +63,34 @@ class Push:
     @property
     def occurred(self) -> dt.datetime:
         return dt.datetime.fromtimestamp(self.occurred_at, dt.UTC)
+
+
+def push_text_key(push: Push, now: float) -> tuple[Any, ...]:
+    """What a push's text and data depend on, but for the device: equal keys, equal
+    payloads. The relative time ("3 min ago") changes once a minute."""
+    minutes = int((now - push.occurred_at) // 60)
+    return (push.incident_id, push.category, push.public_location, push.locale,
+            push.title, push.body, push.audience, minutes)
+
+
+V = TypeVar("V")
+
+
+class PayloadCache(Generic[V]):
+    """Encoded payloads of the fan-outs in progress: a handful at a time, so a small
+    dict, emptied when it fills (no eviction order needed)."""
+
+    def __init__(self, size: int = 256) -> None:
+        self._size = size
+        self._items: dict[tuple[Any, ...], V] = {}
+
+    def get(self, key: tuple[Any, ...]) -> V | None:
+        return self._items.get(key)
+
+    def put(self, key: tuple[Any, ...], value: V) -> None:
+        if len(self._items) >= self._size:
+            self._items.clear()
+        self._items[key] = value
 
 
 # Outcomes of one send: what the sender does next depends only on the type.
