@@ -3,6 +3,7 @@ next to the fake's own ceiling measured in the same run with a C load generator.
 
     python -m loadtest.bench_delivery [--platform apns|fcm|both] [--pushes 100000]
                                       [--fake-processes 2] [--duration 10]
+                                      [--client-seconds 8] [--sender-env NAME=VALUE]
                                       [--json PATH] [--py-spy PATH] [--keep-services]
 
 Needs (Debian packages): ``nghttp2-client`` (h2load: HTTP/2 for APNs, ``--h1`` for FCM),
@@ -15,19 +16,24 @@ What it does, per platform:
 1. Starts a private PostgreSQL+PostGIS and Redis under ``.geopush/bench-delivery/`` (a
    fresh database each run) unless GEOPUSH_DATABASE_URL / GEOPUSH_REDIS_URL are set;
    migrates; stores one active, alerting incident and ``--pushes`` devices.
-2. Starts the fake gateway as ``--fake-processes`` processes on one port (SO_REUSEPORT,
-   uvloop; the fake's own code, see ``serve-fake-apns`` / ``serve-fake-fcm`` below) and
-   drives it with h2load for ``--duration`` seconds, with requests like the sender's
-   (same headers and payload, a valid ES256 provider token / OAuth bearer token): the
+2. Starts the fake gateway as ``--fake-processes`` processes (uvloop; the fakes' own
+   code, see ``serve-fake-apns`` / ``serve-fake-fcm`` below) behind one listening
+   socket held here, which hands each new connection to the next process in turn
+   (SCM_RIGHTS), so the load is even however few connections a client opens. Drives
+   it with h2load for ``--duration`` seconds, with requests like the sender's (same
+   headers and payload, a valid ES256 provider token / OAuth bearer token): the
    ceiling, in requests per second.
-3. Restarts the fake (fresh state: the fake APNs refuses a second provider token within
-   20 minutes, and deliveries start from zero), enqueues ``--pushes`` pushes for
-   distinct devices straight onto the Redis push stream, starts ONE ``geopush worker
-   apns|fcm`` process and measures pushes/s from the first to the last delivery at the
-   fake, sampling the sender's RSS (VmRSS) every 0.5 s; VmHWM gives the peak.
-4. Checks every device got exactly one push, every outcome is recorded as 'sent', the
+3. With a fresh fake (the fake APNs refuses a second provider token within 20
+   minutes), runs geopush's gateway client alone (``ApnsClient`` / ``FcmClient``, one
+   fixed message, 200 concurrent sends, no Redis, PostgreSQL or sender loop) for
+   ``--client-seconds``: what any sender built on that client could reach at best.
+4. With a fresh fake again, enqueues ``--pushes`` pushes for distinct devices straight
+   onto the Redis push stream, starts ONE ``geopush worker apns|fcm`` process and
+   measures pushes/s from the first to the last delivery at the fake, sampling the
+   sender's RSS (VmRSS) every 0.5 s; VmHWM gives the peak.
+5. Checks every device got exactly one push, every outcome is recorded as 'sent', the
    stream is fully acknowledged, and the sender exits 0 on SIGTERM.
-5. Prints a table (rate, ceiling, ratio, RSS, CPU seconds per process group);
+6. Prints a table (rate, ceiling, ratio, RSS, CPU seconds per process group);
    ``--json PATH`` writes the same.
 
 Figures on a shared machine are noisy: compare the ratio, not the absolute numbers.
