@@ -26,6 +26,8 @@ import collections
 import ssl
 from typing import cast
 
+from workers.waiting import wait_in_line
+
 MAX_HEADER_BYTES = 64 * 1024
 MAX_BODY_BYTES = 1024 * 1024
 
@@ -330,17 +332,7 @@ class Http1Pool:
                     self.open -= 1
                     self._wake()
                     raise
-            waiter = asyncio.get_running_loop().create_future()
-            self._waiters.append(waiter)
-            try:
-                await waiter
-            except asyncio.CancelledError:
-                if waiter.done() and not waiter.cancelled():
-                    self._wake()      # pass the wake-up on
-                raise
-            finally:
-                if waiter in self._waiters:
-                    self._waiters.remove(waiter)
+            await wait_in_line(self._waiters, self._wake)
 
     async def _connect(self) -> Http1Connection:
         loop = asyncio.get_running_loop()

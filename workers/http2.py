@@ -43,6 +43,8 @@ from typing import cast
 from hpack import Decoder
 from hpack.exceptions import HPACKError
 
+from workers.waiting import wait_in_line
+
 logger = logging.getLogger(__name__)
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
@@ -210,17 +212,7 @@ class StreamSlots:
 
     async def acquire(self) -> None:
         while self._error is None and (self.in_use >= self.limit or self._waiters):
-            waiter = asyncio.get_running_loop().create_future()
-            self._waiters.append(waiter)
-            try:
-                await waiter
-            except asyncio.CancelledError:
-                if waiter.done() and not waiter.cancelled():
-                    self._wake()  # pass the wake-up on
-                raise
-            finally:
-                if waiter in self._waiters:
-                    self._waiters.remove(waiter)
+            await wait_in_line(self._waiters, self._wake)
             if self.in_use < self.limit:
                 break
         if self._error is not None:
