@@ -34,6 +34,8 @@ async def ensure_group(redis: aioredis.Redis, stream: str, group: str) -> None:
 
 
 def _decode(raw: dict[bytes | str, bytes | str]) -> dict[str, str]:
+    if not raw or isinstance(next(iter(raw)), str):   # decode_responses: as it is
+        return raw  # type: ignore[return-value]
     return {
         (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
         for k, v in raw.items()
