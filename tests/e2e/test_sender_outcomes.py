@@ -10,11 +10,13 @@ import secrets
 import time
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
+import asyncpg
 import pytest
 
 from server import keys
-from tests.e2e.conftest import Stack
+from tests.e2e.conftest import Stack, wait_for
 from workers.push import Push
 from workers.runner import build_gateway
 from workers.sender import Sender
@@ -140,3 +142,55 @@ async def test_fcm_quota_retry_after_is_honoured(stack: Stack) -> None:
         # The fake's Retry-After is the seconds to its next minute window (at least 1).
         retry_after = max(1, int(60 - time.time() % 60))
         assert due - time.time() >= retry_after - 1.5
+
+
+@pytest.mark.workers()
+async def test_streaming_sender_sends_again_what_it_could_not_record_and_loses_nothing(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL drops the connection while the first outcomes are being recorded: those
+    entries stay pending, are claimed again and sent again (same collapse id), every
+    push ends up recorded exactly once, and the stream drains."""
+    incident_id = await _incident(stack)
+    stream = keys.push_stream("apns")
+    tokens = {secrets.token_hex(32) for _ in range(40)}
+    for token in tokens:
+        await stack.redis.xadd(stream, _push(incident_id, "apns", token).to_fields())
+    async with _sender(stack, "apns") as sender:
+        record, failures = sender.record, []
+
+        async def flaky(results: Any) -> None:
+            if not failures:
+                failures.append(len(results))
+                raise asyncpg.exceptions.ConnectionDoesNotExistError("connection was closed")
+            await record(results)
+
+        monkeypatch.setattr(sender, "record", flaky)
+        consumer = StreamConsumer(stack.redis, stream, keys.SENDER_GROUP, "t", batch=10,
+                                  block_ms=50, claim_idle_ms=300, claim_every_s=0.1)
+        stop = asyncio.Event()
+        run = asyncio.create_task(sender.run(consumer, stop, flush_size=10))
+
+        async def all_recorded() -> bool:
+            return await stack.pool.fetchval("SELECT count(*) FROM deliveries") == len(tokens)
+
+        try:
+            await wait_for(all_recorded, within=15, what="every outcome recorded")
+            await wait_for(lambda: stream_drained(stack), within=5, what="the stream drained")
+        finally:
+            stop.set()
+            await asyncio.wait_for(run, 5)
+    assert failures and failures[0] > 0
+    delivered = [d.token for d in stack.apns.deliveries]
+    assert set(delivered) == tokens
+    resent = len(delivered) - len(tokens)
+    assert 0 < resent <= failures[0]      # the unrecorded ones, and only those, twice
+    assert {d.headers["apns-collapse-id"] for d in stack.apns.deliveries} == {incident_id}
+    outcomes = await _outcomes(stack)
+    assert [o for o, _, _ in outcomes] == ["sent"] * len(tokens)
+
+
+async def stream_drained(stack: Stack) -> bool:
+    [group] = await stack.redis.xinfo_groups(keys.push_stream("apns"))
+    return bool(group["pending"] == 0 and group.get("lag") == 0
+                and await stack.redis.xlen(keys.push_stream("apns")) == 0)
