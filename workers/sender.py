@@ -221,6 +221,7 @@ class _Streaming:
         self.flush_size = flush_size
         self.flush_interval_s = flush_interval_s
         self.in_flight: set[asyncio.Task[Result]] = set()
+        self.entry_of: dict[asyncio.Task[Result], str] = {}
         self.finished: list[Result] = []
         self.unreadable: list[str] = []
         self.room = asyncio.Event()     # a send finished: the reader may read again
@@ -229,20 +230,33 @@ class _Streaming:
 
     async def run(self) -> None:
         reader = asyncio.create_task(self.read())
+        waker = asyncio.create_task(self._wake_on_stop())
         try:
             await asyncio.gather(reader, self.record())
         finally:
             reader.cancel()
+            waker.cancel()
             for task in list(self.in_flight):
                 task.cancel()
 
+    async def _wake_on_stop(self) -> None:
+        await self.stop.wait()
+        self.room.set()       # a reader waiting for room stops waiting
+
     def _done(self, task: asyncio.Task[Result]) -> None:
         self.in_flight.discard(task)
+        entry_id = self.entry_of.pop(task)
         self.room.set()
-        if not task.cancelled():
-            self.finished.append(task.result())
-            if len(self.finished) >= self.flush_size:
-                self.flush.set()
+        if task.cancelled():
+            return
+        error = task.exception()
+        if error is not None:   # a bug: leave the entry to be claimed again
+            log.error("send of %s failed", entry_id, exc_info=error)
+            self.consumer.release([entry_id])
+            return
+        self.finished.append(task.result())
+        if len(self.finished) >= self.flush_size:
+            self.flush.set()
 
     async def _capacity(self) -> int:
         """How many entries to read: waits until a whole batch fits."""
@@ -270,6 +284,7 @@ class _Streaming:
                 for send in sends:
                     task = asyncio.create_task(self.sender._send(*send))
                     self.in_flight.add(task)
+                    self.entry_of[task] = send[0]
                     task.add_done_callback(self._done)
         finally:
             self.reading = False
