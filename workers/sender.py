@@ -1,11 +1,13 @@
 """The sender loop shared by APNs and FCM: read pushes, send, record, then acknowledge.
 
-Per batch: send concurrently (bounded), write every outcome to ``deliveries`` in one
-statement, disable tokens the gateway declared gone, schedule retries (exponential
-backoff with jitter, never past the alert's expiry) or dead-letter them, and only
-then XACK. A sender that dies mid-batch leaves its entries pending; another sender
-reclaims them (at worst a device gets the same push twice, and the collapse id makes
-the phone show it once).
+``Sender.run`` streams: up to ``concurrency`` sends in flight, the next batch read as
+soon as it fits, and finished sends recorded in groups by a task of their own: every
+outcome written to ``deliveries`` in one statement, tokens the gateway declared gone
+disabled, retries scheduled (exponential backoff with jitter, never past the alert's
+expiry) or dead-lettered, and only then XACK. A sender that dies leaves its entries
+pending; another sender reclaims them (at worst a device gets the same push twice,
+and the collapse id makes the phone show it once). ``Sender.handle`` does one batch
+from start to finish, the same way.
 """
 
 from __future__ import annotations
