@@ -352,7 +352,6 @@ class Fleet:
     port: int = 0
     control_ports: list[int] = field(default_factory=list)
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
-    handed_out: list[int] = field(default_factory=list)   # connections per process
     _listener: Any = None
     _channels: list[Any] = field(default_factory=list)
     _acceptor: threading.Thread | None = None
@@ -385,7 +384,6 @@ class Fleet:
         for n, control in enumerate(self.control_ports):
             ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
             self._channels.append(ours)
-            self.handed_out.append(0)
             log = (self.log_dir / f"fake-{self.platform}-{n}.log").open("wb")
             proc = subprocess.Popen(
                 [sys.executable, "-m", "loadtest.bench_delivery", f"serve-fake-{self.platform}",
@@ -431,7 +429,6 @@ class Fleet:
                     socket.send_fds(self._channels[n], [b"c"], [connection.fileno()])
                 except OSError:
                     return
-            self.handed_out[n] += 1
 
     def stop(self) -> None:
         self._stopping.set()

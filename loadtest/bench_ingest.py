@@ -60,19 +60,12 @@ from loadtest.bench_common import (
     wait_http,
     write_requests,
 )
+from loadtest.incidents import random_incident
 from server.devenv import free_port
 from server.domain.signing import HEADER, sign
 
 AGENCY = "bench-seattle"
 PATH = f"/v1/agencies/{AGENCY}/incidents"
-SEATTLE = (47.50, -122.44, 47.73, -122.24)
-STREETS = ["Pine St", "24th Ave NE", "Alki Ave SW", "Rainier Ave S", "Aurora Ave N"]
-# Weighted like the locust scenario: about half pushable, half stored only.
-CALL_TYPES = [
-    ("Fire in Building", 5), ("Residential Fire", 3), ("Commercial Fire", 1),
-    ("Scenes Of Violence 7", 1), ("Aid Response", 8), ("Medic Response", 3),
-    ("Auto Fire Alarm", 2),
-]
 DEVICES = 3000
 RATE_LIMIT_PER_MINUTE = 1_000_000
 SIGNATURE_WINDOW_S = 300
@@ -162,10 +155,6 @@ async def stored_incidents(database_url: str, incident_ids: list[str], prefix: s
 # -- webhooks -------------------------------------------------------------------------
 
 
-def _iso(t: dt.datetime) -> str:
-    return t.isoformat().replace("+00:00", "Z")
-
-
 def webhooks(secret: str, host: str, prefix: str, count: int, seed: int) -> Iterator[bytes]:
     """``count`` unique, signed native-JSON webhooks as raw HTTP/1.1 requests.
 
@@ -173,25 +162,11 @@ def webhooks(secret: str, host: str, prefix: str, count: int, seed: int) -> Iter
     all signed now, so they stay valid for the 300 s signature window.
     """
     rng = random.Random(seed)
-    names, weights = zip(*CALL_TYPES, strict=True)
     now = dt.datetime.now(dt.UTC)
     stamp = int(now.timestamp())
-    min_lat, min_lon, max_lat, max_lon = SEATTLE
     for n in range(count):
-        occurred = now - dt.timedelta(seconds=rng.randint(10, 600))
-        doc: dict[str, Any] = {
-            "id": f"{prefix}{n:08d}",
-            "updated_at": _iso(occurred + dt.timedelta(seconds=30)),
-            "status": "active",
-            "call_type": rng.choices(names, weights)[0],
-            "occurred_at": _iso(occurred),
-            "location": {
-                "lat": round(rng.uniform(min_lat, max_lat), 6),
-                "lon": round(rng.uniform(min_lon, max_lon), 6),
-                "address": f"{rng.randint(100, 9999)} {rng.choice(STREETS)}",
-                "kind": rng.choice(["public", "residence"]),
-            },
-            "priority": rng.randint(1, 5),
+        doc = {
+            **random_incident(rng, f"{prefix}{n:08d}", now),
             "narrative": "caller reports smoke from 2nd floor, elderly resident inside",
             "caller": {"name": "John Q Caller", "phone": "+1 206 555 0147"},
         }

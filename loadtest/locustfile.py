@@ -23,15 +23,10 @@ from typing import Any
 
 from locust import HttpUser, between, events, task
 
+from loadtest import incidents
 from server.domain.signing import HEADER, sign
 
 SEATTLE = "47.50,-122.44,47.73,-122.24"
-STREETS = ["Pine St", "24th Ave NE", "Alki Ave SW", "Rainier Ave S", "Aurora Ave N"]
-CALL_TYPES = [
-    ("Fire in Building", 5), ("Residential Fire", 3), ("Commercial Fire", 1),
-    ("Scenes Of Violence 7", 1), ("Aid Response", 8), ("Medic Response", 3),
-    ("Auto Fire Alarm", 2),
-]
 
 
 @events.init_command_line_parser.add_listener  # type: ignore[untyped-decorator]
@@ -45,24 +40,8 @@ def _options(parser: Any) -> None:
 
 
 def random_incident(area: tuple[float, float, float, float], rng: random.Random) -> bytes:
-    min_lat, min_lon, max_lat, max_lon = area
     now = dt.datetime.now(dt.UTC)
-    occurred = now - dt.timedelta(seconds=rng.randint(10, 600))
-    names, weights = zip(*CALL_TYPES, strict=True)
-    doc = {
-        "id": f"LOAD-{uuid.uuid4().hex[:16]}",
-        "updated_at": now.isoformat(),
-        "status": "active",
-        "call_type": rng.choices(names, weights)[0],
-        "occurred_at": occurred.isoformat(),
-        "location": {
-            "lat": round(rng.uniform(min_lat, max_lat), 6),
-            "lon": round(rng.uniform(min_lon, max_lon), 6),
-            "address": f"{rng.randint(100, 9999)} {rng.choice(STREETS)}",
-            "kind": rng.choice(["public", "residence"]),
-        },
-        "priority": rng.randint(1, 5),
-    }
+    doc = incidents.random_incident(rng, f"LOAD-{uuid.uuid4().hex[:16]}", now, area)
     return json.dumps(doc).encode()
 
 

@@ -33,16 +33,10 @@ async def ensure_group(redis: aioredis.Redis, stream: str, group: str) -> None:
             raise
 
 
-def _decode(raw: dict[bytes | str, bytes | str]) -> dict[str, str]:
-    if not raw or isinstance(next(iter(raw)), str):   # decode_responses: as it is
-        return raw  # type: ignore[return-value]
-    return {
-        (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
-        for k, v in raw.items()
-    }
-
-
 class StreamConsumer:
+    """One consumer of a group. ``redis`` must decode replies (``decode_responses``):
+    entries come back as ``str`` ids and fields."""
+
     def __init__(
         self,
         redis: aioredis.Redis,
@@ -82,17 +76,12 @@ class StreamConsumer:
             self.stream, self.group, self.consumer, min_idle_time=self.claim_idle_ms,
             start_id=self._claim_cursor, count=self.batch,
         )
-        cursor = result[0].decode() if isinstance(result[0], bytes) else str(result[0])
+        cursor = str(result[0])
         self._claim_cursor = cursor
         if cursor != "0-0":
             self._next_claim = 0.0   # more to scan: claim again on the next read
-        claimed = [
-            (eid.decode() if isinstance(eid, bytes) else eid, _decode(fields))
-            for eid, fields in result[1]
-            if fields is not None
-        ]
-        claimed = [(eid, fields) for eid, fields in claimed
-                   if eid not in busy and eid not in self._inflight]
+        claimed = [(eid, fields) for eid, fields in result[1]
+                   if fields is not None and eid not in busy and eid not in self._inflight]
         self._inflight.update(eid for eid, _ in claimed)
         return claimed
 
@@ -113,7 +102,7 @@ class StreamConsumer:
         entries: list[Entry] = []
         for _stream, items in response or []:
             for eid, fields in items:
-                entries.append((eid.decode() if isinstance(eid, bytes) else eid, _decode(fields)))
+                entries.append((eid, fields))
         self._inflight.update(eid for eid, _ in entries)
         return entries
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 
 from server.domain.policy import ALERT, suppressed
 from server.domain.pushtext import title_and_body
@@ -74,12 +75,7 @@ async def approve(
     an outbox row in the same transaction, so the caller's publish can't be lost."""
     async with pool.acquire() as conn, conn.transaction():
         await _lock_pending(conn, incident_id, now)
-        await conn.execute(
-            """UPDATE review_items SET state = 'approved', narrative = NULL, decided_at = $2,
-                                       decided_by = $3
-                WHERE incident_id = $1::uuid""",
-            incident_id, now, editor,
-        )
+        await _decide(conn, incident_id, "approved", now, editor)
         status = await conn.fetchval(
             """UPDATE incidents SET decision = $2, title_override = $3, body_override = $4,
                                     updated_at = now()
@@ -95,12 +91,7 @@ async def approve(
 async def reject(pool: asyncpg.Pool, incident_id: str, *, editor: str, now: dt.datetime) -> None:
     async with pool.acquire() as conn, conn.transaction():
         await _lock_pending(conn, incident_id, now)
-        await conn.execute(
-            """UPDATE review_items SET state = 'rejected', narrative = NULL, decided_at = $2,
-                                       decided_by = $3
-                WHERE incident_id = $1::uuid""",
-            incident_id, now, editor,
-        )
+        await _decide(conn, incident_id, "rejected", now, editor)
         await conn.execute(
             "UPDATE incidents SET decision = $2, updated_at = now() WHERE id = $1::uuid",
             incident_id, suppressed("rejected"),
@@ -122,3 +113,14 @@ async def expire(pool: asyncpg.Pool, now: dt.datetime) -> int:
                 [r["incident_id"] for r in ids], suppressed("stale"),
             )
     return len(ids)
+
+
+async def _decide(conn: PoolConnectionProxy[asyncpg.Record], incident_id: str, state: str,
+                  now: dt.datetime, editor: str) -> None:
+    """Record the editor's decision; the narrative is not kept past it."""
+    await conn.execute(
+        """UPDATE review_items SET state = $2, narrative = NULL, decided_at = $3,
+                                   decided_by = $4
+            WHERE incident_id = $1::uuid""",
+        incident_id, state, now, editor,
+    )

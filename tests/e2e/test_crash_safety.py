@@ -158,6 +158,26 @@ async def stream_settled(redis: aioredis.Redis) -> bool:
     return group["pending"] == 0 and group.get("lag") == 0
 
 
+async def finish_with_new_sender(
+    stack: Stack, fake: FakeApns, consumer: str, log_dir: Path, tokens: set[str], *,
+    within: float, exit_within: float,
+) -> int | None:
+    """A new sender process delivers every device's push and acknowledges the stream;
+    then SIGTERM. Its exit code."""
+    async with sender_process(stack, fake, consumer, log_dir) as sender:
+        try:
+            await wait_for(lambda: {d.token for d in fake.deliveries} >= tokens,
+                           within=within, what="every device's push at the fake")
+            await wait_for(lambda: stream_settled(stack.redis), within=10,
+                           what="the push stream to be acknowledged")
+        except AssertionError as exc:
+            report = await progress(stack, fake, tokens)
+            raise AssertionError(
+                f"{exc}\n{report}\n{sender_log(log_dir, consumer)}") from None
+        sender.send_signal(signal.SIGTERM)
+        return await asyncio.wait_for(sender.wait(), timeout=exit_within)
+
+
 async def progress(stack: Stack, fake: FakeApns, tokens: set[str]) -> str:
     delivered = {d.token for d in fake.deliveries}
     groups = await stack.redis.xinfo_groups(APNS_STREAM)
@@ -214,19 +234,9 @@ async def test_sigkilled_sender_loses_no_push_and_duplicates_share_a_collapse_id
     expect_twice = orphaned & delivered_before_kill
     assert expect_twice, "no push of the orphaned batch had been delivered yet"
 
-    async with sender_process(stack, fake, "crash-b", tmp_path) as second:
-        try:
-            await wait_for(lambda: {d.token for d in fake.deliveries} >= tokens,
-                           within=40, what="every device's push at the fake")
-            await wait_for(lambda: stream_settled(stack.redis), within=10,
-                           what="the push stream to be acknowledged")
-        except AssertionError as exc:
-            report = await progress(stack, fake, tokens)
-            raise AssertionError(
-                f"{exc}\n{report}\n{sender_log(tmp_path, 'crash-b')}") from None
-        # A graceful stop of the survivor, for good measure.
-        second.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(second.wait(), timeout=25) == 0
+    # The survivor delivers the rest, then stops gracefully, for good measure.
+    assert await finish_with_new_sender(stack, fake, "crash-b", tmp_path, tokens,
+                                        within=40, exit_within=25) == 0
 
     # Every device got its push; a device got it twice only from the batch the killed
     # sender had read and not acknowledged, and always under the same collapse id.

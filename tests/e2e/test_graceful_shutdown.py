@@ -23,12 +23,12 @@ from tests.e2e.test_crash_safety import (
     APNS_STREAM,
     bulk_apns_devices,
     consumer_pending,
+    finish_with_new_sender,
     in_flight_at,
     own_fake_apns,
     progress,
     sender_log,
     sender_process,
-    stream_settled,
 )
 from tests.helpers import create_agency, incident, post_incident
 
@@ -110,18 +110,8 @@ async def test_sigterm_finishes_in_flight_sends_acks_them_and_leaves_the_rest(
     assert (group["pending"], group["lag"]) == (0, DEVICES - 2 * BATCH), group
 
     fake.set_faults(rate=0)
-    async with sender_process(stack, fake, "grace-b", tmp_path) as second:
-        try:
-            await wait_for(lambda: {d.token for d in fake.deliveries} >= tokens,
-                           within=30, what="every device's push at the fake")
-            await wait_for(lambda: stream_settled(stack.redis), within=10,
-                           what="the push stream to be acknowledged")
-        except AssertionError as exc:
-            report = await progress(stack, fake, tokens)
-            raise AssertionError(
-                f"{exc}\n{report}\n{sender_log(tmp_path, 'grace-b')}") from None
-        second.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(second.wait(), timeout=EXIT_BOUND_S + 5) == 0
+    assert await finish_with_new_sender(stack, fake, "grace-b", tmp_path, tokens,
+                                        within=30, exit_within=EXIT_BOUND_S + 5) == 0
 
     # A graceful stop duplicates nothing.
     assert sorted(d.token for d in fake.deliveries) == sorted(tokens)
