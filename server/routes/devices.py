@@ -49,7 +49,9 @@ class Center(msgspec.Struct, frozen=True):
 
 
 class ZoneIn(msgspec.Struct, frozen=True):
-    name: Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
+    # Shown in the app; no control characters (PostgreSQL text can't even hold NUL).
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=100,
+                                      pattern=r"^[^\x00-\x1f\x7f]+$")]
     center: Center | None = None
     radius_m: float | None = None
     geometry: dict[str, Any] | None = None

@@ -53,6 +53,9 @@ async def test_zone_errors_name_the_field(client: Client) -> None:
         ({"zones": [{"name": "x"}]}, "zones[0].center"),
         ({"zones": [circle(*POINT)] * 11}, "zones"),
         ({"zones": "nope"}, "zones"),
+        # PostgreSQL text can't hold NUL: refused up front, not a 500 from the INSERT
+        ({"zones": [{**circle(*POINT), "name": "home\x00"}]}, "zones[0].name"),
+        ({"zones": [{**circle(*POINT), "name": "line\nbreak"}]}, "zones[0].name"),
     ]
     for body, field in cases:
         r = await client.put(f"/v1/devices/{device_id}/zones", json=body, headers=auth)
