@@ -59,7 +59,9 @@ class FcmSettings:
     service_account_file: Path
     project_id: str | None = None  # default: the service account's project
     endpoint: str = "https://fcm.googleapis.com"
-    max_connections: int = 100
+    # HTTP/1.1 carries one request at a time per connection: as many connections as
+    # sends in flight (GEOPUSH_SEND_CONCURRENCY) unless set, so no send queues for one.
+    max_connections: int = 500
     request_timeout: float = 10.0
 
 
@@ -100,6 +102,7 @@ class Settings:
             raise ConfigError("GEOPUSH_DATABASE_URL is not set (make run sets it for you)")
         if not redis_url:
             raise ConfigError("GEOPUSH_REDIS_URL is not set (make run sets it for you)")
+        send_concurrency = _int(env, "GEOPUSH_SEND_CONCURRENCY", 500)
         return cls(
             database_url=database_url,
             redis_url=redis_url,
@@ -110,12 +113,12 @@ class Settings:
             exact_location_retention=dt.timedelta(
                 hours=_float(env, "GEOPUSH_EXACT_LOCATION_RETENTION_HOURS", 24.0)),
             stream_batch=_int(env, "GEOPUSH_STREAM_BATCH", 100),
-            send_concurrency=_int(env, "GEOPUSH_SEND_CONCURRENCY", 500),
+            send_concurrency=send_concurrency,
             claim_idle_ms=_int(env, "GEOPUSH_CLAIM_IDLE_MS", 60_000),
             device_pushes_per_hour=_int(env, "GEOPUSH_DEVICE_PUSHES_PER_HOUR", 10),
             consumer_name=env.get("GEOPUSH_CONSUMER_NAME") or _default_consumer_name(),
             apns=_apns_from_env(env),
-            fcm=_fcm_from_env(env),
+            fcm=_fcm_from_env(env, connections=send_concurrency),
         )
 
 
@@ -144,7 +147,7 @@ def _apns_from_env(env: Mapping[str, str]) -> ApnsSettings | None:
     )
 
 
-def _fcm_from_env(env: Mapping[str, str]) -> FcmSettings | None:
+def _fcm_from_env(env: Mapping[str, str], connections: int) -> FcmSettings | None:
     sa_file = env.get("GEOPUSH_FCM_SERVICE_ACCOUNT_FILE")
     if not sa_file:
         return None
@@ -152,6 +155,6 @@ def _fcm_from_env(env: Mapping[str, str]) -> FcmSettings | None:
         service_account_file=Path(sa_file),
         project_id=env.get("GEOPUSH_FCM_PROJECT") or None,
         endpoint=env.get("GEOPUSH_FCM_ENDPOINT", "https://fcm.googleapis.com").rstrip("/"),
-        max_connections=_int(env, "GEOPUSH_FCM_MAX_CONNECTIONS", 100),
+        max_connections=_int(env, "GEOPUSH_FCM_MAX_CONNECTIONS", connections),
         request_timeout=_float(env, "GEOPUSH_FCM_TIMEOUT", 10.0),
     )

@@ -1,0 +1,73 @@
+"""A push as a stream entry: what the matcher writes, the sender reads back."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from workers.push import Push
+
+TEXT = st.text(max_size=40)
+FINITE = st.floats(allow_nan=False, allow_infinity=False)
+
+PUSHES = st.builds(
+    Push,
+    incident_id=TEXT, device_id=TEXT, platform=st.sampled_from(["apns", "fcm"]),
+    token=TEXT, locale=TEXT, category=TEXT, public_location=TEXT,
+    lat=FINITE, lon=FINITE, occurred_at=FINITE, received_at=FINITE, expires_at=FINITE,
+    attempt=st.integers(1, 1000), title=TEXT, body=TEXT,
+    audience=st.sampled_from(["neighbour", "responder"]), aeds=TEXT,
+)
+
+PUSH = Push(
+    incident_id="0b6f7c4e-0000-4000-8000-000000000001",
+    device_id="0b6f7c4e-0000-4000-8000-000000000002", platform="fcm", token="tok",
+    locale="en", category="structure_fire", public_location="1200 block of Pine St",
+    lat=47.61, lon=-122.33, occurred_at=1_700_000_000.5, received_at=1_700_000_010.25,
+    expires_at=1_700_003_600.0,
+)
+
+
+@given(PUSHES)
+def test_every_push_comes_back_from_its_entry_unchanged(push: Push) -> None:
+    fields = push.to_fields()
+    assert set(fields) == {"device_id", "push"}
+    assert fields["device_id"] == push.device_id     # erasure finds it undecoded
+    assert Push.from_fields(fields) == push
+
+
+def test_entries_of_the_earlier_form_are_still_read() -> None:
+    """Pushes queued (or waiting for a retry) before an upgrade: one field each."""
+    legacy = {
+        "incident_id": PUSH.incident_id, "device_id": PUSH.device_id, "platform": "fcm",
+        "token": "tok", "locale": "en", "category": "structure_fire",
+        "public_location": "1200 block of Pine St", "lat": "47.61", "lon": "-122.33",
+        "occurred_at": "1700000000.5", "received_at": "1700000010.25",
+        "expires_at": "1700003600.0", "attempt": "1", "title": "", "body": "",
+        "audience": "neighbour", "aeds": "",
+    }
+    assert Push.from_fields(legacy) == PUSH
+
+
+def test_a_retry_is_the_same_push_one_attempt_later() -> None:
+    again = PUSH.next_attempt()
+    assert again.attempt == 2 and Push.from_fields(again.to_fields()) == again
+
+
+@pytest.mark.parametrize("fields", [
+    {"device_id": "d", "push": "not json"},
+    {"device_id": "d", "push": json.dumps({"incident_id": "i"})},            # fields missing
+    {"device_id": "d", "push": json.dumps({**json.loads(PUSH.to_fields()["push"]),
+                                          "lat": "north"})},               # wrong type
+    {"device_id": "d"},                                                    # neither form
+    {"device_id": "d", "incident_id": "i", "platform": "fcm", "token": "t", "locale": "en",
+     "category": "c", "public_location": "", "lat": "x", "lon": "0", "occurred_at": "0",
+     "received_at": "0", "expires_at": "0"},                              # legacy, bad float
+])
+def test_a_malformed_entry_is_a_value_or_key_error(fields: dict[str, str]) -> None:
+    """The sender drops (and acknowledges) such an entry rather than crash on it."""
+    with pytest.raises((ValueError, KeyError)):
+        Push.from_fields(fields)
