@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import re
 import ssl
 from typing import cast
 
@@ -77,19 +78,17 @@ class ResponseParser:
             return False
         if end < 0 or end > MAX_HEADER_BYTES:
             raise ProtocolError("response header section too large")
-        lines = bytes(self.buffer[:end]).split(b"\r\n")
+        head = self.buffer[:end + 2].decode("latin-1")   # every line ends in CRLF
         del self.buffer[:end + 4]
-        parts = lines[0].split(b" ", 2)
-        if len(parts) < 2 or parts[0] not in (b"HTTP/1.1", b"HTTP/1.0"):
-            raise ProtocolError(f"bad status line {lines[0][:80]!r}")
-        if len(parts[1]) != 3 or not parts[1].isdigit():
-            raise ProtocolError(f"bad status code {parts[1][:10]!r}")
-        status = int(parts[1])
-        headers = _header_fields(lines[1:])
+        status_line = _STATUS_LINE.match(head)
+        if status_line is None:
+            raise ProtocolError(f"bad status line {head.partition(chr(13))[0][:80]!r}")
+        status = int(status_line[2])
+        headers = _header_fields(head, status_line.end())
         connection = headers.get("connection", "").lower()
         self.keep_alive = (
             "close" not in connection
-            and (parts[0] == b"HTTP/1.1" or "keep-alive" in connection)
+            and (status_line[1] == "1" or "keep-alive" in connection)
         )
         if 100 <= status < 200:
             return self._parse_head() if self.buffer else False  # interim: skip it
@@ -166,15 +165,27 @@ class ResponseParser:
             start = line_end + 2
 
 
-def _header_fields(lines: list[bytes]) -> dict[str, str]:
+# RFC 9112: HTTP-version SP status-code [SP reason-phrase]; a field is token ":" OWS
+# value OWS.
+_STATUS_LINE = re.compile(r"HTTP/1\.([01]) ([0-9]{3})(?: [^\r\n]*)?\r\n")
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+
+
+def _header_fields(head: str, start: int) -> dict[str, str]:
+    """The field lines of ``head`` (each ending in CRLF) from ``start`` on: lower-case
+    names, repeated fields joined by ", "."""
     headers: dict[str, str] = {}
-    for line in lines:
-        name, sep, value = line.partition(b":")
-        if not sep or not name or name != name.strip() or b" " in name:
+    if start == len(head):
+        return headers
+    for line in head[start:-2].split("\r\n"):
+        name, sep, value = line.partition(":")
+        # letters, digits and "-" are every name one sees; the regex is for the rest
+        if not sep or not ((name.isascii() and name.replace("-", "").isalnum())
+                           or _TOKEN.fullmatch(name)):
             raise ProtocolError(f"bad header line {line[:80]!r}")
-        key = name.decode("latin-1").lower()
-        text = value.strip().decode("latin-1")
-        headers[key] = f"{headers[key]}, {text}" if key in headers else text
+        key = name.lower()
+        value = value.strip(" \t")
+        headers[key] = f"{headers[key]}, {value}" if key in headers else value
     return headers
 
 

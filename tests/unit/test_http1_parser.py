@@ -121,6 +121,13 @@ def test_a_corrupted_response_never_raises_anything_else(
     b"HTTP/2 200 OK\r\n\r\n",
     b"HTTP/1.1 2000 OK\r\n\r\n",
     b"HTTP/1.1 200 OK\r\nno colon here\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nBad Name: x\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\n: no name\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\n folded: x\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nName(x): y\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nN\xe4me: y\r\n\r\n",
+    b"HTTP/1.1 20x OK\r\n\r\n",
+    b"HTTP/1.2 200 OK\r\n\r\n",
     b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
     b"HTTP/1.1 200 OK\r\nContent-Length: 99999999999\r\n\r\n",
     b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
@@ -143,6 +150,13 @@ def test_connection_close_and_http_1_0_are_not_kept_alive() -> None:
     assert parser.feed(
         b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n") is not None
     assert parser.keep_alive
+
+
+def test_any_token_is_a_header_name_and_whitespace_around_values_goes() -> None:
+    parsed = ResponseParser().feed(
+        b"HTTP/1.1 200\r\nX_Odd.Name~!: \t spaced value \t\r\nContent-Length:0\r\n\r\n")
+    assert parsed is not None and parsed.status == 200
+    assert parsed.headers == {"x_odd.name~!": "spaced value", "content-length": "0"}
 
 
 def test_repeated_headers_are_joined() -> None:
