@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import replace
 from typing import Any
 
 import msgspec
+from msgspec.structs import replace
 
 from server.domain.pushtext import title_and_body
 from workers.fcm_client import FcmClient, FcmResponse, FcmTransportError

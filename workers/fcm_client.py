@@ -23,7 +23,6 @@ import logging
 import ssl
 import time
 import urllib.parse
-from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -54,8 +53,7 @@ _STATUS_NAMES = {
 }
 
 
-@dataclass(frozen=True)
-class FcmResponse:
+class FcmResponse(msgspec.Struct, frozen=True):
     status: int
     error_code: str | None  # FCM errorCode (UNREGISTERED, ...) or else the error status
     message: str | None
@@ -163,16 +161,8 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
-def parse_response(status: int, body: bytes, retry_after: str | None) -> FcmResponse:
-    """An FCM v1 ``messages:send`` answer as an ``FcmResponse``."""
-    try:
-        data = json.loads(body) if body else None
-    except (ValueError, UnicodeDecodeError):
-        data = None
-    delay = parse_retry_after(retry_after)
-    if status == 200:
-        name = data.get("name") if isinstance(data, dict) else None
-        return FcmResponse(200, None, None, delay, name if isinstance(name, str) else None)
+def _error_code_and_message(data: Any) -> tuple[str | None, str | None]:
+    """FCM's errorCode (else the error status) and message from an error body."""
     error = data.get("error") if isinstance(data, dict) else None
     code: str | None = None
     message: str | None = None
@@ -189,8 +179,34 @@ def parse_response(status: int, body: bytes, retry_after: str | None) -> FcmResp
             code = error["status"]
     elif isinstance(error, str):  # an OAuth-style {"error": "...", "error_description"}
         code = error
-        desc = data.get("error_description") if isinstance(data, dict) else None
+        desc = data.get("error_description")
         message = desc if isinstance(desc, str) else None
+    return code, message
+
+
+class _Accepted(msgspec.Struct):
+    name: str | None = None
+
+
+_decode_accepted = msgspec.json.Decoder(_Accepted).decode
+
+
+def parse_response(status: int, body: bytes, retry_after: str | None) -> FcmResponse:
+    """An FCM v1 ``messages:send`` answer as an ``FcmResponse``."""
+    if status == 200 and retry_after is None:    # the usual answer: decoded in C
+        try:
+            return FcmResponse(200, None, None, None, _decode_accepted(body).name)
+        except msgspec.MsgspecError:
+            pass
+    try:
+        data = json.loads(body) if body else None
+    except (ValueError, UnicodeDecodeError):
+        data = None
+    delay = parse_retry_after(retry_after)
+    if status == 200:
+        name = data.get("name") if isinstance(data, dict) else None
+        return FcmResponse(200, None, None, delay, name if isinstance(name, str) else None)
+    code, message = _error_code_and_message(data)
     if code is None:
         code = _STATUS_NAMES.get(status, "UNKNOWN")
     if message is None and body:

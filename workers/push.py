@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from dataclasses import dataclass, fields, replace
 from typing import Any, Generic, TypeVar
 
+import msgspec
 
-@dataclass(frozen=True)
-class Push:
+
+class Push(msgspec.Struct, frozen=True):
+    """On the stream as two fields: ``device_id`` (so erasure can find a device's
+    entries without decoding them) and ``push``, this whole struct as JSON: one field
+    to parse instead of seventeen, decoded and type-checked by msgspec in C."""
+
     incident_id: str
     device_id: str
     platform: str
@@ -30,10 +34,24 @@ class Push:
     aeds: str = ""              # JSON list of the nearest AEDs, responders only
 
     def to_fields(self) -> dict[str, str]:
-        return {f.name: str(getattr(self, f.name)) for f in fields(self)}
+        """The stream entry's fields."""
+        return {"device_id": self.device_id, "push": _encode(self).decode()}
 
     @classmethod
     def from_fields(cls, data: dict[str, str]) -> Push:
+        """A stream entry's fields back as a Push; ValueError or KeyError if malformed.
+        Entries of the earlier one-field-per-attribute form are still read, so pushes
+        queued before an upgrade are sent after it."""
+        encoded = data.get("push")
+        if encoded is None:
+            return cls._from_legacy_fields(data)
+        try:
+            return _decode(encoded)
+        except msgspec.MsgspecError as exc:
+            raise ValueError(f"malformed push: {exc}") from None
+
+    @classmethod
+    def _from_legacy_fields(cls, data: dict[str, str]) -> Push:
         return cls(
             incident_id=data["incident_id"], device_id=data["device_id"],
             platform=data["platform"], token=data["token"], locale=data["locale"],
@@ -46,7 +64,7 @@ class Push:
         )
 
     def next_attempt(self) -> Push:
-        return replace(self, attempt=self.attempt + 1)
+        return msgspec.structs.replace(self, attempt=self.attempt + 1)
 
     def incident_data(self) -> dict[str, Any]:
         """The custom data both platforms carry: what the app shows about the incident."""
@@ -73,6 +91,9 @@ def push_text_key(push: Push, now: float) -> tuple[Any, ...]:
             push.title, push.body, push.audience, minutes)
 
 
+_encode = msgspec.json.Encoder().encode
+_decode = msgspec.json.Decoder(Push).decode
+
 V = TypeVar("V")
 
 
@@ -93,25 +114,24 @@ class PayloadCache(Generic[V]):
         self._items[key] = value
 
 
-# Outcomes of one send: what the sender does next depends only on the type.
+# Outcomes of one send: what the sender does next depends only on the type. Structs,
+# not frozen dataclasses: one is made per push, and a frozen dataclass's __init__ costs
+# an object.__setattr__ per field.
 
 
-@dataclass(frozen=True)
-class Sent:
+class Sent(msgspec.Struct, frozen=True):
     gateway_id: str | None
     status: int = 200
 
 
-@dataclass(frozen=True)
-class TokenGone:
+class TokenGone(msgspec.Struct, frozen=True):
     """The gateway says this token will never work again: disable it, never retry."""
 
     reason: str
     status: int
 
 
-@dataclass(frozen=True)
-class Retry:
+class Retry(msgspec.Struct, frozen=True):
     """Worth trying again (429, 5xx, timeouts, lost connections)."""
 
     reason: str
@@ -119,15 +139,13 @@ class Retry:
     after: float | None = None   # the gateway's Retry-After, when it gave one
 
 
-@dataclass(frozen=True)
-class Withdrawn:
+class Withdrawn(msgspec.Struct, frozen=True):
     """The incident was cleared, cancelled or re-decided before this push went out."""
 
     reason: str
 
 
-@dataclass(frozen=True)
-class Failed:
+class Failed(msgspec.Struct, frozen=True):
     """The request itself is wrong (payload, topic, credentials): retrying won't help."""
 
     reason: str

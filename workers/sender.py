@@ -19,10 +19,10 @@ import logging
 import random
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 import asyncpg
+import msgspec
 import redis.asyncio as aioredis
 
 from server import keys
@@ -67,8 +67,7 @@ return #due
 """
 
 
-@dataclass(frozen=True)
-class Result:
+class Result(msgspec.Struct, frozen=True):
     entry_id: str
     push: Push
     outcome: Outcome

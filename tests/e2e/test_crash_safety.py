@@ -29,6 +29,7 @@ from loadtest.fake_apns import FakeApns
 from server import keys
 from tests.e2e.conftest import Stack, wait_for
 from tests.helpers import POINT, create_agency, incident, post_incident
+from workers.push import Push
 
 REPO = Path(__file__).resolve().parents[2]
 APNS_STREAM = keys.push_stream("apns")
@@ -148,7 +149,7 @@ async def orphaned_tokens(redis: aioredis.Redis, consumer: str) -> set[str]:
     tokens = set()
     for p in pending:
         [(_, fields)] = await redis.xrange(APNS_STREAM, p["message_id"], p["message_id"])
-        tokens.add(fields["token"])
+        tokens.add(Push.from_fields(fields).token)
     return tokens
 
 

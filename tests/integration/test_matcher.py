@@ -13,6 +13,7 @@ from aiohttp.test_utils import TestClient
 from server import keys
 from tests.helpers import POINT, circle, create_agency, create_device, incident, post_incident
 from workers.matcher import Matcher
+from workers.push import Push
 
 Client = TestClient[Any, Any]
 NOW = dt.datetime.now(dt.UTC)
@@ -21,7 +22,7 @@ NOW = dt.datetime.now(dt.UTC)
 async def _queued_tokens(redis: aioredis.Redis) -> list[str]:
     entries = await redis.xrange(keys.push_stream("apns")) + await redis.xrange(
         keys.push_stream("fcm"))
-    return [fields["token"] for _, fields in entries]
+    return [Push.from_fields(fields).token for _, fields in entries]
 
 
 async def _device(client: Client, **preferences: Any) -> str:

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from dataclasses import replace
 from typing import Any, cast
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from msgspec.structs import replace
 
 from workers.apns import ApnsGateway, build_payload
 from workers.fcm import FcmGateway, build_message
