@@ -197,6 +197,18 @@ def proc_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _TICK
 
 
+# -- CPU placement ----------------------------------------------------------------------
+
+
+def pin(roots: Sequence[int], cpus: set[int]) -> None:
+    """Every thread of ``roots`` and of the processes below them onto ``cpus`` (threads
+    and processes they start later inherit it)."""
+    for pid in {p for root in roots for p in descendants(root)}:
+        for task in Path(f"/proc/{pid}/task").glob("*"):
+            with contextlib.suppress(OSError):   # gone meanwhile
+                os.sched_setaffinity(int(task.name), cpus)
+
+
 def descendants(root: int) -> list[int]:
     """``root`` and every process below it (for PostgreSQL: the postmaster's backends)."""
     children: dict[int, list[int]] = {}

@@ -64,10 +64,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from loadtest.bench_common import (
     BenchError,
     Services,
     descendants,
+    pin,
     proc_cpu,
     require_tools,
     start_services,
@@ -545,7 +548,7 @@ def sample_request(platform: str, certs_dir: Path, fleet: Fleet, tmp: Path
     from loadtest.devkeys import DEV_FCM_PROJECT
     from workers.fcm import build_message
 
-    push = Push(**{**asdict(push), "token": "bench-ceiling:APA91b" + "x" * 140})
+    push = msgspec.structs.replace(push, token="bench-ceiling:APA91b" + "x" * 140)
     message = build_message(push, dt.datetime.now(dt.UTC))
     body.write_text(json.dumps({"message": message}, separators=(",", ":")))
     headers = [f"authorization: Bearer {fcm_access_token(certs_dir, fleet.port)}",
@@ -560,7 +563,8 @@ _H2LOAD_TIME = re.compile(r"finished in ([\d.]+)(m?s), ([\d.]+) req/s")
 
 
 def run_h2load(platform: str, fleet: Fleet, services: Services, certs_dir: Path, tmp: Path,
-               *, duration: int, clients: int, streams: int, threads: int) -> Ceiling:
+               *, duration: int, clients: int, streams: int, threads: int,
+               cpus: frozenset[int] | None = None) -> Ceiling:
     url, headers, body = sample_request(platform, certs_dir, fleet, tmp)
     cmd = ["h2load", "-D", str(duration), "--warm-up-time", "2", "-c", str(clients),
            "-m", str(streams), "-t", str(threads), "-d", str(body)]
@@ -578,6 +582,7 @@ def run_h2load(platform: str, fleet: Fleet, services: Services, certs_dir: Path,
     before = {name: group_cpu(pids) for name, pids in roots.items()}
     started = time.monotonic()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    _place([proc.pid], cpus)
     h2load_cpu = 0.0
     while proc.poll() is None:
         h2load_cpu = max(h2load_cpu, proc_cpu(proc.pid))
@@ -653,7 +658,7 @@ def sender_env(platform: str, services: Services, fleet: Fleet, certs_dir: Path,
 
 def run_sender(platform: str, services: Services, fleet: Fleet, certs_dir: Path,
                log_dir: Path, pushes: int, extra_env: dict[str, str],
-               py_spy: Path | None) -> SenderRun:
+               py_spy: Path | None, cpus: frozenset[int] | None = None) -> SenderRun:
     incident_id, devices = asyncio.run(_seed(services.database_url, platform, pushes))
     queued = enqueue(services.redis_url, platform, make_pushes(platform, incident_id, devices))
     assert queued == pushes
@@ -665,6 +670,7 @@ def run_sender(platform: str, services: Services, fleet: Fleet, certs_dir: Path,
     sender = subprocess.Popen(
         [str(Path(sys.executable).with_name("geopush")), "worker", platform],
         cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    _place([sender.pid], cpus)
     log.close()
     spy: subprocess.Popen[bytes] | None = None
     if py_spy is not None:
@@ -841,10 +847,15 @@ class PlatformResult:
     ceiling: Ceiling
     sender: SenderRun
     client_only: ClientOnly | None = None
+    placement: str = "shared"
 
     @property
     def ratio(self) -> float:
         return self.sender.rate / self.ceiling.rate if self.ceiling.rate else 0.0
+
+    @property
+    def label(self) -> str:
+        return f"{self.platform}/{self.placement}"
 
     def problems(self) -> list[str]:
         s = self.sender
@@ -861,55 +872,89 @@ class PlatformResult:
         return out
 
 
+@dataclass(frozen=True)
+class Placement:
+    """Which CPUs the fake gets, and which everything driving it (h2load, or the
+    sender with its PostgreSQL and Redis); None: all of them, shared."""
+
+    name: str
+    driver: frozenset[int] | None = None
+    fake: frozenset[int] | None = None
+
+    @classmethod
+    def choose(cls, name: str) -> Placement:
+        if name == "shared":
+            return cls("shared")
+        cpus = sorted(os.sched_getaffinity(0))
+        if len(cpus) < 2:
+            raise BenchError("--placement split needs at least 2 CPUs")
+        half = len(cpus) // 2
+        return cls("split", frozenset(cpus[:half]), frozenset(cpus[half:]))
+
+
+def _place(pids: Sequence[int], cpus: frozenset[int] | None) -> None:
+    pin(pids, set(cpus) if cpus is not None else os.sched_getaffinity(0))
+
+
 def bench_platform(platform: str, args: argparse.Namespace, services: Services,
-                   certs_dir: Path, tmp: Path) -> PlatformResult:
-    fleet = Fleet(platform, args.fake_processes, certs_dir, tmp).start()
+                   certs_dir: Path, tmp: Path, placement: Placement) -> PlatformResult:
+    label = f"{platform}/{placement.name}"
+    _place(list(services.pids().values()), placement.driver)
+
+    def fake() -> Fleet:
+        fleet = Fleet(platform, args.fake_processes, certs_dir, tmp).start()
+        _place(fleet.pids, placement.fake)
+        return fleet
+
+    fleet = fake()
     try:
-        print(f"[{platform}] ceiling: h2load{' --h1' if platform == 'fcm' else ''} "
+        print(f"[{label}] ceiling: h2load{' --h1' if platform == 'fcm' else ''} "
               f"against {args.fake_processes} fake process(es), {args.duration} s ...",
               flush=True)
-        # Enough connections that SO_REUSEPORT spreads them evenly over the processes
-        # (4 connections on 2 processes land 4:0 one time in eight).
         clients = args.clients or (16 if platform == "apns" else 64)
         # APNs: 16 x 100 gave the highest ceiling of 16x25, 8x100, 16x100 and 32x50.
         streams = args.streams or (100 if platform == "apns" else 1)
         ceiling = run_h2load(platform, fleet, services, certs_dir, tmp,
                              duration=args.duration, clients=clients, streams=streams,
-                             threads=args.h2load_threads)
-        print(f"[{platform}] ceiling {ceiling.rate:,.0f} req/s", flush=True)
+                             threads=args.h2load_threads, cpus=placement.driver)
+        print(f"[{label}] ceiling {ceiling.rate:,.0f} req/s", flush=True)
     finally:
         fleet.stop()
     alone: ClientOnly | None = None
-    if args.client_seconds > 0:
-        fleet = Fleet(platform, args.fake_processes, certs_dir, tmp).start()
+    if args.client_seconds > 0 and placement.name == "shared":
+        fleet = fake()
         try:
-            print(f"[{platform}] the client alone, {args.client_seconds:g} s ...", flush=True)
+            print(f"[{label}] the client alone, {args.client_seconds:g} s ...", flush=True)
             alone = run_client_only(platform, fleet, services, certs_dir,
                                     seconds=args.client_seconds, concurrency=200)
-            print(f"[{platform}] client alone {alone.rate:,.0f} req/s", flush=True)
+            print(f"[{label}] client alone {alone.rate:,.0f} req/s", flush=True)
         finally:
             fleet.stop()
-    fleet = Fleet(platform, args.fake_processes, certs_dir, tmp).start()
+    fleet = fake()
     try:
-        print(f"[{platform}] one sender, {args.pushes:,} pushes ...", flush=True)
+        print(f"[{label}] one sender, {args.pushes:,} pushes ...", flush=True)
         extra = dict(e.split("=", 1) for e in args.sender_env)
-        spy = args.py_spy.with_name(f"{platform}-{args.py_spy.name}") if args.py_spy else None
-        sender = run_sender(platform, services, fleet, certs_dir, tmp, args.pushes, extra, spy)
-        print(f"[{platform}] sender {sender.rate:,.0f} pushes/s", flush=True)
+        spy = (args.py_spy.with_name(f"{platform}-{placement.name}-{args.py_spy.name}")
+               if args.py_spy else None)
+        sender = run_sender(platform, services, fleet, certs_dir, tmp, args.pushes, extra, spy,
+                            cpus=placement.driver)
+        print(f"[{label}] sender {sender.rate:,.0f} pushes/s", flush=True)
     finally:
         fleet.stop()
-    return PlatformResult(platform, args.fake_processes, ceiling, sender, alone)
+        _place(list(services.pids().values()), None)
+    return PlatformResult(platform, args.fake_processes, ceiling, sender, alone,
+                          placement=placement.name)
 
 
 def report(results: list[PlatformResult]) -> str:
     lines = [
-        f"{'':6} {'ceiling req/s':>14} {'sender push/s':>14} {'ratio':>6} "
+        f"{'':12} {'ceiling req/s':>14} {'sender push/s':>14} {'ratio':>6} "
         f"{'RSS max MB':>11} {'VmHWM MB':>9}  CPU s (sender / fake / redis / postgres)",
     ]
     for r in results:
         c = r.sender.cpu_s
         lines.append(
-            f"{r.platform:6} {r.ceiling.rate:14,.0f} {r.sender.rate:14,.0f} {r.ratio:6.2f} "
+            f"{r.label:12} {r.ceiling.rate:14,.0f} {r.sender.rate:14,.0f} {r.ratio:6.2f} "
             f"{r.sender.rss_max_mb:11.1f} {r.sender.rss_hwm_mb:9.1f}  "
             f"{c.get('sender', 0):.1f} / {c.get('fake', 0):.1f} / {c.get('redis', 0):.1f} / "
             f"{c.get('postgres', 0):.1f} over {r.sender.seconds:.1f} s")
@@ -923,11 +968,11 @@ def report(results: list[PlatformResult]) -> str:
                 f"over {a.seconds:.1f} s")
     for r in results:
         c = r.ceiling.cpu_s
-        lines.append(f"{r.platform} ceiling: {r.ceiling.succeeded:,} requests in "
+        lines.append(f"{r.label} ceiling: {r.ceiling.succeeded:,} requests in "
                      f"{r.ceiling.seconds:.1f} s; CPU s h2load {c.get('h2load', 0):.1f}, "
                      f"fake {c.get('fake', 0):.1f}")
-        lines.append(f"{r.platform} ceiling command: {r.ceiling.command}")
-        lines.append(f"{r.platform} sender settings: {r.sender.env['shown']}")
+        lines.append(f"{r.label} ceiling command: {r.ceiling.command}")
+        lines.append(f"{r.label} sender settings: {r.sender.env['shown']}")
     for r in results:
         verdict = []
         verdict.append(f"ratio {r.ratio:.2f} {'>=' if r.ratio >= TARGET_RATIO else '<'} "
@@ -937,7 +982,7 @@ def report(results: list[PlatformResult]) -> str:
                        f"{TARGET_RSS_MB:.0f} MB")
         problems = r.problems()
         verdict.append("checks OK" if not problems else "PROBLEMS: " + "; ".join(problems))
-        lines.append(f"{r.platform}: " + ", ".join(verdict))
+        lines.append(f"{r.label}: " + ", ".join(verdict))
     return "\n".join(lines)
 
 
@@ -960,6 +1005,11 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.add_argument("--shared-token", default="", help=argparse.SUPPRESS)
         p.add_argument("--handoff-fd", type=int, required=True, help=argparse.SUPPRESS)
     parser.add_argument("--platform", choices=("apns", "fcm", "both"), default="both")
+    parser.add_argument("--placement", choices=("shared", "split", "both"), default="both",
+                        help="shared: everything on every CPU; split: the fake on half the "
+                             "CPUs, what drives it (h2load, or the sender with PostgreSQL "
+                             "and Redis) on the other half, as a gateway on other machines "
+                             "would be (default: both, one after the other)")
     parser.add_argument("--pushes", type=int, default=100_000,
                         help="pushes (distinct devices) for the sender run")
     parser.add_argument("--fake-processes", type=int, default=2,
@@ -1005,8 +1055,15 @@ def main(argv: list[str] | None = None) -> None:
     results: list[PlatformResult] = []
     try:
         platforms = ("apns", "fcm") if args.platform == "both" else (args.platform,)
+        chosen = ("shared", "split") if args.placement == "both" else (args.placement,)
+        placements = [Placement.choose(name) for name in chosen]
+        if "split" in chosen and not services.pids():
+            print("bench: PostgreSQL and Redis given by URL are not pinned in the split "
+                  "placement", file=sys.stderr)
         for platform in platforms:
-            results.append(bench_platform(platform, args, services, certs_dir, tmp))
+            for placement in placements:
+                results.append(bench_platform(platform, args, services, certs_dir, tmp,
+                                              placement))
     finally:
         if not args.keep_services:
             services.stop()
