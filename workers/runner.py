@@ -65,7 +65,7 @@ def build_gateway(settings: Settings, platform: str, redis: aioredis.Redis) -> G
 @contextlib.asynccontextmanager
 async def resources(settings: Settings) -> AsyncIterator[tuple[asyncpg.Pool, aioredis.Redis]]:
     pool = await create_pool(settings.database_url, min_size=1, max_size=10)
-    # Strings decoded by hiredis, in C: a push entry has 17 fields.
+    # Strings decoded by hiredis, in C.
     redis = aioredis.Redis.from_url(settings.redis_url, socket_connect_timeout=5,
                                     health_check_interval=30, decode_responses=True)
     try:
