@@ -4,6 +4,7 @@ next to the fake's own ceiling measured in the same run with a C load generator.
     python -m loadtest.bench_delivery [--platform apns|fcm|both] [--pushes 100000]
                                       [--fake-processes 2] [--duration 10]
                                       [--client-seconds 8] [--sender-env NAME=VALUE]
+                                      [--placement shared|split|both]
                                       [--json PATH] [--py-spy PATH] [--keep-services]
 
 Needs (Debian packages): ``nghttp2-client`` (h2load: HTTP/2 for APNs, ``--h1`` for FCM),
@@ -33,7 +34,11 @@ What it does, per platform:
    sender's RSS (VmRSS) every 0.5 s; VmHWM gives the peak.
 5. Checks every device got exactly one push, every outcome is recorded as 'sent', the
    stream is fully acknowledged, and the sender exits 0 on SIGTERM.
-6. Prints a table (rate, ceiling, ratio, RSS, CPU seconds per process group);
+6. Does 2, 4 and 5 once per ``--placement``: ``shared`` leaves every process on
+   every CPU; ``split`` pins the fake to half the CPUs and what drives it (h2load, or
+   the sender with PostgreSQL and Redis) to the other half, as a gateway on other
+   machines would be. ``both`` (the default) runs shared, then split.
+7. Prints a table (rate, ceiling, ratio, RSS, CPU seconds per process group);
    ``--json PATH`` writes the same.
 
 Figures on a shared machine are noisy: compare the ratio, not the absolute numbers.
