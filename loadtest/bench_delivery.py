@@ -796,7 +796,9 @@ async def _client_only(args: argparse.Namespace) -> None:
 
         client = FcmClient(
             service_account_file=str(args.certs_dir / "fcm-service-account.json"),
-            project_id=DEV_FCM_PROJECT, endpoint=f"http://127.0.0.1:{args.port}")
+            project_id=DEV_FCM_PROJECT, endpoint=f"http://127.0.0.1:{args.port}",
+            # as the sender's pool: a connection for every send in flight
+            max_connections=args.concurrency)
         message = build_message(push, dt.datetime.now(dt.UTC))
 
         async def send() -> bool:
