@@ -142,7 +142,8 @@ def wait_until(check: Any, what: str, timeout: float = 30.0) -> None:
 # -- services ---------------------------------------------------------------------------
 
 
-async def _seed(database_url: str, platform: str, count: int) -> tuple[str, list[tuple[str, str]]]:
+async def seed_fanout(database_url: str, platform: str, count: int
+                      ) -> tuple[str, list[tuple[str, str]]]:
     """One active alerting incident and ``count`` devices of ``platform``; returns the
     incident id and (device id, token) pairs."""
     import asyncpg
@@ -664,7 +665,7 @@ def sender_env(platform: str, services: Services, fleet: Fleet, certs_dir: Path,
 def run_sender(platform: str, services: Services, fleet: Fleet, certs_dir: Path,
                log_dir: Path, pushes: int, extra_env: dict[str, str],
                py_spy: Path | None, cpus: frozenset[int] | None = None) -> SenderRun:
-    incident_id, devices = asyncio.run(_seed(services.database_url, platform, pushes))
+    incident_id, devices = asyncio.run(seed_fanout(services.database_url, platform, pushes))
     queued = enqueue(services.redis_url, platform, make_pushes(platform, incident_id, devices))
     assert queued == pushes
     env = sender_env(platform, services, fleet, certs_dir, extra_env)

@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=2, help="alternations of the variants")
     args = parser.parse_args(argv)
 
-    from loadtest.bench_delivery import _seed
+    from loadtest.bench_delivery import seed_fanout
 
     WORKDIR.mkdir(parents=True, exist_ok=True)
     services = start_services(WORKDIR, "geopush_bench_record")
@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> None:
         if postmaster is None:
             raise SystemExit("bench: needs the private PostgreSQL (unset the URLs) to "
                              "account for its CPU")
-        incident_id, devices = asyncio.run(_seed(services.database_url, "fcm", args.rows))
+        incident_id, devices = asyncio.run(seed_fanout(services.database_url, "fcm", args.rows))
         print(f"{'variant':18} {'PostgreSQL CPU/row':>19} {'wall/row':>10} "
               f"{'recorder CPU/row':>17}")
         for _ in range(args.rounds):

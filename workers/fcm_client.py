@@ -193,19 +193,17 @@ _decode_accepted = msgspec.json.Decoder(_Accepted).decode
 
 def parse_response(status: int, body: bytes, retry_after: str | None) -> FcmResponse:
     """An FCM v1 ``messages:send`` answer as an ``FcmResponse``."""
-    if status == 200 and retry_after is None:    # the usual answer: decoded in C
+    delay = parse_retry_after(retry_after)
+    if status == 200:    # the usual answer, decoded in C; its name is only informative
         try:
-            return FcmResponse(200, None, None, None, _decode_accepted(body).name)
+            name = _decode_accepted(body).name
         except msgspec.MsgspecError:
-            pass
+            name = None
+        return FcmResponse(200, None, None, delay, name)
     try:
         data = json.loads(body) if body else None
     except (ValueError, UnicodeDecodeError):
         data = None
-    delay = parse_retry_after(retry_after)
-    if status == 200:
-        name = data.get("name") if isinstance(data, dict) else None
-        return FcmResponse(200, None, None, delay, name if isinstance(name, str) else None)
     code, message = _error_code_and_message(data)
     if code is None:
         code = _STATUS_NAMES.get(status, "UNKNOWN")

@@ -5,6 +5,7 @@ cancelled request that must not leave its late answer for the next one."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 
 import pytest
@@ -46,9 +47,14 @@ async def server() -> AsyncIterator[web.TCPSite]:
     await runner.cleanup()
 
 
-def _pool(site: web.TCPSite, **kwargs: float) -> Http1Pool:
+@contextlib.asynccontextmanager
+async def _pool(site: web.TCPSite, **kwargs: float) -> AsyncIterator[Http1Pool]:
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    return Http1Pool("127.0.0.1", port, ssl_context=None, **kwargs)  # type: ignore[arg-type]
+    pool = Http1Pool("127.0.0.1", port, ssl_context=None, **kwargs)  # type: ignore[arg-type]
+    try:
+        yield pool
+    finally:
+        await pool.close()
 
 
 def _request(mode: str = "") -> bytes:
@@ -56,54 +62,41 @@ def _request(mode: str = "") -> bytes:
 
 
 async def test_connections_are_kept_alive_and_bounded(server: web.TCPSite) -> None:
-    pool = _pool(server, max_connections=8)
-    try:
+    async with _pool(server, max_connections=8) as pool:
         responses = await asyncio.gather(*(pool.request(REQUEST) for _ in range(400)))
         assert {r.status for r in responses} == {200}
         assert pool.connects <= 8
         assert len({r.body for r in responses}) == pool.connects   # one client port each
-    finally:
-        await pool.close()
 
 
 async def test_chunked_response_and_headers(server: web.TCPSite) -> None:
-    pool = _pool(server)
-    try:
+    async with _pool(server) as pool:
         response = await pool.request(_request("chunked"))
         assert response.status == 503
         assert response.headers["retry-after"] == "4"
         assert response.body == b'{"error":{"status":"UNAVAILABLE"}}'
         assert (await pool.request(REQUEST)).status == 200
         assert pool.connects == 1
-    finally:
-        await pool.close()
 
 
 async def test_connection_close_is_not_reused(server: web.TCPSite) -> None:
-    pool = _pool(server)
-    try:
+    async with _pool(server) as pool:
         assert (await pool.request(_request("close"))).body == b"bye"
         assert (await pool.request(REQUEST)).status == 200
         assert pool.connects == 2
         assert pool.open == 1
-    finally:
-        await pool.close()
 
 
 async def test_idle_connection_dropped_by_the_server_is_replaced(server: web.TCPSite) -> None:
-    pool = _pool(server)
-    try:
+    async with _pool(server) as pool:
         assert (await pool.request(REQUEST)).status == 200
         await asyncio.sleep(1.0)     # past the server's keep-alive timeout
         assert (await pool.request(REQUEST)).status == 200
         assert pool.connects == 2
-    finally:
-        await pool.close()
 
 
 async def test_cancelled_request_does_not_leak_its_answer(server: web.TCPSite) -> None:
-    pool = _pool(server, max_connections=1)
-    try:
+    async with _pool(server, max_connections=1) as pool:
         with pytest.raises(TimeoutError):
             async with asyncio.timeout(0.1):
                 await pool.request(_request("slow"))
@@ -112,15 +105,12 @@ async def test_cancelled_request_does_not_leak_its_answer(server: web.TCPSite) -
         assert pool.connects == 2
         await asyncio.sleep(0.4)                      # the late answer arrives nowhere
         assert (await pool.request(REQUEST)).body.startswith(b"ok")
-    finally:
-        await pool.close()
 
 
 async def test_waiting_for_a_busy_pool_counts_against_the_timeout(
     server: web.TCPSite,
 ) -> None:
-    pool = _pool(server, max_connections=1, request_timeout=5)
-    try:
+    async with _pool(server, max_connections=1, request_timeout=5) as pool:
         slow = asyncio.create_task(pool.request(_request("slow")))   # 0.3 s
         await asyncio.sleep(0.05)
         pool.request_timeout = 0.1
@@ -129,5 +119,3 @@ async def test_waiting_for_a_busy_pool_counts_against_the_timeout(
         assert (await slow).body == b"late"
         assert (await pool.request(REQUEST)).status == 200
         assert pool.open == 1 and pool.connects == 1
-    finally:
-        await pool.close()

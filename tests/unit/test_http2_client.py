@@ -183,8 +183,7 @@ async def test_smaller_header_table_is_announced_and_honoured() -> None:
     peer = Peer(HEADER_TABLE_SIZE=0)
     await peer.exchange()
     for n in range(3):
-        task = asyncio.create_task(peer.client.request(HEAD, FIELDS, b"", b"{}", _deadline()))
-        await peer.exchange()   # h2 rejects a block without the size update
+        task = await _start(peer)   # h2 rejects a block without the size update
         stream_id = max(peer.requests)
         assert dict(peer.requests[stream_id]["headers"])[b"apns-topic"] == b"org.example"
         peer.respond(stream_id, 200)
@@ -195,9 +194,7 @@ async def test_smaller_header_table_is_announced_and_honoured() -> None:
 async def test_goaway_fails_only_the_streams_past_the_last_one() -> None:
     peer = Peer()
     await peer.exchange()
-    tasks = [asyncio.create_task(
-        peer.client.request(HEAD, FIELDS, b"", b"{}", _deadline())) for _ in range(3)]
-    await peer.exchange()
+    tasks = [await _start(peer) for _ in range(3)]
     first, second, _third = sorted(peer.requests)
     peer.respond(first, 200)
     # A graceful GOAWAY: `second` was processed, its answer follows the GOAWAY.
@@ -219,9 +216,7 @@ async def test_goaway_fails_only_the_streams_past_the_last_one() -> None:
 async def test_reset_and_cancelled_streams_leave_the_others_alone() -> None:
     peer = Peer()
     await peer.exchange()
-    tasks = [asyncio.create_task(
-        peer.client.request(HEAD, FIELDS, b"", b"{}", _deadline())) for _ in range(3)]
-    await peer.exchange()
+    tasks = [await _start(peer) for _ in range(3)]
     a, b, c = sorted(peer.requests)
     peer.h2.reset_stream(a)
     peer.to_client(peer.h2.data_to_send())
