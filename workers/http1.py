@@ -23,11 +23,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import re
 import ssl
+from collections.abc import Callable
 from typing import cast
-
-from workers.waiting import wait_in_line
 
 MAX_HEADER_BYTES = 64 * 1024
 MAX_BODY_BYTES = 1024 * 1024
@@ -206,14 +206,23 @@ def _framing(status: int, headers: dict[str, str]) -> tuple[str, int]:
     return "close", -1
 
 
+Answer = Response | BaseException
+"""What a request ends with: the response, or the error that ended it (``TimeoutError``,
+``ConnectionFailed``, ``ProtocolError``)."""
+
+
 class Http1Connection(asyncio.Protocol):
-    def __init__(self) -> None:
-        self.loop = asyncio.get_running_loop()
+    """One connection, one request at a time. ``start`` writes a request and the
+    answer is handed to the request's ``finish`` from ``data_received`` (or
+    ``connection_lost``, or the pool's deadline sweep): no task or future per request."""
+
+    def __init__(self, pool: Http1Pool) -> None:
+        self.pool = pool
         self.transport: asyncio.Transport | None = None
         self.parser = ResponseParser()
-        self.waiter: asyncio.Future[Response] | None = None
+        self.request: Request | None = None     # the one in flight
         self.lost = False
-        self.last_used = self.loop.time()
+        self.last_used = 0.0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass
@@ -221,59 +230,55 @@ class Http1Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
         self.transport = None
-        waiter, self.waiter = self.waiter, None
-        if waiter is not None and not waiter.done():
+        if self.request is not None:
             try:
                 response = self.parser.feed_eof()
             except ProtocolError as error:
-                waiter.set_exception(error)
+                self._answer(error)
                 return
-            if response is not None:
-                waiter.set_result(response)
-            else:
-                waiter.set_exception(ConnectionFailed(f"connection lost: {exc}"))
+            self._answer(response if response is not None
+                         else ConnectionFailed(f"connection lost: {exc}"))
 
     def data_received(self, data: bytes) -> None:
-        waiter = self.waiter
-        if waiter is None or waiter.done():
+        if self.request is None:
             # Bytes nobody asked for: the stream is out of step; drop the connection.
             self.close()
             return
         try:
             response = self.parser.feed(data)
         except ProtocolError as error:
-            self.waiter = None
-            waiter.set_exception(error)
             self.close()
+            self._answer(error)
             return
         if response is not None:
-            self.waiter = None
             if self.parser.buffer:       # more than one response: out of step
                 self.parser.keep_alive = False
-            waiter.set_result(response)
+            self._answer(response)
 
     @property
     def reusable(self) -> bool:
-        return not self.lost and self.parser.keep_alive and self.waiter is None
+        return not self.lost and self.parser.keep_alive and self.request is None
 
-    async def request(self, data: bytes, deadline: float) -> Response:
-        """Send one request; TimeoutError at ``deadline`` (loop time)."""
+    def start(self, request: Request) -> None:
         if self.transport is None:
-            raise ConnectionFailed("connection is closed")
-        waiter: asyncio.Future[Response] = self.loop.create_future()
-        self.waiter = waiter
-        self.transport.write(data)
-        # A timer handle rather than asyncio.timeout(): cheaper, and the
-        # connection is closed either way, since its answer may still come.
-        timer = self.loop.call_at(deadline, _expire, waiter)
-        try:
-            return await waiter
-        finally:
-            timer.cancel()
-            self.last_used = self.loop.time()
-            if self.waiter is waiter:    # timed out or cancelled: out of step now
-                self.waiter = None
-                self.close()
+            self.request = request
+            self._answer(ConnectionFailed("connection is closed"))
+            return
+        self.request = request
+        request.connection = self
+        self.transport.write(request.data)
+
+    def abandon(self) -> None:
+        """The request in flight is given up (timed out, cancelled): its answer may
+        still come, so the connection is out of step and is closed."""
+        self.close()
+        self.request = None
+
+    def _answer(self, answer: Answer) -> None:
+        request, self.request = self.request, None
+        if answer.__class__ is not Response:
+            self.close()      # an error mid-request: half an answer may follow
+        self.pool._answered(self, request, answer)
 
     def close(self) -> None:
         self.parser.keep_alive = False
@@ -281,13 +286,38 @@ class Http1Connection(asyncio.Protocol):
             self.transport.close()
 
 
-def _expire(waiter: asyncio.Future[Response]) -> None:
-    if not waiter.done():
-        waiter.set_exception(TimeoutError())
+class Request:
+    """A request given to the pool: waiting for a connection, connecting, or in flight
+    on ``connection``; ``finish`` is called exactly once (unless it is cancelled)."""
+
+    __slots__ = ("connecting", "connection", "data", "deadline", "finish")
+
+    def __init__(self, data: bytes, deadline: float, finish: Callable[[Answer], None]) -> None:
+        self.data = data
+        self.deadline = deadline
+        self.finish: Callable[[Answer], None] | None = finish
+        self.connection: Http1Connection | None = None
+        self.connecting: asyncio.Task[None] | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.finish is None
+
+    def settle(self, answer: Answer) -> None:
+        finish, self.finish = self.finish, None
+        if finish is not None:
+            finish(answer)
 
 
 class Http1Pool:
-    """Keep-alive connections to one origin, at most ``max_connections`` at a time."""
+    """Keep-alive connections to one origin, at most ``max_connections`` at a time.
+
+    ``start(data, finish)`` is the fast path: it writes the request on an idle
+    connection (or queues it) and returns; ``finish`` gets the answer from the
+    protocol's callback. ``request`` is the same as a coroutine. Every request must be
+    answered within ``request_timeout`` seconds, waiting for a connection included;
+    one timer sweeps the requests in flight and queued for expired deadlines, so a
+    timeout fires up to ``request_timeout / 8`` late (at most 1 s)."""
 
     def __init__(self, host: str, port: int, *, ssl_context: ssl.SSLContext | None,
                  max_connections: int = 100, idle_timeout: float = 30.0,
@@ -299,27 +329,58 @@ class Http1Pool:
         self._max = max(1, max_connections)
         self._idle_timeout = idle_timeout
         self.idle: collections.deque[Http1Connection] = collections.deque()
+        self.busy: set[Http1Connection] = set()
+        self.queue: collections.deque[Request] = collections.deque()   # done ones skipped
+        self.connecting: set[Request] = set()
         self.open = 0
-        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self.connects = 0
+        self._sweep: asyncio.TimerHandle | None = None
+        self._sweep_at = 0.0
+        self._closed = False
+
+    def start(self, data: bytes, finish: Callable[[Answer], None]) -> Request:
+        """Send ``data`` as soon as a connection is free; ``finish`` gets the answer."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        request = Request(data, now + self.request_timeout, finish)
+        if self._closed:
+            request.settle(ConnectionFailed("the pool is closed"))
+            return request
+        connection = self._idle_connection(now)
+        if connection is not None:
+            self.busy.add(connection)
+            connection.start(request)
+        elif self.open < self._max:
+            self._connect_for(request)
+        else:
+            self.queue.append(request)
+        self._schedule_sweep(loop, now)
+        return request
 
     async def request(self, data: bytes) -> Response:
         """One request on a kept-alive (or new) connection, answered within
         ``request_timeout`` seconds (waiting for a connection included) or TimeoutError."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.request_timeout
-        connection = self._idle_connection(loop.time())
-        if connection is None:
-            async with asyncio.timeout_at(deadline):
-                connection = await self._acquire()
+        answer: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
+        request = self.start(data, functools.partial(_settle_future, answer))
         try:
-            response = await connection.request(data, deadline)
-        except BaseException:
-            connection.close()
-            self._release(connection)
+            return await answer
+        except asyncio.CancelledError:
+            self.cancel(request)
             raise
-        self._release(connection)
-        return response
+
+    def cancel(self, request: Request) -> None:
+        """Give a request up; its ``finish`` is not called."""
+        if request.done:
+            return
+        request.finish = None
+        if request.connection is not None:
+            connection, request.connection = request.connection, None
+            if connection.request is request:
+                connection.abandon()
+                self._release(connection)
+        elif request.connecting is not None:
+            request.connecting.cancel()
+        # else queued: skipped when its turn comes
 
     def _idle_connection(self, now: float) -> Http1Connection | None:
         while self.idle:
@@ -330,49 +391,129 @@ class Http1Pool:
             self.open -= 1
         return None
 
-    async def _acquire(self) -> Http1Connection:
-        while True:
-            connection = self._idle_connection(asyncio.get_running_loop().time())
-            if connection is not None:
-                return connection
-            if self.open < self._max:
-                self.open += 1
-                try:
-                    return await self._connect()
-                except BaseException:
-                    self.open -= 1
-                    self._wake()
-                    raise
-            await wait_in_line(self._waiters, self._wake)
+    def _connect_for(self, request: Request) -> None:
+        self.open += 1
+        self.connecting.add(request)
+        request.connecting = asyncio.get_running_loop().create_task(self._connect(request))
 
-    async def _connect(self) -> Http1Connection:
+    async def _connect(self, request: Request) -> None:
         loop = asyncio.get_running_loop()
         try:
             _, connection = await loop.create_connection(
-                Http1Connection, host=self.host, port=self.port, ssl=self._ssl,
+                functools.partial(Http1Connection, self), host=self.host, port=self.port,
+                ssl=self._ssl,
             )
-        except OSError as exc:   # ssl.SSLError included
-            raise ConnectionFailed(f"cannot connect to {self.host}:{self.port}: {exc}") from exc
+        except BaseException as exc:    # OSError (ssl.SSLError included) or cancelled
+            self.open -= 1
+            self.connecting.discard(request)
+            request.connecting = None
+            if isinstance(exc, OSError):
+                request.settle(
+                    ConnectionFailed(f"cannot connect to {self.host}:{self.port}: {exc}"))
+            self._serve_queue()
+            if isinstance(exc, OSError):
+                return
+            raise
+        self.connecting.discard(request)
+        request.connecting = None
         self.connects += 1
-        return connection
-
-    def _release(self, connection: Http1Connection) -> None:
-        if connection.reusable:
-            self.idle.append(connection)
-        else:
+        connection.last_used = loop.time()
+        if self._closed:
             connection.close()
             self.open -= 1
-        self._wake()
+            request.settle(ConnectionFailed("the pool is closed"))
+        elif request.done:        # timed out or cancelled meanwhile: keep the connection
+            self._release(connection)
+        else:
+            self.busy.add(connection)
+            connection.start(request)
 
-    def _wake(self) -> None:
-        while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
+    def _answered(self, connection: Http1Connection, request: Request | None,
+                  answer: Answer) -> None:
+        """From the connection: its request is answered."""
+        connection.last_used = asyncio.get_running_loop().time()
+        self._release(connection)
+        if request is not None:
+            request.connection = None
+            request.settle(answer)
+
+    def _release(self, connection: Http1Connection) -> None:
+        self.busy.discard(connection)
+        if self._closed or not connection.reusable:
+            connection.close()
+            self.open -= 1
+            self._serve_queue()
+            return
+        while self.queue:
+            request = self.queue.popleft()
+            if not request.done:
+                self.busy.add(connection)
+                connection.start(request)
+                return
+        self.idle.append(connection)
+
+    def _serve_queue(self) -> None:
+        """A connection closed: the first queued request gets a new one."""
+        while self.queue and self.open < self._max and not self._closed:
+            request = self.queue.popleft()
+            if not request.done:
+                self._connect_for(request)
                 return
 
+    def _schedule_sweep(self, loop: asyncio.AbstractEventLoop, now: float) -> None:
+        at = now + min(1.0, max(0.005, self.request_timeout / 8))
+        if self._sweep is None or at < self._sweep_at:
+            if self._sweep is not None:
+                self._sweep.cancel()
+            self._sweep = loop.call_at(at, self._expire)
+            self._sweep_at = at
+
+    def _expire(self) -> None:
+        """The deadline sweep: requests past their deadline end with TimeoutError. It
+        runs while requests are in flight, connecting or queued."""
+        self._sweep = None
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        if any(request.done for request in self.queue):
+            self.queue = collections.deque(r for r in self.queue if not r.done)
+        expired = [r for r in self.queue if r.deadline <= now]
+        expired += [r for r in self.connecting if r.deadline <= now]
+        expired += [c.request for c in self.busy
+                    if c.request is not None and c.request.deadline <= now]
+        for request in expired:
+            finish = request.finish
+            self.cancel(request)
+            if finish is not None:
+                finish(TimeoutError())
+        if self.busy or self.queue or self.connecting:
+            self._schedule_sweep(loop, now)
+
     async def close(self) -> None:
+        """Closes every connection; requests in flight or queued end with
+        ``ConnectionFailed``."""
+        self._closed = True
+        if self._sweep is not None:
+            self._sweep.cancel()
+            self._sweep = None
+        while self.queue:
+            self.queue.popleft().settle(ConnectionFailed("the pool is closed"))
+        for request in list(self.connecting):
+            finish = request.finish
+            self.cancel(request)
+            if finish is not None:
+                finish(ConnectionFailed("the pool is closed"))
+        for connection in list(self.busy):
+            connection.close()
         while self.idle:
             self.idle.pop().close()
             self.open -= 1
         await asyncio.sleep(0)
+
+
+def _settle_future(future: asyncio.Future[Response], answer: Answer) -> None:
+    if future.done():
+        return
+    if isinstance(answer, BaseException):
+        future.set_exception(answer)
+    else:
+        future.set_result(answer)

@@ -1,6 +1,7 @@
 """workers.http1 against a real HTTP/1.1 server (aiohttp's): keep-alive reuse,
-chunked bodies, Connection: close, a server that drops idle connections, and a
-cancelled request that must not leave its late answer for the next one."""
+chunked bodies, Connection: close, a server that drops idle connections, a
+cancelled request that must not leave its late answer for the next one, and the
+callback path (``start``) with its deadline sweep."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from collections.abc import AsyncIterator
 import pytest
 from aiohttp import web
 
-from workers.http1 import Http1Pool
+from workers.http1 import Answer, ConnectionFailed, Http1Pool, Response
 
 REQUEST = b"POST /send HTTP/1.1\r\nHost: test\r\nContent-Length: 2\r\n\r\n{}"
 
@@ -119,3 +120,75 @@ async def test_waiting_for_a_busy_pool_counts_against_the_timeout(
         assert (await slow).body == b"late"
         assert (await pool.request(REQUEST)).status == 200
         assert pool.open == 1 and pool.connects == 1
+
+
+class _Answers(list[Answer]):
+    """A ``start`` callback that keeps what it is given."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.more = asyncio.Event()
+
+    def __call__(self, answer: Answer) -> None:
+        self.append(answer)
+        self.more.set()
+
+    async def wait(self, count: int, within: float = 5.0) -> None:
+        async with asyncio.timeout(within):
+            while len(self) < count:
+                self.more.clear()
+                await self.more.wait()
+
+
+async def test_start_answers_through_its_callback(server: web.TCPSite) -> None:
+    async with _pool(server, max_connections=4) as pool:
+        answers = _Answers()
+        for _ in range(200):
+            pool.start(REQUEST, answers)     # returns at once
+        assert len(pool.queue) == 196 and pool.open == 4
+        await answers.wait(200)
+        assert all(isinstance(a, Response) and a.status == 200 for a in answers)
+        assert pool.connects == 4 and len(pool.idle) == 4 and not pool.busy
+        await asyncio.sleep(0.05)
+        assert len(answers) == 200                  # each answered once
+
+
+async def test_a_request_past_its_deadline_ends_in_timeout_error(server: web.TCPSite) -> None:
+    async with _pool(server, max_connections=1, request_timeout=0.1) as pool:
+        answers = _Answers()
+        pool.start(_request("slow"), answers)   # answered after 0.3 s
+        pool.start(REQUEST, answers)            # queued behind it
+        await answers.wait(2, within=0.3)         # both time out before that
+        assert [type(a) for a in answers] == [TimeoutError, TimeoutError]
+        assert pool.open == 0                          # out of step: closed
+        response = await pool.request(REQUEST)
+        assert response.body.startswith(b"ok")         # not the slow one's "late"
+        await asyncio.sleep(0.3)
+        assert len(answers) == 2
+
+
+async def test_close_ends_what_is_in_flight_and_queued(server: web.TCPSite) -> None:
+    answers = _Answers()
+    async with _pool(server, max_connections=1) as pool:
+        pool.start(_request("slow"), answers)
+        pool.start(REQUEST, answers)
+        await asyncio.sleep(0.05)
+    await answers.wait(2)
+    assert all(isinstance(a, ConnectionFailed) for a in answers)
+    pool.start(REQUEST, answers)                 # a closed pool refuses at once
+    assert isinstance(answers[-1], ConnectionFailed)
+
+
+async def test_a_refused_connection_is_connection_failed() -> None:
+    site_port = 1     # nothing listens there
+    pool = Http1Pool("127.0.0.1", site_port, ssl_context=None, max_connections=2)
+    try:
+        answers = _Answers()
+        pool.start(REQUEST, answers)
+        await answers.wait(1)
+        assert isinstance(answers[0], ConnectionFailed)
+        assert pool.open == 0
+        with pytest.raises(ConnectionFailed):
+            await pool.request(REQUEST)
+    finally:
+        await pool.close()
