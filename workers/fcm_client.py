@@ -18,12 +18,14 @@ import asyncio
 import contextlib
 import datetime as dt
 import email.utils
+import functools
 import json
 import logging
 import ssl
 import time
 import urllib.parse
-from typing import Any
+from collections.abc import Callable, Coroutine
+from typing import Any, cast
 
 import aiohttp
 import google.auth.exceptions
@@ -31,7 +33,7 @@ import google.auth.transport
 import msgspec
 from google.oauth2 import service_account
 
-from workers.http1 import ConnectionFailed, Http1Pool, ProtocolError
+from workers.http1 import Answer, ConnectionFailed, Http1Pool, ProtocolError, Response
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +78,11 @@ class FcmTransportError(Exception):
 
 class FcmAuthError(Exception):
     """The token endpoint refused the service account's grant: not retryable."""
+
+
+FcmAnswer = FcmResponse | Exception
+"""What ``start_body`` hands its callback: FCM's response, or why there is none
+(``FcmTransportError``, ``FcmAuthError``, or a setup error such as a closed client)."""
 
 
 def _transport_error(message: str) -> Exception:
@@ -255,6 +262,7 @@ class FcmClient:
         self._token: str | None = None
         self._token_expires_at = 0.0  # unix seconds
         self._refresh_task: asyncio.Task[str] | None = None
+        self._tasks: set[asyncio.Task[FcmResponse]] = set()
         self._closed = False
         self.token_refreshes = 0
 
@@ -274,13 +282,62 @@ class FcmClient:
         token = await self._access_token()
         response = await self._post(body, token)
         if response.status == 401:
-            logger.info("FCM answered 401 (%s); refreshing the access token", response.message)
-            token = await self._access_token(stale=token)
-            response = await self._post(body, token)
+            response = await self._after_401(body, token, response)
         return response
+
+    def start_body(self, body: bytes, finish: Callable[[FcmAnswer], None]) -> None:
+        """``send_body`` without a coroutine: ``finish`` is called once with the
+        response or the exception ``send_body`` would raise.
+
+        The usual case (the client set up, its access token fresh) writes the request
+        at once and answers from the connection's callback, which spares a task, a
+        future and a chain of coroutines per message: the FCM sender's hot path. The
+        rest (first use, a token to refresh, a 401) goes through ``send_body`` in a
+        task."""
+        pool, token = self._pool, self._token
+        if (pool is None or token is None or self._closed
+                or time.time() >= self._token_expires_at - REFRESH_MARGIN_S):
+            self._in_task(self.send_body(body), finish)
+            return
+        pool.start(self._request(body, token),
+                   functools.partial(self._answered, body, token, finish))
+
+    def _answered(self, body: bytes, token: str, finish: Callable[[FcmAnswer], None],
+                  answer: Answer) -> None:
+        if not isinstance(answer, Response):
+            finish(_transport_failure(answer, self._timeout_s))
+            return
+        response = _fcm_response(answer)
+        if response.status == 401:
+            self._in_task(self._after_401(body, token, response), finish)
+        else:
+            finish(response)
+
+    def _in_task(self, work: Coroutine[Any, Any, FcmResponse],
+                 finish: Callable[[FcmAnswer], None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(functools.partial(self._task_done, finish))
+
+    def _task_done(self, finish: Callable[[FcmAnswer], None],
+                   task: asyncio.Task[FcmResponse]) -> None:
+        self._tasks.discard(task)
+        if task.cancelled():
+            finish(FcmTransportError("the send was cancelled (client closing)"))
+            return
+        error = task.exception()
+        finish(task.result() if error is None else cast(Exception, error))
+
+    async def _after_401(self, body: bytes, token: str, response: FcmResponse) -> FcmResponse:
+        """A 401: the token was revoked or expired early; one more try with a new one."""
+        logger.info("FCM answered 401 (%s); refreshing the access token", response.message)
+        token = await self._access_token(stale=token)
+        return await self._post(body, token)
 
     async def close(self) -> None:
         self._closed = True
+        for pending in list(self._tasks):
+            pending.cancel()
         task = self._refresh_task
         if task is not None and not task.done():
             with contextlib.suppress(Exception, asyncio.CancelledError):
@@ -377,8 +434,7 @@ class FcmClient:
         logger.debug("FCM access token refreshed, valid for %.0f s", expires_at - time.time())
         return token
 
-    async def _post(self, body: bytes, token: str) -> FcmResponse:
-        assert self._pool is not None
+    def _request(self, body: bytes, token: str) -> bytes:
         if token != self._head_token:
             self._head = (
                 f"POST {self._path} HTTP/1.1\r\nHost: {self._host_header}\r\n"
@@ -386,11 +442,25 @@ class FcmClient:
                 "Content-Type: application/json; charset=UTF-8\r\nContent-Length: "
             ).encode("latin-1")
             self._head_token = token
-        request = b"%s%d\r\n\r\n%s" % (self._head, len(body), body)
+        return b"%s%d\r\n\r\n%s" % (self._head, len(body), body)
+
+    async def _post(self, body: bytes, token: str) -> FcmResponse:
+        assert self._pool is not None
         try:
-            resp = await self._pool.request(request)
-        except TimeoutError:
-            raise FcmTransportError(f"no FCM response within {self._timeout_s} s") from None
-        except (ConnectionFailed, ProtocolError, OSError) as e:
-            raise FcmTransportError(f"FCM request failed: {e!r}") from e
-        return parse_response(resp.status, resp.body, resp.headers.get("retry-after"))
+            answer = await self._pool.request(self._request(body, token))
+        except (TimeoutError, ConnectionFailed, ProtocolError, OSError) as e:
+            raise _transport_failure(e, self._timeout_s) from e
+        return _fcm_response(answer)
+
+
+def _fcm_response(answer: Response) -> FcmResponse:
+    return parse_response(answer.status, answer.body, answer.headers.get("retry-after"))
+
+
+def _transport_failure(error: BaseException, timeout_s: float) -> Exception:
+    """Why a ``messages:send`` request got no answer, as FcmTransportError (retryable)."""
+    if isinstance(error, TimeoutError):
+        return FcmTransportError(f"no FCM response within {timeout_s} s")
+    if isinstance(error, ConnectionFailed | ProtocolError | OSError):
+        return FcmTransportError(f"FCM request failed: {error!r}")
+    return error if isinstance(error, Exception) else FcmTransportError(repr(error))

@@ -268,3 +268,49 @@ async def test_client_needs_no_requests(key_dir: Path) -> None:
     out, err = await asyncio.wait_for(proc.communicate(), 20)
     assert proc.returncode == 0, err.decode()
     assert out.decode().strip() == "ok"
+
+
+async def _started(client: FcmClient, bodies: list[bytes]) -> list[Any]:
+    """start_body for each body; the answers, in order."""
+    loop = asyncio.get_running_loop()
+    answers = [loop.create_future() for _ in bodies]
+    for body, answer in zip(bodies, answers, strict=True):
+        client.start_body(body, answer.set_result)
+    async with asyncio.timeout(10):
+        return list(await asyncio.gather(*answers))
+
+
+def _body(device: str) -> bytes:
+    return json.dumps({"message": _message(device)}).encode()
+
+
+async def test_start_body_answers_through_its_callback(client: FcmClient, fake: FakeFcm) -> None:
+    """The first messages (no token yet) go the long way, in a task; once the token is
+    fresh they are written at once and answered from the connection's callback; a
+    revoked token is refreshed once and the messages sent again, as with send."""
+    first = await _started(client, [_body(f"a{i}") for i in range(5)])
+    assert all(isinstance(r, FcmResponse) and r.ok for r in first)
+    later = await _started(client, [_body(f"b{i}") for i in range(50)])
+    assert all(isinstance(r, FcmResponse) and r.ok for r in later)
+    fake.revoke_tokens()
+    again = await _started(client, [_body(f"c{i}") for i in range(10)])
+    assert all(isinstance(r, FcmResponse) and r.ok for r in again)
+    stats = fake.stats()
+    assert stats["tokens_issued"] == 2
+    assert stats["errors"] == {"UNAUTHENTICATED": 10}
+    delivered = [d.token for d in fake.deliveries]
+    assert sorted(delivered) == sorted(
+        [f"a{i}" for i in range(5)] + [f"b{i}" for i in range(50)] + [f"c{i}" for i in range(10)])
+
+
+async def test_start_body_hands_over_failures(fake: FakeFcm, sa_file: str) -> None:
+    fake.set_faults(rate=0.0, latency_ms=600)
+    async with FcmClient(service_account_file=sa_file, endpoint=fake.url, timeout=0.2) as fcm:
+        [slow] = await _started(fcm, [_body("x")])      # the token, then a timeout
+        assert isinstance(slow, FcmTransportError)
+        assert "within 0.2 s" in str(slow)
+        [fast] = await _started(fcm, [_body("y")])      # token fresh: the callback path
+        assert isinstance(fast, FcmTransportError)
+    fake.set_faults(rate=0.0)
+    [closed] = await _started(fcm, [_body("z")])
+    assert isinstance(closed, RuntimeError)             # as send would raise
