@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import asyncpg
@@ -36,11 +37,19 @@ MAX_BACKOFF_S = 300.0
 
 
 class Gateway(Protocol):
+    """A push platform. A gateway may also offer ``start(push, now, done)``: ``send``
+    without a coroutine, ``done`` called once with the outcome (see ``Starts``); the
+    streaming sender uses it when it is there, and a task per ``send`` otherwise."""
+
     platform: str
 
     async def send(self, push: Push, now: float) -> Outcome: ...
 
     async def close(self) -> None: ...
+
+
+Done = Callable[[Outcome], None]
+Starts = Callable[[Push, float, Done], None]
 
 
 def backoff_delay(attempt: int, retry_after: float | None, rng: random.Random) -> float:
@@ -65,6 +74,10 @@ for _, member in ipairs(due) do
 end
 return #due
 """
+
+
+_DELIVERY_COLUMNS = ["incident_id", "device_id", "platform", "outcome", "reason", "status_code",
+                     "gateway_id", "attempt", "latency_ms"]
 
 
 class Result(msgspec.Struct, frozen=True):
@@ -102,17 +115,18 @@ class Sender:
 
     async def _send(self, entry_id: str, push: Push, withdrawn: bool) -> Result:
         now = time.time()
-        if withdrawn:
-            outcome: Outcome = Withdrawn("Incident no longer active")
-        elif now >= push.expires_at:
-            outcome = Failed("Expired before it could be sent")
-        else:
+        outcome = _settled_unsent(push, withdrawn, now)
+        if outcome is None:
             try:
                 outcome = await self.gateway.send(push, now)
-            except Exception as exc:  # a bug or an unforeseen transport error: retry
-                log.exception("send to %s failed unexpectedly", self.gateway.platform)
-                outcome = Retry(f"{type(exc).__name__}")
+            except Exception as exc:
+                outcome = self.unforeseen(exc)
         return Result(entry_id, push, outcome, time.time())
+
+    def unforeseen(self, exc: BaseException) -> Outcome:
+        """A send that raised (a bug or an unforeseen transport error): retried."""
+        log.error("send to %s failed unexpectedly", self.gateway.platform, exc_info=exc)
+        return Retry(type(exc).__name__)
 
     async def _send_one(self, entry_id: str, push: Push, withdrawn: bool) -> Result:
         async with self._limit:
@@ -172,21 +186,7 @@ class Sender:
                     dead.append((r.push, reason or "retries exhausted"))
             rows.append((r.push.incident_id, r.push.device_id, r.push.platform, outcome_name,
                          reason, status, gateway_id, r.push.attempt, latency))
-        # One statement for the whole batch. A device erased meanwhile is recorded
-        # unlinked (NULL), as its older rows are.
-        columns = list(zip(*rows, strict=True))
-        await self.pool.execute(
-            """INSERT INTO deliveries (incident_id, device_id, platform, outcome, reason,
-                                       status_code, gateway_id, attempt, latency_ms)
-               SELECT r.incident_id, d.id, r.platform, r.outcome, r.reason, r.status_code,
-                      r.gateway_id, r.attempt, r.latency_ms
-                 FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[],
-                             $6::int[], $7::text[], $8::int[], $9::int[])
-                      AS r(incident_id, device_id, platform, outcome, reason, status_code,
-                           gateway_id, attempt, latency_ms)
-                 LEFT JOIN devices d ON d.id = r.device_id""",
-            *(list(c) for c in columns),
-        )
+        await self._write_deliveries(rows)
         for r in results:
             if isinstance(r.outcome, TokenGone):
                 await disable_token(self.pool, r.push.device_id, r.push.token, r.outcome.reason)
@@ -203,6 +203,33 @@ class Sender:
                     pipe.xadd(keys.DEAD_STREAM, entry, maxlen=100_000, approximate=True)
                 await pipe.execute()
 
+    async def _write_deliveries(self, rows: list[tuple[Any, ...]]) -> None:
+        """The batch's rows in one binary COPY (a third of the CPU of an INSERT of
+        arrays, on both sides: see docs/BENCHMARKS.md). When a device was erased, or an
+        incident deleted, since its push was queued, the foreign keys refuse the COPY:
+        then one INSERT records the rows of erased devices unlinked (NULL), as their
+        older rows are, and drops those of deleted incidents, as their older rows were."""
+        try:
+            await self.pool.copy_records_to_table(
+                "deliveries", records=rows, columns=_DELIVERY_COLUMNS)
+            return
+        except asyncpg.ForeignKeyViolationError:
+            pass
+        columns = list(zip(*rows, strict=True))
+        await self.pool.execute(
+            """INSERT INTO deliveries (incident_id, device_id, platform, outcome, reason,
+                                       status_code, gateway_id, attempt, latency_ms)
+               SELECT r.incident_id, d.id, r.platform, r.outcome, r.reason, r.status_code,
+                      r.gateway_id, r.attempt, r.latency_ms
+                 FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[],
+                             $6::int[], $7::text[], $8::int[], $9::int[])
+                      AS r(incident_id, device_id, platform, outcome, reason, status_code,
+                           gateway_id, attempt, latency_ms)
+                 JOIN incidents i ON i.id = r.incident_id
+                 LEFT JOIN devices d ON d.id = r.device_id""",
+            *(list(c) for c in columns),
+        )
+
     async def promote_due_retries(self, now: float | None = None, limit: int = 500) -> int:
         """Move retries that are due back onto the push stream."""
         moved = await self._promote(
@@ -212,7 +239,10 @@ class Sender:
 
 
 class _Streaming:
-    """One run of ``Sender.run``: a reader task and a recorder task around the sends."""
+    """One run of ``Sender.run``: a reader task and a recorder task around the sends.
+
+    Sends are started from the reader and finish in callbacks (``_sent``): through the
+    gateway's ``start`` when it has one, else a task per ``send``."""
 
     def __init__(self, sender: Sender, consumer: StreamConsumer, stop: asyncio.Event,
                  flush_size: int, flush_interval_s: float) -> None:
@@ -221,13 +251,16 @@ class _Streaming:
         self.stop = stop
         self.flush_size = flush_size
         self.flush_interval_s = flush_interval_s
-        self.in_flight: set[asyncio.Task[Result]] = set()
-        self.entry_of: dict[asyncio.Task[Result], str] = {}
+        self.sending = 0                # started, outcome not yet known
+        self.tasks: set[asyncio.Task[Outcome]] = set()   # for a gateway without start()
         self.finished: list[Result] = []
         self.unreadable: list[str] = []
         self.room = asyncio.Event()     # a send finished: the reader may read again
         self.flush = asyncio.Event()    # enough results to record now
         self.reading = True
+        self.over = False               # run() returned: outcomes coming now are dropped
+        start = getattr(sender.gateway, "start", None)
+        self.start_send: Starts = start if callable(start) else self._send_in_task
 
     async def run(self) -> None:
         reader = asyncio.create_task(self.read())
@@ -235,27 +268,52 @@ class _Streaming:
         try:
             await asyncio.gather(reader, self.record())
         finally:
+            # Cancelled at the shutdown bound: what is still in flight stays pending
+            # in the stream, to be claimed again.
+            self.over = True
             reader.cancel()
             waker.cancel()
-            for task in list(self.in_flight):
+            for task in list(self.tasks):
                 task.cancel()
 
     async def _wake_on_stop(self) -> None:
         await self.stop.wait()
         self.room.set()       # a reader waiting for room stops waiting
 
-    def _done(self, task: asyncio.Task[Result]) -> None:
-        self.in_flight.discard(task)
-        entry_id = self.entry_of.pop(task)
-        self.room.set()
+    def _launch(self, entry_id: str, push: Push, withdrawn: bool) -> None:
+        now = time.time()
+        outcome = _settled_unsent(push, withdrawn, now)
+        if outcome is not None:
+            self._finished(entry_id, push, outcome)
+            return
+        self.sending += 1
+        done = functools.partial(self._sent, entry_id, push)
+        try:
+            self.start_send(push, now, done)
+        except Exception as exc:
+            done(self.sender.unforeseen(exc))
+
+    def _send_in_task(self, push: Push, now: float, done: Done) -> None:
+        task = asyncio.create_task(self.sender.gateway.send(push, now))
+        self.tasks.add(task)
+        task.add_done_callback(functools.partial(self._task_done, done))
+
+    def _task_done(self, done: Done, task: asyncio.Task[Outcome]) -> None:
+        self.tasks.discard(task)
         if task.cancelled():
             return
         error = task.exception()
-        if error is not None:   # a bug: leave the entry to be claimed again
-            log.error("send of %s failed", entry_id, exc_info=error)
-            self.consumer.release([entry_id])
+        done(task.result() if error is None else self.sender.unforeseen(error))
+
+    def _sent(self, entry_id: str, push: Push, outcome: Outcome) -> None:
+        if self.over:
             return
-        self.finished.append(task.result())
+        self.sending -= 1
+        self.room.set()
+        self._finished(entry_id, push, outcome)
+
+    def _finished(self, entry_id: str, push: Push, outcome: Outcome) -> None:
+        self.finished.append(Result(entry_id, push, outcome, time.time()))
         if len(self.finished) >= self.flush_size:
             self.flush.set()
 
@@ -263,10 +321,10 @@ class _Streaming:
         """How many entries to read: waits until a whole batch fits."""
         limit = self.sender.concurrency
         want = min(self.consumer.batch, limit)
-        while limit - len(self.in_flight) < want and not self.stop.is_set():
+        while limit - self.sending < want and not self.stop.is_set():
             self.room.clear()
             await self.room.wait()
-        return limit - len(self.in_flight)
+        return limit - self.sending
 
     async def read(self) -> None:
         backoff = 0.5
@@ -283,17 +341,14 @@ class _Streaming:
                 backoff = 0.5
                 self.unreadable.extend(bad)
                 for send in sends:
-                    task = asyncio.create_task(self.sender._send(*send))
-                    self.in_flight.add(task)
-                    self.entry_of[task] = send[0]
-                    task.add_done_callback(self._done)
+                    self._launch(*send)
         finally:
             self.reading = False
             self.flush.set()
 
     async def record(self) -> None:
         backoff = 0.5
-        while self.reading or self.in_flight or self.finished or self.unreadable:
+        while self.reading or self.sending or self.finished or self.unreadable:
             await self._wait_for_results()
             results, self.finished = self.finished, []
             ids = [r.entry_id for r in results] + self.unreadable
@@ -313,12 +368,21 @@ class _Streaming:
                 backoff = min(backoff * 2, 10)
 
     async def _wait_for_results(self) -> None:
-        if self.reading and len(self.finished) < self.flush_size:
+        """Until a group is full, ``flush_interval_s`` has passed, or (no more to read
+        or send) at once."""
+        if len(self.finished) < self.flush_size and (self.reading or self.sending):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.flush.wait(), self.flush_interval_s)
-        elif not self.finished and not self.unreadable and self.in_flight:
-            await asyncio.wait(set(self.in_flight))   # stopping: the last sends
         self.flush.clear()
+
+
+def _settled_unsent(push: Push, withdrawn: bool, now: float) -> Outcome | None:
+    """The outcome of a push that is not to be sent at all, else None."""
+    if withdrawn:
+        return Withdrawn("Incident no longer active")
+    if now >= push.expires_at:
+        return Failed("Expired before it could be sent")
+    return None
 
 
 def _describe(r: Result) -> tuple[str, str | None, int | None, str | None, int | None]:
