@@ -14,12 +14,13 @@ from typing import Any
 
 import asyncpg
 import pytest
+from msgspec.structs import replace
 
 from server import keys
 from tests.e2e.conftest import Stack, wait_for
-from workers.push import Push
+from workers.push import Push, Sent
 from workers.runner import build_gateway
-from workers.sender import Sender
+from workers.sender import Result, Sender
 from workers.streams import StreamConsumer
 
 
@@ -195,3 +196,34 @@ async def stream_drained(stack: Stack) -> bool:
     [group] = await stack.redis.xinfo_groups(keys.push_stream("apns"))
     return bool(group["pending"] == 0 and group.get("lag") == 0
                 and await stack.redis.xlen(keys.push_stream("apns")) == 0)
+
+
+@pytest.mark.workers()
+async def test_outcomes_of_erased_devices_and_deleted_incidents_are_recorded_as_before(
+    stack: Stack,
+) -> None:
+    """A batch is written with one COPY; when a device was erased or an incident deleted
+    after its push was queued, the foreign keys refuse it and the batch is written
+    again: the erased device's row unlinked, the deleted incident's row dropped (its
+    older rows went with it), every other row as it was."""
+    kept, gone = await _incident(stack), await _incident(stack)
+    devices = [str(await stack.pool.fetchval(
+        """INSERT INTO devices (platform, token, secret_hash) VALUES ('fcm', $1, '\\x00')
+           RETURNING id""", secrets.token_hex(32))) for _ in range(3)]
+    pushes = [replace(_push(kept, "fcm", secrets.token_hex(32)), device_id=d) for d in devices]
+    async with _sender(stack, "fcm") as sender:
+        now = time.time()
+        await sender.record([Result(f"{n}-0", p, Sent("m", 200), now)
+                             for n, p in enumerate(pushes[:2])])
+        assert await stack.pool.fetchval("SELECT count(*) FROM deliveries") == 2
+
+        await stack.pool.execute("DELETE FROM devices WHERE id = $1", devices[2])
+        late = [replace(pushes[0], incident_id=gone), *pushes]
+        await stack.pool.execute("DELETE FROM incidents WHERE id = $1", gone)
+        await sender.record([Result(f"{n}-1", p, Sent("m", 200), now)
+                             for n, p in enumerate(late)])
+    rows = await stack.pool.fetch(
+        "SELECT incident_id::text, device_id::text FROM deliveries ORDER BY id")
+    assert [(r["incident_id"], r["device_id"]) for r in rows] == [
+        (kept, devices[0]), (kept, devices[1]),
+        (kept, devices[0]), (kept, devices[1]), (kept, None)]
