@@ -54,3 +54,20 @@ async def test_released_entries_are_claimed_again(redis: aioredis.Redis) -> None
     assert [eid for eid, _ in await consumer.read()] == [entry_id]
     await consumer.ack([entry_id])
     assert await redis.xlen(STREAM) == 0           # acknowledged entries are deleted
+
+
+async def test_acknowledging_thousands_at_once(redis: aioredis.Redis) -> None:
+    """ack goes to Redis in chunks: one script call with 20,000 ids would fail (Lua's
+    unpack takes about 8,000 values)."""
+    consumer = StreamConsumer(redis, STREAM, GROUP, "c1", batch=20_000, block_ms=10)
+    await consumer.setup()
+    async with redis.pipeline(transaction=False) as pipe:
+        for n in range(20_000):
+            pipe.xadd(STREAM, {"n": str(n)})
+        await pipe.execute()
+    entries = await consumer.read()
+    assert len(entries) == 20_000
+    await consumer.ack([eid for eid, _ in entries])
+    assert await redis.xlen(STREAM) == 0
+    [group] = await redis.xinfo_groups(STREAM)
+    assert group["pending"] == 0
