@@ -1,4 +1,5 @@
-"""geopush's FCM HTTP v1 client: one keep-alive aiohttp session plus google-auth.
+"""geopush's FCM HTTP v1 client: a keep-alive HTTP/1.1 pool for ``messages:send``
+(``workers.http1``) plus google-auth for the access token.
 
 The OAuth access token comes from google-auth's ordinary service-account credentials
 (the ``token_uri`` in the key file decides where the JWT-bearer grant goes, which is how
@@ -10,6 +11,9 @@ small ``google.auth.transport.Request`` adapter. Nothing blocks the loop, and
 
 Only one refresh runs at a time; concurrent senders await the same one. A token is
 refreshed ``REFRESH_MARGIN_S`` before it expires, and once more after a 401.
+
+Two ways to send: ``send``/``send_body`` are coroutines; ``start_body`` takes a
+callback and, in the usual case, costs no task or future (the FCM sender's hot path).
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import ssl
 import time
 import urllib.parse
 from collections.abc import Callable, Coroutine
-from typing import Any, cast
+from typing import Any
 
 import aiohttp
 import google.auth.exceptions
@@ -326,7 +330,10 @@ class FcmClient:
             finish(FcmTransportError("the send was cancelled (client closing)"))
             return
         error = task.exception()
-        finish(task.result() if error is None else cast(Exception, error))
+        if error is None:
+            finish(task.result())
+        else:
+            finish(error if isinstance(error, Exception) else FcmTransportError(repr(error)))
 
     async def _after_401(self, body: bytes, token: str, response: FcmResponse) -> FcmResponse:
         """A 401: the token was revoked or expired early; one more try with a new one."""

@@ -403,16 +403,12 @@ class Http1Pool:
                 functools.partial(Http1Connection, self), host=self.host, port=self.port,
                 ssl=self._ssl,
             )
-        except BaseException as exc:    # OSError (ssl.SSLError included) or cancelled
-            self.open -= 1
-            self.connecting.discard(request)
-            request.connecting = None
-            if isinstance(exc, OSError):
-                request.settle(
-                    ConnectionFailed(f"cannot connect to {self.host}:{self.port}: {exc}"))
-            self._serve_queue()
-            if isinstance(exc, OSError):
-                return
+        except OSError as exc:   # ssl.SSLError included
+            self._not_connected(request)
+            request.settle(ConnectionFailed(f"cannot connect to {self.host}:{self.port}: {exc}"))
+            return
+        except asyncio.CancelledError:     # the request timed out or was cancelled
+            self._not_connected(request)
             raise
         self.connecting.discard(request)
         request.connecting = None
@@ -427,6 +423,19 @@ class Http1Pool:
         else:
             self.busy.add(connection)
             connection.start(request)
+
+    def _not_connected(self, request: Request) -> None:
+        self.open -= 1
+        self.connecting.discard(request)
+        request.connecting = None
+        self._serve_queue()
+
+    def _end(self, request: Request, error: Exception) -> None:
+        """End a request that is queued, connecting or in flight with ``error``."""
+        finish = request.finish
+        self.cancel(request)
+        if finish is not None:
+            finish(error)
 
     def _answered(self, connection: Http1Connection, request: Request | None,
                   answer: Answer) -> None:
@@ -481,10 +490,7 @@ class Http1Pool:
         expired += [c.request for c in self.busy
                     if c.request is not None and c.request.deadline <= now]
         for request in expired:
-            finish = request.finish
-            self.cancel(request)
-            if finish is not None:
-                finish(TimeoutError())
+            self._end(request, TimeoutError())
         if self.busy or self.queue or self.connecting:
             self._schedule_sweep(loop, now)
 
@@ -498,10 +504,7 @@ class Http1Pool:
         while self.queue:
             self.queue.popleft().settle(ConnectionFailed("the pool is closed"))
         for request in list(self.connecting):
-            finish = request.finish
-            self.cancel(request)
-            if finish is not None:
-                finish(ConnectionFailed("the pool is closed"))
+            self._end(request, ConnectionFailed("the pool is closed"))
         for connection in list(self.busy):
             connection.close()
         while self.idle:
