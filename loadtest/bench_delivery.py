@@ -748,7 +748,8 @@ def run_sender(platform: str, services: Services, fleet: Fleet, certs_dir: Path,
 class ClientOnly:
     """geopush's gateway client (ApnsClient / FcmClient) sending one fixed message as
     fast as it can: no Redis, no PostgreSQL, no sender loop. What any Python sender
-    built on it could reach at best."""
+    built on it could reach at best. FCM goes through ``start_body``, as the sender
+    does; APNs through ``send``."""
 
     requests: int
     seconds: float
@@ -818,11 +819,44 @@ async def _client_only(args: argparse.Namespace) -> None:
                 failed += 1
 
     started, cpu_before = time.monotonic(), time.process_time()
-    await asyncio.gather(*(loop() for _ in range(args.concurrency)))
+    if args.platform == "fcm":    # the FCM sender's own path
+        body = json.dumps({"message": message}).encode()
+        done, failed = await _chained_fcm_sends(client, body, args.concurrency, deadline)
+    else:
+        await asyncio.gather(*(loop() for _ in range(args.concurrency)))
     seconds, cpu = time.monotonic() - started, time.process_time() - cpu_before
     await client.close()
     print(json.dumps({"requests": done, "failed": failed, "seconds": seconds, "cpu_s": cpu}),
           flush=True)
+
+
+async def _chained_fcm_sends(client: Any, body: bytes, concurrency: int, deadline: float
+                             ) -> tuple[int, int]:
+    """``concurrency`` chains of ``FcmClient.start_body``, each answer starting the
+    next send until ``deadline`` (monotonic): (answered 200, answered otherwise)."""
+    from workers.fcm_client import FcmAnswer, FcmResponse
+
+    done = failed = 0
+    chains = concurrency
+    over = asyncio.Event()
+
+    def chain(answer: FcmAnswer) -> None:
+        nonlocal done, failed, chains
+        if isinstance(answer, FcmResponse) and answer.ok:
+            done += 1
+        else:
+            failed += 1
+        if time.monotonic() < deadline:
+            client.start_body(body, chain)
+            return
+        chains -= 1
+        if not chains:
+            over.set()
+
+    for _ in range(concurrency):
+        client.start_body(body, chain)
+    await over.wait()
+    return done, failed
 
 
 def run_client_only(platform: str, fleet: Fleet, services: Services, certs_dir: Path,
