@@ -227,3 +227,51 @@ async def test_outcomes_of_erased_devices_and_deleted_incidents_are_recorded_as_
     assert [(r["incident_id"], r["device_id"]) for r in rows] == [
         (kept, devices[0]), (kept, devices[1]),
         (kept, devices[0]), (kept, devices[1]), (kept, None)]
+
+
+async def _stream_all(stack: Stack, sender: Sender, platform: str, count: int) -> None:
+    """The streaming sender until ``count`` outcomes are recorded, then stopped."""
+    consumer = StreamConsumer(stack.redis, keys.push_stream(platform), keys.SENDER_GROUP,
+                              "t", batch=10, block_ms=50)
+    stop = asyncio.Event()
+    run = asyncio.create_task(sender.run(consumer, stop, flush_size=10))
+
+    async def recorded() -> bool:
+        return await stack.pool.fetchval("SELECT count(*) FROM deliveries") == count
+
+    try:
+        await wait_for(recorded, within=10, what=f"{count} outcomes recorded")
+    finally:
+        stop.set()
+        await asyncio.wait_for(run, 5)
+
+
+@pytest.mark.workers()
+async def test_streaming_fcm_sender_sends_through_start_and_a_start_that_raises_is_retried(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The FCM gateway's start() (no task per push) carries the streaming sender's
+    sends; a start() that raises (a bug) ends in a retry, as a send() that raises does."""
+    incident = await _incident(stack)
+    tokens = [f"fcm-token-{n}" for n in range(30)]
+    for token in tokens:
+        await stack.redis.xadd(keys.push_stream("fcm"), _push(incident, "fcm", token).to_fields())
+    async with _sender(stack, "fcm") as sender:
+        async def no_send(*_: object) -> None:
+            raise AssertionError("the streaming sender should use start()")
+
+        monkeypatch.setattr(sender.gateway, "send", no_send)
+        await _stream_all(stack, sender, "fcm", len(tokens))
+        assert sorted(d.token for d in stack.fcm.deliveries) == sorted(tokens)
+
+        def broken(*_: object) -> None:
+            raise RuntimeError("a bug")
+
+        monkeypatch.setattr(sender.gateway, "start", broken)
+        await stack.redis.xadd(keys.push_stream("fcm"),
+                               _push(incident, "fcm", "fcm-token-x").to_fields())
+        await _stream_all(stack, sender, "fcm", len(tokens) + 1)
+    outcomes = await _outcomes(stack)
+    assert outcomes[:-1] == [("sent", None, 1)] * len(tokens)
+    assert outcomes[-1] == ("retry", "RuntimeError", 1)
+    assert await stack.redis.zcard(keys.retry_schedule("fcm")) == 1
