@@ -1077,6 +1077,10 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def _exit_on_sigterm(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = _parse_args(argv)
     if args.command == "serve-fake-apns":
@@ -1092,6 +1096,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.py_spy is not None and not Path(sys.executable).with_name("py-spy").exists():
         sys.exit("bench: --py-spy needs py-spy in the venv: .venv/bin/pip install py-spy")
     WORKDIR.mkdir(parents=True, exist_ok=True)
+    # SIGTERM unwinds like Ctrl-C, so the fakes, the sender, PostgreSQL and Redis are
+    # stopped rather than left running
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     services = start_services(WORKDIR, "geopush_bench_delivery")
     tmp = Path(tempfile.mkdtemp(prefix="bench-delivery-", dir=WORKDIR))
     certs_dir = tmp / "certs"
