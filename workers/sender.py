@@ -120,10 +120,10 @@ class Sender:
             try:
                 outcome = await self.gateway.send(push, now)
             except Exception as exc:
-                outcome = self.unforeseen(exc)
+                outcome = self._unforeseen(exc)
         return Result(entry_id, push, outcome, time.time())
 
-    def unforeseen(self, exc: BaseException) -> Outcome:
+    def _unforeseen(self, exc: BaseException) -> Outcome:
         """A send that raised (a bug or an unforeseen transport error): retried."""
         log.error("send to %s failed unexpectedly", self.gateway.platform, exc_info=exc)
         return Retry(type(exc).__name__)
@@ -291,7 +291,7 @@ class _Streaming:
         try:
             self.start_send(push, now, done)
         except Exception as exc:
-            done(self.sender.unforeseen(exc))
+            done(self.sender._unforeseen(exc))
 
     def _send_in_task(self, push: Push, now: float, done: Done) -> None:
         task = asyncio.create_task(self.sender.gateway.send(push, now))
@@ -303,7 +303,7 @@ class _Streaming:
         if task.cancelled():
             return
         error = task.exception()
-        done(task.result() if error is None else self.sender.unforeseen(error))
+        done(task.result() if error is None else self.sender._unforeseen(error))
 
     def _sent(self, entry_id: str, push: Push, outcome: Outcome) -> None:
         if self.over:
