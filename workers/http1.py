@@ -410,24 +410,25 @@ class Http1Pool:
         except asyncio.CancelledError:     # the request timed out or was cancelled
             self._not_connected(request)
             raise
-        self.connecting.discard(request)
-        request.connecting = None
+        self._done_connecting(request)
         self.connects += 1
         connection.last_used = loop.time()
-        if self._closed:
-            connection.close()
-            self.open -= 1
-            request.settle(ConnectionFailed("the pool is closed"))
-        elif request.done:        # timed out or cancelled meanwhile: keep the connection
+        if request.done or self._closed:
+            # timed out or cancelled meanwhile: the connection is kept (or closed with
+            # the pool, whose closing ended the request)
             self._release(connection)
+            request.settle(ConnectionFailed("the pool is closed"))
         else:
             self.busy.add(connection)
             connection.start(request)
 
-    def _not_connected(self, request: Request) -> None:
-        self.open -= 1
+    def _done_connecting(self, request: Request) -> None:
         self.connecting.discard(request)
         request.connecting = None
+
+    def _not_connected(self, request: Request) -> None:
+        self.open -= 1
+        self._done_connecting(request)
         self._serve_queue()
 
     def _end(self, request: Request, error: Exception) -> None:
@@ -453,21 +454,26 @@ class Http1Pool:
             self.open -= 1
             self._serve_queue()
             return
-        while self.queue:
-            request = self.queue.popleft()
-            if not request.done:
-                self.busy.add(connection)
-                connection.start(request)
-                return
-        self.idle.append(connection)
+        request = self._next_queued()
+        if request is None:
+            self.idle.append(connection)
+        else:
+            self.busy.add(connection)
+            connection.start(request)
 
     def _serve_queue(self) -> None:
         """A connection closed: the first queued request gets a new one."""
-        while self.queue and self.open < self._max and not self._closed:
+        if self.open < self._max and not self._closed:
+            request = self._next_queued()
+            if request is not None:
+                self._connect_for(request)
+
+    def _next_queued(self) -> Request | None:
+        while self.queue:
             request = self.queue.popleft()
             if not request.done:
-                self._connect_for(request)
-                return
+                return request
+        return None
 
     def _schedule_sweep(self, loop: asyncio.AbstractEventLoop, now: float) -> None:
         at = now + min(1.0, max(0.005, self.request_timeout / 8))

@@ -107,10 +107,8 @@ class StreamConsumer:
         response: Any = await self.redis.xreadgroup(
             self.group, self.consumer, {self.stream: ">"}, count=count, block=self.block_ms
         )
-        entries: list[Entry] = []
-        for _stream, items in response or []:
-            for eid, fields in items:
-                entries.append((eid, fields))
+        entries: list[Entry] = [(eid, fields) for _stream, items in response or []
+                                for eid, fields in items]
         self._inflight.update(eid for eid, _ in entries)
         return entries
 
