@@ -26,24 +26,11 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 from aiohttp import web
-from h2.config import H2Configuration
-from h2.connection import H2Connection
-from h2.errors import ErrorCodes
-from h2.events import (
-    ConnectionTerminated,
-    DataReceived,
-    RemoteSettingsChanged,
-    RequestReceived,
-    StreamEnded,
-    StreamReset,
-    WindowUpdated,
-)
-from h2.exceptions import ProtocolError, StreamClosedError
 from h2.settings import SettingCodes
 
 from loadtest.apns_rules import ProviderTokens, Rejection, check_request, device_token
@@ -56,6 +43,7 @@ from loadtest.devkeys import (
     ensure_tls,
     public_key_pem,
 )
+from loadtest.h2server import H2Request, H2ServerConnection, close_connections
 
 logger = logging.getLogger(__name__)
 
@@ -86,97 +74,31 @@ class _Faults:
         return self.rate >= 1 or random.random() < self.rate
 
 
-@dataclass
-class _Request:
-    headers: dict[str, str]
-    body: bytearray = field(default_factory=bytearray)
-
-
-class _ApnsConnection(asyncio.Protocol):
-    """One client connection: h2 framing, flow control, the stream limit."""
+class _ApnsConnection(H2ServerConnection):
+    """One client connection, with Apple's stream limit: one until authorized."""
 
     def __init__(self, fake: FakeApns) -> None:
+        super().__init__(fake._connections, max_concurrent_streams=1)
         self.fake = fake
-        self.h2 = H2Connection(H2Configuration(client_side=False, header_encoding=None))
-        self.transport: asyncio.Transport | None = None
-        self.requests: dict[int, _Request] = {}
-        self.outbound: dict[int, bytes] = {}  # error bodies waiting for window
-        self.timers: dict[int, asyncio.TimerHandle] = {}
         self.authorized = False
-        self.closed = asyncio.get_running_loop().create_future()
 
-    # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass
-        self.fake._connections.add(self)
         self.fake.stats["connections"] += 1
-        self.h2.initiate_connection()
         # Apple: one stream until a push with a valid provider token succeeds.
-        self.h2.update_settings({SettingCodes.MAX_CONCURRENT_STREAMS: 1})
-        self.flush()
+        super().connection_made(transport)
 
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.fake._connections.discard(self)
-        for timer in self.timers.values():
-            timer.cancel()
-        self.timers.clear()
-        self.transport = None
-        if not self.closed.done():
-            self.closed.set_result(None)
+    def request_received(self, stream_id: int, request: H2Request) -> None:
+        self.fake._handle(self, stream_id, request)
 
-    def data_received(self, data: bytes) -> None:
-        try:
-            events = self.h2.receive_data(data)
-        except ProtocolError as exc:
-            logger.warning("HTTP/2 protocol error from client: %s", exc)
-            self.flush()
-            if self.transport is not None:
-                self.transport.close()
-            return
-        for event in events:
-            if isinstance(event, RequestReceived):
-                headers = {k.decode(): v.decode() for k, v in event.headers}
-                self.requests[event.stream_id] = _Request(headers)
-            elif isinstance(event, DataReceived):
-                sid = event.stream_id
-                assert sid is not None and event.data is not None
-                self.h2.acknowledge_received_data(event.flow_controlled_length or 0, sid)
-                request = self.requests.get(sid)
-                if request is not None:
-                    request.body += event.data
-            elif isinstance(event, StreamEnded):
-                request = self.requests.pop(event.stream_id, None)
-                if request is not None:
-                    self.fake._handle(self, event.stream_id, request)
-            elif isinstance(event, StreamReset):
-                self.fake.stats["client_resets"] += 1
-                self._forget(event.stream_id)
-            elif isinstance(event, WindowUpdated | RemoteSettingsChanged):
-                self._drain()
-            elif isinstance(event, ConnectionTerminated) and self.transport is not None:
-                self.transport.close()
-        self.flush()
+    def stream_reset(self, stream_id: int) -> None:
+        self.fake.stats["client_resets"] += 1
 
-    # responses
-    def flush(self) -> None:
-        data = self.h2.data_to_send()
-        if data and self.transport is not None:
-            self.transport.write(data)
-
-    def respond(self, stream_id: int, status: int, apns_id: str, body: bytes = b"") -> None:
-        if self.transport is None:
-            return
+    def reply(self, stream_id: int, status: int, apns_id: str, body: bytes = b"") -> None:
         headers = [(b":status", str(status).encode()), (b"apns-id", apns_id.encode())]
         if body:
             headers.append((b"content-type", b"application/json"))
             headers.append((b"content-length", str(len(body)).encode()))
-        try:
-            self.h2.send_headers(stream_id, headers, end_stream=not body)
-        except (StreamClosedError, ProtocolError):
-            return  # the client reset the stream meanwhile
-        if body:
-            self.outbound[stream_id] = body
-            self._drain()
+        self.respond(stream_id, headers, body)
 
     def raise_stream_limit(self) -> None:
         if not self.authorized:
@@ -184,50 +106,6 @@ class _ApnsConnection(asyncio.Protocol):
             self.h2.update_settings(
                 {SettingCodes.MAX_CONCURRENT_STREAMS: self.fake.max_concurrent_streams}
             )
-
-    def abort(self) -> None:
-        """Drop the connection without a GOAWAY, like a reset TCP connection."""
-        if self.transport is not None:
-            self.transport.abort()
-
-    def goaway(self, reason: str) -> None:
-        if self.transport is None:
-            return
-        self.h2.close_connection(ErrorCodes.NO_ERROR, json.dumps({"reason": reason}).encode())
-        self.flush()
-        self.transport.close()
-
-    def _drain(self) -> None:
-        """Send waiting bodies as far as the peer's flow-control windows allow.
-
-        A body goes out whole once the window has room for it (a body bigger than the
-        peer's stream window goes out piecewise, the only way it can progress)."""
-        whole_limit = self.h2.remote_settings.initial_window_size
-        for stream_id in list(self.outbound):
-            body = self.outbound[stream_id]
-            try:
-                window = self.h2.local_flow_control_window(stream_id)
-            except (StreamClosedError, ProtocolError):
-                del self.outbound[stream_id]
-                continue
-            if window < len(body) <= whole_limit:
-                continue
-            while body and window > 0:
-                size = min(window, len(body), self.h2.max_outbound_frame_size)
-                chunk, body = body[:size], body[size:]
-                self.h2.send_data(stream_id, chunk, end_stream=not body)
-                window -= size
-            if body:
-                self.outbound[stream_id] = body
-            else:
-                del self.outbound[stream_id]
-
-    def _forget(self, stream_id: int) -> None:
-        self.requests.pop(stream_id, None)
-        self.outbound.pop(stream_id, None)
-        timer = self.timers.pop(stream_id, None)
-        if timer is not None:
-            timer.cancel()
 
 
 class FakeApns:
@@ -278,17 +156,7 @@ class FakeApns:
             self._runner = None
         if self._server is not None:
             self._server.close()
-            connections = list(self._connections)
-            for connection in connections:
-                if connection.transport is not None:
-                    connection.transport.close()
-            if connections:
-                _, pending = await asyncio.wait([c.closed for c in connections], timeout=2)
-                for connection in connections:
-                    if connection.transport is not None and not connection.closed.done():
-                        connection.transport.abort()
-                if pending:
-                    await asyncio.wait(pending, timeout=1)
+            await close_connections(self._connections)
             await self._server.wait_closed()
             self._server = None
 
@@ -322,15 +190,16 @@ class FakeApns:
 
     def goaway(self, reason: str = "Shutdown") -> None:
         for connection in list(self._connections):
-            connection.goaway(reason)
+            connection.goaway(json.dumps({"reason": reason}).encode())
 
     # request handling
-    def _handle(self, connection: _ApnsConnection, stream_id: int, request: _Request) -> None:
+    def _handle(self, connection: _ApnsConnection, stream_id: int, request: H2Request) -> None:
         faults = self._faults
         if faults is not None and faults.applies(device_token(request.headers.get(":path", ""))):
             if faults.latency_ms > 0:
-                connection.timers[stream_id] = asyncio.get_running_loop().call_later(
-                    faults.latency_ms / 1000, self._answer, connection, stream_id, request, faults
+                connection.later(
+                    stream_id, faults.latency_ms / 1000,
+                    lambda: self._answer(connection, stream_id, request, faults),
                 )
                 return
             self._answer(connection, stream_id, request, faults)
@@ -338,10 +207,9 @@ class FakeApns:
         self._answer(connection, stream_id, request, None)
 
     def _answer(
-        self, connection: _ApnsConnection, stream_id: int, request: _Request,
+        self, connection: _ApnsConnection, stream_id: int, request: H2Request,
         faults: _Faults | None,
     ) -> None:
-        connection.timers.pop(stream_id, None)
         if faults is not None and faults.reset:
             self.stats["resets"] += 1
             connection.abort()
@@ -378,7 +246,7 @@ class FakeApns:
         self.deliveries.append(Delivery(token, regular, payload, arrived_at, apns_id))
         self.stats["200"] += 1
         logger.info("delivered to %s… at %.3f (apns-id %s)", token[:8], arrived_at, apns_id)
-        connection.respond(stream_id, 200, apns_id)
+        connection.reply(stream_id, 200, apns_id)
         connection.raise_stream_limit()
         connection.flush()
 
@@ -387,7 +255,7 @@ class FakeApns:
         body: dict[str, Any],
     ) -> None:
         self.stats[str(status)] += 1
-        connection.respond(stream_id, status, apns_id, json.dumps(body).encode())
+        connection.reply(stream_id, status, apns_id, json.dumps(body).encode())
         connection.flush()
 
     # control API

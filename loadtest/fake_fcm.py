@@ -1,7 +1,11 @@
 """A fake FCM HTTP v1 gateway: Google's OAuth token endpoint plus ``messages:send``.
 
 It speaks the same protocol as Google so that geopush's real FCM client (google-auth
-service-account credentials + aiohttp) runs against it unchanged:
+service-account credentials, HTTP/2 or HTTP/1.1) runs against it unchanged. One port
+serves both HTTP/1.1 and HTTP/2 with prior knowledge (h2c, RFC 9113 §3.3; what
+``h2load http://…`` and geopush's client send to a plain-TCP endpoint): a connection
+that opens with the HTTP/2 preface is HTTP/2, with ``max_concurrent_streams`` streams
+(FCM's ~100), anything else goes to the aiohttp application.
 
 - ``POST /token`` takes the OAuth 2.0 JWT-bearer grant google-auth posts (an RS256
   assertion signed with the service account's key) and issues opaque bearer tokens.
@@ -9,7 +13,11 @@ service-account credentials + aiohttp) runs against it unchanged:
   message like FCM v1 does and answers with FCM's success and error shapes
   (UNREGISTERED, INVALID_ARGUMENT, QUOTA_EXCEEDED with ``Retry-After``, ...).
 - ``/_fake/...`` is the control API for tests and load tests (deliveries, unregistered
-  tokens, injected faults, quota, stats).
+  tokens, injected faults, quota, stats), over HTTP/1.1 only.
+
+Both endpoints answer the same over either protocol: the HTTP/1.1 handlers and the
+HTTP/2 connection (``loadtest.h2server``) call the same transport-neutral code, which
+returns a ``Reply``.
 
 Per-request work is kept small for load tests: bearer tokens are looked up in a dict,
 RSA verification happens only on ``/token``, nothing is written to disk.
@@ -33,13 +41,15 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
+from urllib.parse import parse_qs, unquote
 
 import jwt
 from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 
 from loadtest.devkeys import DEV_FCM_PROJECT, ensure_fcm_service_account, public_key_pem
+from loadtest.h2server import H2Request, H2ServerConnection, close_connections, sniffing_factory
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +71,8 @@ MAX_ASSERTION_LIFETIME_S = 3600
 CLOCK_SKEW_S = 300
 MAX_DATA_BYTES = 4096
 MAX_TTL_S = 28 * 24 * 3600
+MAX_BODY_BYTES = 1024 * 1024  # a request body, over either protocol
+JSON_CONTENT_TYPE = "application/json; charset=UTF-8"
 
 # HTTP status -> google.rpc canonical status name.
 HTTP_TO_STATUS = {
@@ -68,7 +80,9 @@ HTTP_TO_STATUS = {
     401: "UNAUTHENTICATED",
     403: "PERMISSION_DENIED",
     404: "NOT_FOUND",
+    405: "UNIMPLEMENTED",
     409: "ABORTED",
+    413: "INVALID_ARGUMENT",
     429: "RESOURCE_EXHAUSTED",
     500: "INTERNAL",
     501: "NOT_IMPLEMENTED",
@@ -121,6 +135,29 @@ _APNS_FIELDS = {"headers", "payload", "fcm_options", "fcmOptions", "live_activit
 _WEBPUSH_FIELDS = {"headers", "data", "notification", "fcm_options", "fcmOptions"}
 _ANDROID_PRIORITIES = {"NORMAL", "HIGH"}
 _TOPIC = re.compile(r"^(/topics/)?[a-zA-Z0-9\-_.~%]{1,900}$")
+_SEND_PATH = re.compile(r"/v1/projects/([^/]+)/messages:send")
+_JSON_HEADERS = {"Content-Type": JSON_CONTENT_TYPE}
+
+
+class Reply(NamedTuple):
+    """An answer, whichever protocol carries it (header names in HTTP/1.1 spelling)."""
+
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+
+
+def json_reply(
+    obj: Any, status: int = 200, headers: Mapping[str, str] | None = None
+) -> Reply:
+    return Reply(
+        status, _JSON_HEADERS if headers is None else {**_JSON_HEADERS, **headers},
+        json.dumps(obj).encode(),
+    )
+
+
+def _web_response(reply: Reply) -> web.Response:
+    return web.Response(status=reply.status, headers=reply.headers, body=reply.body)
 
 
 @dataclass(frozen=True)
@@ -183,8 +220,8 @@ def _abbrev(token: str | None) -> str:
     return token if len(token) <= 12 else f"{token[:6]}…{token[-4:]}"
 
 
-def _oauth_error(error: str, description: str, status: int = 400) -> web.Response:
-    return web.json_response({"error": error, "error_description": description}, status=status)
+def _oauth_error(error: str, description: str, status: int = 400) -> Reply:
+    return json_reply({"error": error, "error_description": description}, status)
 
 
 def google_error(
@@ -195,7 +232,7 @@ def google_error(
     field_violation: tuple[str, str] | None = None,
     reason: str | None = None,
     headers: Mapping[str, str] | None = None,
-) -> web.Response:
+) -> Reply:
     """An error in Google's JSON shape, with FCM's ``details`` when given."""
     details: list[dict[str, Any]] = []
     if error_code is not None:
@@ -224,12 +261,7 @@ def google_error(
     }
     if details:
         error["details"] = details
-    return web.Response(
-        body=json.dumps({"error": error}),
-        status=http_status,
-        content_type="application/json",
-        headers=headers,
-    )
+    return json_reply({"error": error}, http_status, headers)
 
 
 def _check_fields(obj: Any, allowed: set[str], path: str) -> dict[str, Any]:
@@ -380,8 +412,11 @@ class FakeFcm:
         token_lifetime_s: int = 3600,
         clock: Callable[[], float] = time.time,
         max_deliveries: int | None = 200_000,
+        max_concurrent_streams: int = 100,
     ) -> None:
         self.project_id = project_id
+        # SETTINGS_MAX_CONCURRENT_STREAMS of an HTTP/2 connection (FCM reports 100)
+        self.max_concurrent_streams = max_concurrent_streams
         self.quota_per_minute = quota_per_minute
         # Seconds an issued access token lives; FCM's is an hour. Tests shorten it.
         self.token_lifetime_s = token_lifetime_s
@@ -405,6 +440,9 @@ class FakeFcm:
         self._stats = _Stats()
         self._ids = itertools.count(1)
         self._runner: web.AppRunner | None = None
+        self._server: asyncio.AbstractServer | None = None
+        self._connections: set[_FcmConnection] = set()  # open HTTP/2 connections
+        self._undecided: set[Any] = set()  # connections not yet told apart
         self.app = self._make_app()
 
     # ---- in-process control ----
@@ -479,29 +517,51 @@ class FakeFcm:
 
     # ---- lifecycle ----
 
+    def protocol_factory(
+        self, http1_factory: Callable[[], asyncio.BaseProtocol]
+    ) -> Callable[[], asyncio.Protocol]:
+        """Protocols for accepted connections: HTTP/2 with prior knowledge is served
+        here, anything else by ``http1_factory`` (the ``server`` of an ``AppRunner`` of
+        ``self.app``)."""
+        return sniffing_factory(http1_factory, lambda: _FcmConnection(self), self._undecided)
+
     async def start(self, host: str = "127.0.0.1", port: int = 8445) -> None:
         runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
         await runner.setup()
-        site = web.TCPSite(runner, host, port, backlog=1024, reuse_address=True)
+        assert runner.server is not None
+        loop = asyncio.get_running_loop()
         try:
-            await site.start()
+            server = await loop.create_server(
+                self.protocol_factory(runner.server), host, port, backlog=1024,
+                reuse_address=True,
+            )
         except BaseException:
             await runner.cleanup()
             raise
-        self._runner = runner
+        self._runner, self._server = runner, server
         self.host = host
-        self.port = int(runner.addresses[0][1])
+        self.port = int(server.sockets[0].getsockname()[1])
         logger.info("fake FCM listening on %s (project %s)", self.url, self.project_id)
 
     async def stop(self) -> None:
+        """Stops listening, sends GOAWAY on every HTTP/2 connection and closes them,
+        then lets aiohttp close the HTTP/1.1 ones."""
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()
+            for sniffer in list(self._undecided):
+                sniffer.close()
+            await close_connections(self._connections, goaway=True)
         if self._runner is not None:
             runner, self._runner = self._runner, None
             await runner.cleanup()
+        if server is not None:
+            await server.wait_closed()
 
     # ---- HTTP ----
 
     def _make_app(self) -> web.Application:
-        app = web.Application(client_max_size=1024 * 1024)
+        app = web.Application(client_max_size=MAX_BODY_BYTES)
         app.router.add_post("/token", self._token)
         app.router.add_post("/v1/projects/{project}/messages:send", self._send)
         app.router.add_get("/_fake/deliveries", self._get_deliveries)
@@ -514,7 +574,13 @@ class FakeFcm:
         return app
 
     async def _token(self, request: web.Request) -> web.Response:
-        form = await request.post()
+        try:
+            form = await request.post()
+        except web.HTTPRequestEntityTooLarge:
+            return _web_response(_too_large())
+        return _web_response(self._answer_token(form, str(request.url)))
+
+    def _answer_token(self, form: Mapping[str, Any], own_url: str) -> Reply:
         grant_type = form.get("grant_type")
         assertion = form.get("assertion")
         if grant_type != JWT_BEARER_GRANT:
@@ -524,7 +590,7 @@ class FakeFcm:
             self._stats.token_errors += 1
             return _oauth_error("invalid_request", "Missing required parameter: assertion")
         try:
-            claims = self._verify_assertion(assertion, str(request.url))
+            claims = self._verify_assertion(assertion, own_url)
         except _GrantError as e:
             self._stats.token_errors += 1
             return _oauth_error(e.error, e.description)
@@ -537,7 +603,7 @@ class FakeFcm:
             bool(scopes & {FCM_SCOPE, CLOUD_PLATFORM_SCOPE}),
         )
         self._stats.tokens_issued += 1
-        return web.json_response(
+        return json_reply(
             {
                 "access_token": access_token,
                 "expires_in": self.token_lifetime_s,
@@ -594,8 +660,7 @@ class FakeFcm:
             raise _GrantError("invalid_scope", "Empty or missing scope not allowed.")
         return unverified
 
-    def _authenticate(self, request: web.Request) -> _Grant | web.Response:
-        auth = request.headers.get("Authorization", "")
+    def _authenticate(self, auth: str) -> _Grant | Reply:
         if not auth.startswith("Bearer "):
             return google_error(
                 401,
@@ -619,7 +684,7 @@ class FakeFcm:
         return grant
 
     def _error(self, code: str, *, http_status: int | None = None,
-               headers: Mapping[str, str] | None = None) -> web.Response:
+               headers: Mapping[str, str] | None = None) -> Reply:
         self._stats.errors[code] += 1
         return google_error(
             http_status or ERROR_CODE_TO_HTTP.get(code, 500),
@@ -639,12 +704,29 @@ class FakeFcm:
         return None
 
     async def _send(self, request: web.Request) -> web.Response:
+        latency_ms = self._faults.latency_ms
+        if latency_ms:
+            await asyncio.sleep(latency_ms / 1000)
+        try:
+            body: bytes | None = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            body = None
+        return _web_response(self._answer_send(
+            request.match_info["project"], request.headers.get("Authorization", ""), body,
+            {k.lower(): v for k, v in request.headers.items()},
+        ))
+
+    def _answer_send(
+        self, project: str, authorization: str, body: bytes | None, headers: dict[str, str]
+    ) -> Reply:
+        """``messages:send`` after the injected latency, whatever the protocol: ``body``
+        is None when it was larger than ``MAX_BODY_BYTES``; ``headers`` (names in lower
+        case, as HTTP/2 has them) are recorded with the delivery."""
         self._stats.sends += 1
-        grant = self._authenticate(request)
-        if isinstance(grant, web.Response):
+        grant = self._authenticate(authorization)
+        if isinstance(grant, Reply):
             self._stats.errors[HTTP_TO_STATUS[grant.status]] += 1
             return grant
-        project = request.match_info["project"]
         if project != self.project_id:
             self._stats.errors["PERMISSION_DENIED"] += 1
             return google_error(
@@ -654,20 +736,20 @@ class FakeFcm:
                 "(or it may not exist).",
                 reason="IAM_PERMISSION_DENIED",
             )
-        faults = self._faults
-        if faults.latency_ms:
-            await asyncio.sleep(faults.latency_ms / 1000)
+        if body is None:
+            self._stats.errors["INVALID_ARGUMENT"] += 1
+            return _too_large()
         try:
-            body = json.loads(await request.read())
+            request = json.loads(body)
         except (ValueError, UnicodeDecodeError):
             self._stats.errors["INVALID_ARGUMENT"] += 1
             return google_error(400, "Invalid JSON payload received.",
                                 field_violation=("", "Invalid JSON payload received."))
         try:
-            body = _check_fields(body, {"message", "validate_only", "validateOnly"}, "")
-            if "message" not in body:
+            request = _check_fields(request, {"message", "validate_only", "validateOnly"}, "")
+            if "message" not in request:
                 raise InvalidMessage("message", "Message must be set.", fcm_error=False)
-            token = validate_message(body["message"])
+            token = validate_message(request["message"])
         except InvalidMessage as e:
             self._stats.errors["INVALID_ARGUMENT"] += 1
             return google_error(
@@ -675,26 +757,65 @@ class FakeFcm:
                 error_code="INVALID_ARGUMENT" if e.fcm_error else None,
                 field_violation=(e.field_path, e.description),
             )
-        if body.get("validate_only") or body.get("validateOnly"):
-            return web.json_response({"name": f"projects/{project}/messages/fake_message_id"})
+        if request.get("validate_only") or request.get("validateOnly"):
+            return json_reply({"name": f"projects/{project}/messages/fake_message_id"})
         now = self.clock()
+        faults = self._faults
         if faults.rate and random.random() < faults.rate:
-            headers = {"Retry-After": "1"} if faults.status == 429 else None
-            return self._error(faults.reason, http_status=faults.status, headers=headers)
+            retry = {"Retry-After": "1"} if faults.status == 429 else None
+            return self._error(faults.reason, http_status=faults.status, headers=retry)
         retry_after = self._quota_retry_after(now)
         if retry_after is not None:
             return self._error("QUOTA_EXCEEDED", headers={"Retry-After": str(retry_after)})
         if token is not None and token in self._unregistered:
             return self._error("UNREGISTERED")
         name = f"projects/{project}/messages/0:{int(now * 1000)}%{next(self._ids):016x}"
-        self.deliveries.append(
-            Delivery(token, body["message"], dict(request.headers), now, name)
-        )
+        self.deliveries.append(Delivery(token, request["message"], headers, now, name))
         if self.max_deliveries is not None and len(self.deliveries) > self.max_deliveries:
             del self.deliveries[: max(1, self.max_deliveries // 10)]
         self._stats.delivered += 1
         logger.info("delivered %s to %s", name, _abbrev(token))
-        return web.json_response({"name": name})
+        return json_reply({"name": name})
+
+    # ---- HTTP/2 ----
+
+    def _h2_request(self, connection: _FcmConnection, stream_id: int, request: H2Request) -> None:
+        headers = request.headers
+        method = headers.get(":method")
+        path = headers.get(":path", "").partition("?")[0]
+        match = _SEND_PATH.fullmatch(path)
+        if match is not None and method == "POST":
+            latency_ms = self._faults.latency_ms
+            if latency_ms:
+                connection.later(
+                    stream_id, latency_ms / 1000,
+                    lambda: self._h2_send(connection, stream_id, request, match[1]),
+                )
+            else:
+                self._h2_send(connection, stream_id, request, match[1])
+            return
+        if path == "/token" and method == "POST":
+            if request.too_large:
+                reply = _too_large()
+            else:
+                form = {k: v[0] for k, v in parse_qs(request.body.decode("latin-1")).items()}
+                url = f"{headers.get(':scheme', 'http')}://{headers.get(':authority', '')}"
+                reply = self._answer_token(form, url + headers.get(":path", ""))
+        elif match is not None or path == "/token":
+            reply = google_error(405, f"Method {method} is not allowed for {path}.")
+        else:
+            reply = google_error(404, f"The requested URL {path} was not found on this server.")
+        connection.send_reply(stream_id, reply)
+
+    def _h2_send(
+        self, connection: _FcmConnection, stream_id: int, request: H2Request, project: str
+    ) -> None:
+        headers = request.headers
+        regular = {k: v for k, v in headers.items() if k[0] != ":"}
+        connection.send_reply(stream_id, self._answer_send(
+            unquote(project), headers.get("authorization", ""),
+            None if request.too_large else bytes(request.body), regular,
+        ))
 
     # ---- control API ----
 
@@ -758,6 +879,30 @@ class FakeFcm:
         return web.json_response(self.stats())
 
 
+def _too_large() -> Reply:
+    return google_error(413, f"Request payload size exceeds the limit: {MAX_BODY_BYTES} bytes.")
+
+
+class _FcmConnection(H2ServerConnection):
+    """One HTTP/2 client connection of the fake FCM."""
+
+    def __init__(self, fake: FakeFcm) -> None:
+        super().__init__(
+            fake._connections, max_concurrent_streams=fake.max_concurrent_streams,
+            max_body_size=MAX_BODY_BYTES,
+        )
+        self.fake = fake
+
+    def request_received(self, stream_id: int, request: H2Request) -> None:
+        self.fake._h2_request(self, stream_id, request)
+
+    def send_reply(self, stream_id: int, reply: Reply) -> None:
+        headers = [(b":status", str(reply.status).encode())]
+        headers += [(k.lower().encode(), v.encode()) for k, v in reply.headers.items()]
+        headers.append((b"content-length", str(len(reply.body)).encode()))
+        self.respond(stream_id, headers, reply.body)
+
+
 class _GrantError(Exception):
     def __init__(self, error: str, description: str) -> None:
         super().__init__(description)
@@ -777,6 +922,7 @@ async def _serve(args: argparse.Namespace) -> None:
         service_account_public_keys=keys,
         quota_per_minute=args.quota_per_minute,
         max_deliveries=args.max_deliveries,
+        max_concurrent_streams=args.max_concurrent_streams,
     )
     await fake.start(args.host, args.port)
     try:
@@ -811,6 +957,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--max-deliveries", type=int, default=200_000,
         help="deliveries kept for /_fake/deliveries (oldest dropped first)",
+    )
+    parser.add_argument(
+        "--max-concurrent-streams", type=int, default=100,
+        help="SETTINGS_MAX_CONCURRENT_STREAMS of an HTTP/2 connection (FCM's is ~100)",
     )
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import io
 import json
 import os
 import re
@@ -20,9 +21,15 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from google.auth import exceptions as google_exceptions
 from google.oauth2 import service_account
+from h2.errors import ErrorCodes
+from h2.settings import SettingCodes
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from loadtest.fake_fcm import FCM_SCOPE, JWT_BEARER_GRANT, FakeFcm
+from loadtest.fake_fcm import FCM_SCOPE, JWT_BEARER_GRANT, MAX_BODY_BYTES, FakeFcm
+from loadtest.h2server import PREFACE
 from tests.fake_fcm_fixtures import PROJECT
+from tests.h2_client import H2Client, H2Response
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -212,7 +219,7 @@ async def test_send_success_is_recorded(
     assert delivery.token == "tok-A"
     assert delivery.name == body["name"]
     assert delivery.message == _message("tok-A")["message"]
-    assert delivery.headers["Authorization"] == f"Bearer {token}"
+    assert delivery.headers["authorization"] == f"Bearer {token}"
     assert before <= delivery.arrived_at <= time.time()
 
 
@@ -453,3 +460,327 @@ async def test_cli_starts_with_a_dev_service_account(tmp_path: Path) -> None:
     assert returncode == 0, log
     assert "delivered projects/cli-project/messages/" in log
     assert "cli-device" in log
+
+
+# ---- HTTP/2 (h2c with prior knowledge) on the same port ----
+
+SEND_PATH = f"/v1/projects/{PROJECT}/messages:send"
+NAME = re.compile(rf"projects/{PROJECT}/messages/0:\d+%[0-9a-f]+")
+JSON_TYPE = "application/json; charset=UTF-8"
+
+
+@pytest.fixture
+async def h2c(fake: FakeFcm) -> AsyncIterator[H2Client]:
+    client = await H2Client.connect(fake.host, fake.port)
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+def _json_headers(token: str | None) -> dict[str, str]:
+    headers = {"content-type": "application/json"}
+    if token is not None:
+        headers["authorization"] = f"Bearer {token}"
+    return headers
+
+
+async def _h2_send(
+    h2c: H2Client, token: str | None, body: Any, project: str = PROJECT
+) -> H2Response:
+    return await h2c.request(
+        "POST", f"/v1/projects/{project}/messages:send", _json_headers(token),
+        json.dumps(body).encode(),
+    )
+
+
+async def test_h2_settings_and_success_is_recorded(
+    fake: FakeFcm, sa_info: dict[str, Any], http: aiohttp.ClientSession, h2c: H2Client
+) -> None:
+    assert h2c.server_settings[SettingCodes.MAX_CONCURRENT_STREAMS] == 100
+    token = await _token(http, fake, sa_info)
+    resp = await _h2_send(h2c, token, _message("tok-A"))
+    assert resp.status == 200, resp
+    assert NAME.fullmatch(resp.json()["name"])
+    assert resp.headers["content-type"] == JSON_TYPE
+    assert int(resp.headers["content-length"]) == len(resp.body)
+    [delivery] = fake.deliveries
+    assert (delivery.token, delivery.name) == ("tok-A", resp.json()["name"])
+    assert delivery.message == _message("tok-A")["message"]
+    assert delivery.headers["authorization"] == f"Bearer {token}"   # as over HTTP/1.1
+    assert not any(name.startswith(":") for name in delivery.headers)
+    stats = fake.stats()
+    assert (stats["sends"], stats["delivered"]) == (1, 1)
+
+
+async def test_h2_token_endpoint_then_send(
+    fake: FakeFcm, sa_info: dict[str, Any], h2c: H2Client
+) -> None:
+    form = f"grant_type={JWT_BEARER_GRANT}&assertion={_assertion(sa_info)}"
+    resp = await h2c.request(
+        "POST", "/token", {"content-type": "application/x-www-form-urlencoded"},
+        form.encode(),
+    )
+    assert resp.status == 200, resp
+    grant = resp.json()
+    assert (grant["token_type"], grant["expires_in"]) == ("Bearer", 3600)
+    resp = await _h2_send(h2c, grant["access_token"], _message())
+    assert resp.status == 200
+    resp = await h2c.request("POST", "/token", body=b"grant_type=password")
+    assert (resp.status, resp.json()["error"]) == (400, "unsupported_grant_type")
+
+
+async def test_h2_unregistered_is_404(
+    fake: FakeFcm, sa_info: dict[str, Any], http: aiohttp.ClientSession, h2c: H2Client
+) -> None:
+    token = await _token(http, fake, sa_info)
+    fake.mark_unregistered(["gone"])
+    resp = await _h2_send(h2c, token, _message("gone"))
+    assert resp.status == 404
+    assert resp.json() == {"error": {
+        "code": 404, "message": "Requested entity was not found.", "status": "NOT_FOUND",
+        "details": [{"@type": "type.googleapis.com/google.firebase.fcm.v1.FcmError",
+                     "errorCode": "UNREGISTERED"}],
+    }}
+    assert fake.deliveries == []
+
+
+async def test_h2_invalid_argument_names_the_field(
+    fake: FakeFcm, sa_info: dict[str, Any], http: aiohttp.ClientSession, h2c: H2Client
+) -> None:
+    token = await _token(http, fake, sa_info)
+    resp = await _h2_send(
+        h2c, token, {"message": {"token": "t", "android": {"priority": "URGENT"}}}
+    )
+    assert resp.status == 400
+    error = resp.json()["error"]
+    assert error["status"] == "INVALID_ARGUMENT"
+    [violation] = [v for d in error["details"] for v in d.get("fieldViolations", [])]
+    assert violation["field"] == "message.android.priority"
+    resp = await h2c.request("POST", SEND_PATH, _json_headers(token), b"{not json")
+    assert (resp.status, resp.json()["error"]["message"]) == (
+        400, "Invalid JSON payload received.")
+
+
+async def test_h2_authentication_errors(h2c: H2Client, fake: FakeFcm) -> None:
+    for bearer in (None, "ya29.made-up"):
+        resp = await _h2_send(h2c, bearer, _message())
+        assert resp.status == 401
+        assert resp.json()["error"]["status"] == "UNAUTHENTICATED"
+    assert fake.stats()["errors"] == {"UNAUTHENTICATED": 2}
+
+
+async def test_h2_quota_exceeded_with_retry_after(
+    fake: FakeFcm, sa_info: dict[str, Any], http: aiohttp.ClientSession, h2c: H2Client
+) -> None:
+    token = await _token(http, fake, sa_info)
+    fake.clock = lambda: 6_000_000 * 60 + 45.5
+    fake.set_quota(1)
+    assert (await _h2_send(h2c, token, _message())).status == 200
+    resp = await _h2_send(h2c, token, _message())
+    assert resp.status == 429
+    assert _fcm_error_code(resp.json()) == "QUOTA_EXCEEDED"
+    assert resp.headers["retry-after"] == "15"
+
+
+async def test_h2_injected_fault_and_latency(
+    fake: FakeFcm, sa_info: dict[str, Any], http: aiohttp.ClientSession, h2c: H2Client
+) -> None:
+    token = await _token(http, fake, sa_info)
+    fake.set_faults(rate=1.0, status=503, latency_ms=200)
+    started = time.monotonic()
+    # the latency is a timer: two sends on one connection wait side by side
+    first, second = await asyncio.gather(
+        _h2_send(h2c, token, _message()), _h2_send(h2c, token, _message())
+    )
+    elapsed = time.monotonic() - started
+    assert 0.2 <= elapsed < 0.39
+    for resp in (first, second):
+        assert resp.status == 503
+        assert resp.json()["error"]["status"] == "UNAVAILABLE"
+        assert _fcm_error_code(resp.json()) == "UNAVAILABLE"
+    fake.set_faults(rate=0.0)
+    assert (await _h2_send(h2c, token, _message())).status == 200
+
+
+async def test_h2_unknown_path_and_wrong_method(h2c: H2Client) -> None:
+    resp = await h2c.request("GET", SEND_PATH)
+    assert (resp.status, resp.json()["error"]["code"]) == (405, 405)
+    resp = await h2c.request("GET", "/token")
+    assert resp.status == 405
+    resp = await h2c.request("POST", "/v1/elsewhere")
+    assert (resp.status, resp.json()["error"]["status"]) == (404, "NOT_FOUND")
+    assert resp.headers["content-type"] == JSON_TYPE
+
+
+async def test_h2_body_over_the_limit_is_413(
+    fake: FakeFcm, sa_info: dict[str, Any], http: aiohttp.ClientSession, h2c: H2Client
+) -> None:
+    token = await _token(http, fake, sa_info)
+    resp = await h2c.request("POST", SEND_PATH, _json_headers(token),
+                             b" " * (MAX_BODY_BYTES + 1))
+    assert resp.status == 413
+    assert resp.json()["error"]["code"] == 413
+    assert (await _h2_send(h2c, token, _message())).status == 200  # the connection lives on
+    assert fake.stats()["sends"] == 2
+
+
+async def test_h2_many_concurrent_streams_on_one_connection(
+    fake: FakeFcm, sa_info: dict[str, Any], http: aiohttp.ClientSession, h2c: H2Client
+) -> None:
+    token = await _token(http, fake, sa_info)
+    fake.set_faults(rate=0.0, latency_ms=30)  # every stream stays open a while
+    responses = await asyncio.gather(
+        *(_h2_send(h2c, token, _message(f"d{i}")) for i in range(300))
+    )
+    assert [r.status for r in responses] == [200] * 300
+    assert h2c.peak_streams == 100  # as many as the server allows, and no more
+    assert len({r.json()["name"] for r in responses}) == 300
+    assert {d.token for d in fake.deliveries} == {f"d{i}" for i in range(300)}
+    assert fake.stats()["sends"] == 300
+    assert h2c.terminated is None
+
+
+async def test_h2_stream_limit_is_a_constructor_parameter(key_dir: Path) -> None:
+    server = FakeFcm(project_id=PROJECT, max_concurrent_streams=7)
+    await server.start(port=0)
+    try:
+        client = await H2Client.connect(server.host, server.port)
+        assert client.server_settings[SettingCodes.MAX_CONCURRENT_STREAMS] == 7
+        await client.close()
+    finally:
+        await server.stop()
+
+
+async def test_h2_body_waits_for_window_update(
+    fake: FakeFcm, sa_info: dict[str, Any], http: aiohttp.ClientSession
+) -> None:
+    token = await _token(http, fake, sa_info)
+    fake.mark_unregistered(["gone"])
+    client = await H2Client.connect(fake.host, fake.port, initial_window_size=16,
+                                    auto_credit=False)
+    try:
+        stream_id = await client.open(
+            "POST", SEND_PATH, _json_headers(token), json.dumps(_message("gone")).encode()
+        )
+        stream = client.streams[stream_id]
+        await asyncio.wait_for(stream.headers_arrived.wait(), 5)
+        length = int(stream.headers["content-length"])
+        assert stream.status == 404 and length > 16
+        await asyncio.wait_for(stream.data_arrived.wait(), 5)
+        await asyncio.sleep(0.1)
+        assert len(stream.body) == 16  # the window's worth, then nothing until credit
+        assert not stream.done.done()
+        client.credit(stream_id, length - 16)
+        resp = await client.response(stream_id)
+        assert len(resp.body) == length
+        assert _fcm_error_code(resp.json()) == "UNREGISTERED"
+    finally:
+        await client.close()
+
+
+async def test_http1_and_http2_share_the_port(
+    fake: FakeFcm, sa_info: dict[str, Any], http: aiohttp.ClientSession, h2c: H2Client
+) -> None:
+    token = await _token(http, fake, sa_info)  # HTTP/1.1 /token, while h2c is open
+    h1, h2 = await asyncio.gather(
+        _send(http, fake, token, _message("over-h1")), _h2_send(h2c, token, _message("over-h2"))
+    )
+    assert (h1[0], h2.status) == (200, 200)
+    assert [d.token for d in fake.deliveries] in (["over-h1", "over-h2"],
+                                                  ["over-h2", "over-h1"])
+    async with http.get(f"{fake.url}/_fake/stats") as resp:
+        assert (await resp.json())["delivered"] == 2
+
+
+def _shape(body: Any) -> Any:
+    """The body with the one part that differs between two sends (the message id)."""
+    if isinstance(body, dict) and isinstance(body.get("name"), str):
+        return {**body, "name": NAME.sub("projects/…/messages/<id>", body["name"])}
+    return body
+
+
+_ALIKE: dict[str, tuple[dict[str, Any], Any]] = {
+    # case: (how to send it, body)
+    "success": ({}, _message()),
+    "validate-only": ({}, {**_message(), "validate_only": True}),
+    "unregistered": ({}, _message("gone")),
+    "unknown-field": ({}, _message(colour="red")),
+    "bad-data": ({}, {"message": {"token": "t", "data": {"count": 3}}}),
+    "two-targets": ({}, {"message": {"token": "t", "topic": "news"}}),
+    "not-json": ({"raw": b"{nope"}, None),
+    "too-large": ({"raw": b" " * (MAX_BODY_BYTES + 1)}, None),
+    "no-token": ({"token": None}, _message()),
+    "bad-token": ({"token": "ya29.made-up"}, _message()),
+    "wrong-project": ({"project": "someone-else"}, _message()),
+    "quota": ({"quota": 0}, _message()),
+    "fault-503": ({"fault": 503}, _message()),
+    "fault-429": ({"fault": 429}, _message()),
+}
+
+
+@pytest.mark.parametrize("case", list(_ALIKE))
+async def test_http1_and_http2_answer_alike(
+    fake: FakeFcm, sa_info: dict[str, Any], http: aiohttp.ClientSession, h2c: H2Client,
+    case: str,
+) -> None:
+    how, message = _ALIKE[case]
+    token = how.get("token", "") if "token" in how else await _token(http, fake, sa_info)
+    fake.clock = lambda: 6_000_000 * 60 + 30.0
+    fake.mark_unregistered(["gone"])
+    if "quota" in how:
+        fake.set_quota(how["quota"])
+    if "fault" in how:
+        fake.set_faults(rate=1.0, status=how["fault"])
+    body = how.get("raw") or json.dumps(message).encode()
+    path = f"/v1/projects/{how.get('project', PROJECT)}/messages:send"
+    headers = _json_headers(token)
+    answers = []
+    async with http.post(f"{fake.url}{path}", data=io.BytesIO(body), headers=headers) as resp:
+        answers.append((resp.status, _shape(await resp.json()),
+                        resp.headers["Content-Type"], resp.headers.get("Retry-After")))
+    h2 = await h2c.request("POST", path, headers, body)
+    answers.append((h2.status, _shape(h2.json()), h2.headers["content-type"],
+                    h2.headers.get("retry-after")))
+    assert answers[0] == answers[1]
+    assert answers[0][2] == JSON_TYPE
+    assert fake.stats()["sends"] == 2
+
+
+async def test_stop_sends_goaway(fake: FakeFcm, h2c: H2Client) -> None:
+    await fake.stop()
+    await asyncio.wait_for(asyncio.shield(h2c.closed), 5)
+    assert h2c.terminated is not None
+    assert h2c.terminated.error_code == ErrorCodes.NO_ERROR
+
+
+async def _first_bytes(fake: FakeFcm, data: bytes, *, eof: bool = True) -> bytes:
+    """What the server answers to ``data`` (and an end of stream, if ``eof``) until it
+    closes the connection."""
+    reader, writer = await asyncio.open_connection(fake.host, fake.port)
+    try:
+        writer.write(data)
+        if eof:
+            writer.write_eof()
+        return await asyncio.wait_for(reader.read(), 5)
+    finally:
+        writer.close()
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.one_of(
+    st.binary(max_size=64),
+    st.binary(max_size=40).map(lambda b: PREFACE + b),
+    st.integers(0, len(PREFACE)).flatmap(
+        lambda n: st.binary(max_size=8).map(lambda b: PREFACE[:n] + b)),
+    st.sampled_from([b"GET /_fake/stats HTTP/1.1\r\n", b"POST /token HTTP/1.1\r\nContent"]),
+))
+async def test_any_first_bytes_leave_the_server_serving(fake: FakeFcm, data: bytes) -> None:
+    answer = await _first_bytes(fake, data)
+    # nothing, an HTTP/1.1 answer, or the server's HTTP/2 SETTINGS (then GOAWAY)
+    assert answer == b"" or answer.startswith(b"HTTP/1.1 ") or answer[3:4] == b"\x04", answer
+    answer = await _first_bytes(
+        fake, b"GET /_fake/stats HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", eof=False
+    )
+    assert answer.startswith(b"HTTP/1.1 200 ")
