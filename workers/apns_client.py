@@ -36,7 +36,13 @@ from typing import Any, Protocol
 import jwt
 import msgspec
 
-from workers.http2 import Http2Connection, StreamError, never_indexed, path_literal
+from workers.http2 import (
+    Http2Connection,
+    Http2Pool,
+    StreamError,
+    never_indexed,
+    path_literal,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -97,16 +103,16 @@ class ApnsClient:
         request_timeout: float = 10.0, token_source: TokenSource | None = None,
     ) -> None:
         self._tokens = token_source or LocalProviderToken(key_pem, key_id, team_id)
-        self._host = host
-        self._port = port
-        self._ssl = ssl_context or ssl.create_default_context()
-        self._ssl.set_alpn_protocols(["h2"])
-        self._max_connections = max(1, max_connections)
+        context = ssl_context or ssl.create_default_context()
+        context.set_alpn_protocols(["h2"])
+        # One stream per connection until a push succeeds (Apple's rule), then the
+        # server's SETTINGS; a new connection once each carries SPREAD_STREAMS.
+        self._pool = Http2Pool(host, port, ssl_context=context, max_connections=max_connections,
+                               initial_stream_limit=1, spread_streams=SPREAD_STREAMS,
+                               name="APNs")
         self._timeout = request_timeout
         self._topic = topic.encode()
         self._authority = host.encode() if port == 443 else f"{host}:{port}".encode()
-        self._lock = asyncio.Lock()
-        self.connections: list[Http2Connection] = []
 
     async def send(
         self, token: str, payload: dict[str, Any] | bytes, *, collapse_id: str | None,
@@ -131,11 +137,7 @@ class ApnsClient:
         tail = b"" if apns_id is None else never_indexed(b"apns-id", apns_id.encode())
         deadline = asyncio.get_running_loop().time() + self._timeout
         try:
-            connection = self._free_connection()
-            if connection is None:
-                async with asyncio.timeout_at(deadline):
-                    connection = await self._acquire()
-            response = await connection.request(head, tuple(fields), tail, body, deadline)
+            response = await self._pool.request(head, tuple(fields), tail, body, deadline)
         except TimeoutError:
             raise ApnsTransportError(f"no APNs response within {self._timeout} s") from None
         except (StreamError, OSError) as exc:   # ssl.SSLError is an OSError
@@ -146,60 +148,12 @@ class ApnsClient:
             apns_id=response.headers.get(b"apns-id", b"").decode() or apns_id or "",
         )
 
-    def _free_connection(self) -> Http2Connection | None:
-        """A connection with a free stream, without waiting: the least loaded once the
-        pool is full, else one below ``SPREAD_STREAMS`` (so that load spreads over
-        several connections, and so over the gateway's front ends)."""
-        live = [c for c in self.connections if not c.closing]
-        if len(live) >= self._max_connections:
-            best = min(live, key=_in_use)
-            return None if best.is_busy else best
-        for connection in live:
-            if not connection.is_busy and connection.slots.in_use < SPREAD_STREAMS:
-                return connection
-        return None
-
-    async def _acquire(self) -> Http2Connection:
-        async with self._lock:
-            connection = self._free_connection()
-            if connection is not None:
-                return connection
-            live = [c for c in self.connections if not c.closing]
-            if len(live) < self._max_connections:
-                connection = await self._connect()
-                self.connections.append(connection)
-                logger.info("APNs connection opened (total: %d)", len(self.connections))
-                return connection
-        # every connection is at its stream limit: queue on the least loaded one
-        return min(live, key=lambda c: c.slots.load)
-
-    async def _connect(self) -> Http2Connection:
-        loop = asyncio.get_running_loop()
-        _, connection = await loop.create_connection(
-            Http2Connection, host=self._host, port=self._port, ssl=self._ssl,
-        )
-        connection.closed.add_done_callback(lambda _: self._discard(connection))
-        return connection
-
-    def _discard(self, connection: Http2Connection) -> None:
-        if connection in self.connections:
-            self.connections.remove(connection)
+    @property
+    def connections(self) -> list[Http2Connection]:
+        return self._pool.connections
 
     async def close(self) -> None:
-        connections = list(self.connections)
-        for connection in connections:
-            connection.close()
-        if connections:
-            _, pending = await asyncio.wait([c.closed for c in connections], timeout=2)
-            for connection in connections:
-                if not connection.closed.done() and connection.transport is not None:
-                    connection.transport.abort()
-            if pending:
-                await asyncio.wait(pending, timeout=1)
-
-
-def _in_use(connection: Http2Connection) -> int:
-    return connection.slots.in_use
+        await self._pool.close()
 
 
 def _error_body(body: bytes) -> tuple[str | None, int | None]:

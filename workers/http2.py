@@ -1,4 +1,4 @@
-"""A lean HTTP/2 client connection for APNs: the frames a push needs, nothing else.
+"""A lean HTTP/2 client for APNs and FCM: the frames a push needs, nothing else.
 
 Why not aioapns (or h2 underneath it): aioapns 4.0 never returns flow-control credit
 and breaks when a send is cancelled, and even with both fixed in a subclass, h2's
@@ -16,10 +16,15 @@ one HEADERS (and, for errors, one DATA) frame back; this module does exactly tha
   and watches sizes, which needs a guess of the whole value; the JWT has ~256 bits
   of signature, and the only value phones influence (the token in ``:path``) is
   never indexed;
-- SETTINGS_HEADER_TABLE_SIZE 0 for responses: a status and a unique apns-id, nothing
-  that repeats, so neither side keeps a table for them;
+- SETTINGS_HEADER_TABLE_SIZE for responses: 0 for APNs (a status and a unique
+  apns-id, nothing that repeats, so neither side keeps a table for them), 4096 for
+  FCM, whose answers repeat several headers;
 - responses: decoded with ``hpack.Decoder`` (every header block, in order, so the
-  table stays in sync even for streams we gave up on);
+  table stays in sync even for streams we gave up on), except that a block made only
+  of one-byte indexes, which cannot change the table, is decoded once and remembered
+  until a block that may change the table arrives;
+- answers handed to a callback (``start``) without a task or future per request, or
+  to an awaiting ``request``; one deadline sweep per connection, not a timer each;
 - flow control both ways: DATA received is credited back (connection and stream), and
   DATA sent waits for the peer's windows;
 - the peer's SETTINGS (stream limit, initial window, frame size, header table size),
@@ -29,13 +34,19 @@ one HEADERS (and, for errors, one DATA) frame back; this module does exactly tha
 
 Everything a single response needs is parsed in ``data_received`` without an event
 object per frame, and frames written in one loop iteration go out in one write.
+
+``Http2Pool`` keeps a few such connections to one origin (TLS with ALPN ``h2``, or
+cleartext with prior knowledge, RFC 9113 §3.3): opened lazily, a new one once every
+open one carries ``spread_streams`` requests, the least loaded one once all are open.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import logging
+import ssl
 import struct
 from collections.abc import Callable
 from typing import cast
@@ -66,6 +77,10 @@ MAX_STREAM_ID = 2**31 - 1
 CREDIT_THRESHOLD = 32_768
 
 Fields = tuple[tuple[bytes, bytes], ...]
+
+# The bytes of a header block made only of one-byte indexed fields (RFC 7541 §6.1:
+# 1xxxxxxx, index 1-126; 0xFF would start a longer index).
+_ONE_BYTE_INDEXES = bytes(range(0x81, 0xFF))
 
 _HEADER = struct.Struct(">IBI")   # (length << 8 | type), flags, stream id
 _U32 = struct.Struct(">I")
@@ -173,11 +188,16 @@ class Response:
         self.body = body
 
 
-class _Stream:
-    __slots__ = ("body", "future", "headers", "pending", "received", "send_window")
+Finish = Callable[[Response | Exception], None]
 
-    def __init__(self, future: asyncio.Future[Response], send_window: int) -> None:
-        self.future = future
+
+class _Stream:
+    __slots__ = ("body", "deadline", "finish", "headers", "pending", "received",
+                 "send_window")
+
+    def __init__(self, finish: Finish, deadline: float, send_window: int) -> None:
+        self.finish = finish       # called once: the response, or why there is none
+        self.deadline = deadline   # loop time
         self.headers: list[tuple[bytes, bytes]] = []
         self.body = bytearray()
         self.send_window = send_window
@@ -245,20 +265,26 @@ class StreamSlots:
                 free -= 1
 
 
-def _expire(future: asyncio.Future[Response]) -> None:
-    if not future.done():
-        future.set_exception(TimeoutError())
+def _settle_future(future: asyncio.Future[Response], answer: Response | Exception) -> None:
+    if future.done():           # cancelled meanwhile
+        return
+    if isinstance(answer, Exception):
+        future.set_exception(answer)
+    else:
+        future.set_result(answer)
 
 
 class Http2Connection(asyncio.Protocol):
     """One client connection. ``request`` sends a header block and a body and returns
     the response; everything else is the protocol's own housekeeping."""
 
-    def __init__(self, *, initial_stream_limit: int = 1, idle_timeout: float = 60.0) -> None:
+    def __init__(self, *, initial_stream_limit: int = 1, idle_timeout: float = 60.0,
+                 response_table_size: int = 0) -> None:
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.encoder = HeaderEncoder()
-        self.decoder = Decoder()   # the peer shrinks its table to our 0 once it applies it
+        self.decoder = Decoder()   # the peer resizes its table to ours once it applies it
+        self._response_table_size = response_table_size
         self.slots = StreamSlots(initial_stream_limit)
         self.streams: dict[int, _Stream] = {}
         self.next_stream_id = 1
@@ -274,11 +300,16 @@ class Http2Connection(asyncio.Protocol):
         self.last_used = self.loop.time()
         self._idle_timeout = idle_timeout
         self._idle_timer: asyncio.TimerHandle | None = None
+        self._sweep: asyncio.TimerHandle | None = None    # for streams past their deadline
+        self._sweep_at = 0.0
         self._buffer = bytearray()
         self._out: list[bytes] = []
         self._flush_scheduled = False
         self._header_block: tuple[int, bytearray, bool] | None = None  # continuation
         self._encoded: dict[Fields, bytes] = {}    # fields already in the table
+        # Response header blocks made only of table indexes (the usual answer once the
+        # peer has indexed its repeated headers), decoded once while the table stands.
+        self._decoded: dict[bytes, list[tuple[bytes, bytes]]] = {}
         self._encoded_generation = -1
         self._handlers: dict[int, Callable[[int, int, bytes], None]] = {
             DATA: self._on_data, HEADERS: self._on_headers, CONTINUATION: self._on_continuation,
@@ -291,9 +322,12 @@ class Http2Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass
-        # No push; and no dynamic table for the responses: APNs answers are a status
-        # and a unique apns-id, nothing worth indexing, so neither side keeps a table.
-        settings = _SETTING.pack(ENABLE_PUSH, 0) + _SETTING.pack(HEADER_TABLE_SIZE, 0)
+        # No push. The responses' dynamic table: none for APNs, whose answers are a
+        # status and a unique apns-id, nothing worth indexing, so neither side keeps a
+        # table; FCM's answers repeat several headers (content-type, vary, ...), which
+        # a table turns from Huffman-coded literals, decoded in Python, into indexes.
+        settings = (_SETTING.pack(ENABLE_PUSH, 0)
+                    + _SETTING.pack(HEADER_TABLE_SIZE, self._response_table_size))
         self.transport.write(PREFACE + frame(SETTINGS, 0, 0, settings))
         self._idle_timer = self.loop.call_later(self._idle_timeout, self._check_idle)
 
@@ -302,12 +336,15 @@ class Http2Connection(asyncio.Protocol):
         self.transport = None
         if self._idle_timer is not None:
             self._idle_timer.cancel()
+        if self._sweep is not None:
+            self._sweep.cancel()
+            self._sweep = None
         reason = self.goaway_reason or f"connection lost: {exc}"
         error = StreamError(reason)
-        for stream in self.streams.values():
-            if not stream.future.done():
-                stream.future.set_exception(error)
+        streams = list(self.streams.values())
         self.streams.clear()
+        for stream in streams:
+            self._answer(stream, error)
         self.blocked.clear()
         self.slots.fail(error)
         if not self.closed.done():
@@ -351,21 +388,45 @@ class Http2Connection(asyncio.Protocol):
         ``fields`` through the dynamic table, then ``tail`` (never-indexed literals).
         It is encoded only once the request has its stream, right before it is
         written: header blocks must reach the peer in the order they were encoded.
-        TimeoutError at ``deadline`` (loop time), waiting for a stream included."""
+        TimeoutError at ``deadline`` (loop time; the sweep may be up to 1/8 of the time
+        that was left late, 1 s at most), waiting for a stream included."""
         if not self.slots.try_acquire():
             async with asyncio.timeout_at(deadline):
                 await self.slots.acquire()
         if self.closing or self.transport is None:
             self.slots.release()
             raise StreamError(self.goaway_reason or "connection is closing")
+        answer: asyncio.Future[Response] = self.loop.create_future()
+        stream_id, stream = self._open(head, fields, tail, body, deadline,
+                                       functools.partial(_settle_future, answer))
+        try:
+            return await answer
+        finally:
+            self._end(stream_id, stream)   # cancelled: reset the stream
+
+    def start(self, head: bytes, fields: Fields, tail: bytes, body: bytes, deadline: float,
+              finish: Finish) -> bool:
+        """``request`` without a coroutine or a future, when a stream is free now (else
+        False, and nothing was sent): ``finish`` is called once, from the connection's
+        own callbacks, with the response or the exception ``request`` would raise."""
+        if self.closing or self.transport is None or not self.slots.try_acquire():
+            return False
+        self._open(head, fields, tail, body, deadline, finish)
+        return True
+
+    def _open(self, head: bytes, fields: Fields, tail: bytes, body: bytes, deadline: float,
+              finish: Finish) -> tuple[int, _Stream]:
+        """Write a request's frames on a new stream (its slot taken)."""
         header_block = self._encode(head, fields, tail)
         stream_id = self.next_stream_id
         self.next_stream_id += 2
         if self.next_stream_id > MAX_STREAM_ID:
             self.closing = True       # no ids left: the pool opens a new connection
-        stream = _Stream(self.loop.create_future(), self.initial_send_window)
+        stream = _Stream(finish, deadline, self.initial_send_window)
         self.streams[stream_id] = stream
-        self.last_used = self.loop.time()
+        now = self.last_used = self.loop.time()
+        if self._sweep is None or deadline < self._sweep_at:
+            self._schedule_sweep(now, deadline)
         n = len(body)
         if (not self.blocked and n <= self.send_window and n <= stream.send_window
                 and n <= self.max_frame_size):
@@ -378,19 +439,46 @@ class Http2Connection(asyncio.Protocol):
             stream.pending = body
             self.blocked.append(stream_id)
             self._send_blocked()
-        # A timer handle rather than asyncio.timeout(): cheaper per push.
-        timer = self.loop.call_at(deadline, _expire, stream.future)
+        return stream_id, stream
+
+    def _end(self, stream_id: int, stream: _Stream) -> bool:
+        """A stream given up (timed out or cancelled) while still open is reset, so
+        that its late response is dropped; False if it had ended already."""
+        if self.streams.get(stream_id) is not stream:
+            return False
+        del self.streams[stream_id]
+        self.slots.release()
+        if stream.pending and stream_id in self.blocked:
+            self.blocked.remove(stream_id)
+        if self.transport is not None:
+            self._write(frame(RST_STREAM, 0, stream_id, _U32.pack(CANCEL)))
+        return True
+
+    def _schedule_sweep(self, now: float, deadline: float) -> None:
+        """The next deadline sweep, at most 1/8 of the time left late (5 ms to 1 s): one
+        timer for the connection rather than one per request."""
+        at = now + min(1.0, max(0.005, (deadline - now) / 8))
+        if self._sweep is not None:
+            self._sweep.cancel()
+        self._sweep = self.loop.call_at(at, self._expire)
+        self._sweep_at = at
+
+    def _expire(self) -> None:
+        """Streams past their deadline end with TimeoutError (and are reset)."""
+        self._sweep = None
+        now = self.loop.time()
+        expired = [(sid, s) for sid, s in self.streams.items() if s.deadline <= now]
+        for stream_id, stream in expired:
+            if self._end(stream_id, stream):
+                self._answer(stream, TimeoutError())
+        if self.streams:
+            self._schedule_sweep(now, min(s.deadline for s in self.streams.values()))
+
+    def _answer(self, stream: _Stream, answer: Response | Exception) -> None:
         try:
-            return await stream.future
-        finally:
-            timer.cancel()
-            if self.streams.get(stream_id) is stream:   # timed out, cancelled or failed
-                del self.streams[stream_id]
-                self.slots.release()
-                if stream.pending and stream_id in self.blocked:
-                    self.blocked.remove(stream_id)
-                if self.transport is not None:
-                    self._write(frame(RST_STREAM, 0, stream_id, _U32.pack(CANCEL)))
+            stream.finish(answer)
+        except Exception:   # a caller's bug must not break the connection's parsing
+            logger.exception("an HTTP/2 request's callback failed")
 
     def _encode(self, head: bytes, fields: Fields, tail: bytes) -> bytes:
         encoder = self.encoder
@@ -459,13 +547,23 @@ class Http2Connection(asyncio.Protocol):
             self._header_block = (stream_id, bytearray(block), bool(flags & END_STREAM))
 
     def _on_header_block(self, stream_id: int, block: bytes, end_stream: bool) -> None:
-        # Decoded whatever the stream's state: the table must follow the peer's.
-        headers = self.decoder.decode(block, raw=True)
+        headers = self._decoded.get(block)
+        if headers is None:
+            # Decoded whatever the stream's state: the table must follow the peer's.
+            headers = cast(list[tuple[bytes, bytes]], self.decoder.decode(block, raw=True))
+            if block.translate(None, _ONE_BYTE_INDEXES):
+                # Not only indexes: the table may have changed, and with it what the
+                # blocks remembered mean.
+                self._decoded.clear()
+            else:
+                if len(self._decoded) >= 64:
+                    self._decoded.clear()
+                self._decoded[block] = headers
         stream = self.streams.get(stream_id)
         if stream is None:
             return
         if not stream.headers:
-            stream.headers = cast(list[tuple[bytes, bytes]], headers)
+            stream.headers = headers
         if end_stream:
             self._finish(stream_id, stream)
 
@@ -526,8 +624,8 @@ class Http2Connection(asyncio.Protocol):
         last_stream_id = _U32.unpack_from(payload, 0)[0] & MAX_STREAM_ID
         code = _U32.unpack_from(payload, 4)[0]
         debug = payload[8:].decode("utf-8", "replace")
-        logger.warning("APNs sent GOAWAY: code=%s last_stream_id=%s data=%s",
-                       code, last_stream_id, debug)
+        logger.warning("%s sent GOAWAY: code=%s last_stream_id=%s data=%s",
+                       self._peer(), code, last_stream_id, debug)
         self.goaway_reason = f"GOAWAY {debug or code}"
         self.closing = True
         for stream_id in [s for s in self.streams if s > last_stream_id]:
@@ -567,13 +665,12 @@ class Http2Connection(asyncio.Protocol):
     def _finish(self, stream_id: int, stream: _Stream) -> None:
         del self.streams[stream_id]
         self.slots.release()
-        if not stream.future.done():
-            headers = dict(stream.headers)
-            try:
-                status = int(headers.get(b":status", b"0"))
-            except ValueError:
-                status = 0
-            stream.future.set_result(Response(status, headers, bytes(stream.body)))
+        headers = dict(stream.headers)
+        try:
+            status = int(headers.get(b":status", b"0"))
+        except ValueError:
+            status = 0
+        self._answer(stream, Response(status, headers, bytes(stream.body)))
         if self.closing and not self.streams and self.transport is not None:
             self._goaway(NO_ERROR)
 
@@ -582,8 +679,7 @@ class Http2Connection(asyncio.Protocol):
         if stream is None:
             return
         self.slots.release()
-        if not stream.future.done():
-            stream.future.set_exception(error)
+        self._answer(stream, error)
 
     def _goaway(self, code: int) -> None:
         self.closing = True
@@ -594,7 +690,7 @@ class Http2Connection(asyncio.Protocol):
             self.transport.close()
 
     def _check_idle(self) -> None:
-        """Close a connection nobody used for ``idle_timeout`` (APNs would, too)."""
+        """Close a connection nobody used for ``idle_timeout`` (the gateway would, too)."""
         if self.transport is None:
             return
         idle = self.loop.time() - self.last_used
@@ -620,3 +716,128 @@ class Http2Connection(asyncio.Protocol):
 
     def _peer(self) -> object:
         return None if self.transport is None else self.transport.get_extra_info("peername")
+
+
+class Http2Pool:
+    """HTTP/2 connections to one origin, opened lazily up to ``max_connections``.
+
+    A request goes to an open connection with a free stream below ``spread_streams``
+    (so that load spreads over several connections, and so over the gateway's front
+    ends), else to a new connection while there is room, else to the least loaded one,
+    where it waits for a stream. ``ssl_context`` None is cleartext HTTP/2 with prior
+    knowledge; a context should offer ALPN ``h2``."""
+
+    def __init__(
+        self, host: str, port: int, *, ssl_context: ssl.SSLContext | None,
+        max_connections: int, initial_stream_limit: int = 1, spread_streams: int = 100,
+        response_table_size: int = 0,
+        name: str = "HTTP/2",
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.name = name
+        self.connections: list[Http2Connection] = []
+        self._ssl = ssl_context
+        self._max_connections = max(1, max_connections)
+        self._initial_stream_limit = initial_stream_limit
+        self._response_table_size = response_table_size
+        self._spread_streams = spread_streams
+        self._lock = asyncio.Lock()
+        self._tasks: set[asyncio.Task[Response]] = set()
+
+    async def request(self, head: bytes, fields: Fields, tail: bytes, body: bytes,
+                      deadline: float) -> Response:
+        """``Http2Connection.request`` on a connection of the pool. Raises TimeoutError
+        at ``deadline`` (loop time; connecting included), StreamError when the stream
+        or its connection failed, OSError when connecting failed."""
+        connection = self._free_connection()
+        if connection is None:
+            async with asyncio.timeout_at(deadline):
+                connection = await self._acquire()
+        return await connection.request(head, fields, tail, body, deadline)
+
+    def start(self, head: bytes, fields: Fields, tail: bytes, body: bytes, deadline: float,
+              finish: Finish) -> None:
+        """``request`` without a coroutine: ``finish`` gets the response or the
+        exception. On an open connection with a free stream it costs no task (the
+        usual case under load); else ``request`` runs in a task."""
+        connection = self._free_connection()
+        if connection is not None and connection.start(head, fields, tail, body, deadline,
+                                                       finish):
+            return
+        task = asyncio.ensure_future(self.request(head, fields, tail, body, deadline))
+        self._tasks.add(task)
+        task.add_done_callback(functools.partial(self._task_done, finish))
+
+    def _task_done(self, finish: Finish, task: asyncio.Task[Response]) -> None:
+        self._tasks.discard(task)
+        if task.cancelled():
+            finish(StreamError("cancelled: the pool is closing"))
+            return
+        error = task.exception()
+        if error is None:
+            finish(task.result())
+        else:
+            finish(error if isinstance(error, Exception) else StreamError(repr(error)))
+
+    def _free_connection(self) -> Http2Connection | None:
+        """A connection with a free stream, without waiting: the least loaded once the
+        pool is full, else one below ``spread_streams``."""
+        live = [c for c in self.connections if not c.closing]
+        if len(live) >= self._max_connections:
+            best = min(live, key=_in_use)
+            return None if best.is_busy else best
+        for connection in live:
+            if not connection.is_busy and connection.slots.in_use < self._spread_streams:
+                return connection
+        return None
+
+    async def _acquire(self) -> Http2Connection:
+        async with self._lock:
+            connection = self._free_connection()
+            if connection is not None:
+                return connection
+            live = [c for c in self.connections if not c.closing]
+            if len(live) < self._max_connections:
+                connection = await self._connect()
+                self.connections.append(connection)
+                logger.info("%s connection opened (total: %d)", self.name,
+                            len(self.connections))
+                return connection
+        # every connection is at its stream limit: queue on the least loaded one
+        return min(live, key=lambda c: c.slots.load)
+
+    async def _connect(self) -> Http2Connection:
+        loop = asyncio.get_running_loop()
+        limit, table = self._initial_stream_limit, self._response_table_size
+        _, connection = await loop.create_connection(
+            lambda: Http2Connection(initial_stream_limit=limit, response_table_size=table),
+            host=self.host, port=self.port, ssl=self._ssl,
+        )
+        connection.closed.add_done_callback(lambda _: self._discard(connection))
+        return connection
+
+    def _discard(self, connection: Http2Connection) -> None:
+        if connection in self.connections:
+            self.connections.remove(connection)
+
+    async def close(self) -> None:
+        """GOAWAY on every connection once its streams have finished (2 s at most),
+        then abort what is left; requests still waiting for a connection or a stream
+        are cancelled."""
+        for task in list(self._tasks):
+            task.cancel()
+        connections = list(self.connections)
+        for connection in connections:
+            connection.close()
+        if connections:
+            _, pending = await asyncio.wait([c.closed for c in connections], timeout=2)
+            for connection in connections:
+                if not connection.closed.done() and connection.transport is not None:
+                    connection.transport.abort()
+            if pending:
+                await asyncio.wait(pending, timeout=1)
+
+
+def _in_use(connection: Http2Connection) -> int:
+    return connection.slots.in_use

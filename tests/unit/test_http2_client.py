@@ -61,8 +61,9 @@ class Wire:
 class Peer:
     """An h2 server wired to one Http2Connection."""
 
-    def __init__(self, **local_settings: int) -> None:
-        self.client = Http2Connection(initial_stream_limit=100)
+    def __init__(self, response_table_size: int = 0, **local_settings: int) -> None:
+        self.client = Http2Connection(initial_stream_limit=100,
+                                      response_table_size=response_table_size)
         self.wire = Wire()
         self.client.connection_made(self.wire)  # type: ignore[arg-type]
         self.h2 = h2.connection.H2Connection(
@@ -307,3 +308,53 @@ async def test_deadline_covers_the_answer_and_the_wait_for_a_stream() -> None:
     task = await _start(peer)
     peer.respond(max(peer.requests), 200)
     assert (await task).status == 200
+
+
+async def test_start_answers_through_its_callback_and_resets_what_timed_out() -> None:
+    """``start`` is ``request`` without a coroutine: the same frames, the answer or the
+    exception handed to a callback, a timed-out stream reset, and nothing sent (False)
+    when no stream is free."""
+    peer = Peer()
+    await peer.exchange()
+    peer.client.slots.set_limit(2)
+    answers: list[Response | Exception] = []
+    assert peer.client.start(HEAD, FIELDS, b"", b'{"a":1}', _deadline(), answers.append)
+    assert peer.client.start(HEAD, FIELDS, b"", b'{"b":2}', _deadline(0.05), answers.append)
+    assert not peer.client.start(HEAD, FIELDS, b"", b"{}", _deadline(), answers.append)
+    await peer.exchange()
+    first, second = sorted(peer.requests)
+    assert peer.requests[first]["body"] == b'{"a":1}'
+    assert dict(peer.requests[first]["headers"])[b"authorization"] == FIELDS[2][1]
+    peer.respond(first, 200, b'{"ok":true}')
+    await asyncio.sleep(0)
+    [answer] = answers
+    assert isinstance(answer, Response)
+    assert (answer.status, answer.body) == (200, b'{"ok":true}')
+    await asyncio.sleep(0.1)                 # the second one times out
+    assert isinstance(answers[1], TimeoutError)
+    await peer.exchange()
+    assert [e.stream_id for e in peer.events if isinstance(e, h2.events.StreamReset)] == [second]
+    assert peer.client.slots.in_use == 0 and not peer.client.streams
+    assert len(answers) == 2
+    assert peer.client.start(HEAD, FIELDS, b"", b"{}", _deadline(), answers.append)
+    await peer.exchange()
+    peer.client.connection_lost(None)        # a lost connection fails what is in flight
+    await asyncio.sleep(0)
+    assert isinstance(answers[2], StreamError)
+    assert not peer.client.start(HEAD, FIELDS, b"", b"{}", _deadline(), answers.append)
+
+
+async def test_indexed_response_blocks_are_decoded_once_while_the_table_stands() -> None:
+    """With a response table, a peer's repeated answer is a block of one-byte indexes;
+    the client remembers what such a block means until the table changes: then the
+    same bytes may mean something else."""
+    peer = Peer(response_table_size=4096)
+    await peer.exchange()
+    seen = []
+    for value in (b"1", b"1", b"1", b"2", b"2"):
+        task = await _start(peer)
+        peer.respond(max(peer.requests), 200, extra=[(b"x-a", value)])
+        seen.append((await task).headers[b"x-a"])
+    assert seen == [b"1", b"1", b"1", b"2", b"2"]
+    blocks = list(peer.client._decoded)
+    assert blocks == [b"\x88\xbe"]   # :status 200, then the newest entry: x-a: 2
