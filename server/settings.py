@@ -59,9 +59,12 @@ class FcmSettings:
     service_account_file: Path
     project_id: str | None = None  # default: the service account's project
     endpoint: str = "https://fcm.googleapis.com"
-    # HTTP/1.1 carries one request at a time per connection: as many connections as
-    # sends in flight (GEOPUSH_SEND_CONCURRENCY) unless set, so no send queues for one.
-    max_connections: int = 500
+    # HTTP/2 (Google's SDKs' transport) unless GEOPUSH_FCM_HTTP_VERSION=1.1.
+    http2: bool = True
+    # Unless set, enough connections that no send waits for one: over HTTP/2 one per
+    # FCM_STREAMS (100) sends in flight (GEOPUSH_SEND_CONCURRENCY), over HTTP/1.1,
+    # which carries one request at a time per connection, one per send in flight.
+    max_connections: int = 5
     request_timeout: float = 10.0
 
 
@@ -118,7 +121,7 @@ class Settings:
             device_pushes_per_hour=_int(env, "GEOPUSH_DEVICE_PUSHES_PER_HOUR", 10),
             consumer_name=env.get("GEOPUSH_CONSUMER_NAME") or _default_consumer_name(),
             apns=_apns_from_env(env),
-            fcm=_fcm_from_env(env, connections=send_concurrency),
+            fcm=_fcm_from_env(env, send_concurrency),
         )
 
 
@@ -147,14 +150,25 @@ def _apns_from_env(env: Mapping[str, str]) -> ApnsSettings | None:
     )
 
 
-def _fcm_from_env(env: Mapping[str, str], connections: int) -> FcmSettings | None:
+# Concurrent streams FCM allows per HTTP/2 connection (its SETTINGS), and so the sends
+# geopush puts on one connection before it opens another.
+FCM_STREAMS = 100
+
+
+def _fcm_from_env(env: Mapping[str, str], send_concurrency: int) -> FcmSettings | None:
     sa_file = env.get("GEOPUSH_FCM_SERVICE_ACCOUNT_FILE")
     if not sa_file:
         return None
+    version = env.get("GEOPUSH_FCM_HTTP_VERSION") or "2"
+    if version not in ("2", "1.1"):
+        raise ConfigError(f"GEOPUSH_FCM_HTTP_VERSION must be 2 or 1.1, got {version!r}")
+    http2 = version == "2"
+    connections = -(-max(1, send_concurrency) // FCM_STREAMS) if http2 else send_concurrency
     return FcmSettings(
         service_account_file=Path(sa_file),
         project_id=env.get("GEOPUSH_FCM_PROJECT") or None,
         endpoint=env.get("GEOPUSH_FCM_ENDPOINT", "https://fcm.googleapis.com").rstrip("/"),
+        http2=http2,
         max_connections=_int(env, "GEOPUSH_FCM_MAX_CONNECTIONS", connections),
         request_timeout=_float(env, "GEOPUSH_FCM_TIMEOUT", 10.0),
     )

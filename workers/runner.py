@@ -60,6 +60,7 @@ def build_gateway(settings: Settings, platform: str, redis: aioredis.Redis) -> G
     return FcmGateway(FcmClient(
         service_account_file=str(fcm.service_account_file), project_id=fcm.project_id,
         endpoint=fcm.endpoint, timeout=fcm.request_timeout, max_connections=fcm.max_connections,
+        http2=fcm.http2,
     ))
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from loadtest.devkeys import ensure_fcm_service_account
+from loadtest.devkeys import ensure_fcm_service_account, public_key_pem
 from loadtest.fake_fcm import FakeFcm
 from server.devenv import free_port
 from tests.fake_fcm_fixtures import PROJECT
@@ -36,9 +36,15 @@ def sa_file(fake: FakeFcm, key_dir: Path) -> str:
     return str(path)
 
 
+@pytest.fixture(params=[True, False], ids=["http2", "http1.1"])
+def http2(request: pytest.FixtureRequest) -> bool:
+    """Every test that talks to the fake runs over both of the client's transports."""
+    return bool(request.param)
+
+
 @pytest.fixture
-async def client(fake: FakeFcm, sa_file: str) -> AsyncIterator[FcmClient]:
-    fcm = FcmClient(service_account_file=sa_file, endpoint=fake.url, timeout=5.0)
+async def client(fake: FakeFcm, sa_file: str, http2: bool) -> AsyncIterator[FcmClient]:
+    fcm = FcmClient(service_account_file=sa_file, endpoint=fake.url, timeout=5.0, http2=http2)
     try:
         yield fcm
     finally:
@@ -66,7 +72,7 @@ async def test_send_succeeds_and_is_recorded(client: FcmClient, fake: FakeFcm) -
     assert delivery.token == "abc"
     assert delivery.message == _message("abc")
     assert delivery.name == response.name
-    assert delivery.headers["Authorization"].startswith("Bearer ya29.")
+    assert delivery.headers["authorization"].startswith("Bearer ya29.")
 
 
 async def test_constructor_does_no_io() -> None:
@@ -96,7 +102,7 @@ async def test_token_refreshed_when_near_expiry(client: FcmClient, fake: FakeFcm
     await client.send(_message())  # refreshes once more, then keeps the long-lived one
     await client.send(_message())
     assert fake.stats()["tokens_issued"] == 3
-    tokens = {d.headers["Authorization"] for d in fake.deliveries}
+    tokens = {d.headers["authorization"] for d in fake.deliveries}
     assert len(tokens) == 3
 
 
@@ -178,17 +184,20 @@ def test_parse_retry_after() -> None:
     assert parse_retry_after(email.utils.formatdate(now - 60, usegmt=True), now=now) == 0.0
 
 
-async def test_explicit_project_is_used(fake: FakeFcm, sa_file: str) -> None:
+async def test_explicit_project_is_used(fake: FakeFcm, sa_file: str, http2: bool) -> None:
     async with FcmClient(
-        service_account_file=sa_file, project_id="another-project", endpoint=fake.url
+        service_account_file=sa_file, project_id="another-project", endpoint=fake.url,
+        http2=http2,
     ) as fcm:
         response = await fcm.send(_message())
     assert (response.status, response.error_code) == (403, "PERMISSION_DENIED")
 
 
-async def test_connection_refused_is_transport_error(fake: FakeFcm, sa_file: str) -> None:
+async def test_connection_refused_is_transport_error(
+    fake: FakeFcm, sa_file: str, http2: bool
+) -> None:
     async with FcmClient(
-        service_account_file=sa_file, endpoint=f"http://127.0.0.1:{free_port()}"
+        service_account_file=sa_file, endpoint=f"http://127.0.0.1:{free_port()}", http2=http2
     ) as fcm:
         with pytest.raises(FcmTransportError):
             await fcm.send(_message())
@@ -202,9 +211,10 @@ async def test_token_endpoint_down_is_transport_error(fake: FakeFcm, sa_file: st
             await fcm.send(_message())
 
 
-async def test_timeout_is_transport_error(fake: FakeFcm, sa_file: str) -> None:
+async def test_timeout_is_transport_error(fake: FakeFcm, sa_file: str, http2: bool) -> None:
     fake.set_faults(rate=0.0, latency_ms=600)
-    async with FcmClient(service_account_file=sa_file, endpoint=fake.url, timeout=0.2) as fcm:
+    async with FcmClient(service_account_file=sa_file, endpoint=fake.url, timeout=0.2,
+                         http2=http2) as fcm:
         started = time.monotonic()
         with pytest.raises(FcmTransportError):
             await fcm.send(_message())
@@ -303,9 +313,10 @@ async def test_start_body_answers_through_its_callback(client: FcmClient, fake: 
         [f"a{i}" for i in range(5)] + [f"b{i}" for i in range(50)] + [f"c{i}" for i in range(10)])
 
 
-async def test_start_body_hands_over_failures(fake: FakeFcm, sa_file: str) -> None:
+async def test_start_body_hands_over_failures(fake: FakeFcm, sa_file: str, http2: bool) -> None:
     fake.set_faults(rate=0.0, latency_ms=600)
-    async with FcmClient(service_account_file=sa_file, endpoint=fake.url, timeout=0.2) as fcm:
+    async with FcmClient(service_account_file=sa_file, endpoint=fake.url, timeout=0.2,
+                         http2=http2) as fcm:
         [slow] = await _started(fcm, [_body("x")])      # the token, then a timeout
         assert isinstance(slow, FcmTransportError)
         assert "within 0.2 s" in str(slow)
@@ -314,3 +325,38 @@ async def test_start_body_hands_over_failures(fake: FakeFcm, sa_file: str) -> No
     fake.set_faults(rate=0.0)
     [closed] = await _started(fcm, [_body("z")])
     assert isinstance(closed, RuntimeError)             # as send would raise
+
+
+async def test_http2_carries_a_hundred_sends_a_connection(fake: FakeFcm, sa_file: str) -> None:
+    """FCM's ~100 streams a connection: 300 sends in flight take 3 connections, not
+    300, and a connection's stream limit queues sends rather than failing them."""
+    async with FcmClient(service_account_file=sa_file, endpoint=fake.url,
+                         max_connections=5) as fcm:
+        results = await asyncio.gather(*(fcm.send(_message(f"m{i}")) for i in range(300)))
+        assert all(r.ok for r in results)
+        assert 1 <= fcm.open_connections <= 3
+        bodies = [_body(f"s{i}") for i in range(300)]
+        answers = await _started(fcm, bodies)        # the callback path, the same way
+        assert all(isinstance(a, FcmResponse) and a.ok for a in answers)
+        assert fcm.open_connections <= 3
+    assert len({d.token for d in fake.deliveries}) == 600
+
+
+async def test_http2_waits_for_the_servers_stream_limit(key_dir: Path) -> None:
+    server = FakeFcm(project_id=PROJECT, service_account_public_keys={},
+                     max_concurrent_streams=10)
+    await server.start(port=0)
+    path = ensure_fcm_service_account(key_dir, server.token_uri, PROJECT)
+    info = json.loads(path.read_text())
+    server.trust(info["client_email"], public_key_pem(info["private_key"].encode()))
+    try:
+        async with FcmClient(service_account_file=str(path), endpoint=server.url,
+                             max_connections=1) as fcm:
+            assert (await fcm.send(_message("first"))).ok   # SETTINGS received
+            server.set_faults(rate=0.0, latency_ms=20)
+            results = await asyncio.gather(*(fcm.send(_message(f"q{i}")) for i in range(60)))
+            assert all(r.ok for r in results)
+            assert fcm.open_connections == 1
+    finally:
+        await server.stop()
+    assert len(server.deliveries) == 61
