@@ -2,12 +2,13 @@
 next to the fake's own ceiling measured in the same run with a C load generator.
 
     python -m loadtest.bench_delivery [--platform apns|fcm|both] [--pushes 100000]
-                                      [--fake-processes 2] [--duration 10]
+                                      [--fcm-http 2|1.1] [--fake-processes 2] [--duration 10]
                                       [--client-seconds 8] [--sender-env NAME=VALUE]
                                       [--placement shared|split|both]
                                       [--json PATH] [--py-spy PATH] [--keep-services]
 
-Needs (Debian packages): ``nghttp2-client`` (h2load: HTTP/2 for APNs, ``--h1`` for FCM),
+Needs (Debian packages): ``nghttp2-client`` (h2load: HTTP/2 for APNs and FCM, ``--h1``
+for FCM over HTTP/1.1 with ``--fcm-http 1.1``),
 ``postgresql`` + ``postgis`` and ``redis-server`` (unless GEOPUSH_DATABASE_URL and
 GEOPUSH_REDIS_URL are set); py-spy in the venv only for ``--py-spy``. It exits with the
 apt-get line to run when one is missing.
@@ -22,7 +23,8 @@ What it does, per platform:
    socket held here, which hands each new connection to the next process in turn
    (SCM_RIGHTS), so the load is even however few connections a client opens. Drives
    it with h2load for ``--duration`` seconds, with requests like the sender's (same
-   headers and payload, a valid ES256 provider token / OAuth bearer token): the
+   headers and payload, a valid ES256 provider token / OAuth bearer token) over the
+   sender's protocol (HTTP/2; ``h2load --h1`` for FCM with ``--fcm-http 1.1``): the
    ceiling, in requests per second.
 3. With a fresh fake (the fake APNs refuses a second provider token within 20
    minutes), runs geopush's gateway client alone (``ApnsClient`` / ``FcmClient``, one
@@ -274,8 +276,9 @@ def serve_fake_apns(args: argparse.Namespace) -> None:
 
 
 def serve_fake_fcm(args: argparse.Namespace) -> None:
-    """One fake FCM process of a fleet: ``loadtest.fake_fcm.FakeFcm``'s own application,
-    on connections handed over by the fleet, plus a control port of its own.
+    """One fake FCM process of a fleet: ``loadtest.fake_fcm.FakeFcm``'s own application
+    (HTTP/1.1 and h2c on the same connections, as ``FakeFcm.protocol_factory`` tells
+    them apart), on connections handed over by the fleet, plus a control port of its own.
 
     Access tokens live in one process's memory, so with several processes a token
     issued by one is refused by the others. Every process here issues the same token
@@ -304,7 +307,8 @@ def serve_fake_fcm(args: argparse.Namespace) -> None:
         await web.TCPSite(runner, "127.0.0.1", args.control_port).start()
         fake.host, fake.port = "127.0.0.1", args.port
         assert runner.server is not None
-        _take_connections(args.handoff_fd, runner.server, None)
+        # HTTP/2 with prior knowledge (what h2load and the sender send) or HTTP/1.1
+        _take_connections(args.handoff_fd, fake.protocol_factory(runner.server), None)
         await _serve_until_signalled(runner.cleanup)
 
     uvloop.run(main())
@@ -569,18 +573,20 @@ _H2LOAD_TIME = re.compile(r"finished in ([\d.]+)(m?s), ([\d.]+) req/s")
 
 
 def run_h2load(platform: str, fleet: Fleet, services: Services, certs_dir: Path, tmp: Path,
-               *, duration: int, clients: int, streams: int, threads: int,
+               *, duration: int, clients: int, streams: int, threads: int, http2: bool = True,
                cpus: frozenset[int] | None = None) -> Ceiling:
     url, headers, body = sample_request(platform, certs_dir, fleet, tmp)
     cmd = ["h2load", "-D", str(duration), "--warm-up-time", "2", "-c", str(clients),
            "-m", str(streams), "-t", str(threads), "-d", str(body)]
-    if platform == "fcm":
+    if platform == "fcm" and not http2:
         cmd.insert(1, "--h1")
     else:
-        # The same as geopush's client announces: no dynamic table for the responses,
-        # which spares the fake's encoder work. The ceiling gets every advantage the
-        # sender takes.
-        cmd.insert(1, "--header-table-size=0")
+        # HTTP/2 (h2c with prior knowledge for the fake FCM's http:// URL). The same
+        # response table as geopush's client announces: none for APNs, which spares
+        # the fake's encoder work; 4096 bytes for FCM, whose repeated response headers
+        # it indexes. The ceiling gets every advantage the sender takes.
+        table = 0 if platform == "apns" else 4096
+        cmd.insert(1, f"--header-table-size={table}")
     for h in headers:
         cmd += ["-H", h]
     cmd.append(url)
@@ -793,14 +799,18 @@ async def _client_only(args: argparse.Namespace) -> None:
                                          expiration=int(push.expires_at))
             return bool(response.status == 200)
     else:
+        from server.settings import FCM_STREAMS
         from workers.fcm import build_message
         from workers.fcm_client import FcmClient
 
         client = FcmClient(
             service_account_file=str(args.certs_dir / "fcm-service-account.json"),
             project_id=DEV_FCM_PROJECT, endpoint=f"http://127.0.0.1:{args.port}",
-            # as the sender's pool: a connection for every send in flight
-            max_connections=args.concurrency)
+            # as the sender's pool: over HTTP/1.1 a connection for every send in flight,
+            # over HTTP/2 one for every FCM_STREAMS
+            max_connections=args.concurrency if args.fcm_http == "1.1"
+            else -(-args.concurrency // FCM_STREAMS),
+            http2=args.fcm_http == "2")
         message = build_message(push, dt.datetime.now(dt.UTC))
 
         async def send() -> bool:
@@ -860,13 +870,14 @@ async def _chained_fcm_sends(client: Any, body: bytes, concurrency: int, deadlin
 
 
 def run_client_only(platform: str, fleet: Fleet, services: Services, certs_dir: Path,
-                    *, seconds: float, concurrency: int) -> ClientOnly:
+                    *, seconds: float, concurrency: int, fcm_http: str) -> ClientOnly:
     roots = {"fake": fleet.pids}
     before = {name: group_cpu(pids) for name, pids in roots.items()}
     out = subprocess.run(
         [sys.executable, "-m", "loadtest.bench_delivery", "client-only",
          "--platform", platform, "--port", str(fleet.port), "--certs-dir", str(certs_dir),
-         "--seconds", str(seconds), "--concurrency", str(concurrency)],
+         "--seconds", str(seconds), "--concurrency", str(concurrency),
+         "--fcm-http", fcm_http],
         cwd=REPO, capture_output=True, check=False, timeout=seconds + 120)
     if out.returncode != 0:
         raise BenchError(f"the client-only run failed:\n{out.stderr.decode(errors='replace')}")
@@ -890,6 +901,7 @@ class PlatformResult:
     sender: SenderRun
     client_only: ClientOnly | None = None
     placement: str = "shared"
+    protocol: str = "HTTP/2"
 
     @property
     def ratio(self) -> float:
@@ -897,7 +909,8 @@ class PlatformResult:
 
     @property
     def label(self) -> str:
-        return f"{self.platform}/{self.placement}"
+        http1 = "-h1" if self.protocol == "HTTP/1.1" else ""
+        return f"{self.platform}{http1}/{self.placement}"
 
     def problems(self) -> list[str]:
         s = self.sender
@@ -940,7 +953,8 @@ def _place(pids: Sequence[int], cpus: frozenset[int] | None) -> None:
 
 def bench_platform(platform: str, args: argparse.Namespace, services: Services,
                    certs_dir: Path, tmp: Path, placement: Placement) -> PlatformResult:
-    label = f"{platform}/{placement.name}"
+    http2 = platform == "apns" or args.fcm_http == "2"
+    label = f"{platform}{'' if http2 else '-h1'}/{placement.name}"
     _place(list(services.pids().values()), placement.driver)
 
     def fake() -> Fleet:
@@ -950,16 +964,18 @@ def bench_platform(platform: str, args: argparse.Namespace, services: Services,
 
     fleet = fake()
     try:
-        print(f"[{label}] ceiling: h2load{' --h1' if platform == 'fcm' else ''} "
+        print(f"[{label}] ceiling: h2load{'' if http2 else ' --h1'} "
               f"against {args.fake_processes} fake process(es), {args.duration} s ...",
               flush=True)
-        clients = args.clients or (16 if platform == "apns" else 64)
         # APNs: 16 x 100 gave the highest ceiling of 16x25, 8x100, 16x100 and 32x50.
-        # FCM: 64 gave a ceiling 13-16 % higher than 500 (the sender's connections).
-        streams = args.streams or (100 if platform == "apns" else 1)
+        # FCM over HTTP/1.1: 64 gave a ceiling 13-16 % higher than 500 (the sender's
+        # connections).
+        clients = args.clients or (16 if http2 else 64)
+        streams = args.streams or (100 if http2 else 1)
         ceiling = run_h2load(platform, fleet, services, certs_dir, tmp,
                              duration=args.duration, clients=clients, streams=streams,
-                             threads=args.h2load_threads, cpus=placement.driver)
+                             threads=args.h2load_threads, http2=http2,
+                             cpus=placement.driver)
         print(f"[{label}] ceiling {ceiling.rate:,.0f} req/s", flush=True)
     finally:
         fleet.stop()
@@ -969,7 +985,8 @@ def bench_platform(platform: str, args: argparse.Namespace, services: Services,
         try:
             print(f"[{label}] the client alone, {args.client_seconds:g} s ...", flush=True)
             alone = run_client_only(platform, fleet, services, certs_dir,
-                                    seconds=args.client_seconds, concurrency=200)
+                                    seconds=args.client_seconds, concurrency=200,
+                                    fcm_http=args.fcm_http)
             print(f"[{label}] client alone {alone.rate:,.0f} req/s", flush=True)
         finally:
             fleet.stop()
@@ -977,6 +994,8 @@ def bench_platform(platform: str, args: argparse.Namespace, services: Services,
     try:
         print(f"[{label}] one sender, {args.pushes:,} pushes ...", flush=True)
         extra = dict(e.split("=", 1) for e in args.sender_env)
+        if platform == "fcm":
+            extra.setdefault("GEOPUSH_FCM_HTTP_VERSION", args.fcm_http)
         spy = (args.py_spy.with_name(f"{platform}-{placement.name}-{args.py_spy.name}")
                if args.py_spy else None)
         sender = run_sender(platform, services, fleet, certs_dir, tmp, args.pushes, extra, spy,
@@ -986,7 +1005,7 @@ def bench_platform(platform: str, args: argparse.Namespace, services: Services,
         fleet.stop()
         _place(list(services.pids().values()), None)
     return PlatformResult(platform, args.fake_processes, ceiling, sender, alone,
-                          placement=placement.name)
+                          placement=placement.name, protocol="HTTP/2" if http2 else "HTTP/1.1")
 
 
 def report(results: list[PlatformResult]) -> str:
@@ -1040,6 +1059,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--certs-dir", type=Path, required=True)
     p.add_argument("--seconds", type=float, required=True)
     p.add_argument("--concurrency", type=int, default=200)
+    p.add_argument("--fcm-http", choices=("2", "1.1"), default="2")
     for name in ("serve-fake-apns", "serve-fake-fcm"):
         p = sub.add_parser(name, help="(internal) one fake gateway process on a shared port")
         p.add_argument("--port", type=int, required=True)
@@ -1048,6 +1068,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.add_argument("--shared-token", default="", help=argparse.SUPPRESS)
         p.add_argument("--handoff-fd", type=int, required=True, help=argparse.SUPPRESS)
     parser.add_argument("--platform", choices=("apns", "fcm", "both"), default="both")
+    parser.add_argument("--fcm-http", choices=("2", "1.1"), default="2",
+                        help="FCM's HTTP version, for the sender (GEOPUSH_FCM_HTTP_VERSION) "
+                             "and the ceiling alike (h2load, or h2load --h1); default 2")
     parser.add_argument("--placement", choices=("shared", "split", "both"), default="both",
                         help="shared: everything on every CPU; split: the fake on half the "
                              "CPUs, what drives it (h2load, or the sender with PostgreSQL "
@@ -1059,10 +1082,10 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="fake gateway processes sharing the port (SO_REUSEPORT)")
     parser.add_argument("--duration", type=int, default=10, help="h2load seconds (+2 warm-up)")
     parser.add_argument("--clients", type=int, default=0,
-                        help="h2load connections (default: apns 16, fcm 64)")
+                        help="h2load connections (default: 16 over HTTP/2, 64 over HTTP/1.1)")
     parser.add_argument("--streams", type=int, default=0,
-                        help="h2load concurrent streams per connection (default: apns 100, "
-                             "fcm 1)")
+                        help="h2load concurrent streams per connection (default: 100 over "
+                             "HTTP/2, 1 over HTTP/1.1)")
     parser.add_argument("--h2load-threads", type=int, default=1)
     parser.add_argument("--client-seconds", type=float, default=8,
                         help="seconds of the gateway client alone, between the ceiling and "
