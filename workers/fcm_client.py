@@ -49,6 +49,7 @@ from server.settings import FCM_STREAMS
 from workers import http2
 from workers.http1 import Answer, ConnectionFailed, Http1Pool, ProtocolError, Response
 from workers.http2 import Http2Pool, StreamError
+from workers.waiting import finish_in_task
 
 logger = logging.getLogger(__name__)
 
@@ -348,21 +349,8 @@ class FcmClient:
 
     def _in_task(self, work: Coroutine[Any, Any, FcmResponse],
                  finish: Callable[[FcmAnswer], None]) -> None:
-        task = asyncio.ensure_future(work)
-        self._tasks.add(task)
-        task.add_done_callback(functools.partial(self._task_done, finish))
-
-    def _task_done(self, finish: Callable[[FcmAnswer], None],
-                   task: asyncio.Task[FcmResponse]) -> None:
-        self._tasks.discard(task)
-        if task.cancelled():
-            finish(FcmTransportError("the send was cancelled (client closing)"))
-            return
-        error = task.exception()
-        if error is None:
-            finish(task.result())
-        else:
-            finish(error if isinstance(error, Exception) else FcmTransportError(repr(error)))
+        finish_in_task(work, self._tasks, finish, FcmTransportError,
+                       "the send was cancelled (client closing)")
 
     async def _after_401(self, body: bytes, token: str, response: FcmResponse) -> FcmResponse:
         """A 401: the token was revoked or expired early; one more try with a new one."""

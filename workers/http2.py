@@ -54,7 +54,7 @@ from typing import cast
 from hpack import Decoder
 from hpack.exceptions import HPACKError
 
-from workers.waiting import wait_in_line
+from workers.waiting import finish_in_task, wait_in_line
 
 logger = logging.getLogger(__name__)
 
@@ -765,20 +765,8 @@ class Http2Pool:
         if connection is not None and connection.start(head, fields, tail, body, deadline,
                                                        finish):
             return
-        task = asyncio.ensure_future(self.request(head, fields, tail, body, deadline))
-        self._tasks.add(task)
-        task.add_done_callback(functools.partial(self._task_done, finish))
-
-    def _task_done(self, finish: Finish, task: asyncio.Task[Response]) -> None:
-        self._tasks.discard(task)
-        if task.cancelled():
-            finish(StreamError("cancelled: the pool is closing"))
-            return
-        error = task.exception()
-        if error is None:
-            finish(task.result())
-        else:
-            finish(error if isinstance(error, Exception) else StreamError(repr(error)))
+        finish_in_task(self.request(head, fields, tail, body, deadline), self._tasks, finish,
+                       StreamError, "cancelled: the pool is closing")
 
     def _free_connection(self) -> Http2Connection | None:
         """A connection with a free stream, without waiting: the least loaded once the
