@@ -358,3 +358,30 @@ async def test_indexed_response_blocks_are_decoded_once_while_the_table_stands()
     assert seen == [b"1", b"1", b"1", b"2", b"2"]
     blocks = list(peer.client._decoded)
     assert blocks == [b"\x88\xbe"]   # :status 200, then the newest entry: x-a: 2
+
+
+_NAMES = st.sampled_from([b"content-type", b"vary", b"date", b"x-a", b"retry-after"])
+_VALUES = st.sampled_from([b"1", b"2", b"application/json", b"Origin", b"x" * 40])
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.lists(st.tuples(_NAMES, _VALUES), max_size=4), min_size=1, max_size=12),
+       st.integers(min_value=0, max_value=4096))
+def test_remembered_header_blocks_mean_what_a_fresh_decoder_says(
+    answers: list[list[tuple[bytes, bytes]]], table_size: int
+) -> None:
+    """Whatever a peer's encoder indexes or evicts (a small table evicts often), every
+    answer the client hands on has the headers the peer sent."""
+    async def run() -> None:
+        peer = Peer(response_table_size=table_size)
+        await peer.exchange()
+        await peer.exchange()
+        for extra in answers:
+            task = await _start(peer)
+            peer.respond(max(peer.requests), 200, extra=extra)
+            response = await task
+            assert response.status == 200
+            expected = dict([(b":status", b"200"), *extra])
+            assert response.headers == expected
+
+    asyncio.run(run())
