@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
+import logging
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -31,6 +34,8 @@ _RETRYABLE_REASONS = {"ExpiredProviderToken", "TooManyRequests", "Shutdown",
 
 MAX_PAYLOAD_BYTES = 4096
 
+
+log = logging.getLogger(__name__)
 
 _encode = msgspec.json.Encoder().encode
 
@@ -83,6 +88,27 @@ def classify(response: ApnsResponse) -> Outcome:
     return Failed(reason or f"HTTP {response.status}", response.status)
 
 
+def _unanswered(exc: Exception) -> Outcome:
+    """The outcome of a send that got no answer from APNs."""
+    if isinstance(exc, ApnsTransportError):
+        return Retry(f"transport: {exc}" if str(exc) else "transport error")
+    if isinstance(exc, RedisError | OSError):   # the shared provider token was unreachable
+        return Retry(f"provider token: {exc}")
+    raise exc   # a bug: the sender logs it and retries
+
+
+def _settle(done: Callable[[Outcome], None], answer: ApnsResponse | Exception) -> None:
+    if isinstance(answer, ApnsResponse):
+        done(classify(answer))
+        return
+    try:
+        outcome = _unanswered(answer)
+    except Exception:
+        log.error("APNs send failed unexpectedly", exc_info=answer)
+        outcome = Retry(type(answer).__name__)
+    done(outcome)
+
+
 class ApnsGateway:
     platform = "apns"
 
@@ -107,11 +133,16 @@ class ApnsGateway:
                 push.token, payload, collapse_id=push.incident_id,
                 expiration=int(push.expires_at), priority=10, push_type="alert",
             )
-        except ApnsTransportError as exc:
-            return Retry(f"transport: {exc}" if str(exc) else "transport error")
-        except (RedisError, OSError) as exc:   # the shared provider token was unreachable
-            return Retry(f"provider token: {exc}")
+        except Exception as exc:
+            return _unanswered(exc)
         return classify(response)
+
+    def start(self, push: Push, now: float, done: Callable[[Outcome], None]) -> None:
+        """``send`` without a coroutine (the sender's hot path): ``done`` gets the
+        outcome from the client's callback."""
+        self.client.start(push.token, self.payload(push, now), functools.partial(_settle, done),
+                          collapse_id=push.incident_id, expiration=int(push.expires_at),
+                          priority=10, push_type="alert")
 
     async def close(self) -> None:
         await self.client.close()

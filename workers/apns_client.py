@@ -20,16 +20,21 @@ What the client does:
   a new one once every open one carries ``SPREAD_STREAMS`` sends, and sends go to the
   least loaded connection once all are open;
 - each send makes one attempt within ``request_timeout`` (retrying is the caller's
-  business) and every transport failure surfaces as ``ApnsTransportError``.
+  business) and every transport failure surfaces as ``ApnsTransportError``;
+- ``send`` is a coroutine; ``start`` takes a callback and, with the provider token at
+  hand (``TokenSource.current``), costs no task or future (the APNs sender's hot
+  path); the headers a fan-out repeats are built once for all its devices.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import ssl
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -37,12 +42,15 @@ import jwt
 import msgspec
 
 from workers.http2 import (
+    Fields,
     Http2Connection,
     Http2Pool,
+    Response,
     StreamError,
     never_indexed,
     path_literal,
 )
+from workers.waiting import finish_in_task
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +81,10 @@ class TokenSource(Protocol):
 
     async def header(self) -> str: ...
 
+    def current(self) -> str | None:
+        """The header ``header()`` would return now without any I/O, or None."""
+        ...
+
 
 class LocalProviderToken:
     """A provider token minted in this process and kept ``TOKEN_TTL_S``."""
@@ -90,6 +102,11 @@ class LocalProviderToken:
             token = jwt.encode({"iss": self._team_id, "iat": int(now)}, self._key_pem,
                                algorithm="ES256", headers={"kid": self._key_id})
             self._header, self._issued_at = f"bearer {token}", now
+        return self._header
+
+    def current(self) -> str | None:
+        if not self._header or time.time() - self._issued_at >= TOKEN_TTL_S:
+            return None
         return self._header
 
 
@@ -111,6 +128,8 @@ class ApnsClient:
                                initial_stream_limit=1, spread_streams=SPREAD_STREAMS,
                                name="APNs")
         self._timeout = request_timeout
+        self._fields_cache: dict[tuple[Any, ...], Fields] = {}
+        self._tasks: set[asyncio.Task[ApnsResponse]] = set()
         self._topic = topic.encode()
         self._authority = host.encode() if port == 443 else f"{host}:{port}".encode()
 
@@ -122,38 +141,99 @@ class ApnsClient:
         """``payload``: the aps dictionary, or its JSON already encoded."""
         body = payload if isinstance(payload, bytes) else _encode_json(payload)
         authorization = await self._tokens.header()
-        fields: list[tuple[bytes, bytes]] = [
-            (b":authority", self._authority),
-            (b"apns-topic", self._topic),
-            (b"apns-push-type", push_type.encode()),
-            (b"apns-priority", str(priority).encode()),
-        ]
-        if expiration is not None:
-            fields.append((b"apns-expiration", str(int(expiration)).encode()))
-        if collapse_id is not None:
-            fields.append((b"apns-collapse-id", collapse_id.encode()))
-        fields.append((b"authorization", authorization.encode()))
-        head = _METHOD_SCHEME + path_literal(b"/3/device/" + token.encode())
-        tail = b"" if apns_id is None else never_indexed(b"apns-id", apns_id.encode())
+        fields = self._fields(authorization, push_type, priority, expiration, collapse_id)
+        head, tail = self._head_and_tail(token, apns_id)
         deadline = asyncio.get_running_loop().time() + self._timeout
         try:
-            response = await self._pool.request(head, tuple(fields), tail, body, deadline)
-        except TimeoutError:
-            raise ApnsTransportError(f"no APNs response within {self._timeout} s") from None
-        except (StreamError, OSError) as exc:   # ssl.SSLError is an OSError
-            raise ApnsTransportError(f"APNs connection failed: {exc}") from exc
-        reason, timestamp = _error_body(response.body)
-        return ApnsResponse(
-            status=response.status, reason=reason, timestamp_ms=timestamp,
-            apns_id=response.headers.get(b"apns-id", b"").decode() or apns_id or "",
-        )
+            response = await self._pool.request(head, fields, tail, body, deadline)
+        except (TimeoutError, StreamError, OSError) as exc:
+            raise self._transport_error(exc) from exc
+        return _response(response, apns_id)
+
+    def start(
+        self, token: str, payload: bytes, finish: Callable[[ApnsResponse | Exception], None],
+        *, collapse_id: str | None, expiration: int | None, priority: int = 10,
+        push_type: str = "alert", apns_id: str | None = None,
+    ) -> None:
+        """``send`` without a coroutine: ``finish`` is called once with the response or
+        the exception ``send`` would raise. With the provider token at hand (the usual
+        case) and a free stream, it costs no task or future; else ``send`` runs in a
+        task."""
+        authorization = self._tokens.current()
+        if authorization is None:
+            finish_in_task(
+                self.send(token, payload, collapse_id=collapse_id, expiration=expiration,
+                          priority=priority, push_type=push_type, apns_id=apns_id),
+                self._tasks, finish, ApnsTransportError, "cancelled: the client is closing")
+            return
+        fields = self._fields(authorization, push_type, priority, expiration, collapse_id)
+        head, tail = self._head_and_tail(token, apns_id)
+        deadline = asyncio.get_running_loop().time() + self._timeout
+        self._pool.start(head, fields, tail, payload, deadline,
+                         functools.partial(self._answered, apns_id, finish))
+
+    def _answered(self, apns_id: str | None,
+                  finish: Callable[[ApnsResponse | Exception], None],
+                  answer: Response | Exception) -> None:
+        if isinstance(answer, Response):
+            finish(_response(answer, apns_id))
+        elif isinstance(answer, TimeoutError | StreamError | OSError):
+            finish(self._transport_error(answer))
+        else:
+            finish(answer)
+
+    def _fields(self, authorization: str, push_type: str, priority: int,
+                expiration: int | None, collapse_id: str | None) -> Fields:
+        """The headers that go through the HPACK table: the same for every device of a
+        fan-out, so built once for all of them."""
+        key = (authorization, push_type, priority, expiration, collapse_id)
+        fields = self._fields_cache.get(key)
+        if fields is None:
+            built = [
+                (b":authority", self._authority),
+                (b"apns-topic", self._topic),
+                (b"apns-push-type", push_type.encode()),
+                (b"apns-priority", str(priority).encode()),
+            ]
+            if expiration is not None:
+                built.append((b"apns-expiration", str(int(expiration)).encode()))
+            if collapse_id is not None:
+                built.append((b"apns-collapse-id", collapse_id.encode()))
+            built.append((b"authorization", authorization.encode()))
+            fields = tuple(built)
+            if len(self._fields_cache) >= 256:
+                self._fields_cache.clear()
+            self._fields_cache[key] = fields
+        return fields
+
+    @staticmethod
+    def _head_and_tail(token: str, apns_id: str | None) -> tuple[bytes, bytes]:
+        """The per-push headers, never indexed: the device's path and the apns-id."""
+        head = _METHOD_SCHEME + path_literal(b"/3/device/" + token.encode())
+        tail = b"" if apns_id is None else never_indexed(b"apns-id", apns_id.encode())
+        return head, tail
+
+    def _transport_error(self, exc: BaseException) -> ApnsTransportError:
+        if isinstance(exc, TimeoutError):
+            return ApnsTransportError(f"no APNs response within {self._timeout} s")
+        return ApnsTransportError(f"APNs connection failed: {exc}")   # SSLError: OSError
 
     @property
     def connections(self) -> list[Http2Connection]:
         return self._pool.connections
 
     async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
         await self._pool.close()
+
+
+def _response(response: Response, apns_id: str | None) -> ApnsResponse:
+    reason, timestamp = _error_body(response.body)
+    return ApnsResponse(
+        status=response.status, reason=reason, timestamp_ms=timestamp,
+        apns_id=response.headers.get(b"apns-id", b"").decode() or apns_id or "",
+    )
 
 
 def _error_body(body: bytes) -> tuple[str | None, int | None]:

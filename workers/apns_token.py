@@ -46,6 +46,12 @@ class SharedProviderToken:
         return jwt.encode({"iss": self._team_id, "iat": now}, self._key_pem,
                           algorithm="ES256", headers={"kid": self._key_id})
 
+    def current(self) -> str | None:
+        """The local copy while it is good, without touching Redis; else None."""
+        if self._header is not None and self._clock() < self._valid_until:
+            return self._header
+        return None
+
     async def header(self) -> str:
         """``bearer <jwt>``; reads Redis only when the local copy is about to expire, once
         for all concurrent sends."""

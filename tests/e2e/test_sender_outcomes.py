@@ -247,31 +247,34 @@ async def _stream_all(stack: Stack, sender: Sender, platform: str, count: int) -
 
 
 @pytest.mark.workers()
-async def test_streaming_fcm_sender_sends_through_start_and_a_start_that_raises_is_retried(
-    stack: Stack, monkeypatch: pytest.MonkeyPatch,
+@pytest.mark.parametrize("platform", ["apns", "fcm"])
+async def test_streaming_sender_sends_through_start_and_a_start_that_raises_is_retried(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch, platform: str,
 ) -> None:
-    """The FCM gateway's start() (no task per push) carries the streaming sender's
-    sends; a start() that raises (a bug) ends in a retry, as a send() that raises does."""
+    """Both gateways' start() (no task per push) carries the streaming sender's sends;
+    a start() that raises (a bug) ends in a retry, as a send() that raises does."""
     incident = await _incident(stack)
-    tokens = [f"fcm-token-{n}" for n in range(30)]
+    tokens = [f"{n:064x}" if platform == "apns" else f"fcm-token-{n}" for n in range(30)]
+    fake = stack.apns if platform == "apns" else stack.fcm
     for token in tokens:
-        await stack.redis.xadd(keys.push_stream("fcm"), _push(incident, "fcm", token).to_fields())
-    async with _sender(stack, "fcm") as sender:
+        await stack.redis.xadd(keys.push_stream(platform),
+                               _push(incident, platform, token).to_fields())
+    async with _sender(stack, platform) as sender:
         async def no_send(*_: object) -> None:
             raise AssertionError("the streaming sender should use start()")
 
         monkeypatch.setattr(sender.gateway, "send", no_send)
-        await _stream_all(stack, sender, "fcm", len(tokens))
-        assert sorted(d.token for d in stack.fcm.deliveries) == sorted(tokens)
+        await _stream_all(stack, sender, platform, len(tokens))
+        assert sorted(d.token for d in fake.deliveries) == sorted(tokens)
 
         def broken(*_: object) -> None:
             raise RuntimeError("a bug")
 
         monkeypatch.setattr(sender.gateway, "start", broken)
-        await stack.redis.xadd(keys.push_stream("fcm"),
-                               _push(incident, "fcm", "fcm-token-x").to_fields())
-        await _stream_all(stack, sender, "fcm", len(tokens) + 1)
+        await stack.redis.xadd(keys.push_stream(platform),
+                               _push(incident, platform, "f" * 64).to_fields())
+        await _stream_all(stack, sender, platform, len(tokens) + 1)
     outcomes = await _outcomes(stack)
     assert outcomes[:-1] == [("sent", None, 1)] * len(tokens)
     assert outcomes[-1] == ("retry", "RuntimeError", 1)
-    assert await stack.redis.zcard(keys.retry_schedule("fcm")) == 1
+    assert await stack.redis.zcard(keys.retry_schedule(platform)) == 1

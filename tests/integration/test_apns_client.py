@@ -322,3 +322,44 @@ async def test_connection_reset_fails_in_flight_sends_and_the_next_one_reconnect
     fake.set_faults(rate=0)
     assert (await client.send(GOOD, PAYLOAD, collapse_id=None, expiration=None)).status == 200
     assert fake.stats["connections"] == 2
+
+
+async def test_start_answers_through_a_callback(client: ApnsClient, fake: FakeApns) -> None:
+    """``start`` is ``send`` without a coroutine: the first push (no provider token yet)
+    goes the long way, in a task; then they are written at once and answered from the
+    connection's callback; refusals and timeouts arrive the same way."""
+    loop = asyncio.get_running_loop()
+
+    async def started(token: str, **options: Any) -> ApnsResponse | Exception:
+        answer: asyncio.Future[ApnsResponse | Exception] = loop.create_future()
+        client.start(token, b'{"aps":{}}', answer.set_result, collapse_id="F1",
+                     expiration=None, **options)
+        return await asyncio.wait_for(answer, 10)
+
+    first = await started(GOOD, apns_id="2f6a3d52-1c7e-4a4e-9c55-0b1c6f5c0a11")
+    assert first == ApnsResponse(200, None, None, "2f6a3d52-1c7e-4a4e-9c55-0b1c6f5c0a11")
+    answers = await asyncio.gather(*(started(f"{n:064x}") for n in range(50)))
+    assert {a.status for a in answers if isinstance(a, ApnsResponse)} == {200}
+    assert len(answers) == 50
+    assert len(fake.deliveries) == 51
+    assert fake.deliveries[-1].headers["apns-collapse-id"] == "F1"
+    bad = await started("not-a-token")
+    assert isinstance(bad, ApnsResponse) and (bad.status, bad.reason) == (400, "BadDeviceToken")
+
+
+async def test_start_hands_over_timeouts(fake: FakeApns, keys: Keys) -> None:
+    client = ApnsClient(
+        key_pem=keys.private_pem, key_id=DEV_APNS_KEY_ID, team_id=DEV_APNS_TEAM_ID,
+        topic=DEV_APNS_TOPIC, host="127.0.0.1", port=fake.port, ssl_context=_context(keys),
+        request_timeout=0.3)
+    loop = asyncio.get_running_loop()
+    assert (await client.send(GOOD, PAYLOAD, collapse_id=None, expiration=None)).status == 200
+    fake.set_faults(rate=1.0, status=200, reason="", latency_ms=2000)
+    started = loop.time()
+    answer: asyncio.Future[ApnsResponse | Exception] = loop.create_future()
+    client.start(GOOD, b'{"aps":{}}', answer.set_result, collapse_id=None, expiration=None)
+    late = await asyncio.wait_for(answer, 5)
+    assert isinstance(late, ApnsTransportError) and "within 0.3 s" in str(late)
+    assert loop.time() - started < 1.0            # the sweep: at most 1/8 of 0.3 s late
+    fake.set_faults(rate=0.0, status=200, reason="", latency_ms=0)
+    await client.close()

@@ -59,3 +59,19 @@ async def test_a_token_too_old_for_apple_is_replaced_even_if_redis_still_has_it(
     new = await second.header()
     assert new != old
     assert await first.header() == new
+
+
+async def test_current_is_the_local_copy_while_it_is_good_and_never_touches_redis(
+    redis: aioredis.Redis,
+) -> None:
+    """What the sender's callback path uses: no I/O, None when ``header()`` would have
+    to ask Redis (then the send takes the long way, through ``header()``)."""
+    clock = Clock()
+    token = SharedProviderToken(redis, key_pem=KEY, key_id="K", team_id="T", clock=clock)
+    assert token.current() is None                 # nothing fetched yet
+    header = await token.header()
+    assert token.current() == header
+    clock.now += 61                                # the local copy asks Redis again
+    assert token.current() is None
+    assert await token.header() == header          # the same shared token
+    assert token.current() == header
