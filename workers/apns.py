@@ -88,22 +88,22 @@ def classify(response: ApnsResponse) -> Outcome:
     return Failed(reason or f"HTTP {response.status}", response.status)
 
 
-def _unanswered(exc: Exception) -> Outcome:
-    """The outcome of a send that got no answer from APNs."""
+def _unanswered(exc: Exception) -> Retry | None:
+    """The outcome of a send that got no answer from APNs; None for an exception no
+    send should raise (a bug)."""
     if isinstance(exc, ApnsTransportError):
         return Retry(f"transport: {exc}" if str(exc) else "transport error")
     if isinstance(exc, RedisError | OSError):   # the shared provider token was unreachable
         return Retry(f"provider token: {exc}")
-    raise exc   # a bug: the sender logs it and retries
+    return None
 
 
 def _settle(done: Callable[[Outcome], None], answer: ApnsResponse | Exception) -> None:
     if isinstance(answer, ApnsResponse):
         done(classify(answer))
         return
-    try:
-        outcome = _unanswered(answer)
-    except Exception:
+    outcome = _unanswered(answer)
+    if outcome is None:   # logged, and retried as the sender does a send that raised
         log.error("APNs send failed unexpectedly", exc_info=answer)
         outcome = Retry(type(answer).__name__)
     done(outcome)
@@ -134,7 +134,10 @@ class ApnsGateway:
                 expiration=int(push.expires_at), priority=10, push_type="alert",
             )
         except Exception as exc:
-            return _unanswered(exc)
+            outcome = _unanswered(exc)
+            if outcome is None:
+                raise
+            return outcome
         return classify(response)
 
     def start(self, push: Push, now: float, done: Callable[[Outcome], None]) -> None:
