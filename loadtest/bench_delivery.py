@@ -799,17 +799,15 @@ async def _client_only(args: argparse.Namespace) -> None:
                                          expiration=int(push.expires_at))
             return bool(response.status == 200)
     else:
-        from server.settings import FCM_STREAMS
+        from server.settings import fcm_connections
         from workers.fcm import build_message
         from workers.fcm_client import FcmClient
 
         client = FcmClient(
             service_account_file=str(args.certs_dir / "fcm-service-account.json"),
             project_id=DEV_FCM_PROJECT, endpoint=f"http://127.0.0.1:{args.port}",
-            # as the sender's pool: over HTTP/1.1 a connection for every send in flight,
-            # over HTTP/2 one for every FCM_STREAMS
-            max_connections=args.concurrency if args.fcm_http == "1.1"
-            else -(-args.concurrency // FCM_STREAMS),
+            # as the sender's pool
+            max_connections=fcm_connections(args.concurrency, args.fcm_http == "2"),
             http2=args.fcm_http == "2")
         message = build_message(push, dt.datetime.now(dt.UTC))
 
@@ -909,8 +907,7 @@ class PlatformResult:
 
     @property
     def label(self) -> str:
-        http1 = "-h1" if self.protocol == "HTTP/1.1" else ""
-        return f"{self.platform}{http1}/{self.placement}"
+        return _label(self.platform, self.protocol == "HTTP/2", self.placement)
 
     def problems(self) -> list[str]:
         s = self.sender
@@ -951,10 +948,14 @@ def _place(pids: Sequence[int], cpus: frozenset[int] | None) -> None:
     pin(pids, set(cpus) if cpus is not None else os.sched_getaffinity(0))
 
 
+def _label(platform: str, http2: bool, placement: str) -> str:
+    return f"{platform}{'' if http2 else '-h1'}/{placement}"
+
+
 def bench_platform(platform: str, args: argparse.Namespace, services: Services,
                    certs_dir: Path, tmp: Path, placement: Placement) -> PlatformResult:
     http2 = platform == "apns" or args.fcm_http == "2"
-    label = f"{platform}{'' if http2 else '-h1'}/{placement.name}"
+    label = _label(platform, http2, placement.name)
     _place(list(services.pids().values()), placement.driver)
 
     def fake() -> Fleet:

@@ -155,6 +155,13 @@ def _apns_from_env(env: Mapping[str, str]) -> ApnsSettings | None:
 FCM_STREAMS = 100
 
 
+def fcm_connections(sends_in_flight: int, http2: bool) -> int:
+    """Connections that carry ``sends_in_flight`` without one waiting for another:
+    one per FCM_STREAMS over HTTP/2, one per send over HTTP/1.1."""
+    sends = max(1, sends_in_flight)
+    return -(-sends // FCM_STREAMS) if http2 else sends
+
+
 def _fcm_from_env(env: Mapping[str, str], send_concurrency: int) -> FcmSettings | None:
     sa_file = env.get("GEOPUSH_FCM_SERVICE_ACCOUNT_FILE")
     if not sa_file:
@@ -163,12 +170,12 @@ def _fcm_from_env(env: Mapping[str, str], send_concurrency: int) -> FcmSettings 
     if version not in ("2", "1.1"):
         raise ConfigError(f"GEOPUSH_FCM_HTTP_VERSION must be 2 or 1.1, got {version!r}")
     http2 = version == "2"
-    connections = -(-max(1, send_concurrency) // FCM_STREAMS) if http2 else send_concurrency
     return FcmSettings(
         service_account_file=Path(sa_file),
         project_id=env.get("GEOPUSH_FCM_PROJECT") or None,
         endpoint=env.get("GEOPUSH_FCM_ENDPOINT", "https://fcm.googleapis.com").rstrip("/"),
         http2=http2,
-        max_connections=_int(env, "GEOPUSH_FCM_MAX_CONNECTIONS", connections),
+        max_connections=_int(env, "GEOPUSH_FCM_MAX_CONNECTIONS",
+                             fcm_connections(send_concurrency, http2)),
         request_timeout=_float(env, "GEOPUSH_FCM_TIMEOUT", 10.0),
     )
