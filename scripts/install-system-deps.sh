@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the system packages geopush needs when they are missing (Debian/Ubuntu):
-# PostgreSQL with PostGIS for the newest installed server version, and redis-server.
+# PostgreSQL with PostGIS for the newest installed server version, redis-server, and
+# promtool (Debian's prometheus package: `make test` checks docs/prometheus/alerts.yml).
 # Does nothing when everything is present, so `make run` / `make test` stay fast.
 set -euo pipefail
 
@@ -15,6 +16,7 @@ elif ! ls "/usr/share/postgresql/$pg_version/extension/postgis.control" >/dev/nu
   need+=("postgresql-$pg_version-postgis-3")
 fi
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 
 if [ ${#need[@]} -eq 0 ]; then
   exit 0
@@ -33,4 +35,15 @@ fi
 echo "geopush: installing ${need[*]}"
 export DEBIAN_FRONTEND=noninteractive
 $sudo apt-get update -qq
-$sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+$sudo env RUNLEVEL=1 DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+
+if [[ " ${need[*]} " == *" prometheus "* ]]; then
+  # Only promtool is wanted: no Prometheus server left running on 9090 (RUNLEVEL=1
+  # kept invoke-rc.d from starting it; systemd starts it regardless, so stop it there).
+  if [ -d /run/systemd/system ]; then
+    $sudo systemctl disable --now prometheus prometheus-node-exporter >/dev/null 2>&1 || true
+  elif [ -x /etc/init.d/prometheus ]; then
+    $sudo /etc/init.d/prometheus stop >/dev/null 2>&1 || true
+    $sudo update-rc.d prometheus disable >/dev/null 2>&1 || true
+  fi
+fi

@@ -17,9 +17,10 @@ from server.agency_cache import AgencyCache
 from server.appkeys import AGENCIES, LIMITER, OUTBOX, POOL, REDIS, SETTINGS
 from server.db import create_pool
 from server.errors import problem_middleware
+from server.metrics import http_metrics_middleware, metrics_handler
 from server.publish import OutboxCleaner
 from server.ratelimit import RateLimiter
-from server.routes import admin, devices, health, incidents
+from server.routes import admin, devices, health, incidents, transparency
 from server.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -48,11 +49,13 @@ async def _redis(app: web.Application) -> AsyncIterator[None]:
 
 
 def create_app(settings: Settings) -> web.Application:
-    app = web.Application(middlewares=[problem_middleware], client_max_size=settings.max_body_bytes)
+    app = web.Application(middlewares=[http_metrics_middleware, problem_middleware],
+                          client_max_size=settings.max_body_bytes)
     app[SETTINGS] = settings
     app.cleanup_ctx.append(_postgres)
     app.cleanup_ctx.append(_redis)
     for table in (health.routes, incidents.routes, admin.routes, devices.routes,
-                  openapi.routes):
+                  transparency.routes, openapi.routes):
         app.router.add_routes(table)
+    app.router.add_get("/metrics", metrics_handler())
     return app

@@ -32,6 +32,17 @@ PARSERS: dict[str, Parser] = {
     for content_type in module.CONTENT_TYPES
 }
 
+# Content type -> "native" | "cap" | "eido" (the metrics' format label).
+FORMATS: dict[str, str] = {
+    content_type: module.__name__.rsplit(".", 1)[-1]
+    for module in (native, cap, eido)
+    for content_type in module.CONTENT_TYPES
+}
+
+
+def format_of(content_type: str) -> str:
+    return FORMATS.get(content_type.lower(), "unsupported")
+
 
 def parser_for(content_type: str) -> Parser:
     parser = PARSERS.get(content_type.lower())

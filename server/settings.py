@@ -41,6 +41,9 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
         raise ConfigError(f"{name} must be a number, got {raw!r}") from None
 
 
+MIN_RETENTION = dt.timedelta(days=2)
+
+
 @dataclass(frozen=True)
 class ApnsSettings:
     key_file: Path
@@ -76,6 +79,12 @@ class Settings:
     http_host: str = "127.0.0.1"
     http_port: int = 8080
     log_level: str = "INFO"
+    # A worker's /metrics (the web process serves it on its HTTP port). None: off.
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int | None = None
+    # Retention (the maintenance job in the relay process deletes in batches).
+    delivery_retention: dt.timedelta = dt.timedelta(days=30)
+    incident_retention: dt.timedelta = dt.timedelta(days=365)
     # Ingest
     max_body_bytes: int = 256 * 1024
     signature_tolerance_s: int = 300
@@ -106,6 +115,14 @@ class Settings:
         if not redis_url:
             raise ConfigError("GEOPUSH_REDIS_URL is not set (make run sets it for you)")
         send_concurrency = _int(env, "GEOPUSH_SEND_CONCURRENCY", 500)
+        retention = {name: dt.timedelta(days=_float(env, name, default))
+                     for name, default in (("GEOPUSH_DELIVERY_RETENTION_DAYS", 30.0),
+                                           ("GEOPUSH_INCIDENT_RETENTION_DAYS", 365.0))}
+        for name, kept in retention.items():
+            # The transparency report rolls a day up a day after it ends: rows must
+            # outlive that.
+            if kept < MIN_RETENTION:
+                raise ConfigError(f"{name} must be at least {MIN_RETENTION.days} days")
         return cls(
             database_url=database_url,
             redis_url=redis_url,
@@ -113,6 +130,11 @@ class Settings:
             http_host=env.get("GEOPUSH_HTTP_HOST", "127.0.0.1"),
             http_port=_int(env, "GEOPUSH_HTTP_PORT", 8080),
             log_level=env.get("GEOPUSH_LOG_LEVEL", "INFO").upper(),
+            metrics_host=env.get("GEOPUSH_METRICS_HOST", "127.0.0.1"),
+            metrics_port=_int(env, "GEOPUSH_METRICS_PORT", 0)
+            if env.get("GEOPUSH_METRICS_PORT") else None,
+            delivery_retention=retention["GEOPUSH_DELIVERY_RETENTION_DAYS"],
+            incident_retention=retention["GEOPUSH_INCIDENT_RETENTION_DAYS"],
             exact_location_retention=dt.timedelta(
                 hours=_float(env, "GEOPUSH_EXACT_LOCATION_RETENTION_HOURS", 24.0)),
             stream_batch=_int(env, "GEOPUSH_STREAM_BATCH", 100),

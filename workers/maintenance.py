@@ -1,17 +1,24 @@
 """Periodic housekeeping, run by the relay process: expire review items past the
-staleness window and forget exact incident locations after the retention period."""
+staleness window, forget exact incident locations after their retention period, roll
+finished days up into the transparency report's counts, then delete delivery records
+and incidents past theirs (in batches, each its own short transaction, so the senders
+writing deliveries never wait on a long lock)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import datetime as dt
+import functools
 import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 import asyncpg
 
+from server import metrics
 from server.db import STORE_UNAVAILABLE
-from server.store import review
+from server.store import review, transparency
 
 log = logging.getLogger(__name__)
 
@@ -29,21 +36,59 @@ async def purge_exact_locations(pool: asyncpg.Pool, older_than: dt.timedelta,
     return int(status.split()[-1])
 
 
-async def maintain_once(pool: asyncpg.Pool, retention: dt.timedelta) -> None:
+@dataclass(frozen=True)
+class Retention:
+    exact_location: dt.timedelta = dt.timedelta(hours=24)
+    deliveries: dt.timedelta = dt.timedelta(days=30)
+    incidents: dt.timedelta = dt.timedelta(days=365)
+
+
+DELETE_BATCH = 5_000
+
+
+async def delete_in_batches(delete: Callable[[int], Awaitable[int]], table: str,
+                            batch: int = DELETE_BATCH) -> int:
+    """Call ``delete(batch)`` until it deletes fewer than a batch."""
+    total = 0
+    while True:
+        deleted = await delete(batch)
+        total += deleted
+        metrics.RETENTION_DELETED.labels(table).inc(deleted)
+        if deleted < batch:
+            return total
+
+
+async def apply_retention(pool: asyncpg.Pool, retention: Retention, now: dt.datetime, *,
+                          batch: int = DELETE_BATCH) -> tuple[int, int]:
+    """(deliveries, incidents) deleted. The transparency counts are rolled up first: a
+    day's counts are kept before any row they count can go."""
+    await transparency.roll_up(pool, now)
+    deliveries = await delete_in_batches(functools.partial(
+        transparency.delete_old_deliveries, pool, now - retention.deliveries), "deliveries",
+        batch)
+    incidents = await delete_in_batches(functools.partial(
+        transparency.delete_old_incidents, pool, now - retention.incidents), "incidents", batch)
+    return deliveries, incidents
+
+
+async def maintain_once(pool: asyncpg.Pool, retention: Retention) -> None:
     now = dt.datetime.now(dt.UTC)
     expired = await review.expire(pool, now)
-    purged = await purge_exact_locations(pool, retention, now)
-    if expired or purged:
-        log.info("maintenance: %d review items expired, %d exact locations purged",
-                 expired, purged)
+    purged = await purge_exact_locations(pool, retention.exact_location, now)
+    deliveries, incidents = await apply_retention(pool, retention, now)
+    if expired or purged or deliveries or incidents:
+        log.info("maintenance: %d review items expired, %d exact locations purged, "
+                 "%d delivery records and %d incidents past retention deleted",
+                 expired, purged, deliveries, incidents)
 
 
-async def run_maintenance(pool: asyncpg.Pool, retention: dt.timedelta, stop: asyncio.Event,
+async def run_maintenance(pool: asyncpg.Pool, retention: Retention, stop: asyncio.Event,
                           *, interval_s: float = 30.0) -> None:
     while not stop.is_set():
         try:
             await maintain_once(pool, retention)
         except STORE_UNAVAILABLE as exc:
+            metrics.MAINTENANCE_FAILURES.inc()
             log.warning("maintenance: store unavailable: %s", exc)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=interval_s)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import asyncpg
 import redis.asyncio as aioredis
 
-from server import keys, responders
+from server import keys, metrics, responders
 from server.domain.categories import MOST_SEVERE, RESPONDER_ONLY
 from server.domain.policy import ALERT
 from server.domain.quiet import allowed_now
@@ -187,6 +187,7 @@ class Matcher:
             results = await pipe.execute() if len(pipe) else []
         enqueued = sum(1 for r in results if r == 1)
         limited = sum(1 for r in results if r == -1)
+        metrics.MATCH_RATE_LIMITED.inc(limited)
         log.info("matched incident=%s category=%s candidates=%d enqueued=%d rate_limited=%d",
                  incident_id, incident["category"], len(rows), enqueued, limited)
         return MatchResult(incident_id, len(rows), enqueued)
@@ -207,7 +208,9 @@ class Matcher:
         for entry_id, fields in entries:
             incident_id = fields.get("incident_id", "")
             try:
-                await self.match_incident(incident_id, now)
+                with metrics.MATCH_SECONDS.time():
+                    result = await self.match_incident(incident_id, now)
+                metrics.MATCH_FANOUT.observe(result.enqueued)
             except (asyncpg.DataError, ValueError):
                 log.error("dropping malformed stream entry %s: %r", entry_id, fields)
             done.append(entry_id)

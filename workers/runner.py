@@ -20,13 +20,15 @@ import redis.asyncio as aioredis
 
 from server import keys
 from server.db import create_pool
+from server.metrics import bound_port, serve_metrics
 from server.settings import ConfigError, Settings
+from workers import backlog
 from workers.apns import ApnsGateway
 from workers.apns_client import ApnsClient
 from workers.apns_token import SharedProviderToken
 from workers.fcm import FcmGateway
 from workers.fcm_client import FcmClient
-from workers.maintenance import run_maintenance
+from workers.maintenance import Retention, run_maintenance
 from workers.matcher import Matcher
 from workers.outbox_relay import run_relay
 from workers.sender import Gateway, Sender
@@ -77,6 +79,23 @@ async def resources(settings: Settings) -> AsyncIterator[tuple[asyncpg.Pool, aio
         await pool.close()
 
 
+@contextlib.asynccontextmanager
+async def exported_metrics(settings: Settings, kind: str, pool: asyncpg.Pool,
+                           redis: aioredis.Redis) -> AsyncIterator[None]:
+    """``/metrics`` on GEOPUSH_METRICS_PORT while the worker runs (nothing when unset)."""
+    if settings.metrics_port is None:
+        yield
+        return
+    runner = await serve_metrics(settings.metrics_host, settings.metrics_port,
+                                 backlog.for_kind(kind, pool, redis))
+    log.info("%s metrics on http://%s:%d/metrics", kind, settings.metrics_host,
+             bound_port(runner))
+    try:
+        yield
+    finally:
+        await runner.cleanup()
+
+
 async def run_sender_loop(sender: Sender, consumer: StreamConsumer, stop: asyncio.Event
                           ) -> None:
     async def promote() -> None:
@@ -104,13 +123,16 @@ async def worker_main(
     """Run one worker until ``stop`` is set. Used by the CLI and, in-process, by tests."""
     if kind not in KINDS:
         raise ConfigError(f"unknown worker kind {kind!r}; one of {', '.join(KINDS)}")
-    async with resources(settings) as (pool, redis):
+    async with resources(settings) as (pool, redis), \
+            exported_metrics(settings, kind, pool, redis):
         if kind == "relay":
             if ready:
                 await ready()
             await asyncio.gather(
                 run_relay(pool, redis, stop),
-                run_maintenance(pool, settings.exact_location_retention, stop),
+                run_maintenance(pool, Retention(settings.exact_location_retention,
+                                                settings.delivery_retention,
+                                                settings.incident_retention), stop),
             )
             return
         if kind == "matcher":

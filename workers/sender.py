@@ -27,6 +27,7 @@ import msgspec
 import redis.asyncio as aioredis
 
 from server import keys
+from server.metrics import PushMetrics
 from server.store.devices import disable_token
 from workers.push import Failed, Outcome, Push, Retry, Sent, TokenGone, Withdrawn
 from workers.streams import TRANSIENT, Entry, StreamConsumer, batches, sleep_unless
@@ -91,6 +92,7 @@ class Sender:
     def __init__(
         self, pool: asyncpg.Pool, redis: aioredis.Redis, gateway: Gateway, *,
         concurrency: int = 200, rng: random.Random | None = None,
+        metrics: PushMetrics | None = None,
     ) -> None:
         self.pool = pool
         self.redis = redis
@@ -101,6 +103,7 @@ class Sender:
         self._limit = asyncio.Semaphore(self.concurrency)
         self._rng = rng or random.Random()
         self._promote = redis.register_script(_PROMOTE_DUE)
+        self.metrics = metrics or PushMetrics(gateway.platform)
 
     async def _withdrawn(self, pushes: list[Push]) -> set[str]:
         """Incidents of this batch that were cleared, cancelled or re-decided since they
@@ -187,6 +190,7 @@ class Sender:
             rows.append((r.push.incident_id, r.push.device_id, r.push.platform, outcome_name,
                          reason, status, gateway_id, r.push.attempt, latency))
         await self._write_deliveries(rows)
+        self.metrics.recorded((row[3], row[8]) for row in rows)
         for r in results:
             if isinstance(r.outcome, TokenGone):
                 await disable_token(self.pool, r.push.device_id, r.push.token, r.outcome.reason)

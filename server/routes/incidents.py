@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import datetime as dt
+import time
 
 import msgspec
 from aiohttp import web
 
+from server import metrics
 from server.appkeys import AGENCIES, LIMITER, OUTBOX, POOL, REDIS, SETTINGS
 from server.domain.signing import HEADER
-from server.ingest import ingest, parser_for
+from server.errors import Problem
+from server.ingest import format_of, ingest, parser_for
 from server.routes.body import json_response, read_bounded
 
 routes = web.RouteTableDef()
@@ -23,6 +26,22 @@ class IncidentAccepted(msgspec.Struct, frozen=True):
 
 @routes.post("/v1/agencies/{agency}/incidents")
 async def post_incident(request: web.Request) -> web.Response:
+    body_format = format_of(request.content_type)
+    started = time.perf_counter()
+    try:
+        response = await _post_incident(request)
+    except Problem as problem:
+        # 422 and 429 come after the signature verified; anything else may name an
+        # agency that doesn't exist, which must not mint a label value.
+        agency = request.match_info["agency"] if problem.status in (422, 429) else "unverified"
+        metrics.WEBHOOKS.labels(agency, body_format, f"rejected:{problem.status}").inc()
+        raise
+    finally:
+        metrics.INGEST_SECONDS.labels(body_format).observe(time.perf_counter() - started)
+    return response
+
+
+async def _post_incident(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
     parser = parser_for(request.content_type)
     body = await read_bounded(request, settings.max_body_bytes)
@@ -39,6 +58,8 @@ async def post_incident(request: web.Request) -> web.Response:
         now=dt.datetime.now(dt.UTC),
         limiter=request.app[LIMITER],
     )
+    metrics.WEBHOOKS.labels(request.match_info["agency"], format_of(request.content_type),
+                            accepted.decision).inc()
     return json_response(
         IncidentAccepted(accepted.incident_id, accepted.decision, accepted.duplicate),
         status=202,

@@ -132,9 +132,9 @@ async def test_review_approve_with_edits_reject_and_expiry(stack: Stack) -> None
     await stack.pool.execute(
         "UPDATE review_items SET expires_at = now() - interval '1 s' WHERE incident_id = $1::uuid",
         c["incident_id"])
-    from workers.maintenance import maintain_once
+    from workers.maintenance import Retention, maintain_once
 
-    await maintain_once(stack.pool, dt.timedelta(hours=24))
+    await maintain_once(stack.pool, Retention())
     r = await stack.client.post(f"/v1/admin/review/{c['incident_id']}/approve", headers=ADMIN)
     assert r.status == 409
     assert await stack.pool.fetchval(
