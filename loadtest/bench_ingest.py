@@ -105,7 +105,7 @@ async def prepare_database(database_url: str) -> str:
     from server.store.agencies import rotate_secret, update_agency
 
     await migrate(database_url)
-    call_types = json.loads((REPO / "examples/call-types/seattle-fire.json").read_text())
+    call_types = json.loads((REPO / "server/examples/call-types/seattle-fire.json").read_text())
     try:
         secret = await create_agency_with_secret(
             database_url, agency_id=AGENCY, name="Seattle Fire (benchmark)",

@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="geopush", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    sub.add_parser("migrate", help="apply pending sql/ migrations").set_defaults(fn=cmd_migrate)
+    sub.add_parser("migrate", help="apply pending migrations").set_defaults(fn=cmd_migrate)
     sub.add_parser("serve", help="run the web server").set_defaults(fn=cmd_serve)
     w = sub.add_parser("worker", help="run one worker process")
     w.add_argument("kind", choices=["matcher", "apns", "fcm", "relay"])

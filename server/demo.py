@@ -12,12 +12,14 @@ import secrets
 import time
 import urllib.error
 import urllib.request
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from server.domain.signing import HEADER, sign
 
-REPO = Path(__file__).resolve().parent.parent
+# Package data, so the demo works from a wheel too.
+CALL_TYPES = resources.files("server").joinpath("examples/call-types")
 AGENCY = "seattle-fire-demo"
 # 5300 24th Ave NE, Seattle: the first call of the January 2022 Seattle Fire sample.
 HOME = (47.66707, -122.301946)
@@ -51,7 +53,7 @@ def load(state_file: Path, base_url: str, admin_token: str) -> dict[str, Any]:
         return dict(json.loads(state_file.read_text()))
     base = base_url
     admin = {"Authorization": f"Bearer {admin_token}"}
-    call_types = json.loads((REPO / "examples/call-types/seattle-fire.json").read_text())
+    call_types = json.loads(CALL_TYPES.joinpath("seattle-fire.json").read_text())
     status, created = _request("POST", f"{base}/v1/admin/agencies", {
         "id": AGENCY, "name": "Seattle Fire Department (demo)",
         "timezone": "America/Los_Angeles", "call_types": call_types,

@@ -1,4 +1,5 @@
-"""Apply ``sql/NNNN_name.sql`` files in order, each once, under an advisory lock.
+"""Apply ``server/migrations/NNNN_name.sql`` files in order, each once, under an
+advisory lock. They are package data: an installed wheel carries them.
 
 The lock makes concurrent starters (two web processes, a worker and ``make run``)
 wait for each other instead of racing; each file runs in its own transaction together
@@ -16,7 +17,7 @@ import asyncpg
 
 log = logging.getLogger(__name__)
 
-SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
+SQL_DIR = Path(__file__).resolve().parent / "migrations"
 _LOCK_KEY = 0x6765_6F70  # "geop"
 _NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 

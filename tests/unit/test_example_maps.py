@@ -1,4 +1,4 @@
-"""The call-type maps shipped in examples/ load as agencies and map what they claim."""
+"""The call-type maps shipped in server/examples/ load as agencies and map what they claim."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from server.domain.agency_spec import validate_call_types
 from server.domain.categories import categorize
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "call-types"
+EXAMPLES = Path(__file__).resolve().parents[2] / "server" / "examples" / "call-types"
 
 
 @pytest.mark.parametrize("name", ["seattle-fire.json", "california-police.json"])
