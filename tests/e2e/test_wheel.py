@@ -46,7 +46,8 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, 
     fresh_site = next((venv / "lib").glob("python3*/site-packages"))
     (fresh_site / "zz_dependencies.pth").write_text(purelib + "\n")
     where = subprocess.run([str(venv / "bin" / "python"), "-c",
-                            "import server; print(server.__file__)"], check=True, cwd=base, capture_output=True, text=True).stdout
+                            "import server; print(server.__file__)"],
+                           check=True, cwd=base, capture_output=True, text=True).stdout
     assert where.startswith(str(fresh_site)), where
     yield wheel, venv / "bin"
 
