@@ -18,6 +18,7 @@ from server.appkeys import AGENCIES, LIMITER, OUTBOX, POOL, REDIS, SETTINGS
 from server.db import create_pool
 from server.errors import problem_middleware
 from server.metrics import http_metrics_middleware, metrics_handler
+from server.openapi import Body, doc
 from server.publish import OutboxCleaner
 from server.ratelimit import RateLimiter
 from server.routes import admin, devices, health, incidents, transparency
@@ -57,5 +58,7 @@ def create_app(settings: Settings) -> web.Application:
     for table in (health.routes, incidents.routes, admin.routes, devices.routes,
                   transparency.routes, openapi.routes):
         app.router.add_routes(table)
-    app.router.add_get("/metrics", metrics_handler())
+    app.router.add_get("/metrics", doc(
+        "Prometheus metrics of this process", "operations", store=False,
+        responses={200: Body("text/plain", {"type": "string"})})(metrics_handler()))
     return app

@@ -1,18 +1,28 @@
-"""``GET /openapi.json``: the OpenAPI 3.1 document, generated from the msgspec types
-the handlers decode requests with, so the document and the validation can't drift."""
+"""``GET /openapi.json``: the OpenAPI 3.1 document, generated from the routes the app
+really has and the msgspec types their handlers decode requests with and encode
+responses from, so the document and the code can't drift.
+
+Every handler says what it is with ``@doc(...)`` under its route decorator::
+
+    @routes.get("/v1/things/{thing}")
+    @doc("A thing", "things", auth="admin", responses={200: Thing}, errors=(401, 404))
+    async def get_thing(request: web.Request) -> web.Response: ...
+
+Method, path and path parameters come from the router. A route without ``@doc`` makes
+``build_document`` raise (and ``tests/integration/test_openapi.py`` fail), so a new
+route can't be left out of the contract.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 from aiohttp import web
 
-from server.formats.native import NativeIncident
-from server.routes import admin, devices
 from server.routes.body import json_response
-from server.routes.incidents import IncidentAccepted
 
 routes = web.RouteTableDef()
 
@@ -33,102 +43,123 @@ class ProblemDocument(msgspec.Struct, frozen=True):
 
 
 @dataclass(frozen=True)
-class Op:
-    method: str
-    path: str
+class Body:
+    """A request or response body that is not one msgspec type as JSON."""
+
+    media_type: str
+    schema: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Query:
+    name: str
+    description: str
+    schema: dict[str, Any] = field(default_factory=lambda: {"type": "string"})
+    required: bool = False
+
+
+@dataclass(frozen=True)
+class Doc:
     summary: str
     tag: str
-    auth: str | None = None              # "admin" | "device" | "signature"
-    request: Any = None
-    responses: dict[int, Any] = field(default_factory=dict)
+    auth: str | None = None               # "admin" | "device" | "signature"
+    request: Any = None                    # a msgspec type (JSON), or None
+    request_bodies: tuple[Body, ...] = ()  # other media types accepted
+    responses: dict[int, Any] = field(default_factory=dict)  # type | Body | None
     errors: tuple[int, ...] = ()
-    extra_request: dict[str, Any] = field(default_factory=dict)
+    query: tuple[Query, ...] = ()
+    store: bool = True                     # needs PostgreSQL/Redis: may answer 503
 
 
-_XML = {"schema": {"type": "string", "description": "OASIS CAP 1.2 alert (XML)"}}
-_EIDO = {"schema": {"type": "object", "description": "NENA EIDO (NENA-STA-024) JSON"}}
+_ATTRIBUTE = "__openapi__"
+H = TypeVar("H", bound=Callable[..., Any])
 
-OPERATIONS = [
-    Op("post", "/v1/agencies/{agency}/incidents", "Post an incident (CAD webhook)", "ingest",
-       auth="signature", request=NativeIncident, responses={202: IncidentAccepted},
-       errors=(401, 413, 415, 422, 429, 503),
-       extra_request={"application/cap+xml": _XML, "application/xml": _XML,
-                      "application/eido+json": _EIDO}),
-    Op("post", "/v1/admin/agencies", "Create an agency (its secret is shown once)", "admin",
-       auth="admin", request=admin.AgencyCreate, responses={201: admin.AgencyCreated},
-       errors=(401, 409, 422)),
-    Op("get", "/v1/admin/agencies/{agency}", "An agency's settings (never its secret)", "admin",
-       auth="admin", responses={200: None}, errors=(401, 404)),
-    Op("patch", "/v1/admin/agencies/{agency}", "Change an agency (JSON merge patch)", "admin",
-       auth="admin", request=admin.AgencyPatch, responses={200: None}, errors=(401, 404, 422)),
-    Op("get", "/v1/admin/agencies/{agency}/unmapped", "Call types that arrived unmapped",
-       "admin", auth="admin", responses={200: None}, errors=(401, 404)),
-    Op("post", "/v1/admin/agencies/{agency}/secret",
-       "Rotate the signing secret (the previous one verifies for 24 h)", "admin",
-       auth="admin", responses={200: admin.AgencyCreated}, errors=(401, 404)),
-    Op("get", "/v1/admin/review", "Alerts waiting for an editor", "review", auth="admin",
-       responses={200: None}, errors=(401,)),
-    Op("post", "/v1/admin/review/{incident}/approve", "Approve (optionally reworded)", "review",
-       auth="admin", request=admin.ReviewDecision, responses={200: None},
-       errors=(401, 404, 409, 422)),
-    Op("post", "/v1/admin/review/{incident}/reject", "Reject: nothing is sent", "review",
-       auth="admin", responses={200: None}, errors=(401, 404, 409)),
-    Op("post", "/v1/devices", "Register a device (its secret is shown once)", "devices",
-       request=devices.DeviceCreate, responses={201: devices.DeviceCreated}, errors=(422,)),
-    Op("put", "/v1/devices/{device}/zones", "Replace the device's zones", "devices",
-       auth="device", request=devices.ZonesPut, responses={200: None}, errors=(401, 422)),
-    Op("put", "/v1/devices/{device}/preferences", "Categories, quiet hours, responder",
-       "devices", auth="device", request=devices.PreferencesPut, responses={200: None},
-       errors=(401, 422)),
-    Op("put", "/v1/devices/{device}/token", "Rotate the push token", "devices",
-       auth="device", request=devices.TokenPut, responses={204: None}, errors=(401, 422)),
-    Op("get", "/healthz", "The process is alive", "operations", responses={200: None}),
-    Op("get", "/readyz", "PostgreSQL and Redis answer", "operations", responses={200: None},
-       errors=(503,)),
-]
+
+def doc(summary: str, tag: str, **details: Any) -> Callable[[H], H]:
+    """Describe a handler for the OpenAPI document (see the module docstring)."""
+    operation = Doc(summary, tag, **details)
+
+    def mark(handler: H) -> H:
+        setattr(handler, _ATTRIBUTE, operation)
+        return handler
+
+    return mark
+
 
 _SECURITY: dict[str, list[dict[str, list[str]]]] = {
     "admin": [{"adminToken": []}],
     "device": [{"deviceSecret": []}],
     "signature": [{"webhookSignature": []}],
 }
+_REASONS = {200: "OK", 201: "Created", 202: "Accepted", 204: "No content",
+            401: "Unauthorized", 404: "Not found", 409: "Conflict", 413: "Payload too large",
+            415: "Unsupported media type", 422: "Invalid request", 429: "Too many requests",
+            503: "Unavailable"}
 
 
 def _ref(t: Any) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{t.__name__}"}
 
 
-def build_document() -> dict[str, Any]:
+def _content(body: Any) -> dict[str, Any]:
+    if isinstance(body, Body):
+        return {body.media_type: {"schema": body.schema}}
+    return {"application/json": {"schema": _ref(body)}}
+
+
+def operations(app: web.Application) -> list[tuple[str, str, Doc]]:
+    """(method, path template, Doc) of every route; raises for an undocumented one."""
+    found = []
+    for route in app.router.routes():
+        if route.method in ("HEAD", "OPTIONS") or route.resource is None:
+            continue
+        path = route.resource.canonical
+        documented = getattr(route.handler, _ATTRIBUTE, None)
+        if documented is None:
+            raise LookupError(f"{route.method} {path} has no @doc: add one (server/openapi.py)")
+        found.append((route.method.lower(), path, documented))
+    return found
+
+
+def _operation(path: str, op: Doc) -> dict[str, Any]:
+    operation: dict[str, Any] = {"summary": op.summary, "tags": [op.tag], "responses": {}}
+    params = [{"name": p.strip("{}"), "in": "path", "required": True,
+               "schema": {"type": "string"}}
+              for p in path.split("/") if p.startswith("{")]
+    params += [{"name": q.name, "in": "query", "required": q.required,
+                "description": q.description, "schema": q.schema} for q in op.query]
+    if params:
+        operation["parameters"] = params
+    if op.request is not None or op.request_bodies:
+        content: dict[str, Any] = _content(op.request) if op.request is not None else {}
+        for body in op.request_bodies:
+            content.update(_content(body))
+        operation["requestBody"] = {"required": True, "content": content}
+    for status, body in op.responses.items():
+        response: dict[str, Any] = {"description": _REASONS.get(status, "OK")}
+        if body is not None:
+            response["content"] = _content(body)
+        operation["responses"][str(status)] = response
+    for status in (*op.errors, *((503,) if op.store else ())):
+        operation["responses"][str(status)] = {
+            "description": _REASONS.get(status, "Problem"),
+            "content": {"application/problem+json": {"schema": _ref(ProblemDocument)}}}
+    if op.auth:
+        operation["security"] = _SECURITY[op.auth]
+    return operation
+
+
+def build_document(app: web.Application) -> dict[str, Any]:
+    ops = operations(app)
     types = {ProblemDocument}
-    for op in OPERATIONS:
-        if op.request is not None:
-            types.add(op.request)
-        types.update(t for t in op.responses.values() if t is not None)
+    for _, _, op in ops:
+        bodies = [op.request, *op.responses.values()]
+        types.update(t for t in bodies if t is not None and not isinstance(t, Body))
     _, components = msgspec.json.schema_components(
         sorted(types, key=lambda t: t.__name__), ref_template="#/components/schemas/{name}")
     paths: dict[str, dict[str, Any]] = {}
-    for op in OPERATIONS:
-        operation: dict[str, Any] = {"summary": op.summary, "tags": [op.tag], "responses": {}}
-        params = [p.strip("{}") for p in op.path.split("/") if p.startswith("{")]
-        if params:
-            operation["parameters"] = [
-                {"name": p, "in": "path", "required": True, "schema": {"type": "string"}}
-                for p in params]
-        if op.request is not None:
-            content = {"application/json": {"schema": _ref(op.request)}, **op.extra_request}
-            operation["requestBody"] = {"required": True, "content": content}
-        for status, typ in op.responses.items():
-            response: dict[str, Any] = {"description": "OK"}
-            if typ is not None:
-                response["content"] = {"application/json": {"schema": _ref(typ)}}
-            operation["responses"][str(status)] = response
-        for status in op.errors:
-            operation["responses"][str(status)] = {
-                "description": "Problem", "content": {
-                    "application/problem+json": {"schema": _ref(ProblemDocument)}}}
-        if op.auth:
-            operation["security"] = _SECURITY[op.auth]
-        paths.setdefault(op.path, {})[op.method] = operation
+    for method, path, op in sorted(ops, key=lambda o: (o[1], o[0])):
+        paths.setdefault(path, {})[method] = _operation(path, op)
     return {
         "openapi": "3.1.0",
         "info": {"title": "geopush", "version": "1",
@@ -152,5 +183,7 @@ def build_document() -> dict[str, Any]:
 
 
 @routes.get("/openapi.json")
+@doc("This document", "operations", responses={200: Body("application/json",
+                                                         {"type": "object"})}, store=False)
 async def openapi(request: web.Request) -> web.Response:
-    return json_response(build_document())
+    return json_response(build_document(request.app))

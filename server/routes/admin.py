@@ -18,6 +18,7 @@ from server.domain.agency_spec import validate_agency, validate_call_types
 from server.domain.categories import ALL_CATEGORIES, normalize_call_type
 from server.domain.policy import DEFAULT_ALERTABLE
 from server.errors import FieldError, NotFound, Problem, ValidationFailed
+from server.openapi import Body, Query, doc
 from server.publish import publish_incident
 from server.routes.body import decode_json, json_response, read_bounded
 from server.store import aeds, review
@@ -68,6 +69,78 @@ class AgencyPatch(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         msgspec.UNSET)
 
 
+class AgencyView(msgspec.Struct, frozen=True):
+    """An agency's settings, never its secret."""
+
+    id: str
+    name: str
+    timezone: str
+    call_types: dict[str, str]
+    review: bool
+    review_categories: list[str]
+    alertable_categories: list[str] | None
+    staleness_minutes: int
+    rate_limit_per_minute: int
+    responder_radius_m: int
+
+
+class UnmappedCallType(msgspec.Struct, frozen=True):
+    call_type: str
+    incidents: int
+    last_seen: str
+
+
+class UnmappedCallTypes(msgspec.Struct, frozen=True):
+    agency: str
+    call_types: list[UnmappedCallType]
+
+
+class ReviewLocation(msgspec.Struct, frozen=True):
+    public: str | None
+    lat: float
+    lon: float
+    kind: str | None
+
+
+class ProposedText(msgspec.Struct, frozen=True):
+    title: str
+    body: str
+
+
+class ReviewItem(msgspec.Struct, frozen=True):
+    incident_id: str
+    agency_id: str
+    external_id: str
+    call_type: str
+    category: str
+    status: str
+    priority: int | None
+    occurred_at: str
+    location: ReviewLocation
+    narrative: str | None
+    proposed: ProposedText
+    queued_at: str
+    expires_at: str
+
+
+class ReviewQueue(msgspec.Struct, frozen=True):
+    items: list[ReviewItem]
+
+
+class ReviewDecided(msgspec.Struct, frozen=True):
+    incident_id: str
+    decision: str
+
+
+class AedsImported(msgspec.Struct, frozen=True):
+    imported: int
+
+
+class ResponderAdded(msgspec.Struct, frozen=True):
+    agency: str
+    device_id: str
+
+
 class ReviewDecision(msgspec.Struct, frozen=True):
     title: Annotated[str, msgspec.Meta(min_length=1, max_length=120)] | None = None
     body: Annotated[str, msgspec.Meta(min_length=1, max_length=240)] | None = None
@@ -78,6 +151,8 @@ def _admin(request: web.Request) -> None:
 
 
 @routes.post("/v1/admin/agencies")
+@doc("Create an agency (its secret is shown once)", "admin", auth="admin",
+     request=AgencyCreate, responses={201: AgencyCreated}, errors=(401, 409, 413, 422))
 async def post_agency(request: web.Request) -> web.Response:
     _admin(request)
     body = await decode_json(request, AgencyCreate)
@@ -104,9 +179,11 @@ async def _agency_or_404(request: web.Request) -> Any:
 
 
 @routes.get("/v1/admin/agencies/{agency}")
+@doc("An agency's settings (never its secret)", "admin", auth="admin",
+     responses={200: AgencyView}, errors=(401, 404))
 async def get_agency_view(request: web.Request) -> web.Response:
     _admin(request)
-    return json_response((await _agency_or_404(request)).public())
+    return json_response(msgspec.convert((await _agency_or_404(request)).public(), AgencyView))
 
 
 def _categories(field: str, names: list[str], allowed: frozenset[str]) -> list[str]:
@@ -118,6 +195,8 @@ def _categories(field: str, names: list[str], allowed: frozenset[str]) -> list[s
 
 
 @routes.patch("/v1/admin/agencies/{agency}")
+@doc("Change an agency (JSON merge patch)", "admin", auth="admin", request=AgencyPatch,
+     responses={200: AgencyView}, errors=(401, 404, 413, 422))
 async def patch_agency(request: web.Request) -> web.Response:
     _admin(request)
     agency = await _agency_or_404(request)
@@ -147,18 +226,23 @@ async def patch_agency(request: web.Request) -> web.Response:
     log.info("agency updated id=%s fields=%s", agency.id, ",".join(sorted(changes)))
     updated = await get_agency(request.app[POOL], agency.id)
     assert updated is not None
-    return json_response(updated.public())
+    return json_response(msgspec.convert(updated.public(), AgencyView))
 
 
 @routes.get("/v1/admin/agencies/{agency}/unmapped")
+@doc("Call types that arrived unmapped", "admin", auth="admin",
+     responses={200: UnmappedCallTypes}, errors=(401, 404))
 async def get_unmapped(request: web.Request) -> web.Response:
     _admin(request)
     agency = await _agency_or_404(request)
-    return json_response({"agency": agency.id,
-                          "call_types": await unmapped_call_types(request.app[POOL], agency.id)})
+    found = await unmapped_call_types(request.app[POOL], agency.id)
+    return json_response(UnmappedCallTypes(
+        agency.id, msgspec.convert(found, list[UnmappedCallType])))
 
 
 @routes.post("/v1/admin/agencies/{agency}/secret")
+@doc("Rotate the signing secret (the previous one verifies for 24 h)", "admin",
+     auth="admin", responses={200: AgencyCreated}, errors=(401, 404))
 async def post_agency_secret(request: web.Request) -> web.Response:
     _admin(request)
     agency_id = request.match_info["agency"]
@@ -171,11 +255,13 @@ async def post_agency_secret(request: web.Request) -> web.Response:
 
 
 @routes.get("/v1/admin/review")
+@doc("Alerts waiting for an editor", "review", auth="admin", responses={200: ReviewQueue},
+     errors=(401,), query=(Query("agency", "only this agency's items"),))
 async def get_review(request: web.Request) -> web.Response:
     _admin(request)
     items = await review.pending(request.app[POOL], agency_id=request.query.get("agency"),
                                  now=dt.datetime.now(dt.UTC))
-    return json_response({"items": items})
+    return json_response(ReviewQueue(msgspec.convert(items, list[ReviewItem])))
 
 
 def _incident_id(request: web.Request) -> str:
@@ -192,6 +278,8 @@ def _closed(exc: review.ReviewClosed) -> Problem:
 
 
 @routes.post("/v1/admin/review/{incident}/approve")
+@doc("Approve (optionally reworded; the body is optional)", "review", auth="admin",
+     request=ReviewDecision, responses={200: ReviewDecided}, errors=(401, 404, 409, 413, 422))
 async def post_approve(request: web.Request) -> web.Response:
     _admin(request)
     decision = await decode_json(request, ReviewDecision) if request.can_read_body \
@@ -210,10 +298,12 @@ async def post_approve(request: web.Request) -> web.Response:
         await publish_incident(request.app[REDIS], request.app[OUTBOX], incident_id)
     log.info("review approved incident=%s edited=%s", incident_id,
              decision.title is not None or decision.body is not None)
-    return json_response({"incident_id": incident_id, "decision": "alert"})
+    return json_response(ReviewDecided(incident_id, "alert"))
 
 
 @routes.post("/v1/admin/review/{incident}/reject")
+@doc("Reject: nothing is sent", "review", auth="admin", responses={200: ReviewDecided},
+     errors=(401, 404, 409))
 async def post_reject(request: web.Request) -> web.Response:
     _admin(request)
     incident_id = _incident_id(request)
@@ -225,13 +315,20 @@ async def post_reject(request: web.Request) -> web.Response:
     except review.ReviewClosed as exc:
         raise _closed(exc) from None
     log.info("review rejected incident=%s", incident_id)
-    return json_response({"incident_id": incident_id, "decision": "suppressed:rejected"})
+    return json_response(ReviewDecided(incident_id, "suppressed:rejected"))
 
 
 AED_CONTENT_TYPES = ("application/geo+json", "application/json", "text/csv")
 
 
 @routes.post("/v1/admin/aeds")
+@doc("Import AEDs (GeoJSON FeatureCollection of Points, or CSV)", "admin", auth="admin",
+     request_bodies=(
+         Body("application/geo+json", {"type": "object", "description": "FeatureCollection"}),
+         Body("application/json", {"type": "object", "description": "FeatureCollection"}),
+         Body("text/csv", {"type": "string", "description":
+                           "latitude,longitude[,name,description,id] with a header row"})),
+     responses={200: AedsImported}, errors=(401, 413, 415, 422))
 async def post_aeds(request: web.Request) -> web.Response:
     """Import AEDs from a GeoJSON FeatureCollection of Points or a CSV with latitude and
     longitude columns (name, description and id optional; id makes re-imports update)."""
@@ -245,7 +342,7 @@ async def post_aeds(request: web.Request) -> web.Response:
         else aed_import.parse_geojson(body)
     count = await aeds.import_aeds(request.app[POOL], parsed)
     log.info("aeds imported count=%d", count)
-    return json_response({"imported": count})
+    return json_response(AedsImported(count))
 
 
 class ResponderRegistration(msgspec.Struct, frozen=True):
@@ -253,6 +350,9 @@ class ResponderRegistration(msgspec.Struct, frozen=True):
 
 
 @routes.post("/v1/admin/agencies/{agency}/responders")
+@doc("Register a verified CPR responder with an agency", "admin", auth="admin",
+     request=ResponderRegistration, responses={201: ResponderAdded},
+     errors=(401, 404, 413, 422))
 async def post_responder(request: web.Request) -> web.Response:
     """Register a verified CPR responder with an agency: they are alerted to cardiac
     arrests in residences too, not only in public places."""
@@ -265,10 +365,12 @@ async def post_responder(request: web.Request) -> web.Response:
         raise ValidationFailed([FieldError("device_id", "is not a device id")]) from None
     if not await register_responder(request.app[POOL], agency.id, device_id):
         raise ValidationFailed([FieldError("device_id", "no such device")])
-    return json_response({"agency": agency.id, "device_id": device_id}, status=201)
+    return json_response(ResponderAdded(agency.id, device_id), status=201)
 
 
 @routes.delete("/v1/admin/agencies/{agency}/responders/{device}")
+@doc("Unregister a CPR responder", "admin", auth="admin", responses={204: None},
+     errors=(401, 404))
 async def delete_responder(request: web.Request) -> web.Response:
     _admin(request)
     agency = await _agency_or_404(request)

@@ -19,6 +19,7 @@ from server.domain.categories import NEIGHBOUR_ALERTABLE, RESPONDER_ONLY
 from server.domain.pushtext import title_and_body
 from server.erasure import scrub_device
 from server.errors import FieldError, Problem, Unauthorized, ValidationFailed
+from server.openapi import Query, doc
 from server.routes.body import decode_json, json_response
 from server.store import devices as store
 
@@ -94,6 +95,15 @@ class AlertFeed(msgspec.Struct, frozen=True):
     next: str | None
 
 
+class ZonesSaved(msgspec.Struct, frozen=True):
+    zones: int
+
+
+class PreferencesSaved(msgspec.Struct, frozen=True):
+    categories: list[str] | None
+    responder: bool
+
+
 class TokenPut(msgspec.Struct, frozen=True):
     token: Annotated[str, msgspec.Meta(min_length=1, max_length=4096)]
 
@@ -115,6 +125,8 @@ async def _device(request: web.Request) -> store.Device:
 
 
 @routes.post("/v1/devices")
+@doc("Register a device (its secret is shown once)", "devices", request=DeviceCreate,
+     responses={201: DeviceCreated}, errors=(413, 422))
 async def post_device(request: web.Request) -> web.Response:
     body = await decode_json(request, DeviceCreate)
     errors = []
@@ -147,6 +159,8 @@ def _zone(index: int, z: ZoneIn) -> zone_rules.Zone:
 
 
 @routes.put("/v1/devices/{device}/zones")
+@doc("Replace the device's zones", "devices", auth="device", request=ZonesPut,
+     responses={200: ZonesSaved}, errors=(401, 413, 422))
 async def put_zones(request: web.Request) -> web.Response:
     device = await _device(request)
     body = await decode_json(request, ZonesPut, limit=1024 * 1024)
@@ -162,7 +176,7 @@ async def put_zones(request: web.Request) -> web.Response:
     if errors:
         raise ValidationFailed(errors)
     await store.replace_zones(request.app[POOL], device.id, parsed)
-    return json_response({"zones": len(parsed)})
+    return json_response(ZonesSaved(len(parsed)))
 
 
 def _time(field: str, value: str) -> dt.time:
@@ -173,6 +187,9 @@ def _time(field: str, value: str) -> dt.time:
 
 
 @routes.put("/v1/devices/{device}/preferences")
+@doc("Categories, quiet hours, responder mode, time zone and locale", "devices",
+     auth="device", request=PreferencesPut, responses={200: PreferencesSaved},
+     errors=(401, 413, 422))
 async def put_preferences(request: web.Request) -> web.Response:
     device = await _device(request)
     body = await decode_json(request, PreferencesPut)
@@ -205,10 +222,12 @@ async def put_preferences(request: web.Request) -> web.Response:
                                    locale=body.locale)
     if not body.responder:
         await responders.forget(request.app[REDIS], [device.id])
-    return json_response({"categories": categories, "responder": body.responder})
+    return json_response(PreferencesSaved(categories, body.responder))
 
 
 @routes.put("/v1/devices/{device}/token")
+@doc("Rotate the push token", "devices", auth="device", request=TokenPut,
+     responses={204: None}, errors=(401, 413, 422))
 async def put_token(request: web.Request) -> web.Response:
     device = await _device(request)
     body = await decode_json(request, TokenPut)
@@ -218,6 +237,8 @@ async def put_token(request: web.Request) -> web.Response:
 
 
 @routes.put("/v1/devices/{device}/location")
+@doc("A responder's current position (kept 15 minutes)", "devices", auth="device",
+     request=LocationPut, responses={204: None}, errors=(401, 409, 413, 422))
 async def put_location(request: web.Request) -> web.Response:
     """A responder's current position; kept 15 minutes, then forgotten."""
     device = await _device(request)
@@ -246,6 +267,11 @@ def _cursor(raw: str | None) -> tuple[dt.datetime, str] | None:
 
 
 @routes.get("/v1/devices/{device}/alerts")
+@doc("The device's alerts of the last 24 hours, newest first", "devices", auth="device",
+     responses={200: AlertFeed}, errors=(401, 422),
+     query=(Query("limit", "1-100, default 20",
+                  {"type": "integer", "minimum": 1, "maximum": 100}),
+            Query("before", "the previous page's next")))
 async def get_alerts(request: web.Request) -> web.Response:
     """The device's alerts of the last 24 hours with their current status, newest first.
     ``?limit=`` (1-100, default 20) and ``?before=`` (the previous page's ``next``)."""
@@ -278,6 +304,8 @@ async def get_alerts(request: web.Request) -> web.Response:
 
 
 @routes.delete("/v1/devices/{device}")
+@doc("Erase the device and everything about it", "devices", auth="device",
+     responses={204: None}, errors=(401,))
 async def delete_device(request: web.Request) -> web.Response:
     """Erase the device: its row, zones, preferences, position and every Redis key or
     pending push about it. Delivery records stay, unlinked, for incident statistics."""

@@ -10,18 +10,31 @@ from aiohttp import web
 
 from server.appkeys import POOL, REDIS
 from server.errors import PROBLEM_JSON, Problem
+from server.openapi import doc
 from server.routes.body import json_response
 
 log = logging.getLogger(__name__)
 routes = web.RouteTableDef()
 
 
+class Health(msgspec.Struct, frozen=True):
+    status: str
+
+
+class Ready(msgspec.Struct, frozen=True):
+    status: str
+    checks: dict[str, str]
+
+
 @routes.get("/healthz")
+@doc("The process is alive", "operations", responses={200: Health}, store=False)
 async def healthz(request: web.Request) -> web.Response:
-    return json_response({"status": "ok"})
+    return json_response(Health("ok"))
 
 
 @routes.get("/readyz")
+@doc("PostgreSQL and Redis answer (503 with the checks if not)", "operations",
+     responses={200: Ready})
 async def readyz(request: web.Request) -> web.Response:
     checks: dict[str, str] = {}
 
@@ -39,7 +52,7 @@ async def readyz(request: web.Request) -> web.Response:
             log.warning("readiness: %s unavailable: %s", name, exc)
             checks[name] = "unavailable"
     if all(v == "ok" for v in checks.values()):
-        return json_response({"status": "ok", "checks": checks})
+        return json_response(Ready("ok", checks))
     problem = Problem(503, "Not ready", "A backing service is unreachable",
                       slug="unavailable", headers={"Retry-After": "5"})
     body = {**problem.body(), "checks": checks}

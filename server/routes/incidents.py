@@ -12,7 +12,9 @@ from server import metrics
 from server.appkeys import AGENCIES, LIMITER, OUTBOX, POOL, REDIS, SETTINGS
 from server.domain.signing import HEADER
 from server.errors import Problem
+from server.formats.native import NativeIncident
 from server.ingest import format_of, ingest, parser_for
+from server.openapi import Body, doc
 from server.routes.body import json_response, read_bounded
 
 routes = web.RouteTableDef()
@@ -24,7 +26,15 @@ class IncidentAccepted(msgspec.Struct, frozen=True):
     duplicate: bool
 
 
+_XML = Body("application/cap+xml", {"type": "string", "description": "OASIS CAP 1.2 alert"})
+
+
 @routes.post("/v1/agencies/{agency}/incidents")
+@doc("Post an incident (CAD webhook)", "ingest", auth="signature", request=NativeIncident,
+     request_bodies=(_XML, Body("application/xml", _XML.schema),
+                     Body("application/eido+json", {"type": "object",
+                                                    "description": "NENA EIDO JSON"})),
+     responses={202: IncidentAccepted}, errors=(401, 413, 415, 422, 429))
 async def post_incident(request: web.Request) -> web.Response:
     body_format = format_of(request.content_type)
     started = time.perf_counter()

@@ -18,6 +18,7 @@ from aiohttp import web
 
 from server.appkeys import POOL
 from server.errors import FieldError, NotFound, ValidationFailed
+from server.openapi import Body, Query, doc
 from server.routes.body import json_response
 from server.store import transparency
 from server.store.agencies import get_agency
@@ -118,6 +119,12 @@ def date_range(request: web.Request, today: dt.date) -> tuple[dt.date, dt.date]:
 
 
 @routes.get("/v1/transparency/{agency}")
+@doc("Public transparency report: counts per day and category (< 5 withheld)",
+     "transparency", responses={200: TransparencyReport}, errors=(404, 422),
+     query=(Query("from", "first day, YYYY-MM-DD (default: 29 days before to)",
+                  {"type": "string", "format": "date"}),
+            Query("to", "last day, YYYY-MM-DD (default: today, the agency's time zone)",
+                  {"type": "string", "format": "date"})))
 async def get_report(request: web.Request) -> web.Response:
     """Public: per day (the agency's local dates) and category, what its incidents
     became. ``?from=`` and ``?to=`` (YYYY-MM-DD, inclusive; default the last 30 days)."""
@@ -134,6 +141,8 @@ async def get_report(request: web.Request) -> web.Response:
 
 
 @routes.get("/transparency/{agency}")
+@doc("The transparency report as a page with charts", "transparency",
+     responses={200: Body("text/html", {"type": "string"})}, store=False)
 async def get_page(request: web.Request) -> web.Response:
     """The report as a page with charts (it reads the JSON above)."""
     page = resources.files("server").joinpath("static/transparency.html").read_text()
