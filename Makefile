@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test lint typecheck unit system-deps bench clean
+.PHONY: run test lint typecheck rules unit system-deps bench clean
 
 # The virtualenv with geopush (editable) and its dev tools; redone when pyproject changes.
 $(STAMP): pyproject.toml
@@ -26,7 +26,13 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-test: system-deps $(STAMP) lint typecheck
+# The Prometheus alerting rules, their unit tests and the example scrape config.
+rules: system-deps
+	promtool check rules docs/prometheus/alerts.yml
+	promtool test rules docs/prometheus/alerts_test.yml
+	promtool check config docs/prometheus/prometheus.yml
+
+test: system-deps $(STAMP) lint typecheck rules
 	$(BIN)/pytest
 
 unit: $(STAMP)
