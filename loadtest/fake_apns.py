@@ -43,7 +43,7 @@ from loadtest.devkeys import (
     ensure_tls,
     public_key_pem,
 )
-from loadtest.h2server import H2Request, H2ServerConnection, close_connections
+from loadtest.h2server import H2Request, H2ServerConnection, arrived_after, close_connections
 
 logger = logging.getLogger(__name__)
 
@@ -271,7 +271,8 @@ class FakeApns:
 
     async def _get_deliveries(self, request: web.Request) -> web.Response:
         token = request.query.get("token")
-        items = [asdict(d) for d in self.deliveries if token is None or d.token == token]
+        items = [asdict(d) for d in arrived_after(self.deliveries, request.query)
+                 if token is None or d.token == token]
         return web.json_response(items)
 
     async def _delete_deliveries(self, request: web.Request) -> web.Response:

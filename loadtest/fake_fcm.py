@@ -49,7 +49,13 @@ from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 
 from loadtest.devkeys import DEV_FCM_PROJECT, ensure_fcm_service_account, public_key_pem
-from loadtest.h2server import H2Request, H2ServerConnection, close_connections, sniffing_factory
+from loadtest.h2server import (
+    H2Request,
+    H2ServerConnection,
+    arrived_after,
+    close_connections,
+    sniffing_factory,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -822,7 +828,8 @@ class FakeFcm:
     async def _get_deliveries(self, request: web.Request) -> web.Response:
         token = request.query.get("token")
         return web.json_response(
-            [d.as_json() for d in self.deliveries if token is None or d.token == token]
+            [d.as_json() for d in arrived_after(self.deliveries, request.query)
+             if token is None or d.token == token]
         )
 
     async def _delete_deliveries(self, request: web.Request) -> web.Response:

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -87,6 +87,20 @@ def remember_huffman_strings(size: int = 4096) -> None:
 remember_huffman_strings()
 
 Headers = list[tuple[bytes, bytes]]
+
+
+def arrived_after(items: Sequence[Any], query: Mapping[str, str]) -> Sequence[Any]:
+    """The control API's ``?since=<unix seconds>``: deliveries that arrived after it
+    (newest are last, so this reads back only as far as it must), so a load test can
+    poll a long run's deliveries without reading them all each time."""
+    raw = query.get("since")
+    if not raw:
+        return items
+    since = float(raw)
+    start = len(items)
+    while start > 0 and items[start - 1].arrived_at > since:
+        start -= 1
+    return items[start:]
 
 
 @dataclass

@@ -86,6 +86,18 @@ def cmd_demo(args: argparse.Namespace) -> None:
                            lat=args.lat, lon=args.lon)
 
 
+def cmd_loadtest_setup(args: argparse.Namespace) -> None:
+    from loadtest.setup import setup
+
+    token_file = Path(".geopush/admin-token")
+    token = args.admin_token or (token_file.read_text().strip() if token_file.exists() else "")
+    if not token:
+        sys.exit("geopush: pass --admin-token (make run keeps it in .geopush/admin-token)")
+    state = setup(Path(args.state), args.url, token, devices=args.devices)
+    print(f"load-test agency {state['agency']!r} with {len(state['devices'])} phones; "
+          f"state in {args.state}")
+
+
 def cmd_dev(_: argparse.Namespace) -> None:
     from server.devrun import run
 
@@ -125,6 +137,17 @@ def main(argv: list[str] | None = None) -> None:
             p.add_argument("--lat", type=float, default=None)
             p.add_argument("--lon", type=float, default=None)
         p.set_defaults(fn=cmd_demo)
+
+    lt = sub.add_parser("loadtest", help="load testing (from a source checkout)"
+                        ).add_subparsers(dest="loadtest_command", required=True)
+    lts = lt.add_parser("setup", help="create the load-test agency (a rate limit that fits) "
+                        "and phones; reused while it matches the database")
+    lts.add_argument("--url", default="http://127.0.0.1:8080")
+    lts.add_argument("--state", default=".geopush/loadtest.json")
+    lts.add_argument("--devices", type=int, default=200)
+    lts.add_argument("--admin-token", default=None,
+                     help="default: the contents of .geopush/admin-token")
+    lts.set_defaults(fn=cmd_loadtest_setup)
 
     sub.add_parser("dev", help="what `make run` runs: services, migrations, all processes, demo"
                    ).set_defaults(fn=cmd_dev)

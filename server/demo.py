@@ -32,9 +32,11 @@ DEVICES = [
 
 
 DEFAULT_URL = "http://127.0.0.1:8080"
+# The fake gateways' control APIs (deliveries) as `make run` starts them.
+DEFAULT_FAKES = {"apns": "http://127.0.0.1:8444", "fcm": "http://127.0.0.1:8445"}
 
 
-def _request(method: str, url: str, body: Any = None, headers: dict[str, str] | None = None,
+def request(method: str, url: str, body: Any = None, headers: dict[str, str] | None = None,
              raw: bytes | None = None) -> tuple[int, Any]:
     data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
     req = urllib.request.Request(url, data=data, method=method,  # noqa: S310 (local URL)
@@ -47,36 +49,88 @@ def _request(method: str, url: str, body: Any = None, headers: dict[str, str] | 
         return exc.code, json.loads(exc.read() or b"null")
 
 
-def load(state_file: Path, base_url: str, admin_token: str) -> dict[str, Any]:
-    """Create the demo agency and devices once; later calls reuse the saved state."""
-    if state_file.exists():
-        return dict(json.loads(state_file.read_text()))
-    base = base_url
+def saved_state_matches(state: dict[str, Any], base: str, admin_token: str) -> bool:
+    """Whether a saved state still describes this server's database: its agency exists
+    and its devices' secrets are accepted (after a reset, or with another
+    GEOPUSH_DATABASE_URL, they are not, and every request would answer 401)."""
     admin = {"Authorization": f"Bearer {admin_token}"}
-    call_types = json.loads(CALL_TYPES.joinpath("seattle-fire.json").read_text())
-    status, created = _request("POST", f"{base}/v1/admin/agencies", {
-        "id": AGENCY, "name": "Seattle Fire Department (demo)",
-        "timezone": "America/Los_Angeles", "call_types": call_types,
-    }, admin)
-    if status != 201:
-        raise RuntimeError(f"creating the demo agency failed: {status} {created}")
-    state: dict[str, Any] = {"url": base, "agency": AGENCY, "secret": created["secret"],
-                             "devices": []}
-    for name, platform, (lat, lon), radius in DEVICES:
-        token = (secrets.token_hex(32) if platform == "apns"
-                 else "demo-fcm-" + secrets.token_urlsafe(24))
-        status, dev = _request("POST", f"{base}/v1/devices", {
-            "platform": platform, "token": token, "timezone": "America/Los_Angeles",
-        })
-        if status != 201:
-            raise RuntimeError(f"registering a demo device failed: {status} {dev}")
-        zone = {"name": name, "center": {"lat": lat, "lon": lon}, "radius_m": radius}
-        _request("PUT", f"{base}/v1/devices/{dev['id']}/zones", {"zones": [zone]},
-                 {"Authorization": f"Bearer {dev['secret']}"})
-        state["devices"].append({"name": name, "platform": platform, "token": token, **dev})
+    status, _ = request("GET", f"{base}/v1/admin/agencies/{state.get('agency')}", None, admin)
+    if status != 200:
+        return False
+    for device in state.get("devices", [])[:3]:
+        status, _ = request("GET", f"{base}/v1/devices/{device['id']}/alerts?limit=1", None,
+                             {"Authorization": f"Bearer {device['secret']}"})
+        if status != 200:
+            return False
+    return True
+
+
+def reuse_state(state_file: Path, base: str, admin_token: str, what: str
+                ) -> dict[str, Any] | None:
+    """The saved state if it still matches the server, else None (it is recreated)."""
+    if not state_file.exists():
+        return None
+    state = dict(json.loads(state_file.read_text()))
+    if saved_state_matches(state, base, admin_token):
+        return state
+    print(f"geopush: {state_file} does not match the database of {base} (reset, or another "
+          f"GEOPUSH_DATABASE_URL?): creating the {what} again")
+    return None
+
+
+def save_state(state_file: Path, state: dict[str, Any]) -> None:
     state_file.parent.mkdir(parents=True, exist_ok=True)
     state_file.write_text(json.dumps(state, indent=2))
     state_file.chmod(0o600)
+
+
+def ensure_agency(base: str, admin_token: str, spec: dict[str, Any]) -> str:
+    """Create the agency, or take over an existing one with a new secret; its secret."""
+    admin = {"Authorization": f"Bearer {admin_token}"}
+    status, created = request("POST", f"{base}/v1/admin/agencies", spec, admin)
+    if status == 409:
+        status, created = request("POST", f"{base}/v1/admin/agencies/{spec['id']}/secret",
+                                   None, admin)
+    if status not in (200, 201):
+        raise RuntimeError(f"creating agency {spec['id']!r} failed: {status} {created}")
+    return str(created["secret"])
+
+
+def register_device(base: str, platform: str, name: str, lat: float, lon: float,
+                    radius_m: float) -> dict[str, Any]:
+    """A device with a random token of its platform and one circular zone."""
+    token = (secrets.token_hex(32) if platform == "apns"
+             else "demo-fcm-" + secrets.token_urlsafe(24))
+    status, dev = request("POST", f"{base}/v1/devices", {
+        "platform": platform, "token": token, "timezone": "America/Los_Angeles",
+    })
+    if status != 201:
+        raise RuntimeError(f"registering a device failed: {status} {dev}")
+    zone = {"name": name, "center": {"lat": lat, "lon": lon}, "radius_m": radius_m}
+    status, answer = request("PUT", f"{base}/v1/devices/{dev['id']}/zones", {"zones": [zone]},
+                              {"Authorization": f"Bearer {dev['secret']}"})
+    if status != 200:
+        raise RuntimeError(f"setting a device's zone failed: {status} {answer}")
+    return {"name": name, "platform": platform, "token": token, **dev}
+
+
+def load(state_file: Path, base_url: str, admin_token: str,
+         fakes: dict[str, str] | None = None) -> dict[str, Any]:
+    """Create the demo agency and devices once; later calls reuse the saved state while
+    it matches the server's database. ``fakes``: the fake gateways' control URLs."""
+    state = reuse_state(state_file, base_url, admin_token, "demo")
+    if state is not None:
+        return state
+    call_types = json.loads(CALL_TYPES.joinpath("seattle-fire.json").read_text())
+    secret = ensure_agency(base_url, admin_token, {
+        "id": AGENCY, "name": "Seattle Fire Department (demo)",
+        "timezone": "America/Los_Angeles", "call_types": call_types,
+    })
+    state = {"url": base_url, "agency": AGENCY, "secret": secret,
+             "fakes": fakes or DEFAULT_FAKES,
+             "devices": [register_device(base_url, platform, name, lat, lon, radius)
+                         for name, platform, (lat, lon), radius in DEVICES]}
+    save_state(state_file, state)
     return state
 
 
@@ -97,20 +151,22 @@ def post_incident(state_file: Path, *, base_url: str | None, call_type: str,
         "caller": {"name": "Demo Caller", "phone": "+1 206 555 0100"},
     }
     body = json.dumps(incident).encode()
-    status, answer = _request(
+    status, answer = request(
         "POST", f"{base}/v1/agencies/{state['agency']}/incidents", raw=body,
         headers={HEADER: sign(state["secret"], body, int(time.time()))},
     )
     print(f"POST /v1/agencies/{state['agency']}/incidents -> {status} {json.dumps(answer)}")
+    if status == 401:
+        print(f"  {state_file} names an agency or secret this server doesn't know (its "
+              "database was reset?): run `make run` again, or `geopush demo load`")
     if status != 202:
         return
     if answer.get("decision") != "alert":
         return
     time.sleep(2)
     for device in state["devices"]:
-        control = ("http://127.0.0.1:8444" if device["platform"] == "apns"
-                   else "http://127.0.0.1:8445")
-        _, seen = _request("GET", f"{control}/_fake/deliveries?token={device['token']}")
+        control = state.get("fakes", DEFAULT_FAKES)[device["platform"]]
+        _, seen = request("GET", f"{control}/_fake/deliveries?token={device['token']}")
         mine = [d for d in seen or [] if answer["incident_id"] in json.dumps(d)]
         what = "nothing"
         if mine:

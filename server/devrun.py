@@ -27,11 +27,25 @@ from loadtest.devkeys import (
     ensure_fcm_service_account,
     ensure_tls,
 )
+from loadtest.setup import AGENCY as LOADTEST_AGENCY
+from loadtest.setup import setup as loadtest_setup
 from server import demo
 from server.devenv import PrivatePostgres, PrivateRedis
 from server.migrate import migrate
 
-FAKE_APNS_PORT, FAKE_APNS_CONTROL_PORT, FAKE_FCM_PORT = 8443, 8444, 8445
+# Every port `make run` listens on; GEOPUSH_DEV_PORT_OFFSET=N adds N to each (a second
+# stack beside the first, e.g. for a benchmark).
+PORTS = {"web": 8080, "fake_apns": 8443, "fake_apns_control": 8444, "fake_fcm": 8445,
+         "matcher": 9101, "apns": 9102, "fcm": 9103, "relay": 9104}
+WORKER_METRICS = ("matcher", "apns", "fcm", "relay")
+
+
+def dev_ports(env: dict[str, str]) -> dict[str, int]:
+    offset = int(env.get("GEOPUSH_DEV_PORT_OFFSET") or 0)
+    ports = {name: port + offset for name, port in PORTS.items()}
+    if env.get("GEOPUSH_HTTP_PORT"):
+        ports["web"] = int(env["GEOPUSH_HTTP_PORT"])
+    return ports
 
 
 def _port_in_use(port: int) -> bool:
@@ -60,22 +74,26 @@ def _wait_ready(url: str, timeout: float = 60) -> bool:
     return False
 
 
-def _announce_demo(env: dict[str, str], state: Path) -> None:
-    port = env["GEOPUSH_HTTP_PORT"]
-    if not _wait_ready(f"http://127.0.0.1:{port}/readyz"):
+def _announce_demo(env: dict[str, str], state: Path, ports: dict[str, int]) -> None:
+    port = ports["web"]
+    base = f"http://127.0.0.1:{port}"
+    if not _wait_ready(f"{base}/readyz"):
         print("geopush dev: the server did not become ready; see the web lines above",
               file=sys.stderr)
         return
-    for port_ in (FAKE_APNS_CONTROL_PORT, FAKE_FCM_PORT):
-        _wait_ready(f"http://127.0.0.1:{port_}/_fake/deliveries")
+    fakes = {"apns": f"http://127.0.0.1:{ports['fake_apns_control']}",
+             "fcm": f"http://127.0.0.1:{ports['fake_fcm']}"}
+    for url in fakes.values():
+        _wait_ready(f"{url}/_fake/deliveries")
     try:
-        info = demo.load(state / "demo.json", f"http://127.0.0.1:{port}",
-                         env["GEOPUSH_ADMIN_TOKEN"])
+        info = demo.load(state / "demo.json", base, env["GEOPUSH_ADMIN_TOKEN"], fakes)
+        loadtest_setup(state / "loadtest.json", base, env["GEOPUSH_ADMIN_TOKEN"], fakes=fakes)
     except Exception as exc:  # the demo is a convenience; the server keeps running
         print(f"geopush dev: loading the demo failed: {exc}", file=sys.stderr)
         return
     devices = "\n".join(
         f"    {d['name']:<22} {d['platform']}  id {d['id']}" for d in info["devices"])
+    metrics = "  ".join(f"{kind} :{ports[kind]}" for kind in WORKER_METRICS)
     print(f"""
 ================================================================================
  geopush is running on http://127.0.0.1:{port}   (Ctrl-C stops everything)
@@ -88,9 +106,14 @@ def _announce_demo(env: dict[str, str], state: Path) -> None:
     .venv/bin/geopush demo incident --call-type "Aid Response"   # not alerted
 
  What the fake gateways received:
-    curl -s http://127.0.0.1:{FAKE_APNS_CONTROL_PORT}/_fake/deliveries
-    curl -s http://127.0.0.1:{FAKE_FCM_PORT}/_fake/deliveries
+    curl -s {fakes['apns']}/_fake/deliveries
+    curl -s {fakes['fcm']}/_fake/deliveries
  Admin token (GEOPUSH_ADMIN_TOKEN): {state / 'admin-token'}
+
+ Prometheus metrics: web {base}/metrics; workers' /metrics on {metrics}
+ Transparency report: {base}/transparency/{info['agency']}
+ Load test (agency {LOADTEST_AGENCY!r}, state in {state / 'loadtest.json'}):
+    .venv/bin/locust -f loadtest/locustfile.py --headless -u 20 -r 5 -t 60s --host {base}
 ================================================================================
 """, flush=True)
 
@@ -99,9 +122,9 @@ def run(project: Path) -> int:
     state = project / ".geopush"
     state.mkdir(exist_ok=True)
     env = {k: v for k, v in os.environ.items()}
-    env.setdefault("GEOPUSH_HTTP_PORT", "8080")
-    busy = [p for p in (int(env["GEOPUSH_HTTP_PORT"]), FAKE_APNS_PORT, FAKE_APNS_CONTROL_PORT,
-                        FAKE_FCM_PORT) if _port_in_use(p)]
+    ports = dev_ports(env)
+    env["GEOPUSH_HTTP_PORT"] = str(ports["web"])
+    busy = [p for p in ports.values() if _port_in_use(p)]
     if busy:
         print(f"geopush dev: port(s) {busy} already in use (another `make run`?)",
               file=sys.stderr)
@@ -123,7 +146,7 @@ def run(project: Path) -> int:
         tls = ensure_tls(certs)
         apns_key = ensure_apns_key(certs)
         service_account = ensure_fcm_service_account(
-            certs, f"http://127.0.0.1:{FAKE_FCM_PORT}/token")
+            certs, f"http://127.0.0.1:{ports['fake_fcm']}/token")
         env.setdefault("GEOPUSH_ADMIN_TOKEN", _admin_token(state))
         env.update({
             "GEOPUSH_APNS_KEY_FILE": str(apns_key.key_file),
@@ -131,18 +154,24 @@ def run(project: Path) -> int:
             "GEOPUSH_APNS_TEAM_ID": apns_key.team_id,
             "GEOPUSH_APNS_TOPIC": apns_key.topic,
             "GEOPUSH_APNS_HOST": "127.0.0.1",
-            "GEOPUSH_APNS_PORT": str(FAKE_APNS_PORT),
+            "GEOPUSH_APNS_PORT": str(ports["fake_apns"]),
             "GEOPUSH_APNS_CA_FILE": str(tls.ca_cert),
             "GEOPUSH_FCM_SERVICE_ACCOUNT_FILE": str(service_account),
             "GEOPUSH_FCM_PROJECT": DEV_FCM_PROJECT,
-            "GEOPUSH_FCM_ENDPOINT": f"http://127.0.0.1:{FAKE_FCM_PORT}",
+            "GEOPUSH_FCM_ENDPOINT": f"http://127.0.0.1:{ports['fake_fcm']}",
+            # The Procfile's fakes listen where the senders are pointed.
+            "FAKE_APNS_PORT": str(ports["fake_apns"]),
+            "FAKE_APNS_CONTROL_PORT": str(ports["fake_apns_control"]),
+            "FAKE_FCM_PORT": str(ports["fake_fcm"]),
             "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
         })
         manager = Manager()
         procfile = parse_procfile((project / "Procfile").read_text())
         for name, cmd in procfile.processes.items():
-            manager.add_process(name, cmd, env=env, cwd=str(project))
-        threading.Thread(target=_announce_demo, args=(env, state), daemon=True).start()
+            # Each worker serves /metrics on a port of its own.
+            own = {"GEOPUSH_METRICS_PORT": str(ports[name])} if name in WORKER_METRICS else {}
+            manager.add_process(name, cmd, env={**env, **own}, cwd=str(project))
+        threading.Thread(target=_announce_demo, args=(env, state, ports), daemon=True).start()
         manager.loop()
         return int(manager.returncode or 0)
     finally:

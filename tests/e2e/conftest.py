@@ -100,7 +100,7 @@ async def stack(
         tls=tls, provider_keys={apns_key.key_id: public_key_pem(apns_key.key_file.read_bytes())},
         team_id=apns_key.team_id, topic=apns_key.topic,
     )
-    await fake_apns.start(port=0, control_port=None)
+    await fake_apns.start(port=0, control_port=0)
     fake_fcm = FakeFcm(project_id=DEV_FCM_PROJECT)
     await fake_fcm.start(port=0)
     sa_file = ensure_fcm_service_account(certs, fake_fcm.token_uri)
