@@ -48,7 +48,6 @@ import jwt
 from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 
-from loadtest.devkeys import DEV_FCM_PROJECT, ensure_fcm_service_account, public_key_pem
 from loadtest.h2server import (
     H2Request,
     H2ServerConnection,
@@ -56,6 +55,7 @@ from loadtest.h2server import (
     close_connections,
     sniffing_factory,
 )
+from server.dev.devkeys import DEV_FCM_PROJECT, ensure_fcm_service_account, public_key_pem
 
 logger = logging.getLogger(__name__)
 

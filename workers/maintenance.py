@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import asyncpg
 
 from server import metrics
-from server.db import STORE_UNAVAILABLE
 from server.store import review, transparency
+from server.store.db import STORE_UNAVAILABLE
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from loadtest.setup import setup
+from server.dev.loadtest import setup
 from tests.conftest import ADMIN_TOKEN
 from tests.e2e.conftest import Stack
 

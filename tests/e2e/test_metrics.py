@@ -10,7 +10,7 @@ from dataclasses import replace
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
-from server.devenv import free_port
+from server.dev.devenv import free_port
 from tests.e2e.conftest import Stack, wait_for
 from tests.helpers import POINT, circle, create_agency, create_device, incident
 from tests.helpers import post_incident as post

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -18,19 +19,24 @@ import aiohttp
 import asyncpg
 import pytest
 
-from server.devenv import free_port
+from server.dev.devenv import free_port
 from tests.conftest import Services
 
 REPO = Path(__file__).resolve().parents[2]
-MIGRATIONS = sorted(p.name for p in (REPO / "server" / "migrations").glob("*.sql"))
+MIGRATIONS = sorted(p.name for p in (REPO / "server" / "store" / "migrations").glob("*.sql"))
 
 
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path]]:
     """(the wheel, the fresh virtualenv's bin directory)."""
     base = tmp_path_factory.mktemp("wheel")
+    # Built from a copy: setuptools writes build/ and *.egg-info into the tree it builds.
+    source = base / "source"
+    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(
+        ".git", ".venv", ".geopush", "build", "*.egg-info", "__pycache__", ".*_cache",
+        ".hypothesis"))
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", str(REPO), "--no-deps", "--no-build-isolation",
+        [sys.executable, "-m", "pip", "wheel", str(source), "--no-deps", "--no-build-isolation",
          "--no-index", "-q", "-w", str(base / "dist")],
         check=True, cwd=base, capture_output=True)
     [wheel] = (base / "dist").glob("geopush-*.whl")
@@ -57,17 +63,17 @@ def test_the_wheel_carries_migrations_demo_data_and_the_transparency_page(
 ) -> None:
     wheel, _ = installed
     names = set(zipfile.ZipFile(wheel).namelist())
-    assert {f"server/migrations/{m}" for m in MIGRATIONS} <= names
+    assert {f"server/store/migrations/{m}" for m in MIGRATIONS} <= names
     assert "server/examples/call-types/seattle-fire.json" in names
-    assert "server/static/transparency.html" in names
+    assert "server/web/static/transparency.html" in names
     assert not any(n.startswith("tests/") for n in names)
 
 
 def test_migrations_live_in_the_package() -> None:
     # Migrations written under a top-level sql/ (as before they became package data)
-    # would never run from a wheel: they belong in server/migrations/.
+    # would never run from a wheel: they belong in server/store/migrations/.
     assert not (REPO / "sql").exists() or not list((REPO / "sql").glob("*.sql")), \
-        "move sql/*.sql into server/migrations/"
+        "move sql/*.sql into server/store/migrations/"
 
 
 async def _fresh_database(dsn: str, name: str) -> str:

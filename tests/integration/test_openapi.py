@@ -24,9 +24,9 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from server.app import create_app
-from server.openapi import build_document, operations
 from server.settings import Settings
+from server.web.app import create_app
+from server.web.openapi import build_document, operations
 from tests.conftest import ADMIN_TOKEN, Services
 from tests.helpers import SEATTLE_CALL_TYPES
 from tests.live import LiveApp, live_app

@@ -10,7 +10,7 @@ from zoneinfo import ZoneInfo
 
 import asyncpg
 
-from server.routes.transparency import MIN_COUNT, withheld
+from server.web.routes.transparency import MIN_COUNT, withheld
 from tests.helpers import create_agency, incident, post_incident
 from workers.maintenance import Retention, apply_retention
 

@@ -1,4 +1,4 @@
-"""Apply ``server/migrations/NNNN_name.sql`` files in order, each once, under an
+"""Apply ``server/store/migrations/NNNN_name.sql`` files in order, each once, under an
 advisory lock. They are package data: an installed wheel carries them.
 
 The lock makes concurrent starters (two web processes, a worker and ``make run``)

@@ -9,13 +9,13 @@ import msgspec
 from aiohttp import web
 
 from server import metrics
-from server.appkeys import AGENCIES, LIMITER, OUTBOX, POOL, REDIS, SETTINGS
 from server.domain.signing import HEADER
-from server.errors import Problem
 from server.formats.native import NativeIncident
-from server.ingest import format_of, ingest, parser_for
-from server.openapi import Body, doc
-from server.routes.body import json_response, read_bounded
+from server.web.appkeys import AGENCIES, LIMITER, OUTBOX, POOL, REDIS, SETTINGS
+from server.web.ingest import format_of, ingest, parser_for
+from server.web.openapi import Body, doc
+from server.web.problems import Problem
+from server.web.routes.body import json_response, read_bounded
 
 routes = web.RouteTableDef()
 

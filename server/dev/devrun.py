@@ -21,17 +21,17 @@ from pathlib import Path
 from honcho.environ import parse_procfile
 from honcho.manager import Manager
 
-from loadtest.devkeys import (
+from server.dev import demo
+from server.dev.devenv import PrivatePostgres, PrivateRedis
+from server.dev.devkeys import (
     DEV_FCM_PROJECT,
     ensure_apns_key,
     ensure_fcm_service_account,
     ensure_tls,
 )
-from loadtest.setup import AGENCY as LOADTEST_AGENCY
-from loadtest.setup import setup as loadtest_setup
-from server import demo
-from server.devenv import PrivatePostgres, PrivateRedis
-from server.migrate import migrate
+from server.dev.loadtest import AGENCY as LOADTEST_AGENCY
+from server.dev.loadtest import setup as loadtest_setup
+from server.store.migrate import migrate
 
 # Every port `make run` listens on; GEOPUSH_DEV_PORT_OFFSET=N adds N to each (a second
 # stack beside the first, e.g. for a benchmark).

@@ -16,12 +16,12 @@ from zoneinfo import ZoneInfo
 import msgspec
 from aiohttp import web
 
-from server.appkeys import POOL
-from server.errors import FieldError, NotFound, ValidationFailed
-from server.openapi import Body, Query, doc
-from server.routes.body import json_response
 from server.store import transparency
 from server.store.agencies import get_agency
+from server.web.appkeys import POOL
+from server.web.openapi import Body, Query, doc
+from server.web.problems import FieldError, NotFound, ValidationFailed
+from server.web.routes.body import json_response
 
 routes = web.RouteTableDef()
 
@@ -145,7 +145,7 @@ async def get_report(request: web.Request) -> web.Response:
      responses={200: Body("text/html", {"type": "string"})}, store=False)
 async def get_page(request: web.Request) -> web.Response:
     """The report as a page with charts (it reads the JSON above)."""
-    page = resources.files("server").joinpath("static/transparency.html").read_text()
+    page = resources.files("server.web").joinpath("static/transparency.html").read_text()
     return web.Response(text=page, content_type="text/html",
                         headers={"Content-Security-Policy":
                                  "default-src 'self'; style-src 'unsafe-inline'; "

@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 import msgspec
 from aiohttp import web
 
-from server.routes.body import json_response
+from server.web.routes.body import json_response
 
 routes = web.RouteTableDef()
 
@@ -116,7 +116,7 @@ def operations(app: web.Application) -> list[tuple[str, str, Doc]]:
         path = route.resource.canonical
         documented = getattr(route.handler, _ATTRIBUTE, None)
         if documented is None:
-            raise LookupError(f"{route.method} {path} has no @doc: add one (server/openapi.py)")
+            raise LookupError(f"{route.method} {path} has no @doc: add one (server/web/openapi.py)")
         found.append((route.method.lower(), path, documented))
     return found
 

@@ -15,7 +15,7 @@ import random
 from pathlib import Path
 from typing import Any
 
-from server.demo import (
+from server.dev.demo import (
     CALL_TYPES,
     DEFAULT_FAKES,
     ensure_agency,
