@@ -18,6 +18,10 @@ from server.domain.categories import MOST_SEVERE, RESPONDER_ONLY
 from server.domain.quiet import allowed_now
 from server.store import matching
 
+# How long after it occurred a push is still worth delivering (also the APNs
+# expiration and the FCM TTL).
+ALERT_LIFETIME = dt.timedelta(hours=1)
+
 NEIGHBOUR = "neighbour"
 RESPONDER = "responder"
 
@@ -77,20 +81,24 @@ def hourly_limit(audience: Audience, category: str, per_hour: int) -> int:
 
 async def count_would_alert(
     pool: asyncpg.Pool, redis: aioredis.Redis, target: Target, *, occurred_at: dt.datetime,
-    now: dt.datetime, per_hour: int,
+    now: dt.datetime, per_hour: int, incident_id: object | None = None,
 ) -> int:
     """How many devices the matcher would push this incident to right now, without
-    touching anything: the audience, quiet hours, the same event already pushed by
-    another agency, and each device's hourly limit, all read only."""
+    touching anything: the audience, quiet hours, devices already pushed for this
+    event (by an earlier revision, ``incident_id``, or another agency's report), and
+    each device's hourly limit, all read only."""
+    if now >= occurred_at + ALERT_LIFETIME:
+        return 0
     audience = await find_audience(pool, redis, target)
     devices = [str(row["id"]) for row in awake(audience, target.category, now)]
     if not devices:
         return 0
     event_id = await matching.same_event(
         pool, category=target.category, agency_id=target.agency_id, occurred_at=occurred_at,
-        received_at=now, incident_id=None, geometry=target.geometry)
-    if event_id is not None:
-        pushed = await redis.smismember(keys.pushed(str(event_id)), devices)
+        received_at=now, incident_id=incident_id, geometry=target.geometry)
+    dedup_on = event_id or incident_id
+    if dedup_on is not None:
+        pushed = await redis.smismember(keys.pushed(str(dedup_on)), devices)
         devices = [d for d, done in zip(devices, pushed, strict=True) if not done]
     limit = hourly_limit(audience, target.category, per_hour)
     if limit and devices:

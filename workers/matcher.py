@@ -19,17 +19,13 @@ import redis.asyncio as aioredis
 
 from server import keys
 from server.domain.policy import ALERT
-from server.matching import RESPONDER, Target, awake, find_audience, hourly_limit
+from server.matching import ALERT_LIFETIME, RESPONDER, Target, awake, find_audience, hourly_limit
 from server.publish import STREAM_MAXLEN
 from server.store import aeds, matching
 from workers.push import Push
 from workers.streams import Entry, StreamConsumer
 
 log = logging.getLogger(__name__)
-
-# How long after it occurred a push is still worth delivering (also the APNs
-# expiration and the FCM TTL).
-ALERT_LIFETIME = dt.timedelta(hours=1)
 
 # KEYS: the event's dedup set, the platform's push stream, the device's rate counter.
 # ARGV: device id, dedup TTL, stream MAXLEN, hourly limit (0: none), then the entry's
