@@ -128,6 +128,16 @@ class Settings:
         )
 
 
+def database_url_from_env(env: Mapping[str, str] | None = None) -> str:
+    """GEOPUSH_DATABASE_URL alone, for commands that need nothing else (``geopush cad
+    validate --agency``)."""
+    env = os.environ if env is None else env
+    url = env.get("GEOPUSH_DATABASE_URL", "")
+    if not url:
+        raise ConfigError("GEOPUSH_DATABASE_URL is not set")
+    return url
+
+
 def _apns_from_env(env: Mapping[str, str]) -> ApnsSettings | None:
     key_file = env.get("GEOPUSH_APNS_KEY_FILE")
     if not key_file:

@@ -155,6 +155,7 @@ _EIDO_INCIDENT_READ = {
     "incidentTypeInternalText", "incidentTypeInternalCode",
     "incidentStatusCommonRegistryText", "lastUpdateTimeStamp", "incidentCreationTimeStamp",
     "priority", "incidentCommonPriorityNumber", "locationReference", "locationComponent",
+    "componentIdentifier",
 }
 
 
