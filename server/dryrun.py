@@ -46,8 +46,9 @@ class DryRunWarning(msgspec.Struct, frozen=True, omit_defaults=True):
 
 
 class DryRunResult(msgspec.Struct, frozen=True):
-    """What the real call would do with this message, as of now."""
+    """What the real call would do with this message, as of ``judged_at``."""
 
+    judged_at: str              # geopush's clock when it judged (times below are relative to it)
     id: str                     # the incident id geopush reads (CAP: the first reference)
     status: str                 # active | cleared | cancelled
     updated_at: str             # the revision, RFC 3339 UTC
@@ -78,7 +79,7 @@ def analyse(fmt: str, body: bytes, raw: RawIncident, incident: Incident,
                               address_field=remarks.ADDRESS_FIELD[fmt])
     found = [*analysis.warnings, *remarks.remarks(fmt, body)]
     return DryRunResult(
-        id=incident.external_id, status=incident.status.value,
+        judged_at=_iso(now), id=incident.external_id, status=incident.status.value,
         updated_at=_iso(incident.revision), occurred_at=_iso(incident.occurred_at),
         decision=analysis.decision, reason=analysis.reason, duplicate=False,
         call_type=incident.call_type, category=incident.category,
