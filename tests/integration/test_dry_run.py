@@ -24,7 +24,7 @@ from server.appkeys import POOL
 from server.cadvalidate import validate_file
 from server.domain.pushtext import language
 from server.domain.signing import HEADER, sign
-from server.dryrun import validate
+from server.dryrun import DryRunResult, validate
 from server.ingest import parser_for
 from server.settings import Settings
 from server.store.agencies import get_agency
@@ -315,3 +315,26 @@ async def test_the_validator_reads_the_agency_from_the_database(
     assert (code, result["decision"], result["category"]) == (0, "review", "structure_fire")
     with pytest.raises(ValueError, match="no agency"):
         await asyncio.to_thread(validate_file, fx.path, agency_id="nobody")
+
+
+async def test_openapi_describes_the_dry_run_and_its_answer(client: Client) -> None:
+    doc = await (await client.get("/openapi.json")).json()
+    ingest = doc["paths"]["/v1/agencies/{agency}/incidents"]["post"]
+    [dry_run] = [p for p in ingest["parameters"] if p["in"] == "query"]
+    assert (dry_run["name"], dry_run["schema"]["type"]) == ("dry_run", "boolean")
+    answer = ingest["responses"]["200"]["content"]["application/json"]["schema"]
+    assert answer == {"$ref": "#/components/schemas/DryRunResult"}
+    schema = doc["components"]["schemas"]["DryRunResult"]
+    assert set(schema["required"]) == set(DryRunResult.__struct_fields__)
+    assert "DryRunWarning" in doc["components"]["schemas"]
+
+    # A real answer is an instance of the type the schema is generated from.
+    secret = await create_agency(client, call_types=SEATTLE)
+    fx = fixtures("accept", "cap")[0]
+    body = fx.body(dt.datetime.now(dt.UTC) - dt.timedelta(minutes=10))
+    resp = await client.post("/v1/agencies/seattle-fire/incidents?dry_run=true", data=body,
+                             headers={HEADER: sign(secret, body, int(
+                                 dt.datetime.now(dt.UTC).timestamp())),
+                                 "Content-Type": fx.content_type})
+    assert resp.status == 200
+    msgspec.json.decode(await resp.read(), type=DryRunResult)
