@@ -15,14 +15,14 @@ from pathlib import Path
 
 import msgspec
 
-from server.db import create_pool
 from server.domain.agency_spec import validate_call_types
-from server.dryrun import offline_agency, validate
-from server.errors import Problem
 from server.formats.remarks import CAP, CONTENT_TYPE_OF_FORMAT, EIDO, NATIVE
-from server.ingest import parser_for
 from server.settings import database_url_from_env
 from server.store.agencies import Agency, get_agency
+from server.store.db import create_pool
+from server.web.dryrun import offline_agency, validate
+from server.web.ingest import parser_for
+from server.web.problems import Problem
 
 # Exit codes: accepted, refused (as the webhook would refuse it).
 ACCEPTED, REFUSED = 0, 1

@@ -19,9 +19,16 @@ import redis.asyncio as aioredis
 
 from server import keys
 from server.domain.policy import ALERT
-from server.matching import ALERT_LIFETIME, RESPONDER, Target, awake, find_audience, hourly_limit
-from server.publish import STREAM_MAXLEN
 from server.store import aeds, matching
+from server.store.audience import (
+    ALERT_LIFETIME,
+    RESPONDER,
+    Target,
+    awake,
+    find_audience,
+    hourly_limit,
+)
+from server.store.publish import STREAM_MAXLEN
 from workers.push import Push
 from workers.streams import Entry, StreamConsumer
 

@@ -19,15 +19,15 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from server import keys
-from server.app import create_app
-from server.appkeys import POOL
 from server.cadvalidate import validate_file
 from server.domain.pushtext import language
 from server.domain.signing import HEADER, sign
-from server.dryrun import DryRunResult, validate
-from server.ingest import parser_for
 from server.settings import Settings
 from server.store.agencies import get_agency
+from server.web.app import create_app
+from server.web.appkeys import POOL
+from server.web.dryrun import DryRunResult, validate
+from server.web.ingest import parser_for
 from tests.cad_fixtures import SEATTLE_MAP, Fixture, fixtures
 from tests.conftest import Services
 from tests.helpers import FAR_POINT, POINT, circle, create_agency, create_device

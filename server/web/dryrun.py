@@ -20,18 +20,18 @@ import asyncpg
 import msgspec
 import redis.asyncio as aioredis
 
-from server.agency_cache import AgencyCache
 from server.domain import dryrun
 from server.domain.categories import UNMAPPED
 from server.domain.incident import Incident, RawIncident
 from server.domain.policy import ALERT, AgencyPolicy
 from server.formats import remarks
-from server.ingest import Parser, authenticate, check_rate, read_incident
-from server.matching import Target, count_would_alert
-from server.ratelimit import RateLimiter
 from server.store import matching
 from server.store.agencies import Agency
+from server.store.audience import Target, count_would_alert
 from server.store.incidents import OUTDATED, republishes, stored_revision
+from server.store.ratelimit import RateLimiter
+from server.web.agency_cache import AgencyCache
+from server.web.ingest import Parser, authenticate, check_rate, read_incident
 
 
 class PublicPoint(msgspec.Struct, frozen=True):

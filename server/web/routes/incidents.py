@@ -7,13 +7,13 @@ import datetime as dt
 import msgspec
 from aiohttp import web
 
-from server.appkeys import AGENCIES, LIMITER, OUTBOX, POOL, REDIS, SETTINGS
 from server.domain.signing import HEADER
-from server.dryrun import dry_run
-from server.errors import FieldError, ValidationFailed
 from server.formats.remarks import FORMAT_OF_CONTENT_TYPE
-from server.ingest import ingest, parser_for
-from server.routes.body import json_response, read_bounded
+from server.web.appkeys import AGENCIES, LIMITER, OUTBOX, POOL, REDIS, SETTINGS
+from server.web.dryrun import dry_run
+from server.web.ingest import ingest, parser_for
+from server.web.problems import FieldError, ValidationFailed
+from server.web.routes.body import json_response, read_bounded
 
 routes = web.RouteTableDef()
 

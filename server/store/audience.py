@@ -13,10 +13,10 @@ from dataclasses import dataclass
 import asyncpg
 import redis.asyncio as aioredis
 
-from server import keys, responders
+from server import keys
 from server.domain.categories import MOST_SEVERE, RESPONDER_ONLY
 from server.domain.quiet import allowed_now
-from server.store import matching
+from server.store import matching, responders
 
 # How long after it occurred a push is still worth delivering (also the APNs
 # expiration and the FCM TTL).
