@@ -15,6 +15,7 @@ never spend the budget the agency's real incidents need, so they don't share it.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 
 import asyncpg
 import msgspec
@@ -32,6 +33,8 @@ from server.store.incidents import OUTDATED, republishes, stored_revision
 from server.store.ratelimit import RateLimiter
 from server.web.agency_cache import AgencyCache
 from server.web.ingest import Parser, authenticate, check_rate, read_incident
+
+log = logging.getLogger(__name__)
 
 
 class PublicPoint(msgspec.Struct, frozen=True):
@@ -146,7 +149,10 @@ async def dry_run(
         would_alert = await _would_alert(pool, redis, agency, incident, now,
                                          device_pushes_per_hour,
                                          stored.incident_id if stored else None)
-    return msgspec.structs.replace(result, would_alert=would_alert, **changes)
+    answer = msgspec.structs.replace(result, would_alert=would_alert, **changes)
+    log.info("dry run agency=%s external_id=%s category=%s decision=%s would_alert=%d",
+             agency.id, incident.external_id, incident.category, answer.decision, would_alert)
+    return answer
 
 
 async def _would_alert(pool: asyncpg.Pool, redis: aioredis.Redis, agency: Agency,

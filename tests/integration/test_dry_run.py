@@ -338,3 +338,15 @@ async def test_openapi_describes_the_dry_run_and_its_answer(client: Client) -> N
                                  "Content-Type": fx.content_type})
     assert resp.status == 200
     msgspec.json.decode(await resp.read(), type=DryRunResult)
+
+
+async def test_a_drifting_clock_is_warned_before_it_is_refused(client: Client) -> None:
+    secret = await create_agency(client, call_types=SEATTLE)
+    fx = fixtures("accept", "json")[0]
+    body = fx.body(dt.datetime.now(dt.UTC) - dt.timedelta(minutes=10))
+    two_min_slow = int(dt.datetime.now(dt.UTC).timestamp()) - 120
+    status, _, dry = await _post(client, secret, fx.content_type, body, dry_run=True,
+                                 at=two_min_slow)
+    assert status == 200
+    [skew] = [w for w in dry["warnings"] if w["code"] == "clock_skew"]
+    assert skew["field"] == "Geopush-Signature" and "behind" in skew["message"]
