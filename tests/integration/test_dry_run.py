@@ -30,7 +30,15 @@ from server.web.dryrun import DryRunResult, validate
 from server.web.ingest import parser_for
 from tests.cad_fixtures import SEATTLE_MAP, Fixture, fixtures
 from tests.conftest import Services
-from tests.helpers import FAR_POINT, POINT, circle, create_agency, create_device
+from tests.helpers import (
+    FAR_POINT,
+    POINT,
+    circle,
+    create_agency,
+    create_device,
+    incident,
+    post_incident,
+)
 from workers.apns import build_payload
 from workers.matcher import Matcher
 from workers.push import Push
@@ -350,3 +358,25 @@ async def test_a_drifting_clock_is_warned_before_it_is_refused(client: Client) -
     assert status == 200
     [skew] = [w for w in dry["warnings"] if w["code"] == "clock_skew"]
     assert skew["field"] == "Geopush-Signature" and "behind" in skew["message"]
+
+
+async def test_would_alert_leaves_out_phones_another_agency_alerted_for_the_same_event(
+    client: Client, pool: asyncpg.Pool, redis: aioredis.Redis,
+) -> None:
+    fire = await create_agency(client)
+    police = await create_agency(client, "seattle-police")
+    await create_device(client, "apns", secrets.token_hex(32), circle(*POINT, 1500))
+    _, alerted = await post_incident(client, fire, incident("F1"))
+    assert (await Matcher(pool, redis).match_incident(
+        alerted["incident_id"], dt.datetime.now(dt.UTC))).enqueued == 1
+    for doc, expected in ((incident("P1", lat=POINT[0] + 0.0005, minutes_ago=1), 0),  # 60 m
+                          (incident("P2", lat=POINT[0] + 0.0055), 1)):              # 600 m
+        body = json.dumps(doc).encode()
+        _, _, dry = await _post(client, police, "application/json", body, dry_run=True,
+                                agency="seattle-police")
+        assert (dry["decision"], dry["would_alert"]) == ("alert", expected), doc["id"]
+        _, _, real = await _post(client, police, "application/json", body, dry_run=False,
+                                 agency="seattle-police")
+        result = await Matcher(pool, redis).match_incident(real["incident_id"],
+                                                           dt.datetime.now(dt.UTC))
+        assert result.enqueued == expected
