@@ -69,6 +69,7 @@ class Doc:
     errors: tuple[int, ...] = ()
     query: tuple[Query, ...] = ()
     store: bool = True                     # needs PostgreSQL/Redis: may answer 503
+    described: dict[int, str] = field(default_factory=dict)   # response descriptions
 
 
 _ATTRIBUTE = "__openapi__"
@@ -136,7 +137,8 @@ def _operation(path: str, op: Doc) -> dict[str, Any]:
             content.update(_content(body))
         operation["requestBody"] = {"required": True, "content": content}
     for status, body in op.responses.items():
-        response: dict[str, Any] = {"description": _REASONS.get(status, "OK")}
+        response: dict[str, Any] = {
+            "description": op.described.get(status) or _REASONS.get(status, "OK")}
         if body is not None:
             response["content"] = _content(body)
         operation["responses"][str(status)] = response

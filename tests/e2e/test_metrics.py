@@ -54,13 +54,13 @@ async def test_web_metrics_count_webhooks_by_agency_format_and_decision(stack: S
         return value(after, name, **labels) - value(before, name, **labels)
 
     webhooks = "geopush_webhooks_total"
-    assert delta(webhooks, agency="seattle-fire", format="native", decision="alert") == 1
-    assert delta(webhooks, agency="seattle-fire", format="native",
+    assert delta(webhooks, agency="seattle-fire", format="json", decision="alert") == 1
+    assert delta(webhooks, agency="seattle-fire", format="json",
                  decision="suppressed:category") == 1
     # An unverified request never mints a label value from its URL.
-    assert delta(webhooks, agency="unverified", format="native", decision="rejected:401") == 1
+    assert delta(webhooks, agency="unverified", format="json", decision="rejected:401") == 1
     assert not any("no-such-agency" in str(labels) for _, labels in after)
-    assert delta("geopush_ingest_seconds_count", format="native") == 3
+    assert delta("geopush_ingest_seconds_count", format="json") == 3
     route = "/v1/agencies/{agency}/incidents"
     assert delta("geopush_http_requests_total", method="POST", route=route, status="202") == 2
 
