@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> None:
             p.add_argument("--lon", type=float, default=None)
         p.set_defaults(fn=cmd_demo)
 
-    lt = sub.add_parser("loadtest", help="load testing (from a source checkout)"
+    lt = sub.add_parser("loadtest", help="the Locust load test's agency and phones"
                         ).add_subparsers(dest="loadtest_command", required=True)
     lts = lt.add_parser("setup", help="create the load-test agency (a rate limit that fits) "
                         "and phones; reused while it matches the database")
