@@ -95,6 +95,15 @@ class Settings:
     device_pushes_per_hour: int = 10
     apns: ApnsSettings | None = None
     fcm: FcmSettings | None = None
+    # Editor console
+    session_lifetime: dt.timedelta = dt.timedelta(hours=12)
+    # Secure cookies always (behind a TLS-terminating proxy); otherwise only when the
+    # request itself came over TLS.
+    session_cookie_secure: bool = False
+    # Public map: a tile URL template ({z}/{x}/{y}); None draws a plain background.
+    map_tiles_url: str | None = None
+    map_tiles_attribution: str = ""
+    public_requests_per_minute: int = 120
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -122,7 +131,21 @@ class Settings:
             consumer_name=env.get("GEOPUSH_CONSUMER_NAME") or _default_consumer_name(),
             apns=_apns_from_env(env),
             fcm=_fcm_from_env(env, send_concurrency),
+            session_lifetime=dt.timedelta(hours=_float(env, "GEOPUSH_SESSION_HOURS", 12.0)),
+            session_cookie_secure=env.get("GEOPUSH_SESSION_COOKIE_SECURE", "") == "1",
+            map_tiles_url=_tiles_url(env),
+            map_tiles_attribution=env.get("GEOPUSH_MAP_TILES_ATTRIBUTION", ""),
+            public_requests_per_minute=_int(env, "GEOPUSH_PUBLIC_REQUESTS_PER_MINUTE", 120),
         )
+
+
+def _tiles_url(env: Mapping[str, str]) -> str | None:
+    url = env.get("GEOPUSH_MAP_TILES_URL") or None
+    if url is not None and (not url.startswith(("https://", "http://"))
+                            or not all(p in url for p in ("{z}", "{x}", "{y}"))):
+        raise ConfigError("GEOPUSH_MAP_TILES_URL must be an http(s) URL with {z}, {x} "
+                          f"and {{y}}, got {url!r}")
+    return url
 
 
 def _apns_from_env(env: Mapping[str, str]) -> ApnsSettings | None:

@@ -21,6 +21,7 @@ from server import keys, responders
 from server.domain.categories import MOST_SEVERE, RESPONDER_ONLY
 from server.domain.policy import ALERT
 from server.domain.quiet import allowed_now
+from server.domain.severity import MODERATE
 from server.publish import STREAM_MAXLEN
 from server.store import aeds
 from workers.push import Push
@@ -60,8 +61,10 @@ SELECT i.id, i.agency_id, i.category, i.status, i.decision, i.actual, i.occurred
        i.received_at, i.public_location, i.location_kind,
        ST_Y(i.public_point) AS lat, ST_X(i.public_point) AS lon,
        ST_Y(ST_PointOnSurface(i.geom)) AS exact_lat, ST_X(ST_PointOnSurface(i.geom)) AS exact_lon,
-       i.title_override, i.body_override, a.responder_radius_m
+       i.title_override, i.body_override, a.responder_radius_m,
+       i.source, i.expires_at, m.severity
   FROM incidents i JOIN agencies a ON a.id = i.agency_id
+  LEFT JOIN manual_alerts m ON m.incident_id = i.id
  WHERE i.id = $1
 """
 
@@ -112,6 +115,21 @@ SELECT DISTINCT ON (d.id) d.id, d.platform, d.token, d.locale, d.timezone,
 """
 
 
+# A manual alert reaches every device whose zones meet its whole area, whatever the
+# device's categories: the agency drew that area to be announced, so it is public by
+# nature and is matched as drawn (the incident's geom: for a CAD incident the exact
+# point, for a manual alert the area; manual_alerts.area keeps the same polygon).
+_AREA_NEIGHBOURS = """
+SELECT DISTINCT ON (d.id) d.id, d.platform, d.token, d.locale, d.timezone,
+       d.quiet_start, d.quiet_end
+  FROM manual_alerts m
+  JOIN zones z ON ST_Intersects(z.geom, m.area)
+  JOIN devices d ON d.id = z.device_id
+ WHERE m.incident_id = $1
+   AND d.token_disabled_at IS NULL
+"""
+
+
 @dataclass(frozen=True)
 class MatchResult:
     incident_id: str
@@ -136,12 +154,16 @@ class Matcher:
                 or incident["status"] != "active" or not incident["actual"]):
             # Changed since it was published (cleared, cancelled, re-decided): nothing to do.
             return MatchResult(incident_id, 0, 0)
-        expires = incident["occurred_at"] + ALERT_LIFETIME
+        expires = incident["expires_at"] or incident["occurred_at"] + ALERT_LIFETIME
         if now >= expires:
             return MatchResult(incident_id, 0, 0)
         audience, aeds_json = "neighbour", ""
         lat, lon = incident["lat"], incident["lon"]
-        if incident["category"] in RESPONDER_ONLY:
+        manual = incident["source"] == "manual"
+        severity = incident["severity"] or ""
+        if manual:
+            rows = await self.pool.fetch(_AREA_NEIGHBOURS, incident["id"])
+        elif incident["category"] in RESPONDER_ONLY:
             # Never to neighbours: responders are matched by where they are now, and get
             # the exact point (they have to find the patient) and the nearest AEDs.
             audience = "responder"
@@ -154,15 +176,19 @@ class Matcher:
             rows = await self.pool.fetch(_NEIGHBOURS, incident["id"])
         event_id = await self.pool.fetchval(
             _SAME_EVENT, incident["id"], SAME_EVENT_WINDOW, SAME_EVENT_DISTANCE_M
-        ) if rows else None
+        ) if rows and not manual else None
         dedup_on = str(event_id or incident["id"])
-        limit = 0 if (audience == "responder" or incident["category"] in MOST_SEVERE) \
-            else self.device_pushes_per_hour
+        # An agency's own alert is never held back by the hourly limit.
+        limit = 0 if (manual or audience == "responder"
+                      or incident["category"] in MOST_SEVERE) else self.device_pushes_per_hour
+        # Quiet hours hold back moderate manual alerts only (severity.py).
+        overrides_quiet = manual and severity != MODERATE
         enqueued = 0
         async with self.redis.pipeline(transaction=False) as pipe:
             for row in rows:
-                if not allowed_now(incident["category"], now, row["timezone"],
-                                   row["quiet_start"], row["quiet_end"]):
+                if not overrides_quiet and not allowed_now(
+                        incident["category"], now, row["timezone"], row["quiet_start"],
+                        row["quiet_end"]):
                     continue
                 push = Push(
                     incident_id=str(incident["id"]), device_id=str(row["id"]),
@@ -175,7 +201,7 @@ class Matcher:
                     expires_at=expires.timestamp(),
                     title=incident["title_override"] or "",
                     body=incident["body_override"] or "",
-                    audience=audience, aeds=aeds_json,
+                    audience=audience, aeds=aeds_json, severity=severity,
                 )
                 flat = [x for kv in push.to_fields().items() for x in kv]
                 await self._enqueue(

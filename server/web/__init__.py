@@ -1,0 +1,1 @@
+"""The web edge: the editor console, sessions, and the public map's endpoints."""

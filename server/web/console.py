@@ -1,0 +1,69 @@
+"""The editor console (``/console/``) and the public map (``/map/``): static pages and
+scripts served by geopush itself, Leaflet vendored from the npm registry
+(scripts/vendor-leaflet.sh). No build step; the pages talk to the JSON API."""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from aiohttp import web
+
+from server.appkeys import SETTINGS
+from server.settings import Settings
+
+STATIC = Path(__file__).resolve().parent / "static"
+routes = web.RouteTableDef()
+
+
+def security_headers(settings: Settings) -> dict[str, str]:
+    """Scripts and styles from geopush only; map tiles also from the configured host."""
+    tiles = ""
+    if settings.map_tiles_url:
+        parts = urlsplit(settings.map_tiles_url.replace("{s}", "a"))
+        tiles = " " + f"{parts.scheme}://{parts.netloc}".replace("://a.", "://*.")
+    return {
+        "Content-Security-Policy": (
+            "default-src 'self'; script-src 'self'; style-src 'self'; "
+            f"img-src 'self' data:{tiles}; connect-src 'self'; media-src 'self' data:; "
+            "frame-ancestors 'none'; base-uri 'none'; form-action 'self'"),
+        "X-Frame-Options": "DENY",
+        "X-Content-Type-Options": "nosniff",
+        "Referrer-Policy": "no-referrer",
+        "Cache-Control": "no-store",
+    }
+
+
+def _page(request: web.Request, name: str) -> web.Response:
+    settings = request.app[SETTINGS]
+    config = {"tilesUrl": settings.map_tiles_url,
+              "tilesAttribution": settings.map_tiles_attribution}
+    text = (STATIC / name).read_text().replace(
+        "{{config}}", html.escape(json.dumps(config), quote=True))
+    return web.Response(text=text, content_type="text/html", charset="utf-8",
+                        headers=security_headers(settings))
+
+
+@routes.get("/console")
+async def console_redirect(_: web.Request) -> web.Response:
+    raise web.HTTPPermanentRedirect("/console/")
+
+
+@routes.get("/console/")
+async def console(request: web.Request) -> web.Response:
+    return _page(request, "console.html")
+
+
+@routes.get("/map")
+async def map_redirect(_: web.Request) -> web.Response:
+    raise web.HTTPPermanentRedirect("/map/")
+
+
+@routes.get("/map/")
+async def public_map(request: web.Request) -> web.Response:
+    return _page(request, "map.html")
+
+
+routes.static("/static/", STATIC, append_version=False)
