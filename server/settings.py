@@ -103,6 +103,8 @@ class Settings:
     # Public map: a tile URL template ({z}/{x}/{y}); None draws a plain background.
     map_tiles_url: str | None = None
     map_tiles_attribution: str = ""
+    # Where the console's and the public map's maps open: lat, lon, zoom.
+    map_center: tuple[float, float, int] = (47.6062, -122.3321, 11)
     public_requests_per_minute: int = 120
 
     @classmethod
@@ -135,8 +137,21 @@ class Settings:
             session_cookie_secure=env.get("GEOPUSH_SESSION_COOKIE_SECURE", "") == "1",
             map_tiles_url=_tiles_url(env),
             map_tiles_attribution=env.get("GEOPUSH_MAP_TILES_ATTRIBUTION", ""),
+            map_center=_map_center(env),
             public_requests_per_minute=_int(env, "GEOPUSH_PUBLIC_REQUESTS_PER_MINUTE", 120),
         )
+
+
+def _map_center(env: Mapping[str, str]) -> tuple[float, float, int]:
+    raw = env.get("GEOPUSH_MAP_CENTER") or "47.6062,-122.3321,11"
+    try:
+        lat, lon, zoom = raw.split(",")
+        center = (float(lat), float(lon), int(zoom))
+    except ValueError:
+        raise ConfigError(f"GEOPUSH_MAP_CENTER must be lat,lon,zoom, got {raw!r}") from None
+    if not (abs(center[0]) <= 90 and abs(center[1]) <= 180 and 1 <= center[2] <= 19):
+        raise ConfigError(f"GEOPUSH_MAP_CENTER is out of range: {raw!r}")
+    return center
 
 
 def _tiles_url(env: Mapping[str, str]) -> str | None:

@@ -38,8 +38,10 @@ def security_headers(settings: Settings) -> dict[str, str]:
 
 def _page(request: web.Request, name: str) -> web.Response:
     settings = request.app[SETTINGS]
+    lat, lon, zoom = settings.map_center
     config = {"tilesUrl": settings.map_tiles_url,
-              "tilesAttribution": settings.map_tiles_attribution}
+              "tilesAttribution": settings.map_tiles_attribution,
+              "center": [lat, lon], "zoom": zoom}
     text = (STATIC / name).read_text().replace(
         "{{config}}", html.escape(json.dumps(config), quote=True))
     return web.Response(text=text, content_type="text/html", charset="utf-8",

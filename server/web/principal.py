@@ -23,7 +23,7 @@ from server.store import accounts
 SESSION_COOKIE = "geopush_session"
 CSRF_HEADER = "X-CSRF-Token"
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-_KEY = "geopush.principal"
+_KEY = web.RequestKey("principal", Principal)
 
 
 class Forbidden(Problem):
@@ -34,9 +34,8 @@ class Forbidden(Problem):
 async def principal(request: web.Request) -> Principal:
     """The operator (valid bearer token) or the signed-in user; 401 otherwise, 403 for a
     cookie-authenticated change without the session's CSRF token."""
-    cached = request.get(_KEY)
-    if isinstance(cached, Principal):
-        return cached
+    if _KEY in request:
+        return request[_KEY]
     if bearer(request) is not None:
         require_admin(request, request.app[SETTINGS].admin_token)
         found = Principal(OPERATOR)
