@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import xmlschema
+from defusedxml import ElementTree as DefusedET
 
 from server.formats.cap_feed import ATOM_NS, CAP_NS
 from tests.e2e.conftest import Stack, wait_for
@@ -164,7 +165,7 @@ async def test_the_cap_feed_is_valid_cap_1_2(stack: Stack) -> None:
         assert resp.status == 201
     feed = await stack.client.get("/v1/agencies/seattle-fire/alerts.atom")
     assert feed.status == 200 and feed.content_type == "application/atom+xml"
-    root = ET.fromstring(await feed.read())
+    root = DefusedET.fromstring(await feed.read())
     assert root.tag == f"{{{ATOM_NS}}}feed"
     entries = root.findall(f"{{{ATOM_NS}}}entry")
     assert len(entries) == 3
