@@ -185,7 +185,7 @@
         await api("POST", `/v1/admin/review/${id}/${action}`,
           action === "approve" ? body : undefined);
         announce(`${action === "approve" ? "Approved" : "Rejected"}: ${label(item.category)}, ${where}`);
-        $("queue-status").textContent = `${action === "approve" ? "Approved and sent" : "Rejected"}: ${label(item.category)} · ${where}`;
+        $("last-decision").textContent = `${action === "approve" ? "Approved and sent" : "Rejected"}: ${label(item.category)} · ${where}`;
         drop(id);
       } catch (err) {
         status.textContent = err.message;
@@ -208,10 +208,7 @@
 
   function updateCount() {
     const n = shown.size;
-    if (!$("queue-status").textContent.startsWith("Approved") &&
-        !$("queue-status").textContent.startsWith("Rejected")) {
-      $("queue-status").textContent = n ? `${n} waiting` : "Nothing waiting for review.";
-    }
+    $("queue-status").textContent = n ? `${n} waiting` : "Nothing waiting for review.";
     updateTitle();
   }
 
@@ -228,8 +225,11 @@
       $("items").append(view.element);
       if (!firstLoad) view.element.classList.add("new");
       const exact = item.location.exact || item.location;
-      const map = geopushMaps.create(view.mapDiv, { zoomControl: true });
-      map.setView([exact.lat, exact.lon], 16);
+      // No animations: an item's map may be removed (decided elsewhere) at any moment,
+      // and Leaflet fails on a map removed mid-animation.
+      const map = geopushMaps.create(view.mapDiv,
+        { zoomAnimation: false, fadeAnimation: false, markerZoomAnimation: false },
+        [exact.lat, exact.lon, 16]);
       L.circleMarker([exact.lat, exact.lon], { radius: 8, color: "#b42318", fillOpacity: 0.8 })
         .bindTooltip("Exact location (editors only)").addTo(map);
       shown.set(item.incident_id, { element: view.element, map, item, tick: view.tick });
@@ -241,7 +241,6 @@
       announce(`New item for review: ${arrived.map((i) => label(i.category)).join(", ")}`);
     }
     firstLoad = false;
-    $("queue-status").textContent = "";
     updateCount();
   }
 

@@ -23,9 +23,11 @@ window.geopushMaps = (function () {
     draw();
   }
 
-  function create(element, options) {
+  /* view: [lat, lon, zoom] to open on, else the configured centre. */
+  function create(element, options, view) {
     const map = L.map(element, Object.assign({ keyboard: true }, options || {}));
-    map.setView(config.center || [47.6062, -122.3321], config.zoom || 11);
+    if (view) map.setView([view[0], view[1]], view[2]);
+    else map.setView(config.center || [47.6062, -122.3321], config.zoom || 11);
     if (config.tilesUrl) {
       L.tileLayer(config.tilesUrl, { attribution: config.tilesAttribution || "", maxZoom: 19 })
         .addTo(map);
