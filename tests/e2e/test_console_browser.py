@@ -106,7 +106,7 @@ async def _sign_in(stack: Stack, browser: Browser, username: str) -> Watched:
 
 async def _screenshot(page: Page, name: str) -> None:
     if SCREENSHOTS:
-        Path(SCREENSHOTS).mkdir(parents=True, exist_ok=True)
+        # Playwright creates the directory.
         await page.screenshot(path=str(Path(SCREENSHOTS) / name))
 
 
@@ -126,7 +126,7 @@ async def test_an_editor_approves_an_item_that_arrived_live_and_the_phone_gets_i
     await expect(page.locator("#queue-status")).to_have_text("Nothing waiting for review.")
 
     status, body = await post_incident(stack.client, secret, incident("F1"))
-    assert body["decision"] == "review"
+    assert (status, body["decision"]) == (202, "review")
     item = page.locator("li.item")
     await expect(item).to_have_count(1)                      # no reload: the event stream
     await expect(page).to_have_title(re.compile(r"^\(1 new\) Review queue"))
