@@ -13,7 +13,7 @@ from redis.exceptions import RedisError
 
 from server.domain.pushtext import title_and_body
 from server.domain.severity import urgency
-from workers.apns_client import ApnsClient, ApnsResponse, ApnsTransportError
+from workers.gateways.apns_client import ApnsClient, ApnsResponse, ApnsTransportError
 from workers.push import (
     Failed,
     Outcome,

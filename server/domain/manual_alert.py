@@ -10,7 +10,7 @@ from typing import Any
 
 from server.domain import zones
 from server.domain.severity import SEVERITIES
-from server.errors import FieldError, ValidationFailed
+from server.web.problems import FieldError, ValidationFailed
 
 CATEGORY = "agency_alert"     # no call-type map can produce it (not in ALL_CATEGORIES)
 CALL_TYPE = "Manual alert"

@@ -14,11 +14,11 @@ import hmac
 
 from aiohttp import web
 
-from server.appkeys import POOL, SETTINGS
-from server.auth import bearer, require_admin
 from server.domain.accounts import OPERATOR, Principal
-from server.errors import Problem, Unauthorized
 from server.store import accounts
+from server.web.appkeys import POOL, SETTINGS
+from server.web.auth import bearer, require_admin
+from server.web.problems import Problem, Unauthorized
 
 SESSION_COOKIE = "geopush_session"
 CSRF_HEADER = "X-CSRF-Token"

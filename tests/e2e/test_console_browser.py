@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 from playwright.async_api import Browser, Page, async_playwright, expect
 
-from server.appkeys import REVIEW_FEED
 from server.settings import Settings
+from server.web.appkeys import REVIEW_FEED
 from tests.conftest import ADMIN_TOKEN, Services
 from tests.e2e.conftest import Stack, wait_for
 from tests.helpers import (

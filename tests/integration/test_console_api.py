@@ -10,9 +10,9 @@ import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from server.app import create_app
-from server.appkeys import REVIEW_FEED
 from server.settings import Settings
+from server.web.app import create_app
+from server.web.appkeys import REVIEW_FEED
 from tests.helpers import (
     ADMIN_HEADERS,
     PASSWORD,

@@ -15,8 +15,6 @@ import asyncpg
 import msgspec
 from aiohttp import web
 
-from server.appkeys import POOL
-from server.db import create_pool
 from server.domain.accounts import (
     AGENCY_ADMIN,
     EDITOR,
@@ -26,10 +24,12 @@ from server.domain.accounts import (
     normalize_username,
     validate_new_account,
 )
-from server.errors import FieldError, NotFound, Problem, ValidationFailed
-from server.routes.body import decode_json, json_response
 from server.store import accounts, audit
+from server.store.db import create_pool
+from server.web.appkeys import POOL
 from server.web.principal import Forbidden, principal, require_agency_admin
+from server.web.problems import FieldError, NotFound, Problem, ValidationFailed
+from server.web.routes.body import decode_json, json_response
 
 log = logging.getLogger(__name__)
 routes = web.RouteTableDef()

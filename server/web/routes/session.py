@@ -17,12 +17,12 @@ from urllib.parse import urlsplit
 import msgspec
 from aiohttp import web
 
-from server.appkeys import LOGINS, POOL, SETTINGS
 from server.domain.accounts import normalize_username, verify_password
-from server.errors import Problem, Unauthorized
-from server.routes.body import decode_json, json_response
 from server.store import accounts
+from server.web.appkeys import LOGINS, POOL, SETTINGS
 from server.web.principal import SESSION_COOKIE, Forbidden, principal
+from server.web.problems import Problem, Unauthorized
+from server.web.routes.body import decode_json, json_response
 
 log = logging.getLogger(__name__)
 routes = web.RouteTableDef()

@@ -19,13 +19,13 @@ from typing import Annotated
 import msgspec
 from aiohttp import web
 
-from server.appkeys import OUTBOX, POOL, REDIS, REVIEW_FEED
 from server.domain.accounts import Principal
-from server.errors import NotFound, Problem
-from server.publish import publish_incident
-from server.routes.body import decode_json, json_response
 from server.store import accounts, review
+from server.store.publish import publish_incident
+from server.web.appkeys import OUTBOX, POOL, REDIS, REVIEW_FEED
 from server.web.principal import SESSION_COOKIE, principal
+from server.web.problems import NotFound, Problem
+from server.web.routes.body import decode_json, json_response
 
 log = logging.getLogger(__name__)
 routes = web.RouteTableDef()

@@ -12,9 +12,13 @@ from collections.abc import AsyncIterator
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from server import openapi
-from server.agency_cache import AgencyCache
-from server.appkeys import (
+from server.settings import Settings
+from server.store.db import create_pool
+from server.store.publish import OutboxCleaner
+from server.store.ratelimit import LoginLimiter, RateLimiter
+from server.web import openapi
+from server.web.agency_cache import AgencyCache
+from server.web.appkeys import (
     AGENCIES,
     LIMITER,
     LOGINS,
@@ -25,15 +29,21 @@ from server.appkeys import (
     REVIEW_FEED,
     SETTINGS,
 )
-from server.db import create_pool
-from server.errors import problem_middleware
-from server.publish import OutboxCleaner
-from server.ratelimit import LoginLimiter, RateLimiter
-from server.routes import admin, devices, health, incidents
-from server.settings import Settings
-from server.web import alerts, console, public_map, review, session, users
+from server.web.problems import problem_middleware
 from server.web.public_cache import PublicCache
 from server.web.review_feed import ReviewFeed
+from server.web.routes import (
+    admin,
+    alerts,
+    console,
+    devices,
+    health,
+    incidents,
+    public_map,
+    review,
+    session,
+    users,
+)
 
 log = logging.getLogger(__name__)
 

@@ -16,10 +16,10 @@ import msgspec
 from aiohttp import web
 
 from server import keys
-from server.appkeys import LIMITER, POOL, PUBLIC_CACHE, SETTINGS
 from server.domain.categories import LABELS_EN
-from server.errors import FieldError, Problem, ValidationFailed
 from server.store import public_incidents
+from server.web.appkeys import LIMITER, POOL, PUBLIC_CACHE, SETTINGS
+from server.web.problems import FieldError, Problem, ValidationFailed
 from server.web.public_cache import CACHE_S
 
 routes = web.RouteTableDef()

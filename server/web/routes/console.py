@@ -11,10 +11,10 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
-from server.appkeys import SETTINGS
 from server.settings import Settings
+from server.web.appkeys import SETTINGS
 
-STATIC = Path(__file__).resolve().parent / "static"
+STATIC = Path(__file__).resolve().parent.parent / "static"
 routes = web.RouteTableDef()
 
 

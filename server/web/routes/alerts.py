@@ -18,15 +18,15 @@ from typing import Annotated, Any
 import msgspec
 from aiohttp import web
 
-from server.appkeys import OUTBOX, POOL, REDIS
 from server.domain import manual_alert
-from server.errors import NotFound
 from server.formats import cap_feed
-from server.publish import publish_incident
-from server.routes.body import decode_json, json_response
 from server.store import manual_alerts
 from server.store.agencies import get_agency
+from server.store.publish import publish_incident
+from server.web.appkeys import OUTBOX, POOL, REDIS
 from server.web.principal import require_agency_admin
+from server.web.problems import NotFound
+from server.web.routes.body import decode_json, json_response
 
 log = logging.getLogger(__name__)
 routes = web.RouteTableDef()
