@@ -117,8 +117,8 @@ SELECT DISTINCT ON (d.id) d.id, d.platform, d.token, d.locale, d.timezone,
 
 # A manual alert reaches every device whose zones meet its whole area, whatever the
 # device's categories: the agency drew that area to be announced, so it is public by
-# nature and is matched as drawn (the incident's geom: for a CAD incident the exact
-# point, for a manual alert the area; manual_alerts.area keeps the same polygon).
+# nature and is matched as drawn, from manual_alerts.area (never generalized), not from
+# the incident's geometry, which neighbour matching of CAD incidents may generalize.
 _AREA_NEIGHBOURS = """
 SELECT DISTINCT ON (d.id) d.id, d.platform, d.token, d.locale, d.timezone,
        d.quiet_start, d.quiet_end

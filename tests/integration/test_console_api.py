@@ -4,6 +4,7 @@ event stream, through the real app on PostgreSQL and Redis."""
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 from typing import Any
 
 import asyncpg
@@ -22,6 +23,7 @@ from tests.helpers import (
     post_incident,
     sign_in,
 )
+from workers.maintenance import maintain_once
 
 Client = TestClient[Any, Any]
 
@@ -236,3 +238,28 @@ async def test_the_event_stream_announces_own_agency_items_only(
     event = await asyncio.wait_for(next_event(), 10)
     assert event == ("change", mine)
     resp.close()
+
+
+async def test_an_expired_session_is_refused_and_then_deleted(
+        client: Client, pool: asyncpg.Pool) -> None:
+    await create_agency(client)
+    await create_user(client, "seattle-fire", "dana")
+    await sign_in(client, "dana")
+    await pool.execute("UPDATE sessions SET expires_at = now() - interval '1 second'")
+    assert (await client.get("/v1/session")).status == 401
+    await maintain_once(pool, dt.timedelta(hours=24))
+    assert await pool.fetchval("SELECT count(*) FROM sessions") == 0
+
+
+async def test_removing_a_user_ends_their_sessions(client: Client, pool: asyncpg.Pool) -> None:
+    await create_agency(client)
+    await create_user(client, "seattle-fire", "dana")
+    await sign_in(client, "dana")
+    gone = await client.delete("/v1/admin/agencies/seattle-fire/users/dana",
+                               headers=ADMIN_HEADERS)
+    assert gone.status == 204
+    assert (await client.get("/v1/session")).status == 401
+    assert (await client.delete("/v1/admin/agencies/seattle-fire/users/dana",
+                                headers=ADMIN_HEADERS)).status == 404
+    audit = await pool.fetch("SELECT actor, action, target FROM audit_log ORDER BY id")
+    assert [tuple(r) for r in audit][-1] == ("operator", "user.delete", "dana")
