@@ -263,3 +263,27 @@ async def test_removing_a_user_ends_their_sessions(client: Client, pool: asyncpg
                                 headers=ADMIN_HEADERS)).status == 404
     audit = await pool.fetch("SELECT actor, action, target FROM audit_log ORDER BY id")
     assert [tuple(r) for r in audit][-1] == ("operator", "user.delete", "dana")
+
+
+async def test_pages_and_vendored_leaflet_are_served_with_a_strict_policy(
+        client: Client, settings: Settings, pool: asyncpg.Pool, redis: Any) -> None:
+    moved = await client.get("/console", allow_redirects=False)
+    assert (moved.status, moved.headers["Location"]) == (308, "/console/")
+    page = await client.get("/console/")
+    text = await page.text()
+    assert page.status == 200 and "<label for=\"username\">Username</label>" in text
+    csp = page.headers["Content-Security-Policy"]
+    assert "script-src 'self'" in csp and "frame-ancestors 'none'" in csp
+    assert "img-src 'self' data:;" in csp           # no tile server configured
+    leaflet = await client.get("/static/vendor/leaflet-1.9.4/leaflet.js")
+    assert leaflet.status == 200 and b"Leaflet 1.9.4" in (await leaflet.read())[:200]
+
+    from dataclasses import replace
+
+    tiles = "https://{s}.tiles.example.org/{z}/{x}/{y}.png"
+    async with TestClient(TestServer(create_app(
+            replace(settings, map_tiles_url=tiles)))) as c:
+        page = await c.get("/map/")
+        assert "img-src 'self' data: https://*.tiles.example.org;" in \
+            page.headers["Content-Security-Policy"]
+        assert "tiles.example.org" in await page.text()

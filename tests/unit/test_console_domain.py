@@ -142,3 +142,25 @@ def test_bad_bboxes_name_the_field(raw: str | None) -> None:
     with pytest.raises(ValidationFailed) as exc:
         parse_bbox(raw)
     assert exc.value.errors[0].field == "bbox"
+
+
+def test_console_settings_from_the_environment() -> None:
+    from server.settings import ConfigError, Settings
+
+    base = {"GEOPUSH_DATABASE_URL": "postgresql://x", "GEOPUSH_REDIS_URL": "redis://x"}
+    default = Settings.from_env(base)
+    assert default.map_tiles_url is None and default.map_center == (47.6062, -122.3321, 11)
+    assert default.session_lifetime == dt.timedelta(hours=12)
+    assert not default.session_cookie_secure
+    custom = Settings.from_env({**base, "GEOPUSH_MAP_TILES_URL": "https://t.example/{z}/{x}/{y}",
+                                "GEOPUSH_MAP_CENTER": "37.77,-122.42,12",
+                                "GEOPUSH_SESSION_COOKIE_SECURE": "1",
+                                "GEOPUSH_SESSION_HOURS": "8"})
+    assert custom.map_center == (37.77, -122.42, 12) and custom.session_cookie_secure
+    assert custom.session_lifetime == dt.timedelta(hours=8)
+    for name, value in (("GEOPUSH_MAP_TILES_URL", "ftp://t/{z}/{x}/{y}"),
+                        ("GEOPUSH_MAP_TILES_URL", "https://t.example/tiles"),
+                        ("GEOPUSH_MAP_CENTER", "47,-122"),
+                        ("GEOPUSH_MAP_CENTER", "95,0,10")):
+        with pytest.raises(ConfigError, match=name):
+            Settings.from_env({**base, name: value})

@@ -4,6 +4,7 @@ scripts served by geopush itself, Leaflet vendored from the npm registry
 
 from __future__ import annotations
 
+import functools
 import html
 import json
 from pathlib import Path
@@ -36,31 +37,32 @@ def security_headers(settings: Settings) -> dict[str, str]:
     }
 
 
+@functools.cache
+def _template(name: str) -> str:
+    # Package files, read once per process.
+    return (STATIC / name).read_text()
+
+
 def _page(request: web.Request, name: str) -> web.Response:
     settings = request.app[SETTINGS]
     lat, lon, zoom = settings.map_center
     config = {"tilesUrl": settings.map_tiles_url,
               "tilesAttribution": settings.map_tiles_attribution,
               "center": [lat, lon], "zoom": zoom}
-    text = (STATIC / name).read_text().replace(
-        "{{config}}", html.escape(json.dumps(config), quote=True))
+    text = _template(name).replace("{{config}}", html.escape(json.dumps(config), quote=True))
     return web.Response(text=text, content_type="text/html", charset="utf-8",
                         headers=security_headers(settings))
 
 
 @routes.get("/console")
-async def console_redirect(_: web.Request) -> web.Response:
-    raise web.HTTPPermanentRedirect("/console/")
+@routes.get("/map")
+async def with_slash(request: web.Request) -> web.Response:
+    raise web.HTTPPermanentRedirect(request.path + "/")
 
 
 @routes.get("/console/")
 async def console(request: web.Request) -> web.Response:
     return _page(request, "console.html")
-
-
-@routes.get("/map")
-async def map_redirect(_: web.Request) -> web.Response:
-    raise web.HTTPPermanentRedirect("/map/")
 
 
 @routes.get("/map/")
