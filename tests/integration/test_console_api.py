@@ -289,3 +289,15 @@ async def test_pages_and_vendored_leaflet_are_served_with_a_strict_policy(
         assert "img-src 'self' data: https://*.tiles.example.org;" in \
             page.headers["Content-Security-Policy"]
         assert "tiles.example.org" in await page.text()
+
+
+async def test_the_openapi_document_lists_the_console_api(client: Client) -> None:
+    doc = await (await client.get("/openapi.json")).json()
+    approve = doc["paths"]["/v1/admin/review/{incident}/approve"]["post"]
+    assert approve["security"] == [{"adminToken": []}, {"session": []}]
+    assert doc["components"]["securitySchemes"]["session"]["in"] == "cookie"
+    alert = doc["components"]["schemas"]["AlertCreate"]
+    assert set(alert["required"]) == {"title", "body", "area", "severity"}
+    for path in ("/v1/session", "/v1/admin/agencies/{agency}/users", "/v1/admin/audit",
+                 "/v1/agencies/{agency}/alerts.atom", "/v1/incidents"):
+        assert path in doc["paths"]
