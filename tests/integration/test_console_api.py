@@ -14,6 +14,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from server.settings import Settings
 from server.web.app import create_app
 from server.web.appkeys import REVIEW_FEED
+from tests.conftest import ADMIN_TOKEN
 from tests.helpers import (
     ADMIN_HEADERS,
     PASSWORD,
@@ -301,3 +302,14 @@ async def test_the_openapi_document_lists_the_console_api(client: Client) -> Non
     for path in ("/v1/session", "/v1/admin/agencies/{agency}/users", "/v1/admin/audit",
                  "/v1/agencies/{agency}/alerts.atom", "/v1/incidents"):
         assert path in doc["paths"]
+
+
+async def test_the_demo_gives_a_console_account(client: Client, tmp_path: Any) -> None:
+    from server.dev import demo
+
+    base = str(client.make_url("")).rstrip("/")
+    state = await asyncio.to_thread(demo.load, tmp_path / "demo.json", base, ADMIN_TOKEN)
+    account = state["console"]
+    resp = await client.post("/v1/session", json=account)
+    assert resp.status == 200
+    assert (await resp.json())["role"] == "agency_admin"
