@@ -258,3 +258,26 @@ async def test_the_public_map_draws_the_last_hours_incidents_without_script_erro
     assert "12 min ago" in listed
     await _screenshot(page, "public-map.png")
     assert watched.errors == []
+
+
+@pytest.mark.workers()
+async def test_a_wrong_password_is_refused_the_cookie_is_out_of_scripts_reach_and_sign_out_works(
+        stack: Stack, browser: Browser) -> None:
+    await create_agency(stack.client)
+    await create_user(stack.client, "seattle-fire", "dana")
+    watched = await _open(stack, browser, "/console/")
+    page = watched.page
+    await page.get_by_label("Username").fill("dana")
+    await page.get_by_label("Password").fill("not the password")
+    await page.get_by_label("Password").press("Enter")
+    await expect(page.get_by_role("alert")).to_have_text("Wrong username or password.")
+    await page.get_by_label("Password").fill(PASSWORD)
+    await page.get_by_role("button", name="Sign in").click()
+    await expect(page.get_by_role("heading", name="Review queue")).to_be_visible()
+    assert "geopush_session" not in await page.evaluate("document.cookie")     # HttpOnly
+    cookie = next(c for c in await page.context.cookies() if c["name"] == "geopush_session")
+    assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+    await page.get_by_role("button", name="Sign out").click()
+    await expect(page.get_by_role("button", name="Sign in")).to_be_visible()
+    assert await stack.pool.fetchval("SELECT count(*) FROM sessions") == 0
+    assert watched.errors == []
