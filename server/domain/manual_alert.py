@@ -8,6 +8,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+import shapely
+
 from server.domain import zones
 from server.domain.severity import SEVERITIES
 from server.web.problems import FieldError, ValidationFailed
@@ -27,6 +29,16 @@ class ManualAlert:
     severity: str
     area_geojson: str          # a valid GeoJSON Polygon without holes, lon/lat
     expires_in: dt.timedelta
+
+    @property
+    def area_wkt(self) -> str:
+        return area_wkt(self.area_geojson)
+
+
+def area_wkt(area_geojson: str) -> str:
+    """The area as WKT, the form the matching queries take (server/store/matching.py)."""
+    wkt: str = shapely.from_geojson(area_geojson).wkt
+    return wkt
 
 
 def validate_area(area: Any, field: str = "area") -> str:

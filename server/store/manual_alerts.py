@@ -1,7 +1,7 @@
 """Manual alerts: stored as an incident (source 'manual', the area as its geometry,
 decision 'alert') with its outbox row, so the matcher and senders deliver it like any
-alert; the alert's own record (for the CAP feed) and its audit entry go in the same
-transaction."""
+alert; the alert's own record (its area as drawn, for matching and the CAP feed) and
+its audit entry go in the same transaction. Its audience is matching.py's."""
 
 from __future__ import annotations
 
@@ -14,15 +14,7 @@ import asyncpg
 
 from server.domain.manual_alert import CALL_TYPE, CATEGORY, ManualAlert
 from server.domain.policy import ALERT
-from server.store import audit
-
-# Devices that would get it: an enabled token and a zone meeting the area (GiST).
-_AUDIENCE = """
-SELECT count(DISTINCT z.device_id)
-  FROM zones z JOIN devices d ON d.id = z.device_id
- WHERE ST_Intersects(z.geom, ST_SetSRID(ST_GeomFromGeoJSON($1), 4326))
-   AND d.token_disabled_at IS NULL
-"""
+from server.store import audit, matching
 
 _INSERT_INCIDENT = """
 INSERT INTO incidents (id, agency_id, external_id, revision, status, call_type, category,
@@ -35,18 +27,13 @@ VALUES ($1, $2, $3, $4, 'active', $5, $6, $4, $4, ST_SetSRID(ST_GeomFromGeoJSON(
 """
 
 
-async def audience(pool: asyncpg.Pool, area_geojson: str) -> int:
-    count: int = await pool.fetchval(_AUDIENCE, area_geojson)
-    return count
-
-
 async def create(pool: asyncpg.Pool, agency_id: str, alert: ManualAlert, *, sent_by: str,
                  now: dt.datetime) -> tuple[str, int]:
     """Store and queue the alert; (incident id, audience size when sent)."""
     incident_id = uuid.uuid4()
     expires = now + alert.expires_in
     async with pool.acquire() as conn, conn.transaction():
-        size: int = await conn.fetchval(_AUDIENCE, alert.area_geojson)
+        size = await matching.area_audience_size(conn, alert.area_wkt)
         await conn.execute(
             _INSERT_INCIDENT, incident_id, agency_id, f"manual:{incident_id}", now, CALL_TYPE,
             CATEGORY, alert.area_geojson, ALERT, expires, alert.title, alert.body)

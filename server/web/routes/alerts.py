@@ -20,7 +20,7 @@ from aiohttp import web
 
 from server.domain import manual_alert
 from server.formats import cap_feed
-from server.store import manual_alerts
+from server.store import manual_alerts, matching
 from server.store.agencies import get_agency
 from server.store.publish import publish_incident
 from server.web.appkeys import OUTBOX, POOL, REDIS
@@ -56,8 +56,9 @@ class AlertSent(msgspec.Struct, frozen=True):
 async def post_preview(request: web.Request) -> web.Response:
     await require_agency_admin(request, request.match_info["agency"])
     body = await decode_json(request, AlertPreview, limit=256 * 1024)
-    area = manual_alert.validate_area(body.area)
-    return json_response({"devices": await manual_alerts.audience(request.app[POOL], area)})
+    area = manual_alert.area_wkt(manual_alert.validate_area(body.area))
+    return json_response({"devices": await matching.area_audience_size(request.app[POOL],
+                                                                        area)})
 
 
 @routes.post("/v1/admin/agencies/{agency}/alerts")
