@@ -1,8 +1,8 @@
 """Periodic housekeeping, run by the relay process: expire review items past the
-staleness window, forget exact incident locations after their retention period, roll
-finished days up into the transparency report's counts, then delete delivery records
-and incidents past theirs (in batches, each its own short transaction, so the senders
-writing deliveries never wait on a long lock)."""
+staleness window, forget exact incident locations after their retention period, delete
+expired console sessions, roll finished days up into the transparency report's counts,
+then delete delivery records and incidents past their retention (in batches, each its
+own short transaction, so the senders writing deliveries never wait on a long lock)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import asyncpg
 
 from server import metrics
-from server.store import review, transparency
+from server.store import accounts, review, transparency
 from server.store.db import STORE_UNAVAILABLE
 
 log = logging.getLogger(__name__)
@@ -75,11 +75,12 @@ async def maintain_once(pool: asyncpg.Pool, retention: Retention) -> None:
     now = dt.datetime.now(dt.UTC)
     expired = await review.expire(pool, now)
     purged = await purge_exact_locations(pool, retention.exact_location, now)
+    sessions = await accounts.purge_expired_sessions(pool, now)
     deliveries, incidents = await apply_retention(pool, retention, now)
-    if expired or purged or deliveries or incidents:
+    if expired or purged or sessions or deliveries or incidents:
         log.info("maintenance: %d review items expired, %d exact locations purged, "
-                 "%d delivery records and %d incidents past retention deleted",
-                 expired, purged, deliveries, incidents)
+                 "%d expired sessions deleted, %d delivery records and %d incidents past "
+                 "retention deleted", expired, purged, sessions, deliveries, incidents)
 
 
 async def run_maintenance(pool: asyncpg.Pool, retention: Retention, stop: asyncio.Event,

@@ -128,10 +128,25 @@ def load(state_file: Path, base_url: str, admin_token: str,
     })
     state = {"url": base_url, "agency": AGENCY, "secret": secret,
              "fakes": fakes or DEFAULT_FAKES,
+             "console": console_account(base_url, admin_token),
              "devices": [register_device(base_url, platform, name, lat, lon, radius)
                          for name, platform, (lat, lon), radius in DEVICES]}
     save_state(state_file, state)
     return state
+
+
+def console_account(base: str, admin_token: str) -> dict[str, str]:
+    """An agency admin for the editor console (/console/): manual alerts, the audit log.
+    When the agency outlived the saved state, its ``demo-admin`` may exist already (its
+    password unknown): then another name."""
+    admin = {"Authorization": f"Bearer {admin_token}"}
+    for username in ("demo-admin", f"demo-admin-{secrets.token_hex(3)}"):
+        console = {"username": username, "password": secrets.token_urlsafe(12)}
+        status, made = request("POST", f"{base}/v1/admin/agencies/{AGENCY}/users",
+                               {**console, "role": "agency_admin"}, admin)
+        if status == 201:
+            return console
+    raise RuntimeError(f"creating the demo console account failed: {status} {made}")
 
 
 def post_incident(state_file: Path, *, base_url: str | None, call_type: str,

@@ -94,6 +94,8 @@ def _announce_demo(env: dict[str, str], state: Path, ports: dict[str, int]) -> N
     devices = "\n".join(
         f"    {d['name']:<22} {d['platform']}  id {d['id']}" for d in info["devices"])
     metrics = "  ".join(f"{kind} :{ports[kind]}" for kind in WORKER_METRICS)
+    console = (f"username {info['console']['username']}, password in {state / 'demo.json'}"
+               if "console" in info else "create an account: geopush user create --help")
     print(f"""
 ================================================================================
  geopush is running on http://127.0.0.1:{port}   (Ctrl-C stops everything)
@@ -104,6 +106,9 @@ def _announce_demo(env: dict[str, str], state: Path, ports: dict[str, int]) -> N
  Post a signed incident and see who got a push (in another terminal):
     .venv/bin/geopush demo incident
     .venv/bin/geopush demo incident --call-type "Aid Response"   # not alerted
+
+ Editor console: http://127.0.0.1:{port}/console/   public map: http://127.0.0.1:{port}/map/
+    {console}
 
  What the fake gateways received:
     curl -s {fakes['apns']}/_fake/deliveries

@@ -15,6 +15,7 @@ route can't be left out of the contract.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -62,7 +63,7 @@ class Query:
 class Doc:
     summary: str
     tag: str
-    auth: str | None = None               # "admin" | "device" | "signature"
+    auth: str | None = None  # "admin" | "editor" | "agency_admin" | "device" | "signature"
     request: Any = None                    # a msgspec type (JSON), or None
     request_bodies: tuple[Body, ...] = ()  # other media types accepted
     responses: dict[int, Any] = field(default_factory=dict)  # type | Body | None
@@ -89,11 +90,15 @@ def doc(summary: str, tag: str, **details: Any) -> Callable[[H], H]:
 
 _SECURITY: dict[str, list[dict[str, list[str]]]] = {
     "admin": [{"adminToken": []}],
+    # the operator's token, or a console session (cookie + X-CSRF-Token on changes)
+    "editor": [{"adminToken": []}, {"session": []}],
+    "agency_admin": [{"adminToken": []}, {"session": []}],
     "device": [{"deviceSecret": []}],
     "signature": [{"webhookSignature": []}],
 }
 _REASONS = {200: "OK", 201: "Created", 202: "Accepted", 204: "No content",
-            401: "Unauthorized", 404: "Not found", 409: "Conflict", 413: "Payload too large",
+            401: "Unauthorized", 403: "Forbidden", 404: "Not found", 409: "Conflict",
+            413: "Payload too large",
             415: "Unsupported media type", 422: "Invalid request", 429: "Too many requests",
             503: "Unavailable"}
 
@@ -112,8 +117,9 @@ def operations(app: web.Application) -> list[tuple[str, str, Doc]]:
     """(method, path template, Doc) of every route; raises for an undocumented one."""
     found = []
     for route in app.router.routes():
-        if route.method in ("HEAD", "OPTIONS") or route.resource is None:
-            continue
+        if route.method in ("HEAD", "OPTIONS") or route.resource is None \
+                or isinstance(route.resource, web.StaticResource):
+            continue     # static files (the console's scripts) are not the API
         path = route.resource.canonical
         documented = getattr(route.handler, _ATTRIBUTE, None)
         if documented is None:
@@ -124,9 +130,8 @@ def operations(app: web.Application) -> list[tuple[str, str, Doc]]:
 
 def _operation(path: str, op: Doc) -> dict[str, Any]:
     operation: dict[str, Any] = {"summary": op.summary, "tags": [op.tag], "responses": {}}
-    params = [{"name": p.strip("{}"), "in": "path", "required": True,
-               "schema": {"type": "string"}}
-              for p in path.split("/") if p.startswith("{")]
+    params = [{"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+              for name in re.findall(r"{([^}:]+)", path)]
     params += [{"name": q.name, "in": "query", "required": q.required,
                 "description": q.description, "schema": q.schema} for q in op.query]
     if params:
@@ -173,6 +178,9 @@ def build_document(app: web.Application) -> dict[str, Any]:
             "securitySchemes": {
                 "adminToken": {"type": "http", "scheme": "bearer",
                                "description": "GEOPUSH_ADMIN_TOKEN"},
+                "session": {"type": "apiKey", "in": "cookie", "name": "geopush_session",
+                            "description": "POST /v1/session; changes also need the "
+                                           "X-CSRF-Token header GET /v1/session gives"},
                 "deviceSecret": {"type": "http", "scheme": "bearer",
                                  "description": "the secret POST /v1/devices returned"},
                 "webhookSignature": {
