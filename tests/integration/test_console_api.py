@@ -313,3 +313,13 @@ async def test_the_demo_gives_a_console_account(client: Client, tmp_path: Any) -
     resp = await client.post("/v1/session", json=account)
     assert resp.status == 200
     assert (await resp.json())["role"] == "agency_admin"
+
+
+async def test_sign_in_with_a_name_no_account_can_have_is_refused_not_a_500(
+    client: Client
+) -> None:
+    # Found by schemathesis: a NUL reached PostgreSQL, which refuses it in text.
+    for name in ("da\x00na", "\x00", "a b", "x" * 64):
+        resp = await client.post("/v1/session", json={"username": name, "password": "pw"})
+        assert resp.status == 401, name
+        assert resp.content_type == "application/problem+json"
