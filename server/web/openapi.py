@@ -96,7 +96,7 @@ _SECURITY: dict[str, list[dict[str, list[str]]]] = {
     "device": [{"deviceSecret": []}],
     "signature": [{"webhookSignature": []}],
 }
-_REASONS = {200: "OK", 201: "Created", 202: "Accepted", 204: "No content",
+_REASONS = {200: "OK", 201: "Created", 202: "Accepted", 204: "No content", 400: "Bad request",
             401: "Unauthorized", 403: "Forbidden", 404: "Not found", 409: "Conflict",
             413: "Payload too large",
             415: "Unsupported media type", 422: "Invalid request", 429: "Too many requests",
@@ -147,7 +147,8 @@ def _operation(path: str, op: Doc) -> dict[str, Any]:
         if body is not None:
             response["content"] = _content(body)
         operation["responses"][str(status)] = response
-    for status in (*op.errors, *((503,) if op.store else ())):
+    # Any URL with a NUL character is refused 400 (server.web.problems.refuse_nul).
+    for status in (400, *op.errors, *((503,) if op.store else ())):
         operation["responses"][str(status)] = {
             "description": _REASONS.get(status, "Problem"),
             "content": {"application/problem+json": {"schema": _ref(ProblemDocument)}}}

@@ -120,9 +120,18 @@ def field_error_from_msgspec(exc: msgspec.ValidationError | msgspec.DecodeError)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+def refuse_nul(request: web.Request) -> None:
+    """No URL geopush serves holds a NUL character, and PostgreSQL refuses one in text:
+    a path or query with one is answered 400 here, before any handler passes it on."""
+    if "\x00" in request.path or "\x00" in request.query_string \
+            or any("\x00" in k or "\x00" in v for k, v in request.query.items()):
+        raise Problem(400, "Bad request", "The URL holds a NUL character", slug="bad-request")
+
+
 @web.middleware
 async def problem_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
+        refuse_nul(request)
         return await handler(request)
     except Problem as problem:
         return problem_response(problem)

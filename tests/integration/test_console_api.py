@@ -4,7 +4,6 @@ event stream, through the real app on PostgreSQL and Redis."""
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 from typing import Any
 
 import asyncpg
@@ -24,7 +23,7 @@ from tests.helpers import (
     post_incident,
     sign_in,
 )
-from workers.maintenance import maintain_once
+from workers.maintenance import Retention, maintain_once
 
 Client = TestClient[Any, Any]
 
@@ -250,7 +249,7 @@ async def test_an_expired_session_is_refused_and_then_deleted(
     await sign_in(client, "dana")
     await pool.execute("UPDATE sessions SET expires_at = now() - interval '1 second'")
     assert (await client.get("/v1/session")).status == 401
-    await maintain_once(pool, dt.timedelta(hours=24))
+    await maintain_once(pool, Retention())
     assert await pool.fetchval("SELECT count(*) FROM sessions") == 0
 
 

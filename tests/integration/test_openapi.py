@@ -142,3 +142,12 @@ def test_the_served_app_keeps_to_its_document(case: Any, live: LiveApp,
         if case.path_parameters and "agency" in case.path_parameters:
             case.path_parameters["agency"] = known["agency"]
     case.call_and_validate(base_url=live.url, headers=headers, checks=CHECKS)
+
+
+async def test_a_url_with_a_nul_character_is_refused_before_any_handler(client: Any) -> None:
+    # Found by schemathesis: a NUL in ?agency= reached PostgreSQL (which refuses it).
+    for url in ("/v1/admin/review?agency=a%00b", "/v1/transparency/a%00b",
+                "/v1/admin/agencies/x%00/unmapped"):
+        resp = await client.get(url, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+        assert resp.status == 400, url
+        assert (await resp.json())["detail"] == "The URL holds a NUL character"
