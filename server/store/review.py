@@ -72,7 +72,12 @@ async def _lock_pending(conn: Any, incident_id: str, now: dt.datetime,
                         agency_id: str | None) -> str:
     """Lock the pending item and return its agency; LookupError when there is none
     (or it belongs to another agency than ``agency_id``: the same answer, so ids of
-    other agencies' items can't be probed)."""
+    other agencies' items can't be probed).
+
+    The incident's row is locked first, as ingest locks it before the review item (a
+    revision of an incident held for review): one order for both, so an editor's
+    decision and a CAD's revision wait for each other instead of deadlocking."""
+    await conn.execute("SELECT 1 FROM incidents WHERE id = $1::uuid FOR UPDATE", incident_id)
     row = await conn.fetchrow(
         """SELECT agency_id, state, expires_at FROM review_items
             WHERE incident_id = $1::uuid AND ($2::text IS NULL OR agency_id = $2)
@@ -129,6 +134,12 @@ async def reject(pool: asyncpg.Pool, incident_id: str, *, editor: str, now: dt.d
 async def expire(pool: asyncpg.Pool, now: dt.datetime) -> int:
     """Close items past the staleness window: their narrative goes with them."""
     async with pool.acquire() as conn, conn.transaction():
+        # Incidents first, as ingest and the editors lock them (see _lock_pending).
+        await conn.execute(
+            """SELECT 1 FROM incidents WHERE id IN (
+                   SELECT incident_id FROM review_items
+                    WHERE state = 'pending' AND expires_at <= $1)
+                ORDER BY id FOR UPDATE""", now)
         ids = await conn.fetch(
             """UPDATE review_items SET state = 'expired', narrative = NULL, decided_at = $1
                 WHERE state = 'pending' AND expires_at <= $1 RETURNING incident_id""",
