@@ -8,6 +8,8 @@ from typing import Any, Generic, TypeVar
 
 import msgspec
 
+from server.domain.responses import RESPONSE_STATUSES
+
 
 class Push(msgspec.Struct, frozen=True):
     """On the stream as two fields: ``device_id`` (so erasure can find a device's
@@ -32,6 +34,12 @@ class Push(msgspec.Struct, frozen=True):
     # "neighbour" (zone match) or "responder" (CPR: exact point, nearest AEDs)
     audience: str = "neighbour"
     aeds: str = ""              # JSON list of the nearest AEDs, responders only
+    # "alert", or "update": the incident ended (``status`` cleared | cancelled, at
+    # ``ended_at``, unix s); the update replaces the alert on the phone.
+    kind: str = "alert"
+    status: str = "active"
+    ended_at: float = 0.0
+    severity: str = ""          # an agency's manual alert: extreme | severe | moderate
 
     def to_fields(self) -> dict[str, str]:
         """The stream entry's fields."""
@@ -73,10 +81,17 @@ class Push(msgspec.Struct, frozen=True):
             "category": self.category,
             "area": {"lat": self.lat, "lon": self.lon, "location": self.public_location or None},
         }
-        if self.audience == "responder":
+        if self.kind == "update":
+            data["status"] = self.status
+        elif self.audience == "responder":
             data["responder"] = True
             data["aeds"] = json.loads(self.aeds) if self.aeds else []
+            data["actions"] = list(RESPONSE_STATUSES)
         return data
+
+    @property
+    def ended(self) -> dt.datetime:
+        return dt.datetime.fromtimestamp(self.ended_at, dt.UTC)
 
     @property
     def occurred(self) -> dt.datetime:
@@ -88,7 +103,8 @@ def push_text_key(push: Push, now: float) -> tuple[Any, ...]:
     payloads. The relative time ("3 min ago") changes once a minute."""
     minutes = int((now - push.occurred_at) // 60)
     return (push.incident_id, push.category, push.public_location, push.locale,
-            push.title, push.body, push.audience, minutes)
+            push.title, push.body, push.audience, push.kind, push.status, push.ended_at,
+            push.severity, minutes)
 
 
 _encode = msgspec.json.Encoder().encode

@@ -53,7 +53,7 @@ def build_gateway(settings: Settings, platform: str, redis: aioredis.Redis) -> G
             max_connections=apns.max_connections, request_timeout=apns.request_timeout,
             token_source=SharedProviderToken(redis, key_pem=key_pem, key_id=apns.key_id,
                                              team_id=apns.team_id),
-        ))
+        ), critical_alerts=apns.critical_alerts)
     fcm = settings.fcm
     if fcm is None:
         raise ConfigError("the fcm sender needs GEOPUSH_FCM_SERVICE_ACCOUNT_FILE")

@@ -42,7 +42,7 @@ async def test_alert_reaches_devices_in_zone_once_and_nothing_else(stack: Stack)
     assert int(apns.headers["apns-expiration"]) == int(occurred.timestamp()) + 3600
     aps = apns.payload["aps"]
     assert aps["alert"]["title"] == "Structure fire nearby"
-    assert aps["alert"]["body"] == "3 min ago · 5300 block of 24th Ave NE"
+    assert aps["alert"]["body"] == "3 min. ago · 5300 block of 24th Ave NE"
     assert aps["interruption-level"] == "time-sensitive"
     assert apns.payload["incident"]["id"] == incident_id
     assert apns.payload["incident"]["category"] == "structure_fire"
@@ -54,7 +54,7 @@ async def test_alert_reaches_devices_in_zone_once_and_nothing_else(stack: Stack)
     message = fcm.message
     assert message["token"] == fcm_token
     assert message["notification"] == {"title": "Structure fire nearby",
-                                       "body": "3 min ago · 5300 block of 24th Ave NE"}
+                                       "body": "3 min. ago · 5300 block of 24th Ave NE"}
     assert message["android"]["priority"] == "HIGH"
     assert message["android"]["collapse_key"] == incident_id
     ttl = int(message["android"]["ttl"].rstrip("s"))

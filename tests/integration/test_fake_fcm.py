@@ -95,7 +95,7 @@ def _message(device: str = "device-token-1", **extra: Any) -> dict[str, Any]:
     return {
         "message": {
             "token": device,
-            "notification": {"title": "Structure fire nearby", "body": "3 min ago"},
+            "notification": {"title": "Structure fire nearby", "body": "3 min. ago"},
             "data": {"incident": "F1"},
             "android": {"priority": "HIGH", "ttl": "3600s", "collapse_key": "F1"},
             **extra,
