@@ -19,7 +19,7 @@ from server.db import create_pool
 from server.errors import problem_middleware
 from server.publish import OutboxCleaner
 from server.ratelimit import RateLimiter
-from server.routes import admin, devices, health, incidents
+from server.routes import admin, devices, health, incidents, neighbourhoods
 from server.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -53,6 +53,6 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(_postgres)
     app.cleanup_ctx.append(_redis)
     for table in (health.routes, incidents.routes, admin.routes, devices.routes,
-                  openapi.routes):
+                  neighbourhoods.routes, openapi.routes):
         app.router.add_routes(table)
     return app

@@ -11,7 +11,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from server import keys, responders
+from server import keys, positions
 from server.keys import PLATFORMS, SENDER_GROUP
 
 
@@ -38,7 +38,7 @@ async def _scrub_stream(redis: aioredis.Redis, stream: str, device_id: str,
 
 
 async def scrub_device(redis: aioredis.Redis, device_id: str) -> None:
-    await responders.forget(redis, [device_id])
+    await positions.forget_device(redis, device_id)
     await redis.delete(keys.device_rate(device_id))
     async for key in redis.scan_iter(match=keys.PUSHED_PATTERN, count=1000):
         await redis.srem(key, device_id)

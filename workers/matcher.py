@@ -17,10 +17,11 @@ from dataclasses import dataclass
 import asyncpg
 import redis.asyncio as aioredis
 
-from server import keys, responders
+from server import keys, positions
 from server.domain.categories import MOST_SEVERE, RESPONDER_ONLY
 from server.domain.policy import ALERT
 from server.domain.quiet import allowed_now
+from server.domain.zones import MAX_NEAR_ME_RADIUS_M
 from server.publish import STREAM_MAXLEN
 from server.store import aeds
 from workers.push import Push
@@ -57,10 +58,16 @@ return 1
 
 _INCIDENT = """
 SELECT i.id, i.agency_id, i.category, i.status, i.decision, i.actual, i.occurred_at,
-       i.received_at, i.public_location, i.location_kind,
+       i.received_at, i.revision, i.public_location, i.location_kind,
        ST_Y(i.public_point) AS lat, ST_X(i.public_point) AS lon,
        ST_Y(ST_PointOnSurface(i.geom)) AS exact_lat, ST_X(ST_PointOnSurface(i.geom)) AS exact_lon,
-       i.title_override, i.body_override, a.responder_radius_m
+       -- how far the incident's public extent reaches from its public point (0 for a
+       -- point): near-me positions are searched that much further out
+       CASE WHEN GeometryType(i.geom) IN ('POLYGON', 'MULTIPOLYGON')
+            THEN ST_Length(ST_LongestLine(i.public_point, i.geom)::geography) ELSE 0 END
+           AS extent_m,
+       i.title_override, i.body_override, a.responder_radius_m,
+       i.category = ANY (a.no_update_categories) AS updates_off
   FROM incidents i JOIN agencies a ON a.id = i.agency_id
  WHERE i.id = $1
 """
@@ -98,18 +105,48 @@ SELECT o.id
  LIMIT 1
 """
 
-# The zone test runs on the GiST index of zones.geom: ST_Intersects adds the && box
-# check itself. Boundary points count as inside (ST_Intersects, not ST_Within).
+# Who a neighbourhood alert reaches: devices with a zone meeting the incident (the
+# zone test runs on the GiST index of zones.geom: ST_Intersects adds the && box check
+# itself; boundary points count as inside), and devices with "near me" whose current
+# position ($2-$4, from one GEO search in Redis) is within their radius of the
+# incident's public point (or its area, for an incident given as one). A device both
+# ways matched is one row: one push.
 _NEIGHBOURS = """
 SELECT DISTINCT ON (d.id) d.id, d.platform, d.token, d.locale, d.timezone,
        d.quiet_start, d.quiet_end
   FROM incidents i
-  JOIN zones z ON ST_Intersects(z.geom, i.geom)
-  JOIN devices d ON d.id = z.device_id
+  JOIN LATERAL (
+      SELECT z.device_id FROM zones z WHERE ST_Intersects(z.geom, i.geom)
+      UNION ALL
+      SELECT p.device_id
+        FROM unnest($2::uuid[], $3::float8[], $4::float8[]) AS p(device_id, lon, lat)
+        JOIN devices nd ON nd.id = p.device_id
+       WHERE nd.near_me_radius_m IS NOT NULL
+         AND ST_DWithin(ST_SetSRID(ST_MakePoint(p.lon, p.lat), 4326)::geography,
+                        (CASE WHEN GeometryType(i.geom) IN ('POLYGON', 'MULTIPOLYGON')
+                              THEN i.geom ELSE i.public_point END)::geography,
+                        nd.near_me_radius_m)
+  ) m ON true
+  JOIN devices d ON d.id = m.device_id
  WHERE i.id = $1
    AND d.token_disabled_at IS NULL
    AND (d.categories IS NULL OR i.category = ANY (d.categories))
 """
+
+# Who gets the update when an alerted incident ends: the devices its alert reached,
+# by the delivery records (not who would match now), with their current token.
+_ALERTED = """
+SELECT DISTINCT ON (d.id) d.id, d.platform, d.token, d.locale
+  FROM deliveries del JOIN devices d ON d.id = del.device_id
+ WHERE del.incident_id = $1 AND del.outcome = 'sent' AND del.kind = 'alert'
+   AND d.token_disabled_at IS NULL
+"""
+
+# Alerts still in flight when the incident ended are recorded as delivered shortly
+# after (a send's timeout, then the sender's recording); a second pass this much later
+# gives those devices their update too. The dedup set keeps it to one per device.
+UPDATE_SECOND_PASS = dt.timedelta(seconds=30)
+ENDED = ("cleared", "cancelled")
 
 
 @dataclass(frozen=True)
@@ -121,9 +158,11 @@ class MatchResult:
 
 class Matcher:
     def __init__(self, pool: asyncpg.Pool, redis: aioredis.Redis, *,
-                 device_pushes_per_hour: int = 10) -> None:
+                 device_pushes_per_hour: int = 10,
+                 location_ttl: dt.timedelta = dt.timedelta(minutes=120)) -> None:
         self.pool = pool
         self.redis = redis
+        self.near_me = positions.near_me(location_ttl.total_seconds())
         # A neighbourhood having a bad night must not turn a phone into a pager: past
         # this many pushes an hour a device gets only the most severe categories and
         # CPR calls (0 switches the limit off).
@@ -132,12 +171,16 @@ class Matcher:
 
     async def match_incident(self, incident_id: str, now: dt.datetime) -> MatchResult:
         incident = await self.pool.fetchrow(_INCIDENT, incident_id)
-        if (incident is None or incident["decision"] != ALERT
-                or incident["status"] != "active" or not incident["actual"]):
-            # Changed since it was published (cleared, cancelled, re-decided): nothing to do.
+        if incident is None or not incident["actual"]:
             return MatchResult(incident_id, 0, 0)
         expires = incident["occurred_at"] + ALERT_LIFETIME
         if now >= expires:
+            # Past the alert's lifetime: neither the alert nor an update is worth sending.
+            return MatchResult(incident_id, 0, 0)
+        if incident["status"] in ENDED:
+            return await self._send_updates(incident, expires)
+        if incident["decision"] != ALERT or incident["status"] != "active":
+            # Re-decided since it was published: nothing to do.
             return MatchResult(incident_id, 0, 0)
         audience, aeds_json = "neighbour", ""
         lat, lon = incident["lat"], incident["lon"]
@@ -151,49 +194,98 @@ class Matcher:
                 aeds_json = json.dumps(await aeds.nearest(self.pool, lat, lon),
                                        separators=(",", ":"))
         else:
-            rows = await self.pool.fetch(_NEIGHBOURS, incident["id"])
+            rows = await self._neighbours(incident, now)
         event_id = await self.pool.fetchval(
             _SAME_EVENT, incident["id"], SAME_EVENT_WINDOW, SAME_EVENT_DISTANCE_M
         ) if rows else None
         dedup_on = str(event_id or incident["id"])
         limit = 0 if (audience == "responder" or incident["category"] in MOST_SEVERE) \
             else self.device_pushes_per_hour
-        enqueued = 0
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for row in rows:
-                if not allowed_now(incident["category"], now, row["timezone"],
-                                   row["quiet_start"], row["quiet_end"]):
-                    continue
-                push = Push(
-                    incident_id=str(incident["id"]), device_id=str(row["id"]),
-                    platform=row["platform"], token=row["token"], locale=row["locale"],
-                    category=incident["category"],
-                    public_location=incident["public_location"] or "",
-                    lat=lat, lon=lon,
-                    occurred_at=incident["occurred_at"].timestamp(),
-                    received_at=incident["received_at"].timestamp(),
-                    expires_at=expires.timestamp(),
-                    title=incident["title_override"] or "",
-                    body=incident["body_override"] or "",
-                    audience=audience, aeds=aeds_json,
-                )
-                flat = [x for kv in push.to_fields().items() for x in kv]
-                await self._enqueue(
-                    keys=[keys.pushed(dedup_on), keys.push_stream(push.platform),
-                          keys.device_rate(push.device_id)],
-                    args=[push.device_id, keys.PUSHED_TTL_S, STREAM_MAXLEN, limit, *flat],
-                    client=pipe,
-                )
-            results = await pipe.execute() if len(pipe) else []
+        pushes = []
+        for row in rows:
+            if not allowed_now(incident["category"], now, row["timezone"],
+                               row["quiet_start"], row["quiet_end"]):
+                continue
+            pushes.append(Push(
+                incident_id=str(incident["id"]), device_id=str(row["id"]),
+                platform=row["platform"], token=row["token"], locale=row["locale"],
+                category=incident["category"],
+                public_location=incident["public_location"] or "",
+                lat=lat, lon=lon,
+                occurred_at=incident["occurred_at"].timestamp(),
+                received_at=incident["received_at"].timestamp(),
+                expires_at=expires.timestamp(),
+                title=incident["title_override"] or "",
+                body=incident["body_override"] or "",
+                audience=audience, aeds=aeds_json,
+            ))
+        results = await self._enqueue_all(pushes, keys.pushed(dedup_on), limit)
         enqueued = sum(1 for r in results if r == 1)
         limited = sum(1 for r in results if r == -1)
         log.info("matched incident=%s category=%s candidates=%d enqueued=%d rate_limited=%d",
                  incident_id, incident["category"], len(rows), enqueued, limited)
         return MatchResult(incident_id, len(rows), enqueued)
 
+    async def _enqueue_all(self, pushes: list[Push], dedup_key: str, limit: int) -> list[int]:
+        """Each push enqueued unless its device is in ``dedup_key`` already, or over
+        ``limit`` pushes this hour (0: no limit): 1 enqueued, 0 deduplicated, -1 limited."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for push in pushes:
+                flat = [x for kv in push.to_fields().items() for x in kv]
+                await self._enqueue(
+                    keys=[dedup_key, keys.push_stream(push.platform),
+                          keys.device_rate(push.device_id)],
+                    args=[push.device_id, keys.PUSHED_TTL_S, STREAM_MAXLEN, limit, *flat],
+                    client=pipe,
+                )
+            return list(await pipe.execute()) if len(pipe) else []
+
+    async def _neighbours(self, incident: asyncpg.Record, now: dt.datetime
+                          ) -> list[asyncpg.Record]:
+        """Zone matches and near-me matches, one row per device."""
+        nearby = await self.near_me.near(
+            self.redis, incident["lat"], incident["lon"],
+            MAX_NEAR_ME_RADIUS_M + incident["extent_m"], now.timestamp())
+        return await self.pool.fetch(
+            _NEIGHBOURS, incident["id"], [n.device_id for n in nearby],
+            [n.lon for n in nearby], [n.lat for n in nearby])
+
+    async def _send_updates(self, incident: asyncpg.Record, expires: dt.datetime
+                            ) -> MatchResult:
+        """The incident was cleared or cancelled: every device its alert reached gets
+        one silent update under the same collapse id, outside any hourly limit; unless
+        the agency turned updates off for the category."""
+        incident_id = str(incident["id"])
+        if incident["updates_off"]:
+            return MatchResult(incident_id, 0, 0)
+        if await self.redis.set(keys.update_second_pass(incident_id), 1, nx=True,
+                                ex=keys.PUSHED_TTL_S):
+            # A delayed outbox row: the relay republishes the incident then.
+            await self.pool.execute(
+                "INSERT INTO outbox (incident_id, created_at) VALUES ($1, now() + $2::interval)",
+                incident["id"], UPDATE_SECOND_PASS)
+        rows = await self.pool.fetch(_ALERTED, incident["id"])
+        ended_at = max(incident["revision"], incident["occurred_at"])
+        pushes = [Push(
+            incident_id=incident_id, device_id=str(row["id"]), platform=row["platform"],
+            token=row["token"], locale=row["locale"], category=incident["category"],
+            public_location=incident["public_location"] or "",
+            lat=incident["lat"], lon=incident["lon"],
+            occurred_at=incident["occurred_at"].timestamp(),
+            received_at=incident["received_at"].timestamp(),
+            expires_at=expires.timestamp(), kind="update", status=incident["status"],
+            ended_at=ended_at.timestamp(),
+        ) for row in rows]
+        results = await self._enqueue_all(pushes, keys.pushed(f"update:{incident_id}"), 0)
+        enqueued = sum(1 for r in results if r == 1)
+        log.info("updates incident=%s status=%s alerted=%d enqueued=%d", incident_id,
+                 incident["status"], len(rows), enqueued)
+        return MatchResult(incident_id, len(rows), enqueued)
+
     async def _responders(self, incident: asyncpg.Record) -> list[asyncpg.Record]:
-        nearby = await responders.near(self.redis, incident["exact_lat"], incident["exact_lon"],
-                                       incident["responder_radius_m"])
+        nearby = await positions.RESPONDERS.near(
+            self.redis, incident["exact_lat"], incident["exact_lon"],
+            incident["responder_radius_m"])
         if not nearby:
             return []
         return await self.pool.fetch(

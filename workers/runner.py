@@ -115,7 +115,8 @@ async def worker_main(
             return
         if kind == "matcher":
             matcher = Matcher(pool, redis,
-                              device_pushes_per_hour=settings.device_pushes_per_hour)
+                              device_pushes_per_hour=settings.device_pushes_per_hour,
+                              location_ttl=settings.location_ttl)
             consumer = StreamConsumer(redis, keys.INCIDENTS_STREAM, keys.MATCHER_GROUP,
                                       settings.consumer_name, batch=settings.stream_batch,
                                       claim_idle_ms=settings.claim_idle_ms)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import re
 import uuid
 from typing import Annotated, Any
 
@@ -13,14 +14,14 @@ from aiohttp import web
 
 from server.appkeys import AGENCIES, OUTBOX, POOL, REDIS, SETTINGS
 from server.auth import require_admin
-from server.domain import aed_import, signing
+from server.domain import aed_import, neighbourhood_import, signing
 from server.domain.agency_spec import validate_agency, validate_call_types
 from server.domain.categories import ALL_CATEGORIES, normalize_call_type
 from server.domain.policy import DEFAULT_ALERTABLE
 from server.errors import FieldError, NotFound, Problem, ValidationFailed
 from server.publish import publish_incident
 from server.routes.body import decode_json, json_response, read_bounded
-from server.store import aeds, review
+from server.store import aeds, answers, neighbourhoods, review
 from server.store.agencies import (
     AgencyExists,
     create_agency,
@@ -66,6 +67,8 @@ class AgencyPatch(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         msgspec.UnsetType = msgspec.UNSET
     responder_radius_m: Annotated[int, msgspec.Meta(ge=50, le=5000)] | msgspec.UnsetType = (
         msgspec.UNSET)
+    # Categories whose clear or cancel sends no update to the phones it reached.
+    no_update_categories: list[str] | msgspec.UnsetType = msgspec.UNSET
 
 
 class ReviewDecision(msgspec.Struct, frozen=True):
@@ -139,6 +142,9 @@ async def patch_agency(request: web.Request) -> web.Response:
     if "review_categories" in changes:
         changes["review_categories"] = _categories(
             "review_categories", changes["review_categories"], ALL_CATEGORIES)
+    if "no_update_categories" in changes:
+        changes["no_update_categories"] = _categories(
+            "no_update_categories", changes["no_update_categories"], DEFAULT_ALERTABLE)
     if changes.get("alertable_categories") is not None:
         changes["alertable_categories"] = _categories(
             "alertable_categories", changes["alertable_categories"], DEFAULT_ALERTABLE)
@@ -274,3 +280,51 @@ async def delete_responder(request: web.Request) -> web.Response:
     agency = await _agency_or_404(request)
     await unregister_responder(request.app[POOL], agency.id, request.match_info["device"])
     return web.Response(status=204)
+
+
+@routes.post("/v1/admin/neighbourhoods")
+async def post_neighbourhoods(request: web.Request) -> web.Response:
+    """Import a city's neighbourhoods (GeoJSON FeatureCollection of Polygons or
+    MultiPolygons). ``?name_property=`` names the property holding the name (default
+    ``name``), ``?id_property=`` an id property (default: the feature's id, else its
+    name), ``?source=`` the dataset (default ``geojson``). Re-importing updates in place."""
+    _admin(request)
+    if request.content_type.lower() not in ("application/geo+json", "application/json"):
+        raise Problem(415, "Unsupported media type",
+                      "use application/geo+json or application/json",
+                      slug="unsupported-media-type")
+    query = request.query
+    source = query.get("source", "geojson")
+    if not _SOURCE.match(source):
+        raise ValidationFailed([FieldError("source", "must be 1-64 letters, digits, '-' or '_'")])
+    body = await read_bounded(request, 32 * 1024 * 1024)
+    parsed = neighbourhood_import.parse_geojson(
+        body, name_property=query.get("name_property") or "name",
+        id_property=query.get("id_property") or None, source=source)
+    imported = await neighbourhoods.import_neighbourhoods(request.app[POOL], parsed)
+    log.info("neighbourhoods imported count=%d new=%d", len(imported),
+             sum(i.created for i in imported))
+    return json_response({
+        "imported": len(imported),
+        "created": sum(i.created for i in imported),
+        "neighbourhoods": [{"id": i.id, "source_id": i.source_id, "name": i.name}
+                           for i in imported],
+    })
+
+
+_SOURCE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+@routes.get("/v1/admin/incidents/{incident}/responders")
+async def get_incident_responders(request: web.Request) -> web.Response:
+    """How many CPR responders an incident alerted and what they answered."""
+    _admin(request)
+    raw = request.match_info["incident"]
+    try:
+        incident_id = str(uuid.UUID(raw))
+    except ValueError:
+        raise NotFound(f"No incident {raw!r}") from None
+    found = await answers.counts(request.app[POOL], incident_id)
+    if found is None:
+        raise NotFound(f"No incident {incident_id!r}")
+    return json_response({"incident_id": incident_id, **found})

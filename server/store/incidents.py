@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
-from server.domain.incident import Incident
+from server.domain.incident import Incident, Status
 from server.domain.policy import REVIEW, is_pushable, suppressed
 
 OUTDATED = suppressed("outdated")
@@ -96,7 +96,7 @@ async def _store_once(
     kind = i.location_kind.value if i.location_kind else None
     async with pool.acquire() as conn, conn.transaction():
         existing = await conn.fetchrow(
-            """SELECT id, revision, decision, category FROM incidents
+            """SELECT id, revision, decision, category, status FROM incidents
                 WHERE agency_id = $1 AND external_id = $2 FOR UPDATE""",
             i.agency_id, i.external_id,
         )
@@ -116,9 +116,12 @@ async def _store_once(
         await _sync_review(conn, incident_id, i, decision, review_until)
         # Publish when this revision newly becomes pushable, or is pushable under a new
         # category; the matcher's per-device dedup keeps repeats off phones either way.
-        publish = is_pushable(decision) and (
+        # Publish too when an alerted incident ends: the devices it reached get an
+        # update (a repeated clear finds it no longer alerted, and publishes nothing).
+        publish = (is_pushable(decision) and (
             not is_pushable(existing["decision"]) or existing["category"] != i.category
-        )
+        )) or (is_pushable(existing["decision"]) and i.actual
+               and i.status in (Status.CLEARED, Status.CANCELLED))
         if publish:
             await conn.execute("INSERT INTO outbox (incident_id) VALUES ($1)", incident_id)
         return Stored(str(incident_id), decision, duplicate=False, publish=publish)
