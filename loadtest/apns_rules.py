@@ -110,17 +110,15 @@ def _check_sound(sound: object) -> bool:
     return _is_number(volume) and 0 <= volume <= 1
 
 
-def check_aps(push_type: str | None, payload: dict[str, object]) -> Rejection | None:
-    """The ``aps`` dictionary as Apple defines it: an alert push must alert, sound or
-    badge; ``interruption-level`` is one of Apple's four; ``relevance-score`` a number
-    from 0 to 1. (Apple's device, not its gateway, drops a malformed ``aps``; the fake
+def check_aps(payload: dict[str, object]) -> Rejection | None:
+    """The ``aps`` dictionary as Apple defines it: ``interruption-level`` one of
+    Apple's four, ``relevance-score`` a number from 0 to 1, ``sound`` a name or the
+    critical-alert dictionary, ``alert`` a string or dictionary, ``category`` a string. (Apple's device, not its gateway, drops a malformed ``aps``; the fake
     refuses it with ``BadPayload`` so a test sees the mistake instead of silence.)"""
     aps = payload.get("aps")
-    if aps is None and push_type not in (None, "alert"):
+    if aps is None:
         return None
     if not isinstance(aps, dict):
-        return Rejection(400, "BadPayload")
-    if push_type in (None, "alert") and not any(k in aps for k in ("alert", "sound", "badge")):
         return Rejection(400, "BadPayload")
     level = aps.get("interruption-level")
     if level is not None and level not in INTERRUPTION_LEVELS:

@@ -239,7 +239,7 @@ class FakeApns:
             if not isinstance(payload, dict):
                 rejection = Rejection(400, "BadPayload")
             else:
-                rejection = check_aps(headers.get("apns-push-type"), payload)
+                rejection = check_aps(payload)
         if rejection is None and token.lower() in self._unregistered:
             self._reject(connection, stream_id, apns_id, 410, {
                 "reason": "Unregistered", "timestamp": self._unregistered[token.lower()],
