@@ -18,6 +18,9 @@ Mapping (errors name the CAP element path, e.g. ``info.area.circle``):
 - ``status`` Actual -> ``actual=True``; Exercise, System, Test, Draft ->
   ``actual=False`` (stored, never pushed).
 - ``msgType`` Alert/Update -> active, Cancel -> cancelled; Ack and Error are refused.
+  An Update whose ``info`` says it is over -> cleared: a ``responseType`` AllClear
+  ("the subject event no longer poses a threat"), or ``urgency`` Past ("responsive
+  action is no longer required").
 - Of several ``info`` blocks, the first whose ``language`` starts with "en" (an
   absent language means en-US) is used, else the first. ``info`` is required, also
   for Cancel, because an incident needs a call type and a location.
@@ -343,6 +346,15 @@ def _area(doc: _Doc, info: Element) -> _Area:
     return _Area(point=point, geometry_wkt=area_wkt(polygons), address=address)
 
 
+def _status(doc: _Doc, info: Element, msg_type: str) -> Status:
+    if msg_type == "Update" and (
+        "AllClear" in (text_of(e) for e in doc.all(info, "responseType"))
+        or doc.text(info, "urgency") == "Past"
+    ):
+        return Status.CLEARED
+    return _MSG_TYPES[msg_type]
+
+
 def parse(body: bytes) -> RawIncident:
     root, doc = _root(body)
     status = doc.required(root, "status", "status")
@@ -364,7 +376,7 @@ def parse(body: bytes) -> RawIncident:
     return RawIncident(
         external_id=external_id,
         revision=sent,
-        status=_MSG_TYPES[msg_type],
+        status=_status(doc, info, msg_type),
         call_type=_call_type(doc, info),
         occurred_at=occurred_at,
         point=area.point,
