@@ -113,7 +113,8 @@ def _check_sound(sound: object) -> bool:
 def check_aps(payload: dict[str, object]) -> Rejection | None:
     """The ``aps`` dictionary as Apple defines it: ``interruption-level`` one of
     Apple's four, ``relevance-score`` a number from 0 to 1, ``sound`` a name or the
-    critical-alert dictionary, ``alert`` a string or dictionary, ``category`` a string. (Apple's device, not its gateway, drops a malformed ``aps``; the fake
+    critical-alert dictionary, ``alert`` a string or dictionary, ``category`` a
+    string. (Apple's device, not its gateway, drops a malformed ``aps``; the fake
     refuses it with ``BadPayload`` so a test sees the mistake instead of silence.)"""
     aps = payload.get("aps")
     if aps is None:
