@@ -14,7 +14,7 @@ from redis.exceptions import RedisError
 from server.domain.pushtext import title_and_body, update_text
 from server.domain.responses import IOS_RESPONDER_CATEGORY
 from server.domain.severity import presentation
-from workers.apns_client import ApnsClient, ApnsResponse, ApnsTransportError
+from workers.gateways.apns_client import ApnsClient, ApnsResponse, ApnsTransportError
 from workers.push import (
     Failed,
     Outcome,

@@ -13,7 +13,7 @@ from msgspec.structs import replace
 
 from server.domain.pushtext import title_and_body, update_text
 from server.domain.severity import presentation
-from workers.fcm_client import FcmAnswer, FcmClient, FcmResponse, FcmTransportError
+from workers.gateways.fcm_client import FcmAnswer, FcmClient, FcmResponse, FcmTransportError
 from workers.push import (
     Failed,
     Outcome,

@@ -10,8 +10,8 @@ import logging
 
 import asyncpg
 
-from server.db import STORE_UNAVAILABLE
 from server.store import review
+from server.store.db import STORE_UNAVAILABLE
 
 log = logging.getLogger(__name__)
 

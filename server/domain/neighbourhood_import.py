@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from server.domain import zones
-from server.errors import FieldError, ValidationFailed
+from server.web.problems import FieldError, ValidationFailed
 
 MAX_NEIGHBOURHOODS = 5_000
 MAX_NAME = 100

@@ -7,7 +7,7 @@ import datetime as dt
 from server.domain.categories import categorize
 from server.domain.incident import Incident, RawIncident
 from server.domain.privacy import generalize_address, redact, round_point
-from server.errors import FieldError, ValidationFailed
+from server.web.problems import FieldError, ValidationFailed
 
 MAX_CLOCK_SKEW = dt.timedelta(minutes=5)
 

@@ -11,8 +11,9 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from server import keys, positions
+from server import keys
 from server.keys import PLATFORMS, SENDER_GROUP
+from server.store import positions
 
 
 def _s(value: Any) -> str:

@@ -7,10 +7,10 @@ import math
 
 from aiohttp import web
 
-from server.appkeys import POOL
-from server.errors import FieldError, NotFound, ValidationFailed
-from server.routes.body import json_response
 from server.store import neighbourhoods
+from server.web.appkeys import POOL
+from server.web.problems import FieldError, NotFound, ValidationFailed
+from server.web.routes.body import json_response
 
 routes = web.RouteTableDef()
 

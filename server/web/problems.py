@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import msgspec
 from aiohttp import web
 
-from server.db import STORE_UNAVAILABLE
+from server.store.db import STORE_UNAVAILABLE
 
 log = logging.getLogger(__name__)
 

@@ -10,20 +10,19 @@ from typing import Annotated, Any, Literal
 import msgspec
 from aiohttp import web
 
-from server import positions
-from server.appkeys import POOL, REDIS, SETTINGS
-from server.auth import bearer, new_device_secret
 from server.domain import zones as zone_rules
 from server.domain.agency_spec import valid_timezone
 from server.domain.categories import NEIGHBOUR_ALERTABLE, RESPONDER_ONLY
 from server.domain.pushtext import title_and_body
 from server.domain.responses import ResponseStatus
-from server.erasure import scrub_device
-from server.errors import FieldError, Problem, Unauthorized, ValidationFailed
-from server.routes.body import decode_json, json_response
 from server.settings import Settings
-from server.store import answers, neighbourhoods
+from server.store import answers, neighbourhoods, positions
 from server.store import devices as store
+from server.store.erasure import scrub_device
+from server.web.appkeys import POOL, REDIS, SETTINGS
+from server.web.auth import bearer, new_device_secret
+from server.web.problems import FieldError, Problem, Unauthorized, ValidationFailed
+from server.web.routes.body import decode_json, json_response
 
 routes = web.RouteTableDef()
 
