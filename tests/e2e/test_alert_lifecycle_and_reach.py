@@ -233,6 +233,17 @@ async def test_near_me_alerts_where_the_phone_is_once_and_forgets_after_the_ttl(
                                json={"near_me": {"radius_m": 200}})
     assert r.status == 422 and (await r.json())["errors"][0]["field"] == "near_me.radius_m"
 
+    # Erasing a device forgets its position too.
+    r = await stack.client.put(f"/v1/devices/{both_id}/preferences", headers=auth(both_key),
+                               json={"near_me": {"radius_m": 300}})
+    r = await stack.client.put(f"/v1/devices/{both_id}/location", headers=auth(both_key),
+                               json={"lat": POINT[0], "lon": POINT[1]})
+    assert r.status == 204 and await stack.redis.zscore(keys.NEAR_ME_SEEN, both_id) is not None
+    r = await stack.client.delete(f"/v1/devices/{both_id}", headers=auth(both_key))
+    assert r.status == 204
+    assert await stack.redis.zscore(keys.NEAR_ME_SEEN, both_id) is None
+    assert await stack.redis.geopos(keys.NEAR_ME_GEO, both_id) == [None]
+
 
 async def test_a_neighbourhood_zone_alerts_and_reimports_keep_ids(stack: Stack) -> None:
     geojson = SEATTLE_MCPP.read_bytes()
