@@ -11,9 +11,7 @@ from typing import Any
 import msgspec
 from redis.exceptions import RedisError
 
-from server.domain.pushtext import title_and_body, update_text
 from server.domain.responses import IOS_RESPONDER_CATEGORY
-from server.domain.severity import presentation
 from workers.gateways.apns_client import ApnsClient, ApnsResponse, ApnsTransportError
 from workers.push import (
     Failed,
@@ -68,16 +66,8 @@ def build_payload(push: Push, now: dt.datetime, *, critical_alerts: bool = False
     """The APNs payload: the text, the presentation (``server.domain.severity``), and
     the incident's public data. ``critical_alerts``: the app holds Apple's
     critical-alerts entitlement (GEOPUSH_APNS_CRITICAL_ALERTS)."""
-    if push.kind == "update":
-        title, body = update_text(push.category, push.status, push.occurred, push.ended,
-                                  push.locale)
-    else:
-        title, body = title_and_body(
-            push.category, push.public_location or None, push.occurred, now, push.locale,
-            title=push.title, body=push.body,
-        )
-    look = presentation(push.category, "update" if push.kind == "update" else "alert",
-                        manual_severity=push.severity, critical_alerts=critical_alerts)
+    title, body = push.text(now)
+    look = push.presentation(critical_alerts=critical_alerts)
     aps: dict[str, Any] = {
         "alert": {"title": title, "body": body},
         "interruption-level": look.interruption_level,

@@ -11,8 +11,6 @@ from typing import Any
 import msgspec
 from msgspec.structs import replace
 
-from server.domain.pushtext import title_and_body, update_text
-from server.domain.severity import presentation
 from workers.gateways.fcm_client import FcmAnswer, FcmClient, FcmResponse, FcmTransportError
 from workers.push import (
     Failed,
@@ -38,16 +36,8 @@ def build_message(push: Push, now: dt.datetime) -> dict[str, Any]:
     """The FCM v1 message: the text, the Android channel and priority
     (``server.domain.severity``), and the incident's public data as strings."""
     update = push.kind == "update"
-    if update:
-        title, body = update_text(push.category, push.status, push.occurred, push.ended,
-                                  push.locale)
-    else:
-        title, body = title_and_body(
-            push.category, push.public_location or None, push.occurred, now, push.locale,
-            title=push.title, body=push.body,
-        )
-    look = presentation(push.category, "update" if update else "alert",
-                        manual_severity=push.severity)
+    title, body = push.text(now)
+    look = push.presentation()
     ttl = max(0, int(push.expires_at - now.timestamp()))
     data = push.incident_data()
     # FCM data values must be strings.

@@ -8,7 +8,9 @@ from typing import Any, Generic, TypeVar
 
 import msgspec
 
+from server.domain.pushtext import title_and_body, update_text
 from server.domain.responses import RESPONSE_STATUSES
+from server.domain.severity import Presentation, presentation
 
 
 class Push(msgspec.Struct, frozen=True):
@@ -92,6 +94,19 @@ class Push(msgspec.Struct, frozen=True):
     @property
     def ended(self) -> dt.datetime:
         return dt.datetime.fromtimestamp(self.ended_at, dt.UTC)
+
+    def text(self, now: dt.datetime) -> tuple[str, str]:
+        """Title and body in the device's language: the alert's, or the update's."""
+        if self.kind == "update":
+            return update_text(self.category, self.status, self.occurred, self.ended,
+                               self.locale)
+        return title_and_body(self.category, self.public_location or None, self.occurred,
+                              now, self.locale, title=self.title, body=self.body)
+
+    def presentation(self, *, critical_alerts: bool = False) -> Presentation:
+        """How loudly it presents on the phone (``server.domain.severity``)."""
+        return presentation(self.category, "update" if self.kind == "update" else "alert",
+                            manual_severity=self.severity, critical_alerts=critical_alerts)
 
     @property
     def occurred(self) -> dt.datetime:

@@ -10,11 +10,10 @@ zone (valid, at most 2,000 vertices, at most 1,000 km²).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
-from server.domain import zones
+from server.domain import geojson, zones
 from server.web.problems import FieldError, ValidationFailed
 
 MAX_NEIGHBOURHOODS = 5_000
@@ -44,19 +43,13 @@ def _text(value: Any) -> str | None:
 
 def parse_geojson(body: bytes, *, name_property: str, id_property: str | None = None,
                   source: str = "geojson") -> list[Neighbourhood]:
-    try:
-        doc = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ValidationFailed([FieldError("body", f"malformed JSON: {exc}")]) from None
-    if not isinstance(doc, dict) or doc.get("type") != "FeatureCollection" \
-            or not isinstance(doc.get("features"), list):
-        raise ValidationFailed([FieldError("type", "must be a GeoJSON FeatureCollection")])
-    if len(doc["features"]) > MAX_NEIGHBOURHOODS:
+    collection = geojson.features(body)
+    if len(collection) > MAX_NEIGHBOURHOODS:
         raise ValidationFailed([FieldError(
             "features", f"at most {MAX_NEIGHBOURHOODS} neighbourhoods per import")])
     errors: list[FieldError] = []
     found: dict[str, Neighbourhood] = {}
-    for i, feature in enumerate(doc["features"]):
+    for i, feature in enumerate(collection):
         field = f"features[{i}]"
         if not isinstance(feature, dict):
             errors.append(FieldError(field, "must be a GeoJSON Feature"))
