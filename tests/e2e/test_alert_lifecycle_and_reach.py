@@ -4,6 +4,7 @@ the phone, near-me, neighbourhoods, and responders' answers."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 import secrets
 import time
 from pathlib import Path
@@ -14,7 +15,18 @@ import pytest
 from server import keys
 from tests.conftest import ADMIN_TOKEN
 from tests.e2e.conftest import Stack, wait_for
-from tests.helpers import FAR_POINT, POINT, circle, create_agency, create_device, incident, iso
+from tests.helpers import (
+    FAR_POINT,
+    FIXTURES,
+    POINT,
+    circle,
+    create_agency,
+    create_device,
+    fresh_times,
+    incident,
+    iso,
+    signed,
+)
 from tests.helpers import post_incident as post
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -342,3 +354,48 @@ async def test_responders_answers_are_counted_and_their_push_carries_the_actions
                               "alerted": 3, "responding": 1, "on_scene": 1, "declined": 1}
     r = await stack.client.get(f"/v1/admin/incidents/{incident_id}/responders")
     assert r.status == 401
+
+
+async def _post_as(stack: Stack, secret: str, body: str, content_type: str
+                   ) -> dict[str, Any]:
+    data = body.encode()
+    r = await stack.client.post("/v1/agencies/seattle-fire/incidents", data=data,
+                                headers={**signed(secret, data), "Content-Type": content_type})
+    assert r.status == 202, await r.text()
+    answer: dict[str, Any] = await r.json()
+    return answer
+
+
+async def test_cap_all_clear_and_eido_cancel_send_the_update(stack: Stack) -> None:
+    secret = await create_agency(stack.client, call_types={
+        "Fire in Building": "structure_fire", "Law-Shooting": "shooting"})
+    near_cap = secrets.token_hex(32)
+    near_eido = secrets.token_hex(32)
+    await create_device(stack.client, "apns", near_cap, circle(*POINT, 1000))
+    await create_device(stack.client, "apns", near_eido, circle(47.61085, -122.33857, 1000))
+    alert, all_clear = fresh_times(*((FIXTURES / "cap" / f).read_text()
+                                for f in ("fire_circle.xml", "all_clear.xml")))
+    first = await _post_as(stack, secret, alert, "application/cap+xml")
+    await wait_for(lambda: len(_apns_to(stack, near_cap)) == 1, what="the CAP alert")
+    cleared = await _post_as(stack, secret, all_clear, "application/cap+xml")
+    assert cleared["incident_id"] == first["incident_id"]
+    assert cleared["decision"] == "suppressed:cleared"
+    await wait_for(lambda: len(_apns_to(stack, near_cap)) == 2, what="the CAP update")
+    update = _apns_to(stack, near_cap)[1]
+    # onset 04:18, all clear sent 04:50 (the fixtures' times, moved to now).
+    assert update["aps"]["alert"] == {"title": "Structure fire nearby — cleared",
+                                      "body": "Cleared 32 minutes after it was reported"}
+
+    [shooting] = fresh_times((FIXTURES / "eido" / "circle.json").read_text())
+    doc = json.loads(shooting)
+    await _post_as(stack, secret, json.dumps(doc), "application/eido+json")
+    await wait_for(lambda: len(_apns_to(stack, near_eido)) == 1, what="the EIDO alert")
+    doc["lastUpdateTimeStamp"] = iso(dt.datetime.now(dt.UTC))
+    doc["incidentComponent"][0]["incidentStatusCommonRegistryText"] = "Cancelled"
+    await _post_as(stack, secret, json.dumps(doc), "application/eido+json")
+    await wait_for(lambda: len(_apns_to(stack, near_eido)) == 2, what="the EIDO update")
+    eido_update = _apns_to(stack, near_eido)[1]
+    assert eido_update["aps"]["alert"]["title"] == "Shooting nearby — cancelled"
+    assert eido_update["aps"]["interruption-level"] == "passive"
+    await stack.drained()
+    assert len(stack.apns.deliveries) == 4
