@@ -1,10 +1,13 @@
 """The matcher: incidents in, per-platform pushes out.
 
 For each incident on ``geopush:incidents`` it finds the devices whose zones intersect
-the incident's geometry (PostGIS, GiST-indexed), applies their category preferences
-and quiet hours, and enqueues one push per device. Enqueueing is a Lua script that
-sets the per-device dedup key and XADDs in one atomic step, so a matcher that dies
-half-way and is replayed never pushes a device twice and never skips one.
+the incident's geometry (PostGIS, GiST-indexed) or whose current position is near it
+("near me", Redis GEO), applies their category preferences and quiet hours, and
+enqueues one push per device. For an alerted incident that ended (cleared,
+cancelled) it enqueues the update that replaces the alert on the phones it reached.
+Enqueueing is a Lua script that sets the per-device dedup key and XADDs in one atomic
+step, so a matcher that dies half-way and is replayed never pushes a device twice and
+never skips one.
 """
 
 from __future__ import annotations
@@ -18,20 +21,22 @@ import asyncpg
 import redis.asyncio as aioredis
 
 from server import keys
-from server.domain.categories import MOST_SEVERE, RESPONDER_ONLY
 from server.domain.policy import ALERT
-from server.domain.quiet import allowed_now
-from server.domain.zones import MAX_NEAR_ME_RADIUS_M
-from server.store import aeds, positions
+from server.store import aeds, matching, positions
+from server.store.audience import (
+    ALERT_LIFETIME,
+    DEFAULT_LOCATION_TTL,
+    RESPONDER,
+    Target,
+    awake,
+    find_audience,
+    hourly_limit,
+)
 from server.store.publish import STREAM_MAXLEN
 from workers.push import Push
 from workers.streams import Entry, StreamConsumer
 
 log = logging.getLogger(__name__)
-
-# How long after it occurred a push is still worth delivering (also the APNs
-# expiration and the FCM TTL).
-ALERT_LIFETIME = dt.timedelta(hours=1)
 
 # KEYS: the event's dedup set, the platform's push stream, the device's rate counter.
 # ARGV: device id, dedup TTL, stream MAXLEN, hourly limit (0: none), then the entry's
@@ -58,79 +63,13 @@ return 1
 
 _INCIDENT = """
 SELECT i.id, i.agency_id, i.category, i.status, i.decision, i.actual, i.occurred_at,
-       i.received_at, i.revision, i.public_location, i.location_kind,
+       i.received_at, i.revision, i.public_location, i.location_kind, i.geom::text AS geom,
        ST_Y(i.public_point) AS lat, ST_X(i.public_point) AS lon,
        ST_Y(ST_PointOnSurface(i.geom)) AS exact_lat, ST_X(ST_PointOnSurface(i.geom)) AS exact_lon,
-       -- how far the incident's public extent reaches from its public point (0 for a
-       -- point): near-me positions are searched that much further out
-       CASE WHEN GeometryType(i.geom) IN ('POLYGON', 'MULTIPOLYGON')
-            THEN ST_Length(ST_LongestLine(i.public_point, i.geom)::geography) ELSE 0 END
-           AS extent_m,
        i.title_override, i.body_override, a.responder_radius_m,
        i.category = ANY (a.no_update_categories) AS updates_off
   FROM incidents i JOIN agencies a ON a.id = i.agency_id
  WHERE i.id = $1
-"""
-
-# Responders near a cardiac arrest, from the positions Redis found. Where the arrest is
-# not known to be in a public place, only responders the agency registered are alerted.
-_RESPONDERS = """
-SELECT d.id, d.platform, d.token, d.locale, d.timezone, d.quiet_start, d.quiet_end
-  FROM devices d
- WHERE d.id = ANY ($1::uuid[])
-   AND d.responder
-   AND d.token_disabled_at IS NULL
-   AND (d.categories IS NULL OR 'cardiac_arrest' = ANY (d.categories))
-   AND ($2 OR EXISTS (SELECT 1 FROM agency_responders r
-                       WHERE r.device_id = d.id AND r.agency_id = $3))
-"""
-
-# Two agencies reporting one event (a fire both the fire and the police CAD know
-# about): the same category within 150 m and 10 minutes, already alerted. Devices
-# are deduplicated on the earliest such incident, so each is alerted once.
-SAME_EVENT_DISTANCE_M = 150
-SAME_EVENT_WINDOW = dt.timedelta(minutes=10)
-_SAME_EVENT = """
-SELECT o.id
-  FROM incidents i
-  JOIN incidents o
-    ON o.category = i.category
-   AND o.agency_id <> i.agency_id
-   AND o.occurred_at BETWEEN i.occurred_at - $2::interval AND i.occurred_at + $2::interval
-   AND (o.received_at, o.id) < (i.received_at, i.id)
-   AND o.decision = 'alert' AND o.actual
-   AND ST_DWithin(o.geom::geography, i.geom::geography, $3)
- WHERE i.id = $1
- ORDER BY o.received_at, o.id
- LIMIT 1
-"""
-
-# Who a neighbourhood alert reaches: devices with a zone meeting the incident (the
-# zone test runs on the GiST index of zones.geom: ST_Intersects adds the && box check
-# itself; boundary points count as inside), and devices with "near me" whose current
-# position ($2-$4, from one GEO search in Redis) is within their radius of the
-# incident's public point (or its area, for an incident given as one). A device both
-# ways matched is one row: one push.
-_NEIGHBOURS = """
-SELECT DISTINCT ON (d.id) d.id, d.platform, d.token, d.locale, d.timezone,
-       d.quiet_start, d.quiet_end
-  FROM incidents i
-  JOIN LATERAL (
-      SELECT z.device_id FROM zones z WHERE ST_Intersects(z.geom, i.geom)
-      UNION ALL
-      SELECT p.device_id
-        FROM unnest($2::uuid[], $3::float8[], $4::float8[]) AS p(device_id, lon, lat)
-        JOIN devices nd ON nd.id = p.device_id
-       WHERE nd.near_me_radius_m IS NOT NULL
-         AND ST_DWithin(ST_SetSRID(ST_MakePoint(p.lon, p.lat), 4326)::geography,
-                        (CASE WHEN GeometryType(i.geom) IN ('POLYGON', 'MULTIPOLYGON')
-                              THEN i.geom ELSE i.public_point END)::geography,
-                        nd.near_me_radius_m)
-  ) m ON true
-  JOIN devices d ON d.id = m.device_id
- WHERE i.id = $1
-   AND d.token_disabled_at IS NULL
-   AND (d.categories IS NULL OR i.category = ANY (d.categories))
 """
 
 # Who gets the update when an alerted incident ends: the devices its alert reached,
@@ -159,7 +98,7 @@ class MatchResult:
 class Matcher:
     def __init__(self, pool: asyncpg.Pool, redis: aioredis.Redis, *,
                  device_pushes_per_hour: int = 10,
-                 location_ttl: dt.timedelta = dt.timedelta(minutes=120)) -> None:
+                 location_ttl: dt.timedelta = DEFAULT_LOCATION_TTL) -> None:
         self.pool = pool
         self.redis = redis
         self.near_me = positions.near_me(location_ttl.total_seconds())
@@ -182,43 +121,44 @@ class Matcher:
         if incident["decision"] != ALERT or incident["status"] != "active":
             # Re-decided since it was published: nothing to do.
             return MatchResult(incident_id, 0, 0)
-        audience, aeds_json = "neighbour", ""
+        target = Target(
+            agency_id=incident["agency_id"], category=incident["category"],
+            geometry=incident["geom"], exact_lat=incident["exact_lat"],
+            exact_lon=incident["exact_lon"], location_kind=incident["location_kind"],
+            responder_radius_m=incident["responder_radius_m"],
+            public_lat=incident["lat"], public_lon=incident["lon"],
+        )
+        audience = await find_audience(self.pool, self.redis, target, near_me=self.near_me)
+        rows = audience.devices
+        aeds_json = ""
         lat, lon = incident["lat"], incident["lon"]
-        if incident["category"] in RESPONDER_ONLY:
-            # Never to neighbours: responders are matched by where they are now, and get
-            # the exact point (they have to find the patient) and the nearest AEDs.
-            audience = "responder"
+        if audience.kind == RESPONDER:
+            # Responders get the exact point (they have to find the patient) and the
+            # nearest AEDs.
             lat, lon = incident["exact_lat"], incident["exact_lon"]
-            rows = await self._responders(incident)
             if rows:
                 aeds_json = json.dumps(await aeds.nearest(self.pool, lat, lon),
                                        separators=(",", ":"))
-        else:
-            rows = await self._neighbours(incident, now)
-        event_id = await self.pool.fetchval(
-            _SAME_EVENT, incident["id"], SAME_EVENT_WINDOW, SAME_EVENT_DISTANCE_M
+        event_id = await matching.same_event(
+            self.pool, category=incident["category"], agency_id=incident["agency_id"],
+            occurred_at=incident["occurred_at"], received_at=incident["received_at"],
+            incident_id=incident["id"], geometry=incident["geom"],
         ) if rows else None
         dedup_on = str(event_id or incident["id"])
-        limit = 0 if (audience == "responder" or incident["category"] in MOST_SEVERE) \
-            else self.device_pushes_per_hour
-        pushes = []
-        for row in rows:
-            if not allowed_now(incident["category"], now, row["timezone"],
-                               row["quiet_start"], row["quiet_end"]):
-                continue
-            pushes.append(Push(
-                incident_id=str(incident["id"]), device_id=str(row["id"]),
-                platform=row["platform"], token=row["token"], locale=row["locale"],
-                category=incident["category"],
-                public_location=incident["public_location"] or "",
-                lat=lat, lon=lon,
-                occurred_at=incident["occurred_at"].timestamp(),
-                received_at=incident["received_at"].timestamp(),
-                expires_at=expires.timestamp(),
-                title=incident["title_override"] or "",
-                body=incident["body_override"] or "",
-                audience=audience, aeds=aeds_json,
-            ))
+        limit = hourly_limit(audience, incident["category"], self.device_pushes_per_hour)
+        pushes = [Push(
+            incident_id=str(incident["id"]), device_id=str(row["id"]),
+            platform=row["platform"], token=row["token"], locale=row["locale"],
+            category=incident["category"],
+            public_location=incident["public_location"] or "",
+            lat=lat, lon=lon,
+            occurred_at=incident["occurred_at"].timestamp(),
+            received_at=incident["received_at"].timestamp(),
+            expires_at=expires.timestamp(),
+            title=incident["title_override"] or "",
+            body=incident["body_override"] or "",
+            audience=audience.kind, aeds=aeds_json,
+        ) for row in awake(audience, incident["category"], now)]
         results = await self._enqueue_all(pushes, keys.pushed(dedup_on), limit)
         enqueued = sum(1 for r in results if r == 1)
         limited = sum(1 for r in results if r == -1)
@@ -239,16 +179,6 @@ class Matcher:
                     client=pipe,
                 )
             return list(await pipe.execute()) if len(pipe) else []
-
-    async def _neighbours(self, incident: asyncpg.Record, now: dt.datetime
-                          ) -> list[asyncpg.Record]:
-        """Zone matches and near-me matches, one row per device."""
-        nearby = await self.near_me.near(
-            self.redis, incident["lat"], incident["lon"],
-            MAX_NEAR_ME_RADIUS_M + incident["extent_m"], now.timestamp())
-        return await self.pool.fetch(
-            _NEIGHBOURS, incident["id"], [n.device_id for n in nearby],
-            [n.lon for n in nearby], [n.lat for n in nearby])
 
     async def _send_updates(self, incident: asyncpg.Record, expires: dt.datetime
                             ) -> MatchResult:
@@ -281,17 +211,6 @@ class Matcher:
         log.info("updates incident=%s status=%s alerted=%d enqueued=%d", incident_id,
                  incident["status"], len(rows), enqueued)
         return MatchResult(incident_id, len(rows), enqueued)
-
-    async def _responders(self, incident: asyncpg.Record) -> list[asyncpg.Record]:
-        nearby = await positions.RESPONDERS.near(
-            self.redis, incident["exact_lat"], incident["exact_lon"],
-            incident["responder_radius_m"])
-        if not nearby:
-            return []
-        return await self.pool.fetch(
-            _RESPONDERS, [r.device_id for r in nearby],
-            incident["location_kind"] == "public", incident["agency_id"],
-        )
 
     async def handle(self, consumer: StreamConsumer, entries: list[Entry]) -> None:
         done: list[str] = []

@@ -141,6 +141,9 @@ TEXTS: dict[str, dict[str, str]] = {
 }
 
 ENDED_STATUSES: Final = ("cleared", "cancelled")
+LOCALES: tuple[str, ...] = LANGUAGES
+"""The languages a push can be written in (any other locale falls back by language,
+then to English)."""
 
 
 def language(locale: str) -> str:

@@ -58,16 +58,26 @@ class PositionSet:
         return len(ids)
 
     async def near(self, redis: aioredis.Redis, lat: float, lon: float, radius_m: float,
-                   now: float | None = None) -> list[Nearby]:
+                   now: float | None = None, *, forget: bool = True) -> list[Nearby]:
         """Devices whose last position (within the time-to-live) is within radius_m,
-        nearest first: one GEOSEARCH, whatever the number of devices."""
-        await self.forget_stale(redis, now)
+        nearest first: one GEOSEARCH, whatever the number of devices. ``forget``:
+        delete the positions past their time-to-live first (else only pass them over,
+        as a dry run must, which writes nothing)."""
+        now = now or time.time()
+        if forget:
+            await self.forget_stale(redis, now)
         found: list[Any] = await redis.geosearch(
             self.geo_key, longitude=lon, latitude=lat, radius=radius_m, unit="m",
             sort="ASC", withdist=True, withcoord=True,
         )
-        return [Nearby(_s(member), float(dist), float(coord[1]), float(coord[0]))
-                for member, dist, coord in found]
+        nearby = [Nearby(_s(member), float(dist), float(coord[1]), float(coord[0]))
+                  for member, dist, coord in found]
+        if nearby and not forget:
+            seen = await redis.zmscore(self.seen_key, [n.device_id for n in nearby])
+            cutoff = now - self.ttl_s
+            nearby = [n for n, t in zip(nearby, seen, strict=True)
+                      if t is not None and float(t) >= cutoff]
+        return nearby
 
 
 RESPONDERS = PositionSet(keys.RESPONDERS_GEO, keys.RESPONDERS_SEEN,

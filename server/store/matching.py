@@ -1,0 +1,134 @@
+"""The matching queries: which devices an incident reaches.
+
+One copy, shared by the matcher (which pushes) and the dry run (which only counts),
+so a vendor's dry run reports exactly the audience the real incident would get. The
+incident's geometry is a parameter (hex EWKB as PostgreSQL prints a geometry, or WKT;
+EPSG:4326 either way; ``ST_SetSRID`` gives WKT, which carries none, its SRID), so a
+dry run can match an incident that was never stored.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+
+import asyncpg
+
+from server.store.positions import Nearby
+
+# Devices with a zone meeting the incident (the zone test runs on the GiST index of
+# zones.geom: ST_Intersects adds the && box check itself; boundary points count as
+# inside), and devices with "near me" whose current position ($3-$5, from one GEO
+# search in Redis) is within their radius of the incident's public point ($6, $7), or
+# of its area for an incident given as one. A device matched both ways is one row:
+# one push.
+_NEIGHBOURS = """
+SELECT DISTINCT ON (d.id) d.id, d.platform, d.token, d.locale, d.timezone,
+       d.quiet_start, d.quiet_end
+  FROM (
+      SELECT z.device_id FROM zones z
+       WHERE ST_Intersects(z.geom, ST_SetSRID($1::text::geometry, 4326))
+      UNION ALL
+      SELECT p.device_id
+        FROM unnest($3::uuid[], $4::float8[], $5::float8[]) AS p(device_id, lon, lat)
+        JOIN devices nd ON nd.id = p.device_id
+       WHERE nd.near_me_radius_m IS NOT NULL
+         AND ST_DWithin(ST_SetSRID(ST_MakePoint(p.lon, p.lat), 4326)::geography,
+                        (CASE WHEN GeometryType(ST_SetSRID($1::text::geometry, 4326))
+                                   IN ('POLYGON', 'MULTIPOLYGON')
+                              THEN ST_SetSRID($1::text::geometry, 4326)
+                              ELSE ST_SetSRID(ST_MakePoint($6, $7), 4326) END)::geography,
+                        nd.near_me_radius_m)
+  ) m
+  JOIN devices d ON d.id = m.device_id
+ WHERE d.token_disabled_at IS NULL
+   AND (d.categories IS NULL OR $2 = ANY (d.categories))
+"""
+
+# How far an incident's area reaches from its public point (0 for a point): near-me
+# positions are searched that much further out.
+_EXTENT = """
+SELECT CASE WHEN GeometryType(g) IN ('POLYGON', 'MULTIPOLYGON')
+            THEN ST_Length(ST_LongestLine(ST_SetSRID(ST_MakePoint($3, $2), 4326), g)::geography)
+            ELSE 0 END
+  FROM (SELECT ST_SetSRID($1::text::geometry, 4326) AS g) x
+"""
+
+# Responders near a cardiac arrest, from the positions Redis found. Where the arrest is
+# not known to be in a public place, only responders the agency registered are alerted.
+_RESPONDERS = """
+SELECT d.id, d.platform, d.token, d.locale, d.timezone, d.quiet_start, d.quiet_end
+  FROM devices d
+ WHERE d.id = ANY ($1::uuid[])
+   AND d.responder
+   AND d.token_disabled_at IS NULL
+   AND (d.categories IS NULL OR 'cardiac_arrest' = ANY (d.categories))
+   AND ($2 OR EXISTS (SELECT 1 FROM agency_responders r
+                       WHERE r.device_id = d.id AND r.agency_id = $3))
+"""
+
+# Two agencies reporting one event (a fire both the fire and the police CAD know
+# about): the same category within 150 m and 10 minutes, already alerted. Devices
+# are deduplicated on the earliest such incident, so each is alerted once. An
+# incident not stored yet (a dry run) has no id: every earlier arrival counts.
+SAME_EVENT_DISTANCE_M = 150
+SAME_EVENT_WINDOW = dt.timedelta(minutes=10)
+_SAME_EVENT = """
+SELECT o.id
+  FROM incidents o
+ WHERE o.category = $1
+   AND o.agency_id <> $2
+   AND o.occurred_at BETWEEN $3::timestamptz - $7::interval AND $3::timestamptz + $7::interval
+   AND ($5::uuid IS NULL OR (o.received_at, o.id) < ($4::timestamptz, $5::uuid))
+   AND o.received_at <= $4
+   AND o.decision = 'alert' AND o.actual
+   AND ST_DWithin(o.geom::geography, ST_SetSRID($6::text::geometry, 4326)::geography, $8)
+ ORDER BY o.received_at, o.id
+ LIMIT 1
+"""
+
+_POINT_ON_SURFACE = """
+SELECT ST_Y(p) AS lat, ST_X(p) AS lon
+  FROM ST_PointOnSurface(ST_SetSRID($1::text::geometry, 4326)) AS p
+"""
+
+
+async def neighbours(db: asyncpg.Pool, geometry: str, category: str,
+                     near: Sequence[Nearby] = (),
+                     public_point: tuple[float, float] | None = None) -> list[asyncpg.Record]:
+    """Devices that take ``category`` with a zone meeting ``geometry``, or with "near
+    me" and a position in ``near`` within their radius of ``public_point`` (lat, lon)."""
+    lat, lon = public_point if public_point else (None, None)
+    return await db.fetch(_NEIGHBOURS, geometry, category, [n.device_id for n in near],
+                          [n.lon for n in near], [n.lat for n in near], lon, lat)
+
+
+async def extent_m(db: asyncpg.Pool, geometry: str, lat: float, lon: float) -> float:
+    """Metres from the public point (lat, lon) to the farthest point of the incident's
+    area; 0 for a point."""
+    return float(await db.fetchval(_EXTENT, geometry, lat, lon) or 0.0)
+
+
+async def responders(db: asyncpg.Pool, device_ids: list[str], *, public_place: bool,
+                     agency_id: str) -> list[asyncpg.Record]:
+    """Of the responders near an arrest, those who may be alerted for it."""
+    return await db.fetch(_RESPONDERS, device_ids, public_place, agency_id)
+
+
+async def same_event(
+    db: asyncpg.Pool, *, category: str, agency_id: str, occurred_at: dt.datetime,
+    received_at: dt.datetime, incident_id: object | None, geometry: str,
+) -> object | None:
+    """The earliest incident of another agency that is the same event, if any."""
+    event_id: object | None = await db.fetchval(
+        _SAME_EVENT, category, agency_id, occurred_at, received_at, incident_id, geometry,
+        SAME_EVENT_WINDOW, SAME_EVENT_DISTANCE_M)
+    return event_id
+
+
+async def point_on_surface(db: asyncpg.Pool, geometry: str) -> tuple[float, float]:
+    """(lat, lon) of a point inside the geometry, as the matcher picks a responder's
+    destination from a stored incident."""
+    row = await db.fetchrow(_POINT_ON_SURFACE, geometry)
+    assert row is not None  # a function call in FROM always yields a row
+    return float(row["lat"]), float(row["lon"])
