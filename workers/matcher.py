@@ -22,11 +22,15 @@ import redis.asyncio as aioredis
 
 from server import keys
 from server.domain.policy import ALERT
+from server.domain.severity import MODERATE
+from server.domain.zones import MAX_NEAR_ME_RADIUS_M
 from server.store import aeds, matching, positions
 from server.store.audience import (
     ALERT_LIFETIME,
     DEFAULT_LOCATION_TTL,
+    NEIGHBOUR,
     RESPONDER,
+    Audience,
     Target,
     awake,
     find_audience,
@@ -63,12 +67,14 @@ return 1
 
 _INCIDENT = """
 SELECT i.id, i.agency_id, i.category, i.status, i.decision, i.actual, i.occurred_at,
-       i.received_at, i.revision, i.public_location, i.location_kind, i.geom::text AS geom,
+       i.received_at, i.public_location, i.location_kind, i.geom::text AS geom,
        ST_Y(i.public_point) AS lat, ST_X(i.public_point) AS lon,
        ST_Y(ST_PointOnSurface(i.geom)) AS exact_lat, ST_X(ST_PointOnSurface(i.geom)) AS exact_lon,
        i.title_override, i.body_override, a.responder_radius_m,
+       i.source, i.expires_at, m.severity, m.area::text AS area, i.revision,
        i.category = ANY (a.no_update_categories) AS updates_off
   FROM incidents i JOIN agencies a ON a.id = i.agency_id
+  LEFT JOIN manual_alerts m ON m.incident_id = i.id
  WHERE i.id = $1
 """
 
@@ -112,7 +118,7 @@ class Matcher:
         incident = await self.pool.fetchrow(_INCIDENT, incident_id)
         if incident is None or not incident["actual"]:
             return MatchResult(incident_id, 0, 0)
-        expires = incident["occurred_at"] + ALERT_LIFETIME
+        expires = incident["expires_at"] or incident["occurred_at"] + ALERT_LIFETIME
         if now >= expires:
             # Past the alert's lifetime: neither the alert nor an update is worth sending.
             return MatchResult(incident_id, 0, 0)
@@ -121,14 +127,22 @@ class Matcher:
         if incident["decision"] != ALERT or incident["status"] != "active":
             # Re-decided since it was published: nothing to do.
             return MatchResult(incident_id, 0, 0)
-        target = Target(
-            agency_id=incident["agency_id"], category=incident["category"],
-            geometry=incident["geom"], exact_lat=incident["exact_lat"],
-            exact_lon=incident["exact_lon"], location_kind=incident["location_kind"],
-            responder_radius_m=incident["responder_radius_m"],
-            public_lat=incident["lat"], public_lon=incident["lon"],
-        )
-        audience = await find_audience(self.pool, self.redis, target, near_me=self.near_me)
+        manual = incident["source"] == "manual"
+        severity = incident["severity"] or ""
+        if manual:
+            # The drawn area is public by nature: matched as drawn (matching.py).
+            # Phones whose current position is in it ("near me") are reached too.
+            audience = Audience(NEIGHBOUR, await matching.area_neighbours(
+                self.pool, incident["area"],
+                await self._near_area(incident["area"], incident["lat"], incident["lon"])))
+        else:
+            audience = await find_audience(self.pool, self.redis, Target(
+                agency_id=incident["agency_id"], category=incident["category"],
+                geometry=incident["geom"], exact_lat=incident["exact_lat"],
+                exact_lon=incident["exact_lon"], location_kind=incident["location_kind"],
+                responder_radius_m=incident["responder_radius_m"],
+                public_lat=incident["lat"], public_lon=incident["lon"],
+            ), near_me=self.near_me)
         rows = audience.devices
         aeds_json = ""
         lat, lon = incident["lat"], incident["lon"]
@@ -143,9 +157,14 @@ class Matcher:
             self.pool, category=incident["category"], agency_id=incident["agency_id"],
             occurred_at=incident["occurred_at"], received_at=incident["received_at"],
             incident_id=incident["id"], geometry=incident["geom"],
-        ) if rows else None
+        ) if rows and not manual else None
         dedup_on = str(event_id or incident["id"])
-        limit = hourly_limit(audience, incident["category"], self.device_pushes_per_hour)
+        # An agency's own alert is never held back by the hourly limit, and quiet hours
+        # hold back only a moderate one.
+        limit = 0 if manual else hourly_limit(audience, incident["category"],
+                                               self.device_pushes_per_hour)
+        recipients = rows if manual and severity != MODERATE \
+            else awake(audience, incident["category"], now)
         pushes = [Push(
             incident_id=str(incident["id"]), device_id=str(row["id"]),
             platform=row["platform"], token=row["token"], locale=row["locale"],
@@ -157,14 +176,22 @@ class Matcher:
             expires_at=expires.timestamp(),
             title=incident["title_override"] or "",
             body=incident["body_override"] or "",
-            audience=audience.kind, aeds=aeds_json,
-        ) for row in awake(audience, incident["category"], now)]
+            audience=audience.kind, aeds=aeds_json, severity=severity,
+        ) for row in recipients]
         results = await self._enqueue_all(pushes, keys.pushed(dedup_on), limit)
         enqueued = sum(1 for r in results if r == 1)
         limited = sum(1 for r in results if r == -1)
         log.info("matched incident=%s category=%s candidates=%d enqueued=%d rate_limited=%d",
                  incident_id, incident["category"], len(rows), enqueued, limited)
         return MatchResult(incident_id, len(rows), enqueued)
+
+    async def _near_area(self, area: str, lat: float, lon: float) -> list[positions.Nearby]:
+        """Near-me positions that may be within their radius of a manual alert's area:
+        one GEO search around a point on it, as far out as the area reaches."""
+        if not await self.redis.exists(self.near_me.geo_key):
+            return []
+        extent = await matching.extent_m(self.pool, area, lat, lon)
+        return await self.near_me.near(self.redis, lat, lon, MAX_NEAR_ME_RADIUS_M + extent)
 
     async def _enqueue_all(self, pushes: list[Push], dedup_key: str, limit: int) -> list[int]:
         """Each push enqueued unless its device is in ``dedup_key`` already, or over
@@ -204,7 +231,7 @@ class Matcher:
             occurred_at=incident["occurred_at"].timestamp(),
             received_at=incident["received_at"].timestamp(),
             expires_at=expires.timestamp(), kind="update", status=incident["status"],
-            ended_at=ended_at.timestamp(),
+            ended_at=ended_at.timestamp(), severity=incident["severity"] or "",
         ) for row in rows]
         results = await self._enqueue_all(pushes, keys.pushed(f"update:{incident_id}"), 0)
         enqueued = sum(1 for r in results if r == 1)

@@ -36,12 +36,12 @@ class Push(msgspec.Struct, frozen=True):
     # "neighbour" (zone match) or "responder" (CPR: exact point, nearest AEDs)
     audience: str = "neighbour"
     aeds: str = ""              # JSON list of the nearest AEDs, responders only
+    severity: str = ""          # a manual alert's: extreme | severe | moderate
     # "alert", or "update": the incident ended (``status`` cleared | cancelled, at
     # ``ended_at``, unix s); the update replaces the alert on the phone.
     kind: str = "alert"
     status: str = "active"
     ended_at: float = 0.0
-    severity: str = ""          # an agency's manual alert: extreme | severe | moderate
 
     def to_fields(self) -> dict[str, str]:
         """The stream entry's fields."""
@@ -83,6 +83,8 @@ class Push(msgspec.Struct, frozen=True):
             "category": self.category,
             "area": {"lat": self.lat, "lon": self.lon, "location": self.public_location or None},
         }
+        if self.severity:
+            data["severity"] = self.severity
         if self.kind == "update":
             data["status"] = self.status
         elif self.audience == "responder":

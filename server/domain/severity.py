@@ -1,4 +1,4 @@
-"""How loudly a push presents on the phone (pure).
+"""A manual alert's severity, and how loudly a push presents on the phone (pure).
 
 One mapping for both platforms, from the incident's category, the push's kind (an
 alert, or the update that replaces it when the incident ends) and, for an agency's
@@ -23,8 +23,14 @@ from typing import Final, Literal
 from server.domain.categories import MOST_SEVERE, RESPONDER_ONLY
 
 Kind = Literal["alert", "update"]
-ManualSeverity = Literal["extreme", "severe", "moderate"]
-MANUAL_SEVERITIES: Final = ("extreme", "severe", "moderate")
+
+EXTREME = "extreme"
+SEVERE = "severe"
+MODERATE = "moderate"
+SEVERITIES = (EXTREME, SEVERE, MODERATE)
+
+# The CAP 1.2 <severity> values.
+CAP_SEVERITY = {EXTREME: "Extreme", SEVERE: "Severe", MODERATE: "Moderate"}
 
 SEVERE_CATEGORIES: frozenset[str] = MOST_SEVERE | RESPONDER_ONLY
 # Violence and fire: above property crime in the notification summary.
@@ -58,14 +64,22 @@ def presentation(category: str, kind: Kind = "alert", *, manual_severity: str = 
     manual alert (extreme | severe | moderate)."""
     if kind == "update":
         return Presentation("passive", 0.1, CHANNEL_UPDATES, sound=False, high_priority=False)
-    if manual_severity == "extreme":
+    if manual_severity == EXTREME:
         level: Literal["critical", "time-sensitive"] = \
             "critical" if critical_alerts else "time-sensitive"
         return Presentation(level, 1.0, CHANNEL_SEVERE, sound=True, high_priority=True)
-    if manual_severity == "severe" or (not manual_severity and category in SEVERE_CATEGORIES):
+    if manual_severity == SEVERE or (not manual_severity and category in SEVERE_CATEGORIES):
         return Presentation("time-sensitive", 0.9, CHANNEL_SEVERE, sound=True,
                             high_priority=True)
-    if manual_severity == "moderate":
+    if manual_severity == MODERATE:
         return Presentation("active", 0.6, CHANNEL_ALERTS, sound=True, high_priority=True)
     score = 0.6 if category in _SERIOUS else 0.4
     return Presentation("active", score, CHANNEL_ALERTS, sound=True, high_priority=True)
+
+
+def urgency(severity: str, *, critical_alerts: bool = False) -> str:
+    """APNs ``interruption-level`` for a manual alert of this severity (``critical``
+    only for an extreme one, and only with Apple's entitlement and the operator's
+    consent: ``critical_alerts``)."""
+    return presentation("", manual_severity=severity,
+                        critical_alerts=critical_alerts).interruption_level

@@ -13,6 +13,7 @@ import datetime as dt
 from collections.abc import Sequence
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 
 from server.store.positions import Nearby
 
@@ -53,6 +54,29 @@ SELECT CASE WHEN GeometryType(g) IN ('POLYGON', 'MULTIPOLYGON')
             ELSE 0 END
   FROM (SELECT ST_SetSRID($1::text::geometry, 4326) AS g) x
 """
+
+# A manual alert's area is public by nature (an agency drew it to be announced), so it
+# is matched as drawn, never generalized: every device with a zone meeting it, or with
+# "near me" and a current position ($2-$4) within its radius of it, whatever
+# categories the device chose.
+_AREA_NEIGHBOURS = """
+SELECT DISTINCT ON (d.id) d.id, d.platform, d.token, d.locale, d.timezone,
+       d.quiet_start, d.quiet_end
+  FROM (
+      SELECT z.device_id FROM zones z
+       WHERE ST_Intersects(z.geom, ST_SetSRID($1::text::geometry, 4326))
+      UNION ALL
+      SELECT p.device_id
+        FROM unnest($2::uuid[], $3::float8[], $4::float8[]) AS p(device_id, lon, lat)
+        JOIN devices nd ON nd.id = p.device_id
+       WHERE nd.near_me_radius_m IS NOT NULL
+         AND ST_DWithin(ST_SetSRID(ST_MakePoint(p.lon, p.lat), 4326)::geography,
+                        ST_SetSRID($1::text::geometry, 4326)::geography, nd.near_me_radius_m)
+  ) m
+  JOIN devices d ON d.id = m.device_id
+ WHERE d.token_disabled_at IS NULL
+"""
+_AREA_AUDIENCE_SIZE = f"SELECT count(*) FROM ({_AREA_NEIGHBOURS}) AS reached"  # noqa: S608
 
 # Responders near a cardiac arrest, from the positions Redis found. Where the arrest is
 # not known to be in a public place, only responders the agency registered are alerted.
@@ -107,6 +131,22 @@ async def extent_m(db: asyncpg.Pool, geometry: str, lat: float, lon: float) -> f
     """Metres from the public point (lat, lon) to the farthest point of the incident's
     area; 0 for a point."""
     return float(await db.fetchval(_EXTENT, geometry, lat, lon) or 0.0)
+
+
+async def area_neighbours(db: asyncpg.Pool, area: str, near: Sequence[Nearby] = ()
+                          ) -> list[asyncpg.Record]:
+    """Devices with a zone meeting a manual alert's ``area``, or with "near me" and a
+    position in ``near`` within their radius of it."""
+    return await db.fetch(_AREA_NEIGHBOURS, area, [n.device_id for n in near],
+                          [n.lon for n in near], [n.lat for n in near])
+
+
+async def area_audience_size(db: asyncpg.Pool | PoolConnectionProxy[asyncpg.Record],
+                             area: str) -> int:
+    """How many devices ``area_neighbours`` would return (the alert's preview)."""
+    # Zones only: where near-me phones are is in Redis, and changes by the minute.
+    size: int = await db.fetchval(_AREA_AUDIENCE_SIZE, area, [], [], [])
+    return size
 
 
 async def responders(db: asyncpg.Pool, device_ids: list[str], *, public_place: bool,
