@@ -399,3 +399,41 @@ async def test_cap_all_clear_and_eido_cancel_send_the_update(stack: Stack) -> No
     assert eido_update["aps"]["interruption-level"] == "passive"
     await stack.drained()
     assert len(stack.apns.deliveries) == 4
+
+
+# A 2 km x 2 km square around POINT.
+SQUARE = {"type": "Polygon", "coordinates": [[
+    [POINT[1] - 0.0133, POINT[0] - 0.009], [POINT[1] + 0.0133, POINT[0] - 0.009],
+    [POINT[1] + 0.0133, POINT[0] + 0.009], [POINT[1] - 0.0133, POINT[0] + 0.009],
+    [POINT[1] - 0.0133, POINT[0] - 0.009]]]}
+
+
+@pytest.mark.apns_critical_alerts
+async def test_an_extreme_manual_alert_is_critical_with_the_entitlement_and_reaches_near_me(
+    stack: Stack
+) -> None:
+    await create_agency(stack.client)
+    # No zone: only its current position, in the square's north-east corner, ~1.3 km
+    # from the centre, 300 m radius.
+    inside, _ = await _near_me_device(stack, secrets.token_hex(32), 300,
+                                      (POINT[0] + 0.0085, POINT[1] + 0.0128))
+    await _near_me_device(stack, secrets.token_hex(32), 300, (POINT[0] + 0.02, POINT[1]))
+    await create_device(stack.client, "fcm", "fcm-manual", circle(*POINT, 500))
+    for severity, n in (("extreme", 2), ("moderate", 4)):
+        r = await stack.client.post("/v1/admin/agencies/seattle-fire/alerts", headers=ADMIN,
+                                    json={"title": "Gas leak", "body": "Leave the area now.",
+                                          "area": SQUARE, "severity": severity,
+                                          "expires_in_minutes": 60})
+        assert r.status == 201, await r.text()
+        await wait_for(lambda n=n: len(stack.apns.deliveries) + len(stack.fcm.deliveries) == n,
+                       what=f"the {severity} alert on both phones")
+    await stack.drained()
+    [extreme, moderate] = [d.payload["aps"] for d in stack.apns.deliveries]
+    assert stack.apns.deliveries[0].token == \
+        await stack.pool.fetchval("SELECT token FROM devices WHERE id = $1::uuid", inside)
+    assert extreme["interruption-level"] == "critical"
+    assert extreme["sound"] == {"critical": 1, "name": "default", "volume": 1.0}
+    assert moderate["interruption-level"] == "active" and moderate["sound"] == "default"
+    channels = [m.message["android"]["notification"]["channel_id"]
+                for m in stack.fcm.deliveries]
+    assert channels == ["geopush_severe", "geopush_alerts"]
