@@ -139,8 +139,8 @@ OPERATIONS = [
        auth="admin", responses={200: None}, errors=(401, 415, 422),
        extra_request={"application/geo+json": {"schema": {"type": "object"}}}),
     Op("get", "/v1/admin/incidents/{incident}/responders",
-       "Responders alerted to an incident and their answers", "admin", auth="admin",
-       responses={200: None}, errors=(401, 404)),
+       "Responders alerted to an incident and their answers (operator, or the agency's "
+       "admins)", "admin", auth="admin", responses={200: None}, errors=(401, 403, 404)),
     Op("get", "/v1/neighbourhoods", "Neighbourhoods containing ?lat=&lon=", "neighbourhoods",
        responses={200: None}, errors=(422,)),
     Op("get", "/v1/neighbourhoods/{id}", "One neighbourhood and its polygon", "neighbourhoods",

@@ -22,9 +22,11 @@ from tests.helpers import (
     circle,
     create_agency,
     create_device,
+    create_user,
     fresh_times,
     incident,
     iso,
+    sign_in,
     signed,
 )
 from tests.helpers import post_incident as post
@@ -354,6 +356,21 @@ async def test_responders_answers_are_counted_and_their_push_carries_the_actions
                               "alerted": 3, "responding": 1, "on_scene": 1, "declined": 1}
     r = await stack.client.get(f"/v1/admin/incidents/{incident_id}/responders")
     assert r.status == 401
+
+    # The agency's admins see them in the console; its editors may not, other agencies'
+    # users don't even see the incident.
+    await create_agency(stack.client, "seattle-police")
+    for username, agency, role, expected in (("sfd-editor", "seattle-fire", "editor", 403),
+                                             ("spd-admin", "seattle-police", "agency_admin",
+                                              404),
+                                             ("sfd-admin", "seattle-fire", "agency_admin",
+                                              200)):
+        stack.client.session.cookie_jar.clear()
+        await create_user(stack.client, agency, username, role)
+        await sign_in(stack.client, username)
+        r = await stack.client.get(f"/v1/admin/incidents/{incident_id}/responders")
+        assert r.status == expected, (username, await r.text())
+    assert (await r.json())["on_scene"] == 1
 
 
 async def _post_as(stack: Stack, secret: str, body: str, content_type: str

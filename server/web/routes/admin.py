@@ -29,7 +29,7 @@ from server.store.agencies import (
 from server.store.devices import register_responder, unregister_responder
 from server.web.appkeys import AGENCIES, POOL, SETTINGS
 from server.web.auth import require_admin
-from server.web.principal import Forbidden, require_agency_admin
+from server.web.principal import Forbidden, principal, require_agency_admin
 from server.web.problems import FieldError, NotFound, Problem, ValidationFailed
 from server.web.routes.body import decode_json, json_response, read_bounded
 
@@ -267,14 +267,18 @@ _SOURCE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 @routes.get("/v1/admin/incidents/{incident}/responders")
 async def get_incident_responders(request: web.Request) -> web.Response:
-    """How many CPR responders an incident alerted and what they answered."""
-    _admin(request)
+    """How many CPR responders an incident alerted and what they answered: for the
+    operator, or an admin of the incident's agency (signed in to the console); other
+    agencies' users get 404, as if there were no such incident."""
+    who = await principal(request)
     raw = request.match_info["incident"]
     try:
         incident_id = str(uuid.UUID(raw))
     except ValueError:
         raise NotFound(f"No incident {raw!r}") from None
     found = await answers.counts(request.app[POOL], incident_id)
-    if found is None:
+    if found is None or not who.sees(found["agency_id"]):
         raise NotFound(f"No incident {incident_id!r}")
+    if not who.administers(found["agency_id"]):
+        raise Forbidden("Only the agency's admins may see responders' answers")
     return json_response({"incident_id": incident_id, **found})
