@@ -17,13 +17,16 @@ from asyncpg.pool import PoolConnectionProxy
 
 from server.store.positions import Nearby
 
-# Devices with a zone meeting the incident (the zone test runs on the GiST index of
-# zones.geom: ST_Intersects adds the && box check itself; boundary points count as
-# inside), and devices with "near me" whose current position ($3-$5, from one GEO
-# search in Redis) is within their radius of the incident's public point ($6, $7), or
-# of its area for an incident given as one. A device matched both ways is one row:
-# one push.
-_NEIGHBOURS = """
+
+def _reached(target: str, ids: int, categories: str) -> str:
+    """Devices with a zone meeting $1 (the zone test runs on the GiST index of
+    zones.geom: ST_Intersects adds the && box check itself; boundary points count as
+    inside), and devices with "near me" whose current position (parameters ``ids`` to
+    ``ids + 2``: device ids, longitudes, latitudes, from one GEO search in Redis) is
+    within their radius of ``target``. A device matched both ways is one row: one push.
+    ``categories``: the SQL condition on the device's categories. (Both SQL fragments
+    are this module's constants, never input.)"""
+    return f"""
 SELECT DISTINCT ON (d.id) d.id, d.platform, d.token, d.locale, d.timezone,
        d.quiet_start, d.quiet_end
   FROM (
@@ -31,20 +34,27 @@ SELECT DISTINCT ON (d.id) d.id, d.platform, d.token, d.locale, d.timezone,
        WHERE ST_Intersects(z.geom, ST_SetSRID($1::text::geometry, 4326))
       UNION ALL
       SELECT p.device_id
-        FROM unnest($3::uuid[], $4::float8[], $5::float8[]) AS p(device_id, lon, lat)
+        FROM unnest(${ids}::uuid[], ${ids + 1}::float8[], ${ids + 2}::float8[])
+             AS p(device_id, lon, lat)
         JOIN devices nd ON nd.id = p.device_id
        WHERE nd.near_me_radius_m IS NOT NULL
          AND ST_DWithin(ST_SetSRID(ST_MakePoint(p.lon, p.lat), 4326)::geography,
-                        (CASE WHEN GeometryType(ST_SetSRID($1::text::geometry, 4326))
-                                   IN ('POLYGON', 'MULTIPOLYGON')
-                              THEN ST_SetSRID($1::text::geometry, 4326)
-                              ELSE ST_SetSRID(ST_MakePoint($6, $7), 4326) END)::geography,
-                        nd.near_me_radius_m)
+                        ({target})::geography, nd.near_me_radius_m)
   ) m
   JOIN devices d ON d.id = m.device_id
  WHERE d.token_disabled_at IS NULL
-   AND (d.categories IS NULL OR $2 = ANY (d.categories))
-"""
+   AND {categories}
+"""  # noqa: S608
+
+
+# An incident: near-me positions are matched against its public point ($6, $7), or its
+# area for an incident given as one, never its exact point; only devices that take its
+# category ($2).
+_NEIGHBOURS = _reached(
+    """CASE WHEN GeometryType(ST_SetSRID($1::text::geometry, 4326)) IN ('POLYGON', 'MULTIPOLYGON')
+            THEN ST_SetSRID($1::text::geometry, 4326)
+            ELSE ST_SetSRID(ST_MakePoint($6, $7), 4326) END""",
+    ids=3, categories="(d.categories IS NULL OR $2 = ANY (d.categories))")
 
 # How far an incident's area reaches from its public point (0 for a point): near-me
 # positions are searched that much further out.
@@ -56,26 +66,8 @@ SELECT CASE WHEN GeometryType(g) IN ('POLYGON', 'MULTIPOLYGON')
 """
 
 # A manual alert's area is public by nature (an agency drew it to be announced), so it
-# is matched as drawn, never generalized: every device with a zone meeting it, or with
-# "near me" and a current position ($2-$4) within its radius of it, whatever
-# categories the device chose.
-_AREA_NEIGHBOURS = """
-SELECT DISTINCT ON (d.id) d.id, d.platform, d.token, d.locale, d.timezone,
-       d.quiet_start, d.quiet_end
-  FROM (
-      SELECT z.device_id FROM zones z
-       WHERE ST_Intersects(z.geom, ST_SetSRID($1::text::geometry, 4326))
-      UNION ALL
-      SELECT p.device_id
-        FROM unnest($2::uuid[], $3::float8[], $4::float8[]) AS p(device_id, lon, lat)
-        JOIN devices nd ON nd.id = p.device_id
-       WHERE nd.near_me_radius_m IS NOT NULL
-         AND ST_DWithin(ST_SetSRID(ST_MakePoint(p.lon, p.lat), 4326)::geography,
-                        ST_SetSRID($1::text::geometry, 4326)::geography, nd.near_me_radius_m)
-  ) m
-  JOIN devices d ON d.id = m.device_id
- WHERE d.token_disabled_at IS NULL
-"""
+# is matched as drawn, never generalized, whatever categories the device chose.
+_AREA_NEIGHBOURS = _reached("ST_SetSRID($1::text::geometry, 4326)", ids=2, categories="true")
 _AREA_AUDIENCE_SIZE = f"SELECT count(*) FROM ({_AREA_NEIGHBOURS}) AS reached"  # noqa: S608
 
 # Responders near a cardiac arrest, from the positions Redis found. Where the arrest is
