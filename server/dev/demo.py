@@ -1,4 +1,6 @@
-"""The demo ``make run`` loads: an agency, three devices, and a signed incident to post.
+"""The demo ``make run`` loads: Seattle's police neighbourhoods, an agency, four
+devices (three with a circle, one with a neighbourhood as its zone), and a signed
+incident to post.
 
 It talks to the running server over HTTP only, exactly as a CAD vendor and a phone
 app would, so the demo exercises the real path end to end.
@@ -29,6 +31,9 @@ DEVICES = [
     ("ravenna-android", "fcm", (47.6690, -122.3050), 1200),
     ("west-seattle-iphone", "apns", (47.5707, -122.3868), 1000),  # too far: gets nothing
 ]
+# A phone whose zone is the neighbourhood HOME lies in (Seattle police's "University").
+NEIGHBOURHOOD_DEVICE = ("university-android", "fcm")
+NEIGHBOURHOODS = resources.files("server").joinpath("examples/seattle-police-mcpp-areas.geojson")
 
 
 DEFAULT_URL = "http://127.0.0.1:8080"
@@ -78,6 +83,17 @@ def reuse_state(state_file: Path, base: str, admin_token: str, what: str
     return None
 
 
+def load_neighbourhoods(base_url: str, admin_token: str) -> None:
+    """Import Seattle police's 61 neighbourhoods (idempotent: re-imports update)."""
+    status, answer = request(
+        "POST", f"{base_url}/v1/admin/neighbourhoods?name_property=NAME&source=seattle-spd-mcpp",
+        raw=NEIGHBOURHOODS.read_bytes(),
+        headers={"Authorization": f"Bearer {admin_token}",
+                 "Content-Type": "application/geo+json"})
+    if status != 200:
+        raise RuntimeError(f"importing the demo neighbourhoods failed: {status} {answer}")
+
+
 def save_state(state_file: Path, state: dict[str, Any]) -> None:
     state_file.parent.mkdir(parents=True, exist_ok=True)
     state_file.write_text(json.dumps(state, indent=2))
@@ -118,6 +134,7 @@ def load(state_file: Path, base_url: str, admin_token: str,
          fakes: dict[str, str] | None = None) -> dict[str, Any]:
     """Create the demo agency and devices once; later calls reuse the saved state while
     it matches the server's database. ``fakes``: the fake gateways' control URLs."""
+    load_neighbourhoods(base_url, admin_token)
     state = reuse_state(state_file, base_url, admin_token, "demo")
     if state is not None:
         return state
@@ -131,6 +148,7 @@ def load(state_file: Path, base_url: str, admin_token: str,
              "console": console_account(base_url, admin_token),
              "devices": [register_device(base_url, platform, name, lat, lon, radius)
                          for name, platform, (lat, lon), radius in DEVICES]}
+    state["devices"].append(_neighbourhood_device(base_url))
     save_state(state_file, state)
     return state
 
@@ -147,6 +165,21 @@ def console_account(base: str, admin_token: str) -> dict[str, str]:
         if status == 201:
             return console
     raise RuntimeError(f"creating the demo console account failed: {status} {made}")
+
+
+def _neighbourhood_device(base: str) -> dict[str, Any]:
+    name, platform = NEIGHBOURHOOD_DEVICE
+    token = "demo-fcm-" + secrets.token_urlsafe(24)
+    status, dev = request("POST", f"{base}/v1/devices", {
+        "platform": platform, "token": token, "timezone": "America/Los_Angeles"})
+    if status != 201:
+        raise RuntimeError(f"registering a demo device failed: {status} {dev}")
+    _, found = request("GET", f"{base}/v1/neighbourhoods?lat={HOME[0]}&lon={HOME[1]}")
+    [hood, *_] = found["neighbourhoods"]
+    zone = {"name": hood["name"], "neighbourhood": hood["id"]}
+    request("PUT", f"{base}/v1/devices/{dev['id']}/zones", {"zones": [zone]},
+             {"Authorization": f"Bearer {dev['secret']}"})
+    return {"name": name, "platform": platform, "token": token, **dev}
 
 
 def post_incident(state_file: Path, *, base_url: str | None, call_type: str,

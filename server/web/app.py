@@ -41,6 +41,7 @@ from server.web.routes import (
     devices,
     health,
     incidents,
+    neighbourhoods,
     public_map,
     review,
     session,
@@ -96,7 +97,8 @@ def create_app(settings: Settings) -> web.Application:
     app.on_shutdown.append(_end_event_streams)
     app[PUBLIC_CACHE] = PublicCache()
     for table in (health.routes, incidents.routes, admin.routes, devices.routes,
-                  transparency.routes, openapi.routes, session.routes, users.routes,
+                  transparency.routes, neighbourhoods.routes, openapi.routes, session.routes,
+                  users.routes,
                   review.routes, alerts.routes, public_map.routes, console.routes):
         app.router.add_routes(table)
     app.router.add_get("/metrics", doc(

@@ -65,6 +65,7 @@ def test_the_wheel_carries_migrations_demo_data_and_the_transparency_page(
     names = set(zipfile.ZipFile(wheel).namelist())
     assert {f"server/store/migrations/{m}" for m in MIGRATIONS} <= names
     assert "server/examples/call-types/seattle-fire.json" in names
+    assert "server/examples/seattle-police-mcpp-areas.geojson" in names
     assert "server/web/static/transparency.html" in names
     assert not any(n.startswith("tests/") for n in names)
 
