@@ -73,8 +73,10 @@ class AgencyPatch(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     no_update_categories: list[str] | msgspec.UnsetType = msgspec.UNSET
 
 
-class AgencyView(msgspec.Struct, frozen=True):
-    """An agency's settings, never its secret."""
+class AgencyView(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """An agency's settings, never its secret. Built from ``Agency.public()``: a key
+    added there and not here fails loudly (forbid_unknown_fields) instead of being
+    dropped from the answer and the document."""
 
     id: str
     name: str
@@ -86,9 +88,10 @@ class AgencyView(msgspec.Struct, frozen=True):
     staleness_minutes: int
     rate_limit_per_minute: int
     responder_radius_m: int
+    no_update_categories: list[str]
 
 
-class UnmappedCallType(msgspec.Struct, frozen=True):
+class UnmappedCallType(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     call_type: str
     incidents: int
     last_seen: str
