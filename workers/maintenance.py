@@ -1,5 +1,6 @@
 """Periodic housekeeping, run by the relay process: expire review items past the
-staleness window and forget exact incident locations after the retention period."""
+staleness window, forget exact incident locations after the retention period and
+responders' positions 15 minutes after their last report."""
 
 from __future__ import annotations
 
@@ -9,7 +10,10 @@ import datetime as dt
 import logging
 
 import asyncpg
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
 
+from server import responders
 from server.db import STORE_UNAVAILABLE
 from server.store import review
 
@@ -18,32 +22,40 @@ log = logging.getLogger(__name__)
 
 async def purge_exact_locations(pool: asyncpg.Pool, older_than: dt.timedelta,
                                 now: dt.datetime) -> int:
-    """Replace exact point locations by the public (rounded) point once matching can no
-    longer need them. Areas (CAP polygons) are published geometry and are kept."""
+    """Replace exact geometries by the public ones (the rounded point, an area's box on
+    the public grid) once responders and editors can no longer need them. A revision
+    arriving later brings an exact geometry back and clears exact_purged_at (see
+    store.incidents), so it is purged in its turn, ``older_than`` after it arrived."""
     status = await pool.execute(
-        """UPDATE incidents SET geom = public_point, exact_purged_at = $2
-            WHERE exact_purged_at IS NULL AND received_at < $1
-              AND GeometryType(geom) = 'POINT'""",
+        """UPDATE incidents SET geom = public_geom, exact_purged_at = $2
+            WHERE exact_purged_at IS NULL AND received_at < $1""",
         now - older_than, now,
     )
     return int(status.split()[-1])
 
 
-async def maintain_once(pool: asyncpg.Pool, retention: dt.timedelta) -> None:
+async def maintain_once(pool: asyncpg.Pool, retention: dt.timedelta,
+                        redis: aioredis.Redis | None = None) -> None:
     now = dt.datetime.now(dt.UTC)
     expired = await review.expire(pool, now)
     purged = await purge_exact_locations(pool, retention, now)
-    if expired or purged:
-        log.info("maintenance: %d review items expired, %d exact locations purged",
-                 expired, purged)
+    # Positions are also dropped when a cardiac arrest looks for responders; this
+    # forgets them on time when none happens.
+    forgotten = await responders.forget_stale(redis, now.timestamp()) if redis else 0
+    if expired or purged or forgotten:
+        log.info("maintenance: %d review items expired, %d exact locations purged, "
+                 "%d responder positions forgotten", expired, purged, forgotten)
 
 
 async def run_maintenance(pool: asyncpg.Pool, retention: dt.timedelta, stop: asyncio.Event,
-                          *, interval_s: float = 30.0) -> None:
+                          *, redis: aioredis.Redis | None = None,
+                          interval_s: float = 30.0) -> None:
     while not stop.is_set():
         try:
-            await maintain_once(pool, retention)
+            await maintain_once(pool, retention, redis)
         except STORE_UNAVAILABLE as exc:
             log.warning("maintenance: store unavailable: %s", exc)
+        except (RedisError, OSError) as exc:
+            log.warning("maintenance: redis unavailable: %s", exc)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=interval_s)

@@ -60,7 +60,10 @@ SELECT i.id, i.agency_id, i.category, i.status, i.decision, i.actual, i.occurred
        i.received_at, i.public_location, i.location_kind,
        ST_Y(i.public_point) AS lat, ST_X(i.public_point) AS lon,
        ST_Y(ST_PointOnSurface(i.geom)) AS exact_lat, ST_X(ST_PointOnSurface(i.geom)) AS exact_lon,
-       i.title_override, i.body_override, a.responder_radius_m
+       i.title_override, i.body_override, a.responder_radius_m,
+       GeometryType(i.public_geom) <> 'POINT' AS is_area,
+       ST_XMin(i.public_geom) AS west, ST_YMin(i.public_geom) AS south,
+       ST_XMax(i.public_geom) AS east, ST_YMax(i.public_geom) AS north
   FROM incidents i JOIN agencies a ON a.id = i.agency_id
  WHERE i.id = $1
 """
@@ -92,19 +95,23 @@ SELECT o.id
    AND o.occurred_at BETWEEN i.occurred_at - $2::interval AND i.occurred_at + $2::interval
    AND (o.received_at, o.id) < (i.received_at, i.id)
    AND o.decision = 'alert' AND o.actual
-   AND ST_DWithin(o.geom::geography, i.geom::geography, $3)
+   AND ST_DWithin(o.public_geom::geography, i.public_geom::geography, $3)
  WHERE i.id = $1
  ORDER BY o.received_at, o.id
  LIMIT 1
 """
 
+# Neighbours are matched against the incident's public geometry (the rounded point, or
+# an area widened to the same grid), never the exact one: who is alerted is a function
+# of what the push says, so a grid of cheap devices can't locate an incident more
+# precisely than the push does. The exact point serves CPR responders only.
 # The zone test runs on the GiST index of zones.geom: ST_Intersects adds the && box
 # check itself. Boundary points count as inside (ST_Intersects, not ST_Within).
 _NEIGHBOURS = """
 SELECT DISTINCT ON (d.id) d.id, d.platform, d.token, d.locale, d.timezone,
        d.quiet_start, d.quiet_end
   FROM incidents i
-  JOIN zones z ON ST_Intersects(z.geom, i.geom)
+  JOIN zones z ON ST_Intersects(z.geom, i.public_geom)
   JOIN devices d ON d.id = z.device_id
  WHERE i.id = $1
    AND d.token_disabled_at IS NULL
@@ -141,10 +148,12 @@ class Matcher:
             return MatchResult(incident_id, 0, 0)
         audience, aeds_json = "neighbour", ""
         lat, lon = incident["lat"], incident["lon"]
+        bbox = ((incident["west"], incident["south"], incident["east"], incident["north"])
+                if incident["is_area"] else None)
         if incident["category"] in RESPONDER_ONLY:
             # Never to neighbours: responders are matched by where they are now, and get
             # the exact point (they have to find the patient) and the nearest AEDs.
-            audience = "responder"
+            audience, bbox = "responder", None
             lat, lon = incident["exact_lat"], incident["exact_lon"]
             rows = await self._responders(incident)
             if rows:
@@ -175,7 +184,7 @@ class Matcher:
                     expires_at=expires.timestamp(),
                     title=incident["title_override"] or "",
                     body=incident["body_override"] or "",
-                    audience=audience, aeds=aeds_json,
+                    audience=audience, aeds=aeds_json, bbox=bbox,
                 )
                 flat = [x for kv in push.to_fields().items() for x in kv]
                 await self._enqueue(

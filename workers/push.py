@@ -32,6 +32,9 @@ class Push(msgspec.Struct, frozen=True):
     # "neighbour" (zone match) or "responder" (CPR: exact point, nearest AEDs)
     audience: str = "neighbour"
     aeds: str = ""              # JSON list of the nearest AEDs, responders only
+    # An area incident's public area (west, south, east, north): what neighbours were
+    # matched against, so the push says all that being alerted tells.
+    bbox: tuple[float, float, float, float] | None = None
 
     def to_fields(self) -> dict[str, str]:
         """The stream entry's fields."""
@@ -73,6 +76,8 @@ class Push(msgspec.Struct, frozen=True):
             "category": self.category,
             "area": {"lat": self.lat, "lon": self.lon, "location": self.public_location or None},
         }
+        if self.bbox is not None:
+            data["area"]["bbox"] = list(self.bbox)
         if self.audience == "responder":
             data["responder"] = True
             data["aeds"] = json.loads(self.aeds) if self.aeds else []

@@ -1,7 +1,8 @@
 """The normalized incident: what every input format is turned into.
 
 It carries no caller, patient or narrative data and no street address as sent:
-parsers drop those, and the address is generalized before it gets here.
+parsers drop those, and the public location is built before it gets here. The
+redacted narrative rides along only as far as the editor's review queue.
 """
 
 from __future__ import annotations
@@ -47,6 +48,9 @@ class Incident:
     priority: int | None = None
     actual: bool = True            # False: a test/exercise message, never pushed
     narrative: str | None = None   # redacted; kept only while an editor reviews it
+    # An area's public area (its box widened to the public grid), None for a point:
+    # what neighbours are matched against, with the public point.
+    public_area_wkt: str | None = None
 
 
 @dataclass(frozen=True)
