@@ -14,13 +14,14 @@ from aiohttp import web
 
 from server import openapi
 from server.agency_cache import AgencyCache
-from server.appkeys import AGENCIES, LIMITER, OUTBOX, POOL, REDIS, SETTINGS
+from server.appkeys import AGENCIES, LIMITER, OUTBOX, POOL, REDIS, REGISTRATION_CHECK, SETTINGS
 from server.db import create_pool
 from server.errors import problem_middleware
 from server.publish import OutboxCleaner
 from server.ratelimit import RateLimiter
 from server.routes import admin, devices, health, incidents
 from server.settings import Settings
+from server.web.registration import RegistrationCheck, load_check
 
 log = logging.getLogger(__name__)
 
@@ -47,9 +48,15 @@ async def _redis(app: web.Application) -> AsyncIterator[None]:
     await app[REDIS].aclose()
 
 
-def create_app(settings: Settings) -> web.Application:
+def create_app(settings: Settings,
+               registration_check: RegistrationCheck | None = None) -> web.Application:
+    """``registration_check`` may refuse device registrations (App Attest, Play
+    Integrity); GEOPUSH_REGISTRATION_CHECK names one when none is given."""
     app = web.Application(middlewares=[problem_middleware], client_max_size=settings.max_body_bytes)
     app[SETTINGS] = settings
+    if registration_check is None and settings.registration_check:
+        registration_check = load_check(settings.registration_check)
+    app[REGISTRATION_CHECK] = registration_check
     app.cleanup_ctx.append(_postgres)
     app.cleanup_ctx.append(_redis)
     for table in (health.routes, incidents.routes, admin.routes, devices.routes,

@@ -10,6 +10,7 @@ from server.agency_cache import AgencyCache
 from server.publish import OutboxCleaner
 from server.ratelimit import RateLimiter
 from server.settings import Settings
+from server.web.registration import RegistrationCheck
 
 SETTINGS = web.AppKey("settings", Settings)
 POOL = web.AppKey("pool", asyncpg.Pool)
@@ -17,3 +18,4 @@ REDIS = web.AppKey("redis", aioredis.Redis)
 LIMITER = web.AppKey("limiter", RateLimiter)
 AGENCIES = web.AppKey("agencies", AgencyCache)
 OUTBOX = web.AppKey("outbox", OutboxCleaner)
+REGISTRATION_CHECK: web.AppKey[RegistrationCheck | None] = web.AppKey("registration_check")

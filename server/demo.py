@@ -62,7 +62,8 @@ def load(state_file: Path, base_url: str, admin_token: str) -> dict[str, Any]:
                              "devices": []}
     for name, platform, (lat, lon), radius in DEVICES:
         token = (secrets.token_hex(32) if platform == "apns"
-                 else "demo-fcm-" + secrets.token_urlsafe(24))
+                 # FCM's shape: the app instance's id, a colon, the token proper
+                 else f"{secrets.token_urlsafe(16)}:APA91b{secrets.token_urlsafe(105)}")
         status, dev = _request("POST", f"{base}/v1/devices", {
             "platform": platform, "token": token, "timezone": "America/Los_Angeles",
         })

@@ -102,6 +102,9 @@ def _dotted(path: str) -> str:
     return path.lstrip(".")
 
 
+_UNKNOWN = re.compile(r"^Object contains unknown field `(?P<name>[^`]*)`$")
+
+
 def field_error_from_msgspec(exc: msgspec.ValidationError | msgspec.DecodeError) -> FieldError:
     """Turn msgspec's message ("Expected `float`, got `str` - at `$.location.lat`")
     into a field name and a message."""
@@ -114,6 +117,11 @@ def field_error_from_msgspec(exc: msgspec.ValidationError | msgspec.DecodeError)
     if missing:
         name = missing.group("name")
         return FieldError(_dotted(f"{path}.{name}") if path else name, "is required")
+    unknown = _UNKNOWN.match(msg)
+    if unknown:
+        name = unknown.group("name")
+        return FieldError(_dotted(f"{path}.{name}") if path else name,
+                          "is not a field of this request")
     return FieldError(_dotted(path) or "body", msg)
 
 

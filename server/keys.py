@@ -56,6 +56,16 @@ def agency_rate(agency_id: str) -> str:
     return f"{PREFIX}:rate:agency:{agency_id}"
 
 
+def agency_rejected_rate(agency_id: str) -> str:
+    """GCRA state of the webhooks naming an agency id that failed verification."""
+    return f"{PREFIX}:rate:rejected:{agency_id}"
+
+
+def registration_rate(client: str) -> str:
+    """GCRA state of device registrations from one client address (a digest of it)."""
+    return f"{PREFIX}:rate:register:{client}"
+
+
 RESPONDERS_GEO = f"{PREFIX}:responders:geo"
 """GEO set of responders' last reported positions (member: device id)."""
 

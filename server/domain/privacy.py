@@ -113,7 +113,8 @@ def _block(text: str) -> str | None:
 
 def street_location(address: str | None) -> str | None:
     """The address as "<N>00 block of <street>" or "<street> / <street>", built from the
-    street grammar ("5312 24th Ave Ne Apt 3" -> "5300 block of 24th Ave NE") (``server.domain.streets``); None when it is neither.
+    street grammar (``server.domain.streets``): "5312 24th Ave Ne Apt 3" -> "5300 block
+    of 24th Ave NE"; None when it is neither.
 
     Only recognized tokens are written out, in a standard spelling: a name, a phone
     number, a unit, a business or any other text around the address never is.

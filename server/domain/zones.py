@@ -108,6 +108,15 @@ def _all_finite(coords: Any, depth: int = 0) -> bool:
     return all(_all_finite(c, depth + 1) for c in coords)
 
 
+def _check_size(field: str, name: str, km2: float) -> None:
+    if km2 > MAX_AREA_KM2:
+        raise ZoneError(field, f"zone {name!r} covers {km2:,.0f} km²; at most "
+                               f"{MAX_AREA_KM2:,.0f} km² is allowed")
+    if km2 * 1e6 < MIN_AREA_M2:
+        raise ZoneError(field, f"zone {name!r} covers {km2 * 1e6:,.0f} m²; at least "
+                               f"{MIN_AREA_M2:,.0f} m² (a {MIN_RADIUS_M} m circle) is required")
+
+
 def area(field: str, name: str, geometry: Any) -> Area:
     """A GeoJSON Polygon or MultiPolygon, validated; the error says why and where."""
     gfield = f"{field}.geometry"
@@ -140,12 +149,6 @@ def area(field: str, name: str, geometry: Any) -> Area:
     if not geom.is_valid:
         raise ZoneError(f"{gfield}.coordinates",
                         f"is not a valid polygon: {explain_validity(geom)}")
-    km2 = geodesic_area_km2(geom)
-    if km2 > MAX_AREA_KM2:
-        raise ZoneError(gfield, f"zone {name!r} covers {km2:,.0f} km²; at most "
-                                f"{MAX_AREA_KM2:,.0f} km² is allowed")
-    if km2 * 1e6 < MIN_AREA_M2:
-        raise ZoneError(gfield, f"zone {name!r} covers {km2 * 1e6:,.0f} m²; at least "
-                                f"{MIN_AREA_M2:,.0f} m² (a {MIN_RADIUS_M} m circle) is required")
+    _check_size(gfield, name, geodesic_area_km2(geom))
     multi = geom if isinstance(geom, MultiPolygon) else MultiPolygon([geom])
     return Area(name, shapely.to_geojson(multi))

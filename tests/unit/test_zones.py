@@ -14,9 +14,9 @@ from server.domain.zones import (
     MIN_AREA_M2,
     Area,
     ZoneError,
-    geodesic_area_km2,
     area,
     circle,
+    geodesic_area_km2,
 )
 
 
