@@ -16,6 +16,7 @@ import msgspec
 from aiohttp import web
 
 from server.db import STORE_UNAVAILABLE
+from server.domain.text import SINGLE_LINE
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +94,8 @@ def problem_response(problem: Problem) -> web.Response:
     )
 
 
-_MSGSPEC_PATH = re.compile(r"^(?P<msg>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.DOTALL)
+_MSGSPEC_PATH = re.compile(
+    r"^(?P<msg>.*?)(?: - at (?P<key>`key` in )?`\$(?P<path>[^`]*)`)?$", re.DOTALL)
 _MISSING = re.compile(r"^Object missing required field `(?P<name>[^`]+)`$")
 
 
@@ -113,6 +115,10 @@ def field_error_from_msgspec(exc: msgspec.ValidationError | msgspec.DecodeError)
         return FieldError("body", text.replace("JSON is malformed: ", "malformed JSON: "))
     m = _MSGSPEC_PATH.match(text)
     msg, path = (m.group("msg"), m.group("path") or "") if m else (text, "")
+    if SINGLE_LINE in msg.encode().decode("unicode_escape"):
+        msg = "must not contain NUL, CR or LF characters"
+    if m and m.group("key"):
+        msg = f"a key {msg}" if msg.startswith("must") else f"a key: {msg}"
     missing = _MISSING.match(msg)
     if missing:
         name = missing.group("name")

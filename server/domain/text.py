@@ -8,9 +8,14 @@ meant to span lines (a dispatcher's narrative) may hold line breaks, never NUL.
 from __future__ import annotations
 
 import re
+from typing import Annotated
+
+import msgspec
 
 # For msgspec.Meta(pattern=...): one line, no NUL.
 SINGLE_LINE = r"^[^\x00\r\n]*$"
+Line = Annotated[str, msgspec.Meta(pattern=SINGLE_LINE)]
+"""A one-line text field of a request body."""
 _NOT_SINGLE_LINE = re.compile(r"[\x00\r\n]")
 
 

@@ -17,7 +17,7 @@ from server.domain import zones as zone_rules
 from server.domain.agency_spec import valid_timezone
 from server.domain.categories import NEIGHBOUR_ALERTABLE, RESPONDER_ONLY
 from server.domain.pushtext import title_and_body
-from server.domain.text import SINGLE_LINE
+from server.domain.text import SINGLE_LINE, Line
 from server.domain.tokens import token_problem
 from server.erasure import scrub_device
 from server.errors import FieldError, Problem, Unauthorized, ValidationFailed
@@ -39,7 +39,6 @@ _HHMM = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
 
 # Request bodies refuse fields they don't know (a typo must not silently do nothing)
 # and text with NUL, CR or LF.
-Line = Annotated[str, msgspec.Meta(pattern=SINGLE_LINE)]
 
 
 class DeviceCreate(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
