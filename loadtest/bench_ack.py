@@ -20,7 +20,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from server.devenv import PrivateRedis
+from server.dev.devenv import PrivateRedis
 from workers.streams import StreamConsumer
 
 WORKDIR = Path(__file__).resolve().parent.parent / ".geopush" / "bench-ack"

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from server.devenv import PrivatePostgres, PrivateRedis
+from server.dev.devenv import PrivatePostgres, PrivateRedis
 
 LOADTEST = Path(__file__).resolve().parent
 REPO = LOADTEST.parent

@@ -98,7 +98,7 @@ PUBLIC_LOCATION = "5300 block of 24th Ave NE"
 
 
 def free_port() -> int:
-    from server.devenv import free_port as _free_port
+    from server.dev.devenv import free_port as _free_port
 
     return _free_port()
 
@@ -150,7 +150,7 @@ async def seed_fanout(database_url: str, platform: str, count: int
     incident id and (device id, token) pairs."""
     import asyncpg
 
-    from server.migrate import migrate
+    from server.store.migrate import migrate
 
     await migrate(database_url)
     conn = await asyncpg.connect(database_url)
@@ -256,8 +256,8 @@ def serve_fake_apns(args: argparse.Namespace) -> None:
     accepted on a port of its own; its control API has a port of its own."""
     import uvloop
 
-    from loadtest.devkeys import ensure_apns_key, ensure_tls, public_key_pem
     from loadtest.fake_apns import FakeApns, _ApnsConnection
+    from server.dev.devkeys import ensure_apns_key, ensure_tls, public_key_pem
 
     async def main() -> None:
         tls = ensure_tls(args.certs_dir)
@@ -290,8 +290,8 @@ def serve_fake_fcm(args: argparse.Namespace) -> None:
     from aiohttp import web
 
     from loadtest import fake_fcm
-    from loadtest.devkeys import DEV_FCM_PROJECT, ensure_fcm_service_account, public_key_pem
     from loadtest.fake_fcm import FakeFcm
+    from server.dev.devkeys import DEV_FCM_PROJECT, ensure_fcm_service_account, public_key_pem
 
     shared = types.SimpleNamespace(token_urlsafe=lambda _n=32: args.shared_token)
     setattr(fake_fcm, "secrets", shared)  # noqa: B010 (the module's secrets import)
@@ -383,7 +383,7 @@ class Fleet:
         self._listener.settimeout(0.2)
         self.port = self._listener.getsockname()[1]
         # Key material first, once: processes creating it side by side would race.
-        from loadtest.devkeys import (
+        from server.dev.devkeys import (
             DEV_FCM_PROJECT,
             ensure_apns_key,
             ensure_fcm_service_account,
@@ -503,7 +503,7 @@ class Ceiling:
 def apns_jwt(certs_dir: Path) -> str:
     import jwt
 
-    from loadtest.devkeys import ensure_apns_key
+    from server.dev.devkeys import ensure_apns_key
 
     key = ensure_apns_key(certs_dir)
     return jwt.encode({"iss": key.team_id, "iat": int(time.time())},
@@ -555,7 +555,7 @@ def sample_request(platform: str, certs_dir: Path, fleet: Fleet, tmp: Path
             "apns-priority: 10", "apns-push-type: alert",
         ]
         return f"https://127.0.0.1:{fleet.port}/3/device/{token}", headers, body
-    from loadtest.devkeys import DEV_FCM_PROJECT
+    from server.dev.devkeys import DEV_FCM_PROJECT
     from workers.fcm import build_message
 
     push = msgspec.structs.replace(push, token="bench-ceiling:APA91b" + "x" * 140)
@@ -639,7 +639,7 @@ class SenderRun:
 
 def sender_env(platform: str, services: Services, fleet: Fleet, certs_dir: Path,
                extra: dict[str, str]) -> dict[str, str]:
-    from loadtest.devkeys import DEV_FCM_PROJECT, ensure_apns_key, ensure_tls
+    from server.dev.devkeys import DEV_FCM_PROJECT, ensure_apns_key, ensure_tls
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("GEOPUSH_")}
     settings = {
@@ -773,7 +773,7 @@ def client_only(args: argparse.Namespace) -> None:
 async def _client_only(args: argparse.Namespace) -> None:
     import datetime as dt
 
-    from loadtest.devkeys import DEV_FCM_PROJECT, ensure_apns_key, ensure_tls
+    from server.dev.devkeys import DEV_FCM_PROJECT, ensure_apns_key, ensure_tls
     from workers.push import Push
 
     now = time.time()
@@ -785,7 +785,7 @@ async def _client_only(args: argparse.Namespace) -> None:
     send: Any
     if args.platform == "apns":
         from workers.apns import build_payload
-        from workers.apns_client import ApnsClient
+        from workers.gateways.apns_client import ApnsClient
 
         key = ensure_apns_key(args.certs_dir)
         context = ssl.create_default_context(cafile=str(ensure_tls(args.certs_dir).ca_cert))
@@ -801,7 +801,7 @@ async def _client_only(args: argparse.Namespace) -> None:
     else:
         from server.settings import fcm_connections
         from workers.fcm import build_message
-        from workers.fcm_client import FcmClient
+        from workers.gateways.fcm_client import FcmClient
 
         client = FcmClient(
             service_account_file=str(args.certs_dir / "fcm-service-account.json"),
@@ -842,7 +842,7 @@ async def _chained_fcm_sends(client: Any, body: bytes, concurrency: int, deadlin
                              ) -> tuple[int, int]:
     """``concurrency`` chains of ``FcmClient.start_body``, each answer starting the
     next send until ``deadline`` (monotonic): (answered 200, answered otherwise)."""
-    from workers.fcm_client import FcmAnswer, FcmResponse
+    from workers.gateways.fcm_client import FcmAnswer, FcmResponse
 
     done = failed = 0
     chains = concurrency

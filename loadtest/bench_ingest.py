@@ -61,7 +61,7 @@ from loadtest.bench_common import (
     write_requests,
 )
 from loadtest.incidents import random_incident
-from server.devenv import free_port
+from server.dev.devenv import free_port
 from server.domain.signing import HEADER, sign
 
 AGENCY = "bench-seattle"
@@ -99,10 +99,10 @@ SELECT d.id, 'zone ' || z,
 async def prepare_database(database_url: str) -> str:
     """Migrate, create (or re-key) the bench agency, seed devices; returns its secret."""
     from server.agencies import create_agency_with_secret
-    from server.db import create_pool
     from server.domain import signing
-    from server.migrate import migrate
     from server.store.agencies import rotate_secret, update_agency
+    from server.store.db import create_pool
+    from server.store.migrate import migrate
 
     await migrate(database_url)
     call_types = json.loads((REPO / "examples/call-types/seattle-fire.json").read_text())
@@ -138,7 +138,7 @@ async def prepare_database(database_url: str) -> str:
 async def stored_incidents(database_url: str, incident_ids: list[str], prefix: str
                            ) -> tuple[int, int]:
     """(incidents among ``incident_ids``, incidents whose external id has ``prefix``)."""
-    from server.db import create_pool
+    from server.store.db import create_pool
 
     pool = await create_pool(database_url, min_size=1, max_size=1)
     try:

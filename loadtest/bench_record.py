@@ -52,7 +52,7 @@ async def _record(database_url: str, redis_url: str, postmaster: int, incident_i
     device (PostgreSQL's read while its backend is still there)."""
     import redis.asyncio as aioredis
 
-    from server.db import create_pool
+    from server.store.db import create_pool
     from workers.push import Push, Sent
     from workers.sender import Result, Sender
 

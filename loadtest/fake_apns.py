@@ -34,7 +34,8 @@ from aiohttp import web
 from h2.settings import SettingCodes
 
 from loadtest.apns_rules import ProviderTokens, Rejection, check_request, device_token
-from loadtest.devkeys import (
+from loadtest.h2server import H2Request, H2ServerConnection, close_connections
+from server.dev.devkeys import (
     DEV_APNS_KEY_ID,
     DEV_APNS_TEAM_ID,
     DEV_APNS_TOPIC,
@@ -43,7 +44,6 @@ from loadtest.devkeys import (
     ensure_tls,
     public_key_pem,
 )
-from loadtest.h2server import H2Request, H2ServerConnection, close_connections
 
 logger = logging.getLogger(__name__)
 

@@ -48,8 +48,8 @@ import jwt
 from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 
-from loadtest.devkeys import DEV_FCM_PROJECT, ensure_fcm_service_account, public_key_pem
 from loadtest.h2server import H2Request, H2ServerConnection, close_connections, sniffing_factory
+from server.dev.devkeys import DEV_FCM_PROJECT, ensure_fcm_service_account, public_key_pem
 
 logger = logging.getLogger(__name__)
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from server.db import create_pool
 from server.domain import signing
 from server.domain.agency_spec import validate_agency
 from server.store.agencies import AgencyExists, create_agency
+from server.store.db import create_pool
 
 
 async def create_agency_with_secret(

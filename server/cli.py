@@ -20,7 +20,7 @@ def _settings() -> Settings:
 
 
 def cmd_migrate(_: argparse.Namespace) -> None:
-    from server.migrate import migrate
+    from server.store.migrate import migrate
 
     applied = asyncio.run(migrate(_settings().database_url))
     print(f"{len(applied)} migration(s) applied" if applied else "schema is up to date")
@@ -29,7 +29,7 @@ def cmd_migrate(_: argparse.Namespace) -> None:
 def cmd_serve(_: argparse.Namespace) -> None:
     from aiohttp import web
 
-    from server.app import create_app
+    from server.web.app import create_app
 
     settings = _settings()
     configure_logging(settings.log_level)
@@ -56,7 +56,7 @@ def cmd_worker(args: argparse.Namespace) -> None:
 
 def cmd_agency_create(args: argparse.Namespace) -> None:
     from server.agencies import create_agency_with_secret
-    from server.errors import ValidationFailed
+    from server.web.problems import ValidationFailed
 
     call_types = json.loads(Path(args.call_types).read_text()) if args.call_types else {}
     try:
@@ -73,7 +73,7 @@ def cmd_agency_create(args: argparse.Namespace) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
-    from server import demo
+    from server.dev import demo
 
     if args.demo_command == "load":
         settings = _settings()
@@ -87,7 +87,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 
 def cmd_dev(_: argparse.Namespace) -> None:
-    from server.devrun import run
+    from server.dev.devrun import run
 
     sys.exit(run(Path.cwd()))
 

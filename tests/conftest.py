@@ -20,10 +20,10 @@ import redis.asyncio as aioredis
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from server.app import create_app
-from server.devenv import PrivatePostgres, PrivateRedis
-from server.migrate import migrate
+from server.dev.devenv import PrivatePostgres, PrivateRedis
 from server.settings import Settings
+from server.store.migrate import migrate
+from server.web.app import create_app
 
 # Fixtures of the fake FCM (``fake``, ``key_dir``); modules with a ``fake`` of their
 # own (the APNs tests) override it.

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from loadtest.devkeys import ensure_fcm_service_account, public_key_pem
 from loadtest.fake_fcm import FakeFcm
+from server.dev.devkeys import ensure_fcm_service_account, public_key_pem
 
 PROJECT = "geopush-test"
 

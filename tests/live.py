@@ -11,9 +11,9 @@ from typing import TypeVar
 
 from aiohttp import web
 
-from server.app import create_app
-from server.devenv import free_port
+from server.dev.devenv import free_port
 from server.settings import Settings
+from server.web.app import create_app
 
 T = TypeVar("T")
 

@@ -12,7 +12,7 @@ import msgspec
 from redis.exceptions import RedisError
 
 from server.domain.pushtext import title_and_body
-from workers.apns_client import ApnsClient, ApnsResponse, ApnsTransportError
+from workers.gateways.apns_client import ApnsClient, ApnsResponse, ApnsTransportError
 from workers.push import (
     Failed,
     Outcome,

@@ -12,7 +12,7 @@ import msgspec
 from msgspec.structs import replace
 
 from server.domain.pushtext import title_and_body
-from workers.fcm_client import FcmAnswer, FcmClient, FcmResponse, FcmTransportError
+from workers.gateways.fcm_client import FcmAnswer, FcmClient, FcmResponse, FcmTransportError
 from workers.push import (
     Failed,
     Outcome,

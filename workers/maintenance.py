@@ -13,9 +13,8 @@ import asyncpg
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from server import responders
-from server.db import STORE_UNAVAILABLE
-from server.store import review
+from server.store import responders, review
+from server.store.db import STORE_UNAVAILABLE
 
 log = logging.getLogger(__name__)
 

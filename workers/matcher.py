@@ -17,12 +17,12 @@ from dataclasses import dataclass
 import asyncpg
 import redis.asyncio as aioredis
 
-from server import keys, responders
+from server import keys
 from server.domain.categories import MOST_SEVERE, RESPONDER_ONLY
 from server.domain.policy import ALERT
 from server.domain.quiet import allowed_now
-from server.publish import STREAM_MAXLEN
-from server.store import aeds
+from server.store import aeds, responders
+from server.store.publish import STREAM_MAXLEN
 from workers.push import Push
 from workers.streams import Entry, StreamConsumer
 

@@ -14,8 +14,8 @@ import asyncpg
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from server.db import STORE_UNAVAILABLE
-from server.publish import xadd_incident
+from server.store.db import STORE_UNAVAILABLE
+from server.store.publish import xadd_incident
 
 log = logging.getLogger(__name__)
 

@@ -19,13 +19,13 @@ import asyncpg
 import redis.asyncio as aioredis
 
 from server import keys
-from server.db import create_pool
 from server.settings import ConfigError, Settings
+from server.store.db import create_pool
 from workers.apns import ApnsGateway
-from workers.apns_client import ApnsClient
 from workers.apns_token import SharedProviderToken
 from workers.fcm import FcmGateway
-from workers.fcm_client import FcmClient
+from workers.gateways.apns_client import ApnsClient
+from workers.gateways.fcm_client import FcmClient
 from workers.maintenance import run_maintenance
 from workers.matcher import Matcher
 from workers.outbox_relay import run_relay

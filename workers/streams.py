@@ -16,7 +16,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
-from server.db import STORE_UNAVAILABLE
+from server.store.db import STORE_UNAVAILABLE
 
 log = logging.getLogger(__name__)
 

@@ -8,8 +8,8 @@ import json
 import math
 from typing import Any
 
-from server.errors import FieldError, ValidationFailed
 from server.store.aeds import Aed
+from server.web.problems import FieldError, ValidationFailed
 
 MAX_AEDS = 50_000
 _LAT = ("lat", "latitude", "y")

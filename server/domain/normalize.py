@@ -14,7 +14,7 @@ from server.domain.privacy import (
     round_point,
 )
 from server.domain.text import free_text_problem, single_line_problem
-from server.errors import FieldError, ValidationFailed
+from server.web.problems import FieldError, ValidationFailed
 
 MAX_CLOCK_SKEW = dt.timedelta(minutes=5)
 

@@ -47,7 +47,6 @@ from typing import TYPE_CHECKING, Any
 from shapely.geometry import Polygon
 
 from server.domain.incident import Point, RawIncident, Status
-from server.errors import FieldError, ValidationFailed
 from server.formats.cap import (
     MIN_RADIUS_KM,
     area_wkt,
@@ -56,8 +55,9 @@ from server.formats.cap import (
     circle_polygon,
     parse_time,
 )
+from server.formats.jsondecode import decode
 from server.formats.safexml import child, descendants, parse_xml, text_of
-from server.jsondecode import decode
+from server.web.problems import FieldError, ValidationFailed
 
 if TYPE_CHECKING:
     from xml.etree.ElementTree import Element

@@ -8,8 +8,8 @@ from typing import Annotated, Literal
 import msgspec
 
 from server.domain.incident import LocationKind, Point, RawIncident, Status
-from server.errors import FieldError, ValidationFailed
-from server.jsondecode import decode
+from server.formats.jsondecode import decode
+from server.web.problems import FieldError, ValidationFailed
 
 CONTENT_TYPES = ("application/json",)
 

@@ -27,7 +27,7 @@ from defusedxml import (
     ExternalReferenceForbidden,
 )
 
-from server.errors import FieldError, ValidationFailed
+from server.web.problems import FieldError, ValidationFailed
 
 if TYPE_CHECKING:
     from xml.etree.ElementTree import Element

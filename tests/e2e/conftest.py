@@ -16,18 +16,18 @@ import pytest
 import redis.asyncio as aioredis
 from aiohttp.test_utils import TestClient, TestServer
 
-from loadtest.devkeys import (
+from loadtest.fake_apns import FakeApns
+from loadtest.fake_fcm import FakeFcm
+from server import keys
+from server.dev.devkeys import (
     DEV_FCM_PROJECT,
     ensure_apns_key,
     ensure_fcm_service_account,
     ensure_tls,
     public_key_pem,
 )
-from loadtest.fake_apns import FakeApns
-from loadtest.fake_fcm import FakeFcm
-from server import keys
-from server.app import create_app
 from server.settings import ApnsSettings, FcmSettings, Settings
+from server.web.app import create_app
 from workers.runner import worker_main
 
 

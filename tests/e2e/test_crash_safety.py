@@ -24,9 +24,9 @@ import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
-from loadtest.devkeys import ensure_tls, public_key_pem
 from loadtest.fake_apns import FakeApns
 from server import keys
+from server.dev.devkeys import ensure_tls, public_key_pem
 from tests.e2e.conftest import Stack, wait_for
 from tests.helpers import POINT, create_agency, incident, post_incident
 from workers.push import Push

@@ -13,9 +13,9 @@ import pytest
 import redis.asyncio as aioredis
 from aiohttp.test_utils import TestClient, TestServer
 
-from server.app import create_app
-from server.devenv import free_port
+from server.dev.devenv import free_port
 from server.settings import Settings
+from server.web.app import create_app
 from tests.e2e.conftest import Stack, wait_for
 from tests.helpers import POINT, circle, create_agency, create_device, fcm_token, incident
 from tests.helpers import post_incident as post

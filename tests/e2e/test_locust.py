@@ -14,9 +14,9 @@ import pytest
 import redis.asyncio as aioredis
 from aiohttp import ClientSession, web
 
-from server.app import create_app
-from server.devenv import free_port
+from server.dev.devenv import free_port
 from server.settings import Settings
+from server.web.app import create_app
 from tests.conftest import ADMIN_TOKEN
 from tests.helpers import SEATTLE_CALL_TYPES
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from server.devenv import PrivateRedis
+from server.dev.devenv import PrivateRedis
 from server.settings import Settings
 from tests.e2e.conftest import Stack, wait_for
 from tests.helpers import POINT, circle, create_agency, create_device, incident

@@ -8,7 +8,7 @@ from typing import Any
 import asyncpg
 from aiohttp.test_utils import TestClient
 
-from server.appkeys import AGENCIES
+from server.web.appkeys import AGENCIES
 from tests.conftest import ADMIN_TOKEN
 from tests.helpers import create_agency, incident, post_incident, signed
 

@@ -1,4 +1,4 @@
-"""workers.apns_client against the fake APNs, with stock aioapns 4.0 kept as the
+"""workers.gateways.apns_client against the fake APNs, with stock aioapns 4.0 kept as the
 counter-proof: the two bug scenarios run against both, and the stock variant is
 expected to fail (``xfail(strict=True)``), so the suite keeps showing why we patch."""
 
@@ -18,7 +18,8 @@ from aioapns import APNs, NotificationRequest
 from aioapns.connection import APNsProductionClientProtocol
 from aioapns.exceptions import ConnectionClosed, MaxAttemptsExceeded
 
-from loadtest.devkeys import (
+from loadtest.fake_apns import FakeApns
+from server.dev.devkeys import (
     DEV_APNS_KEY_ID,
     DEV_APNS_TEAM_ID,
     DEV_APNS_TOPIC,
@@ -27,8 +28,7 @@ from loadtest.devkeys import (
     ensure_tls,
     public_key_pem,
 )
-from loadtest.fake_apns import FakeApns
-from workers.apns_client import ApnsClient, ApnsResponse, ApnsTransportError
+from workers.gateways.apns_client import ApnsClient, ApnsResponse, ApnsTransportError
 
 GOOD = "a1" * 32
 PAYLOAD = {"aps": {"alert": {"title": "Structure fire nearby"}}}
@@ -133,7 +133,7 @@ class Stock:
 VARIANTS = [
     pytest.param(Ours, id="geopush"),
     pytest.param(Stock, id="stock-aioapns", marks=pytest.mark.xfail(
-        strict=True, reason="aioapns 4.0 bug, fixed in workers.apns_client")),
+        strict=True, reason="aioapns 4.0 bug, fixed in workers.gateways.apns_client")),
 ]
 
 

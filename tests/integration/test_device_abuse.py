@@ -15,8 +15,8 @@ import pytest
 import redis.asyncio as aioredis
 from aiohttp.test_utils import TestClient, TestServer
 
-from server.app import create_app
 from server.settings import ConfigError, Settings
+from server.web.app import create_app
 from server.web.registration import (
     Registration,
     RegistrationCheck,

@@ -9,7 +9,7 @@ from typing import Any
 import asyncpg
 from aiohttp.test_utils import TestClient
 
-from server.migrate import discover, migrate
+from server.store.migrate import discover, migrate
 from tests.conftest import Services
 from tests.helpers import POINT, circle, create_device, fcm_token
 

@@ -31,7 +31,8 @@ from h2.events import (
 )
 from h2.settings import SettingCodes
 
-from loadtest.devkeys import (
+from loadtest.fake_apns import FakeApns
+from server.dev.devkeys import (
     DEV_APNS_KEY_ID,
     DEV_APNS_TEAM_ID,
     DEV_APNS_TOPIC,
@@ -40,7 +41,6 @@ from loadtest.devkeys import (
     ensure_tls,
     public_key_pem,
 )
-from loadtest.fake_apns import FakeApns
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "a1" * 32

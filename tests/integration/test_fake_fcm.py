@@ -426,7 +426,7 @@ async def test_control_api(
 
 
 async def test_cli_starts_with_a_dev_service_account(tmp_path: Path) -> None:
-    from workers.fcm_client import FcmClient
+    from workers.gateways.fcm_client import FcmClient
 
     certs = tmp_path / "certs"
     with (tmp_path / "stderr.log").open("wb") as stderr:

@@ -13,11 +13,11 @@ from typing import Any
 
 import pytest
 
-from loadtest.devkeys import ensure_fcm_service_account, public_key_pem
 from loadtest.fake_fcm import FakeFcm
-from server.devenv import free_port
+from server.dev.devenv import free_port
+from server.dev.devkeys import ensure_fcm_service_account, public_key_pem
 from tests.fake_fcm_fixtures import PROJECT
-from workers.fcm_client import (
+from workers.gateways.fcm_client import (
     FcmAuthError,
     FcmClient,
     FcmResponse,
@@ -248,9 +248,9 @@ _WITHOUT_REQUESTS = """
 import asyncio, json, sys
 sys.modules["requests"] = None  # as if requests were not installed
 from pathlib import Path
-from loadtest.devkeys import ensure_fcm_service_account, public_key_pem
+from server.dev.devkeys import ensure_fcm_service_account, public_key_pem
 from loadtest.fake_fcm import FakeFcm
-from workers.fcm_client import FcmClient
+from workers.gateways.fcm_client import FcmClient
 
 async def main():
     fake = FakeFcm(project_id="p", service_account_public_keys={})

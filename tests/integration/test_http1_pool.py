@@ -1,4 +1,4 @@
-"""workers.http1 against a real HTTP/1.1 server (aiohttp's): keep-alive reuse,
+"""workers.gateways.http1 against a real HTTP/1.1 server (aiohttp's): keep-alive reuse,
 chunked bodies, Connection: close, a server that drops idle connections, a
 cancelled request that must not leave its late answer for the next one, and the
 callback path (``start``) with its deadline sweep."""
@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 import pytest
 from aiohttp import web
 
-from workers.http1 import Answer, ConnectionFailed, Http1Pool, Response
+from workers.gateways.http1 import Answer, ConnectionFailed, Http1Pool, Response
 
 REQUEST = b"POST /send HTTP/1.1\r\nHost: test\r\nContent-Length: 2\r\n\r\n{}"
 

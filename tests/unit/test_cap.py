@@ -12,9 +12,9 @@ import shapely
 from shapely.geometry import MultiPolygon, Polygon
 
 from server.domain.incident import Status
-from server.errors import ValidationFailed
 from server.formats import cap
 from server.formats.safexml import parse_xml
+from server.web.problems import ValidationFailed
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "cap"
 PST = dt.timezone(dt.timedelta(hours=-8))

@@ -14,8 +14,8 @@ import shapely
 from shapely.geometry import Polygon
 
 from server.domain.incident import Status
-from server.errors import ValidationFailed
 from server.formats import eido
+from server.web.problems import ValidationFailed
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "eido"
 PST = dt.timezone(dt.timedelta(hours=-8))

@@ -18,8 +18,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from server.domain.incident import RawIncident
-from server.errors import ValidationFailed
 from server.formats import cap, eido, native
+from server.web.problems import ValidationFailed
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 CAP_FIXTURES = sorted((FIXTURES / "cap").glob("*.xml"))

@@ -1,4 +1,4 @@
-"""The FCM client's HTTP/1.1 response parser (workers.http1.ResponseParser): any
+"""The FCM client's HTTP/1.1 response parser (workers.gateways.http1.ResponseParser): any
 well-formed response, cut into any pieces, parses back to what was sent; anything
 else is a ProtocolError, never another exception."""
 
@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from workers.http1 import MAX_HEADER_BYTES, ProtocolError, Response, ResponseParser
+from workers.gateways.http1 import MAX_HEADER_BYTES, ProtocolError, Response, ResponseParser
 
 FAST = settings(max_examples=300, deadline=None)
 

@@ -1,4 +1,4 @@
-"""workers.http2 against h2's server side in memory: the peer is a real, strict HTTP/2
+"""workers.gateways.http2 against h2's server side in memory: the peer is a real, strict HTTP/2
 implementation, so HPACK, flow control, SETTINGS, GOAWAY, RST_STREAM, CONTINUATION
 and padding are checked frame by frame. (Against the fake APNs over TLS:
 tests/integration/test_apns_client.py.)"""
@@ -17,7 +17,7 @@ from hpack import Decoder, Encoder
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from workers.http2 import (
+from workers.gateways.http2 import (
     CONTINUATION,
     END_HEADERS,
     END_STREAM,

@@ -8,7 +8,7 @@ import secrets
 
 from aiohttp import web
 
-from server.errors import Unauthorized
+from server.web.problems import Unauthorized
 
 
 def bearer(request: web.Request) -> str | None:

@@ -10,25 +10,26 @@ from typing import Annotated, Any, Literal
 import msgspec
 from aiohttp import web
 
-from server import keys, responders
-from server.appkeys import LIMITER, POOL, REDIS, REGISTRATION_CHECK, SETTINGS
-from server.auth import bearer, new_device_secret
+from server import keys
 from server.domain import zones as zone_rules
 from server.domain.agency_spec import valid_timezone
 from server.domain.categories import NEIGHBOUR_ALERTABLE, RESPONDER_ONLY
 from server.domain.pushtext import title_and_body
 from server.domain.text import SINGLE_LINE, Line
 from server.domain.tokens import token_problem
-from server.erasure import scrub_device
-from server.errors import FieldError, Problem, Unauthorized, ValidationFailed
-from server.routes.body import decode_json, json_response
 from server.store import devices as store
+from server.store import responders
+from server.store.erasure import scrub_device
+from server.web.appkeys import LIMITER, POOL, REDIS, REGISTRATION_CHECK, SETTINGS
+from server.web.auth import bearer, new_device_secret
+from server.web.problems import FieldError, Problem, Unauthorized, ValidationFailed
 from server.web.registration import (
     Registration,
     RegistrationRefused,
     client_address,
     limit_bucket,
 )
+from server.web.routes.body import decode_json, json_response
 
 routes = web.RouteTableDef()
 

@@ -11,16 +11,11 @@ from typing import Annotated, Any
 import msgspec
 from aiohttp import web
 
-from server.appkeys import AGENCIES, OUTBOX, POOL, REDIS, SETTINGS
-from server.auth import require_admin
 from server.domain import aed_import, signing
 from server.domain.agency_spec import validate_agency, validate_call_types
 from server.domain.categories import ALL_CATEGORIES, normalize_call_type
 from server.domain.policy import DEFAULT_ALERTABLE
 from server.domain.text import SINGLE_LINE, Line
-from server.errors import FieldError, NotFound, Problem, ValidationFailed
-from server.publish import publish_incident
-from server.routes.body import decode_json, json_response, read_bounded
 from server.store import aeds, review
 from server.store.agencies import (
     AgencyExists,
@@ -31,6 +26,11 @@ from server.store.agencies import (
     update_agency,
 )
 from server.store.devices import register_responder, unregister_responder
+from server.store.publish import publish_incident
+from server.web.appkeys import AGENCIES, OUTBOX, POOL, REDIS, SETTINGS
+from server.web.auth import require_admin
+from server.web.problems import FieldError, NotFound, Problem, ValidationFailed
+from server.web.routes.body import decode_json, json_response, read_bounded
 
 log = logging.getLogger(__name__)
 routes = web.RouteTableDef()

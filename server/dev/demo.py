@@ -17,7 +17,7 @@ from typing import Any
 
 from server.domain.signing import HEADER, sign
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 AGENCY = "seattle-fire-demo"
 # 5300 24th Ave NE, Seattle: the first call of the January 2022 Seattle Fire sample.
 HOME = (47.66707, -122.301946)

@@ -10,17 +10,17 @@ from dataclasses import dataclass
 import asyncpg
 import redis.asyncio as aioredis
 
-from server.agency_cache import AgencyCache
 from server.domain import signing
 from server.domain.incident import RawIncident
 from server.domain.normalize import normalize
 from server.domain.policy import decide
-from server.errors import Problem, Unauthorized
 from server.formats import cap, eido, native
-from server.publish import OutboxCleaner, publish_incident
-from server.ratelimit import RateLimiter
 from server.store.agencies import Agency
 from server.store.incidents import store_incident
+from server.store.publish import OutboxCleaner, publish_incident
+from server.store.ratelimit import RateLimiter
+from server.web.agency_cache import AgencyCache
+from server.web.problems import Problem, Unauthorized
 
 log = logging.getLogger(__name__)
 

@@ -6,10 +6,10 @@ import asyncpg
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from server.agency_cache import AgencyCache
-from server.publish import OutboxCleaner
-from server.ratelimit import RateLimiter
 from server.settings import Settings
+from server.store.publish import OutboxCleaner
+from server.store.ratelimit import RateLimiter
+from server.web.agency_cache import AgencyCache
 from server.web.registration import RegistrationCheck
 
 SETTINGS = web.AppKey("settings", Settings)

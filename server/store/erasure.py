@@ -11,8 +11,9 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from server import keys, responders
+from server import keys
 from server.keys import PLATFORMS, SENDER_GROUP
+from server.store import responders
 
 
 def _s(value: Any) -> str:

@@ -7,10 +7,10 @@ import datetime as dt
 import msgspec
 from aiohttp import web
 
-from server.appkeys import AGENCIES, LIMITER, OUTBOX, POOL, REDIS, SETTINGS
 from server.domain.signing import HEADER
-from server.ingest import ingest, parser_for
-from server.routes.body import json_response, read_bounded
+from server.web.appkeys import AGENCIES, LIMITER, OUTBOX, POOL, REDIS, SETTINGS
+from server.web.ingest import ingest, parser_for
+from server.web.routes.body import json_response, read_bounded
 
 routes = web.RouteTableDef()
 

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import msgspec
 from aiohttp import web
 
-from server.db import STORE_UNAVAILABLE
 from server.domain.text import SINGLE_LINE
+from server.store.db import STORE_UNAVAILABLE
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +126,8 @@ def field_error_from_msgspec(exc: msgspec.ValidationError | msgspec.DecodeError)
     unknown = _UNKNOWN.match(msg)
     if unknown:
         name = unknown.group("name")
+        if not name:
+            return FieldError(_dotted(path) or "body", "has a field with an empty name")
         return FieldError(_dotted(f"{path}.{name}") if path else name,
                           "is not a field of this request")
     return FieldError(_dotted(path) or "body", msg)

@@ -8,9 +8,9 @@ import logging
 import msgspec
 from aiohttp import web
 
-from server.appkeys import POOL, REDIS
-from server.errors import PROBLEM_JSON, Problem
-from server.routes.body import json_response
+from server.web.appkeys import POOL, REDIS
+from server.web.problems import PROBLEM_JSON, Problem
+from server.web.routes.body import json_response
 
 log = logging.getLogger(__name__)
 routes = web.RouteTableDef()

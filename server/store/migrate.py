@@ -16,7 +16,7 @@ import asyncpg
 
 log = logging.getLogger(__name__)
 
-SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
+SQL_DIR = Path(__file__).resolve().parents[2] / "sql"
 _LOCK_KEY = 0x6765_6F70  # "geop"
 _NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 

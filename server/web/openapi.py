@@ -10,9 +10,9 @@ import msgspec
 from aiohttp import web
 
 from server.formats.native import NativeIncident
-from server.routes import admin, devices
-from server.routes.body import json_response
-from server.routes.incidents import IncidentAccepted
+from server.web.routes import admin, devices
+from server.web.routes.body import json_response
+from server.web.routes.incidents import IncidentAccepted
 
 routes = web.RouteTableDef()
 

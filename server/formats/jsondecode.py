@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from server.errors import FieldError, ValidationFailed, field_error_from_msgspec
+from server.web.problems import FieldError, ValidationFailed, field_error_from_msgspec
 
 T = TypeVar("T")
 

@@ -1,4 +1,4 @@
-"""geopush's APNs client: a small pool of lean HTTP/2 connections (``workers.http2``).
+"""geopush's APNs client: a small pool of lean HTTP/2 connections (``workers.gateways.http2``).
 
 It replaces aioapns 4.0, whose two bugs the suite still demonstrates against the fake
 gateway (``tests/integration/test_apns_client.py``): it never returns flow-control
@@ -41,7 +41,7 @@ from typing import Any, Protocol
 import jwt
 import msgspec
 
-from workers.http2 import (
+from workers.gateways.http2 import (
     Fields,
     Http2Connection,
     Http2Pool,
@@ -50,7 +50,7 @@ from workers.http2 import (
     never_indexed,
     path_literal,
 )
-from workers.waiting import finish_in_task
+from workers.gateways.waiting import finish_in_task
 
 logger = logging.getLogger(__name__)
 

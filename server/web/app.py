@@ -12,16 +12,24 @@ from collections.abc import AsyncIterator
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from server import openapi
-from server.agency_cache import AgencyCache
-from server.appkeys import AGENCIES, LIMITER, OUTBOX, POOL, REDIS, REGISTRATION_CHECK, SETTINGS
-from server.db import create_pool
-from server.errors import problem_middleware
-from server.publish import OutboxCleaner
-from server.ratelimit import RateLimiter
-from server.routes import admin, devices, health, incidents
 from server.settings import Settings
+from server.store.db import create_pool
+from server.store.publish import OutboxCleaner
+from server.store.ratelimit import RateLimiter
+from server.web import openapi
+from server.web.agency_cache import AgencyCache
+from server.web.appkeys import (
+    AGENCIES,
+    LIMITER,
+    OUTBOX,
+    POOL,
+    REDIS,
+    REGISTRATION_CHECK,
+    SETTINGS,
+)
+from server.web.problems import problem_middleware
 from server.web.registration import RegistrationCheck, load_check
+from server.web.routes import admin, devices, health, incidents
 
 log = logging.getLogger(__name__)
 

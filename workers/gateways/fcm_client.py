@@ -1,5 +1,5 @@
-"""geopush's FCM HTTP v1 client: ``messages:send`` over HTTP/2 (``workers.http2``, the
-default) or a keep-alive HTTP/1.1 pool (``workers.http1``), plus google-auth for the
+"""geopush's FCM HTTP v1 client: ``messages:send`` over HTTP/2 (``workers.gateways.http2``, the
+default) or a keep-alive HTTP/1.1 pool (``workers.gateways.http1``), plus google-auth for the
 access token.
 
 HTTP/2 is what Google's own Admin SDKs send with (Node since 12.3, Java since 9.4; the
@@ -46,10 +46,10 @@ import msgspec
 from google.oauth2 import service_account
 
 from server.settings import FCM_STREAMS
-from workers import http2
-from workers.http1 import Answer, ConnectionFailed, Http1Pool, ProtocolError, Response
-from workers.http2 import Http2Pool, StreamError
-from workers.waiting import finish_in_task
+from workers.gateways import http2
+from workers.gateways.http1 import Answer, ConnectionFailed, Http1Pool, ProtocolError, Response
+from workers.gateways.http2 import Http2Pool, StreamError
+from workers.gateways.waiting import finish_in_task
 
 logger = logging.getLogger(__name__)
 

@@ -7,8 +7,8 @@ from typing import TypeVar
 import msgspec
 from aiohttp import web
 
-from server.errors import FieldError, Problem, ValidationFailed
-from server.jsondecode import decode
+from server.formats.jsondecode import decode
+from server.web.problems import FieldError, Problem, ValidationFailed
 
 T = TypeVar("T")
 

@@ -54,7 +54,7 @@ from typing import cast
 from hpack import Decoder
 from hpack.exceptions import HPACKError
 
-from workers.waiting import finish_in_task, wait_in_line
+from workers.gateways.waiting import finish_in_task, wait_in_line
 
 logger = logging.getLogger(__name__)
 

@@ -21,15 +21,15 @@ from pathlib import Path
 from honcho.environ import parse_procfile
 from honcho.manager import Manager
 
-from loadtest.devkeys import (
+from server.dev import demo
+from server.dev.devenv import PrivatePostgres, PrivateRedis
+from server.dev.devkeys import (
     DEV_FCM_PROJECT,
     ensure_apns_key,
     ensure_fcm_service_account,
     ensure_tls,
 )
-from server import demo
-from server.devenv import PrivatePostgres, PrivateRedis
-from server.migrate import migrate
+from server.store.migrate import migrate
 
 FAKE_APNS_PORT, FAKE_APNS_CONTROL_PORT, FAKE_FCM_PORT = 8443, 8444, 8445
 
