@@ -96,6 +96,9 @@ class Settings:
     # Ingest
     max_body_bytes: int = 256 * 1024
     signature_tolerance_s: int = 300
+    # Webhooks naming one agency id that fail verification, per minute (0: no limit);
+    # past it a 429 instead of a 401, known agency or not.
+    rejected_webhooks_per_minute: int = 600
     # How long the exact incident location is kept (for matching late revisions)
     # before it is replaced by the public, rounded point.
     exact_location_retention: dt.timedelta = dt.timedelta(hours=24)
@@ -139,6 +142,7 @@ class Settings:
             log_level=env.get("GEOPUSH_LOG_LEVEL", "INFO").upper(),
             exact_location_retention=dt.timedelta(
                 hours=_float(env, "GEOPUSH_EXACT_LOCATION_RETENTION_HOURS", 24.0)),
+            rejected_webhooks_per_minute=_int(env, "GEOPUSH_REJECTED_WEBHOOKS_PER_MINUTE", 600),
             stream_batch=_int(env, "GEOPUSH_STREAM_BATCH", 100),
             send_concurrency=send_concurrency,
             claim_idle_ms=_int(env, "GEOPUSH_CLAIM_IDLE_MS", 60_000),

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import asyncpg
 import redis.asyncio as aioredis
 
+from server import keys
 from server.domain import signing
 from server.domain.incident import RawIncident
 from server.domain.normalize import normalize
@@ -45,6 +47,19 @@ def parser_for(content_type: str) -> Parser:
     return parser
 
 
+def _too_many(detail: str, retry_after_s: int) -> Problem:
+    return Problem(429, "Too many requests", detail, slug="rate-limited",
+                   headers={"Retry-After": str(retry_after_s)})
+
+
+_AGENCY_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+
+
+def _rate_key(agency_id: str) -> str:
+    # Ids no agency can have share one budget: a path is not a Redis key to make up.
+    return agency_id if _AGENCY_ID.match(agency_id) else "(invalid)"
+
+
 @dataclass(frozen=True)
 class Accepted:
     incident_id: str
@@ -65,7 +80,11 @@ async def ingest(
     tolerance_s: int,
     now: dt.datetime,
     limiter: RateLimiter | None = None,
+    rejected_per_minute: int = 0,
 ) -> Accepted:
+    """``rejected_per_minute`` (0: no limit) bounds the requests naming ``agency_id``
+    that fail verification, in a budget apart from the agency's own: past it they are
+    a 429 instead of a 401, the same for a known agency as for an unknown one."""
     agency, cached = await agencies.get(agency_id)
 
     def verified(a: Agency | None) -> bool:
@@ -79,16 +98,19 @@ async def ingest(
         ok = verified(agency)
     # An unknown agency and a bad signature answer alike, so ids can't be enumerated.
     if not ok or agency is None:
+        if limiter is not None and rejected_per_minute > 0:
+            verdict = await limiter.allow(keys.agency_rejected_rate(_rate_key(agency_id)),
+                                          rejected_per_minute, 60)
+            if not verdict.allowed:
+                raise _too_many(f"Too many rejected webhooks for {agency_id!r}",
+                                verdict.retry_after_s)
         raise Unauthorized("Missing, stale or invalid Geopush-Signature")
     if limiter is not None:
         verdict = await limiter.check(agency.id, agency.rate_limit_per_minute)
         if not verdict.allowed:
-            raise Problem(
-                429, "Too many requests",
-                f"Agency {agency.id!r} is limited to {agency.rate_limit_per_minute} "
-                "webhooks a minute", slug="rate-limited",
-                headers={"Retry-After": str(verdict.retry_after_s)},
-            )
+            raise _too_many(f"Agency {agency.id!r} is limited to "
+                            f"{agency.rate_limit_per_minute} webhooks a minute",
+                            verdict.retry_after_s)
     raw = parser(body)
     incident = normalize(raw, agency_id=agency.id, call_type_map=agency.call_types, now=now)
     policy = agency.policy()

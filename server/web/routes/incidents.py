@@ -38,6 +38,7 @@ async def post_incident(request: web.Request) -> web.Response:
         tolerance_s=settings.signature_tolerance_s,
         now=dt.datetime.now(dt.UTC),
         limiter=request.app[LIMITER],
+        rejected_per_minute=settings.rejected_webhooks_per_minute,
     )
     return json_response(
         IncidentAccepted(accepted.incident_id, accepted.decision, accepted.duplicate),
