@@ -38,13 +38,15 @@ MATCHER_GROUP = "matchers"
 SENDER_GROUP = "senders"
 
 
-PUSHED_PATTERN = f"{PREFIX}:pushed:*"
-
-
 def pushed(event_id: str) -> str:
-    """Set of device ids already given a push for this event (dedup). One set per event
-    rather than one key per device keeps erasure cheap: it scans events, not pushes."""
+    """Set of device ids already given a push for this event (dedup)."""
     return f"{PREFIX}:pushed:{event_id}"
+
+
+def device_events(device_id: str) -> str:
+    """Set of the ``pushed`` sets a device is a member of (same TTL): erasure removes
+    the device from exactly those, without scanning the keyspace."""
+    return f"{PREFIX}:device_events:{device_id}"
 
 
 PUSHED_TTL_S = 48 * 3600

@@ -32,7 +32,8 @@ log = logging.getLogger(__name__)
 # expiration and the FCM TTL).
 ALERT_LIFETIME = dt.timedelta(hours=1)
 
-# KEYS: the event's dedup set, the platform's push stream, the device's rate counter.
+# KEYS: the event's dedup set, the platform's push stream, the device's rate counter,
+# the device's index of dedup sets (what its erasure must clean).
 # ARGV: device id, dedup TTL, stream MAXLEN, hourly limit (0: none), then the entry's
 # field/value pairs. Returns 1 enqueued, 0 already pushed, -1 over the device's limit.
 _ENQUEUE = """
@@ -51,6 +52,8 @@ if limit > 0 then
 end
 redis.call('SADD', KEYS[1], ARGV[1])
 redis.call('EXPIRE', KEYS[1], ARGV[2])
+redis.call('SADD', KEYS[4], KEYS[1])
+redis.call('EXPIRE', KEYS[4], ARGV[2])
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', unpack(ARGV, 5))
 return 1
 """
@@ -189,7 +192,7 @@ class Matcher:
                 flat = [x for kv in push.to_fields().items() for x in kv]
                 await self._enqueue(
                     keys=[keys.pushed(dedup_on), keys.push_stream(push.platform),
-                          keys.device_rate(push.device_id)],
+                          keys.device_rate(push.device_id), keys.device_events(push.device_id)],
                     args=[push.device_id, keys.PUSHED_TTL_S, STREAM_MAXLEN, limit, *flat],
                     client=pipe,
                 )
