@@ -1,18 +1,38 @@
 -- Privacy and abuse (issue 12): matching on public data only, tokens unique per platform.
 
 -- What neighbours are matched against: the public point for a point incident, the
--- area widened to the public 0.001° grid for an area (server/domain/privacy.py,
--- public_area). Never the exact geometry, so who is alerted tells no more than the push.
+-- area's bounding box widened outwards to the public point's 0.001° grid for an area.
+-- Never the exact geometry, so who is alerted tells no more than the push does.
+CREATE FUNCTION geopush_public_geom(exact geometry, public_point geometry)
+RETURNS geometry LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT CASE WHEN GeometryType(exact) = 'POINT' THEN public_point
+    ELSE ST_MakeEnvelope(
+        -- numeric: the float's shortest decimal, so a grid line stays on the grid
+        (floor(ST_XMin(exact)::numeric * 1000) / 1000)::float8,
+        (floor(ST_YMin(exact)::numeric * 1000) / 1000)::float8,
+        (greatest(ceil(ST_XMax(exact)::numeric * 1000),
+                  floor(ST_XMin(exact)::numeric * 1000) + 1) / 1000)::float8,
+        (greatest(ceil(ST_YMax(exact)::numeric * 1000),
+                  floor(ST_YMin(exact)::numeric * 1000) + 1) / 1000)::float8,
+        4326) END
+$$;
+
 ALTER TABLE incidents ADD COLUMN public_geom geometry(Geometry, 4326);
-UPDATE incidents
-   SET public_geom = CASE
-       WHEN GeometryType(geom) = 'POINT' THEN public_point
-       ELSE ST_MakeEnvelope(floor(ST_XMin(geom) * 1000) / 1000, floor(ST_YMin(geom) * 1000) / 1000,
-                            greatest(ceil(ST_XMax(geom) * 1000), floor(ST_XMin(geom) * 1000) + 1) / 1000,
-                            greatest(ceil(ST_YMax(geom) * 1000), floor(ST_YMin(geom) * 1000) + 1) / 1000,
-                            4326)
-   END;
+UPDATE incidents SET public_geom = geopush_public_geom(geom, public_point);
 ALTER TABLE incidents ALTER COLUMN public_geom SET NOT NULL;
+
+-- Every writer of an exact geometry gets its public one with it, whatever statement
+-- it uses. The purge (geom := public_geom, exact_purged_at set) leaves it alone.
+CREATE FUNCTION geopush_set_public_geom() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    NEW.public_geom := geopush_public_geom(NEW.geom, NEW.public_point);
+    RETURN NEW;
+END
+$$;
+CREATE TRIGGER incidents_public_geom
+    BEFORE INSERT OR UPDATE OF geom, public_point ON incidents
+    FOR EACH ROW WHEN (NEW.exact_purged_at IS NULL)
+    EXECUTE FUNCTION geopush_set_public_geom();
 
 -- The narrative travels to review_items only; it was never a column of incidents.
 

@@ -48,9 +48,6 @@ class Incident:
     priority: int | None = None
     actual: bool = True            # False: a test/exercise message, never pushed
     narrative: str | None = None   # redacted; kept only while an editor reviews it
-    # An area's public area (its box widened to the public grid), None for a point:
-    # what neighbours are matched against, with the public point.
-    public_area_wkt: str | None = None
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,6 @@ from server.domain.categories import categorize
 from server.domain.incident import Incident, RawIncident
 from server.domain.privacy import (
     NeighbourhoodLookup,
-    public_area,
     public_location,
     redact,
     round_point,
@@ -49,7 +48,6 @@ def normalize(
         occurred_at=raw.occurred_at,
         geometry_wkt=raw.geometry_wkt or raw.point.wkt(),
         public_point=public_point,
-        public_area_wkt=public_area(raw.geometry_wkt) if raw.geometry_wkt else None,
         public_location=public_location(raw.address, public_point, neighbourhood_of),
         location_kind=raw.location_kind,
         priority=raw.priority,

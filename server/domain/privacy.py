@@ -1,18 +1,15 @@
 """What of an incident's location may be shown to the public.
 
 The exact address and point stay with the agency's editors and CPR responders; phones,
-the feed and matching see a block-level address built from a street grammar, a point
-rounded to about 100 m and, for areas, the area widened to that grid (public_area),
-the way crime maps publish.
+the feed and matching see a block-level address built from a street grammar and a point
+rounded to about 100 m (for areas, the area widened to that grid: sql/0005), the way
+crime maps publish.
 """
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Callable
-
-import shapely
 
 from server.domain import streets
 from server.domain.incident import Point
@@ -45,24 +42,6 @@ NeighbourhoodLookup = Callable[[Point], "str | None"]
 
 def round_point(point: Point) -> Point:
     return Point(round(point.lat, PUBLIC_DECIMALS), round(point.lon, PUBLIC_DECIMALS))
-
-
-_GRID = 10**PUBLIC_DECIMALS
-
-
-def public_area(geometry_wkt: str) -> str | None:
-    """An area incident's public area: its bounding box widened outwards to the public
-    point's 0.001° grid (WKT), so matching on it tells no more than the grid cells the
-    push names. None for a point: the public point is the public geometry then."""
-    geom = shapely.from_wkt(geometry_wkt)
-    if geom.geom_type == "Point":
-        return None
-    minx, miny, maxx, maxy = geom.bounds
-    west, south = math.floor(minx * _GRID), math.floor(miny * _GRID)
-    east, north = max(math.ceil(maxx * _GRID), west + 1), max(math.ceil(maxy * _GRID), south + 1)
-    return (f"POLYGON(({west / _GRID} {south / _GRID},{east / _GRID} {south / _GRID},"
-            f"{east / _GRID} {north / _GRID},{west / _GRID} {north / _GRID},"
-            f"{west / _GRID} {south / _GRID}))")
 
 
 def _mask(text: str) -> str:

@@ -28,9 +28,8 @@ UPDATE incidents
        received_at = $7, geom = ST_GeomFromText($8, 4326),
        public_point = ST_SetSRID(ST_MakePoint($9, $10), 4326), public_location = $11,
        location_kind = $12, priority = $13, decision = $14, actual = $15, updated_at = now(),
-       public_geom = coalesce(ST_GeomFromText($16, 4326), ST_SetSRID(ST_MakePoint($9, $10), 4326)),
        -- a revision brings an exact geometry again: the purge must see it, retention
-       -- counting from this revision's arrival
+       -- counting from this revision's arrival (public_geom: a trigger, sql/0005)
        exact_purged_at = NULL
  WHERE id = $1
 """
@@ -63,10 +62,9 @@ _INSERT_NEW = """
 WITH ins AS (
     INSERT INTO incidents (agency_id, external_id, revision, status, call_type, category,
                            occurred_at, received_at, geom, public_point, public_location,
-                           location_kind, priority, decision, actual, public_geom)
+                           location_kind, priority, decision, actual)
     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, ST_GeomFromText($9, 4326),
-            ST_SetSRID(ST_MakePoint($10, $11), 4326), $12, $13, $14, $15, $16,
-            coalesce(ST_GeomFromText($18, 4326), ST_SetSRID(ST_MakePoint($10, $11), 4326)))
+            ST_SetSRID(ST_MakePoint($10, $11), 4326), $12, $13, $14, $15, $16)
     ON CONFLICT (agency_id, external_id) DO NOTHING
     RETURNING id),
  ob AS (INSERT INTO outbox (incident_id) SELECT id FROM ins WHERE $17)
@@ -101,7 +99,7 @@ async def _insert_incident(
         _INSERT_NEW, i.agency_id, i.external_id, i.revision, i.status.value, i.call_type,
         i.category, i.occurred_at, received_at, i.geometry_wkt, i.public_point.lon,
         i.public_point.lat, i.public_location, kind, i.priority, decision, i.actual,
-        publish, i.public_area_wkt,
+        publish,
     )
     if incident_id is None:
         return None
@@ -146,7 +144,7 @@ async def _store_once(
         await conn.execute(
             _UPDATE, incident_id, i.revision, i.status.value, i.call_type, i.category,
             i.occurred_at, received_at, i.geometry_wkt, i.public_point.lon, i.public_point.lat,
-            i.public_location, kind, i.priority, decision, i.actual, i.public_area_wkt,
+            i.public_location, kind, i.priority, decision, i.actual,
         )
         await _sync_review(conn, incident_id, i, decision, review_until)
         # Publish when this revision newly becomes pushable, or is pushable under a new

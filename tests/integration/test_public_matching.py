@@ -8,6 +8,7 @@ A grid of cheap devices learns no more about an incident than one push tells.
 from __future__ import annotations
 
 import asyncio
+import re
 import datetime as dt
 import secrets
 from collections.abc import Coroutine, Iterator
@@ -157,6 +158,13 @@ def test_two_areas_with_one_public_area_alert_the_same_devices(
     world.run(_reset(world, zones))
     centre = Point(node.lat + 0.0005, node.lon + 0.0005)
     assert world.run(_alerted(world, centre, a)) == world.run(_alerted(world, centre, b))
+    # The public area covers the exact one, on the public grid.
+    for row in world.run(world.pool.fetch(
+            """SELECT ST_Covers(public_geom, geom) AS covers, ST_AsText(public_geom) AS wkt
+                 FROM incidents""")):
+        assert row["covers"]
+        for number in re.findall(r"-?\d+\.\d+", row["wkt"]):
+            assert len(number.split(".")[1]) <= 3, row["wkt"]
 
 
 def test_a_zone_edge_between_two_exact_points_no_longer_tells_them_apart(

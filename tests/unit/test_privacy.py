@@ -5,14 +5,12 @@ import re
 from pathlib import Path
 
 import pytest
-import shapely
 from hypothesis import given
 from hypothesis import strategies as st
 
 from server.domain import streets
 from server.domain.incident import Point
 from server.domain.privacy import (
-    public_area,
     public_location,
     redact,
     round_point,
@@ -173,28 +171,6 @@ def test_street_location_never_raises_and_is_always_a_public_form(address: str) 
 
 def test_point_is_rounded_to_about_100_m() -> None:
     assert round_point(Point(47.66707, -122.301946)) == Point(47.667, -122.302)
-
-
-def test_a_point_has_no_public_area() -> None:
-    assert public_area("POINT(-122.301946 47.66707)") is None
-
-
-@given(st.floats(-122.5, -122.2), st.floats(47.4, 47.8), st.floats(0.00001, 0.05),
-       st.floats(0.00001, 0.05))
-def test_public_area_covers_the_area_on_the_public_grid(lon: float, lat: float, w: float,
-                                                        h: float) -> None:
-    exact = shapely.box(lon, lat, lon + w, lat + h)
-    wkt = public_area(exact.wkt)
-    assert wkt is not None
-    public = shapely.from_wkt(wkt)
-    assert public.covers(exact)
-    for x, y in shapely.get_coordinates(public):
-        assert round(x, 3) == pytest.approx(x, abs=1e-9)
-        assert round(y, 3) == pytest.approx(y, abs=1e-9)
-    # Two areas inside the same grid cells share one public area.
-    inner = shapely.box(lon + w / 4, lat + h / 4, lon + w / 2, lat + h / 2)
-    if shapely.from_wkt(public_area(inner.wkt) or "").bounds == public.bounds:
-        assert public_area(inner.wkt) == wkt
 
 
 @pytest.mark.parametrize(("narrative", "gone"), [
