@@ -68,6 +68,12 @@ def registration_rate(client: str) -> str:
     return f"{PREFIX}:rate:register:{client}"
 
 
+def agency_dry_run_rate(agency_id: str) -> str:
+    """GCRA state of an agency's dry-run rate limit: a budget of its own, so a vendor's
+    test suite never spends what the agency's real incidents need."""
+    return f"{PREFIX}:rate:dry_run:{agency_id}"
+
+
 RESPONDERS_GEO = f"{PREFIX}:responders:geo"
 """GEO set of responders' last reported positions (member: device id)."""
 

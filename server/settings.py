@@ -99,6 +99,8 @@ class Settings:
     # Webhooks naming one agency id that fail verification, per minute (0: no limit);
     # past it a 429 instead of a 401, known agency or not.
     rejected_webhooks_per_minute: int = 600
+    # Dry runs an agency may make a minute (0: none), a budget apart from its incidents'.
+    dry_runs_per_minute: int = 60
     # How long the exact incident location is kept (for matching late revisions)
     # before it is replaced by the public, rounded point.
     exact_location_retention: dt.timedelta = dt.timedelta(hours=24)
@@ -151,10 +153,21 @@ class Settings:
                 env, "GEOPUSH_DEVICE_REGISTRATIONS_PER_HOUR_PER_IP", 120),
             trusted_proxies=_networks(env, "GEOPUSH_TRUSTED_PROXIES"),
             registration_check=env.get("GEOPUSH_REGISTRATION_CHECK") or None,
+            dry_runs_per_minute=_int(env, "GEOPUSH_DRY_RUNS_PER_MINUTE", 60),
             consumer_name=env.get("GEOPUSH_CONSUMER_NAME") or _default_consumer_name(),
             apns=_apns_from_env(env),
             fcm=_fcm_from_env(env, send_concurrency),
         )
+
+
+def database_url_from_env(env: Mapping[str, str] | None = None) -> str:
+    """GEOPUSH_DATABASE_URL alone, for commands that need nothing else (``geopush cad
+    validate --agency``)."""
+    env = os.environ if env is None else env
+    url = env.get("GEOPUSH_DATABASE_URL", "")
+    if not url:
+        raise ConfigError("GEOPUSH_DATABASE_URL is not set")
+    return url
 
 
 def _apns_from_env(env: Mapping[str, str]) -> ApnsSettings | None:

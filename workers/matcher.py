@@ -18,19 +18,21 @@ import asyncpg
 import redis.asyncio as aioredis
 
 from server import keys
-from server.domain.categories import MOST_SEVERE, RESPONDER_ONLY
 from server.domain.policy import ALERT
-from server.domain.quiet import allowed_now
-from server.store import aeds, responders
+from server.store import aeds, matching
+from server.store.audience import (
+    ALERT_LIFETIME,
+    RESPONDER,
+    Target,
+    awake,
+    find_audience,
+    hourly_limit,
+)
 from server.store.publish import STREAM_MAXLEN
 from workers.push import Push
 from workers.streams import Entry, StreamConsumer
 
 log = logging.getLogger(__name__)
-
-# How long after it occurred a push is still worth delivering (also the APNs
-# expiration and the FCM TTL).
-ALERT_LIFETIME = dt.timedelta(hours=1)
 
 # KEYS: the event's dedup set, the platform's push stream, the device's rate counter,
 # the device's index of dedup sets (what its erasure must clean).
@@ -60,65 +62,15 @@ return 1
 
 _INCIDENT = """
 SELECT i.id, i.agency_id, i.category, i.status, i.decision, i.actual, i.occurred_at,
-       i.received_at, i.public_location, i.location_kind,
+       i.received_at, i.public_location, i.location_kind, i.geom::text AS geom,
        ST_Y(i.public_point) AS lat, ST_X(i.public_point) AS lon,
-       ST_Y(ST_PointOnSurface(i.geom)) AS exact_lat, ST_X(ST_PointOnSurface(i.geom)) AS exact_lon,
-       i.title_override, i.body_override, a.responder_radius_m,
        GeometryType(i.public_geom) <> 'POINT' AS is_area,
        ST_XMin(i.public_geom) AS west, ST_YMin(i.public_geom) AS south,
-       ST_XMax(i.public_geom) AS east, ST_YMax(i.public_geom) AS north
+       ST_XMax(i.public_geom) AS east, ST_YMax(i.public_geom) AS north,
+       ST_Y(ST_PointOnSurface(i.geom)) AS exact_lat, ST_X(ST_PointOnSurface(i.geom)) AS exact_lon,
+       i.title_override, i.body_override, a.responder_radius_m
   FROM incidents i JOIN agencies a ON a.id = i.agency_id
  WHERE i.id = $1
-"""
-
-# Responders near a cardiac arrest, from the positions Redis found. Where the arrest is
-# not known to be in a public place, only responders the agency registered are alerted.
-_RESPONDERS = """
-SELECT d.id, d.platform, d.token, d.locale, d.timezone, d.quiet_start, d.quiet_end
-  FROM devices d
- WHERE d.id = ANY ($1::uuid[])
-   AND d.responder
-   AND d.token_disabled_at IS NULL
-   AND (d.categories IS NULL OR 'cardiac_arrest' = ANY (d.categories))
-   AND ($2 OR EXISTS (SELECT 1 FROM agency_responders r
-                       WHERE r.device_id = d.id AND r.agency_id = $3))
-"""
-
-# Two agencies reporting one event (a fire both the fire and the police CAD know
-# about): the same category within 150 m and 10 minutes, already alerted. Devices
-# are deduplicated on the earliest such incident, so each is alerted once.
-SAME_EVENT_DISTANCE_M = 150
-SAME_EVENT_WINDOW = dt.timedelta(minutes=10)
-_SAME_EVENT = """
-SELECT o.id
-  FROM incidents i
-  JOIN incidents o
-    ON o.category = i.category
-   AND o.agency_id <> i.agency_id
-   AND o.occurred_at BETWEEN i.occurred_at - $2::interval AND i.occurred_at + $2::interval
-   AND (o.received_at, o.id) < (i.received_at, i.id)
-   AND o.decision = 'alert' AND o.actual
-   AND ST_DWithin(o.public_geom::geography, i.public_geom::geography, $3)
- WHERE i.id = $1
- ORDER BY o.received_at, o.id
- LIMIT 1
-"""
-
-# Neighbours are matched against the incident's public geometry (the rounded point, or
-# an area widened to the same grid), never the exact one: who is alerted is a function
-# of what the push says, so a grid of cheap devices can't locate an incident more
-# precisely than the push does. The exact point serves CPR responders only.
-# The zone test runs on the GiST index of zones.geom: ST_Intersects adds the && box
-# check itself. Boundary points count as inside (ST_Intersects, not ST_Within).
-_NEIGHBOURS = """
-SELECT DISTINCT ON (d.id) d.id, d.platform, d.token, d.locale, d.timezone,
-       d.quiet_start, d.quiet_end
-  FROM incidents i
-  JOIN zones z ON ST_Intersects(z.geom, i.public_geom)
-  JOIN devices d ON d.id = z.device_id
- WHERE i.id = $1
-   AND d.token_disabled_at IS NULL
-   AND (d.categories IS NULL OR i.category = ANY (d.categories))
 """
 
 
@@ -149,33 +101,39 @@ class Matcher:
         expires = incident["occurred_at"] + ALERT_LIFETIME
         if now >= expires:
             return MatchResult(incident_id, 0, 0)
-        audience, aeds_json = "neighbour", ""
+        target = Target(
+            agency_id=incident["agency_id"], category=incident["category"],
+            geometry=incident["geom"], exact_lat=incident["exact_lat"],
+            exact_lon=incident["exact_lon"], public_lat=incident["lat"],
+            public_lon=incident["lon"], location_kind=incident["location_kind"],
+            responder_radius_m=incident["responder_radius_m"],
+        )
+        audience = await find_audience(self.pool, self.redis, target)
+        rows = audience.devices
+        aeds_json = ""
         lat, lon = incident["lat"], incident["lon"]
+        # An area's public area: what neighbours were matched against, so the push says
+        # all that being alerted tells.
         bbox = ((incident["west"], incident["south"], incident["east"], incident["north"])
-                if incident["is_area"] else None)
-        if incident["category"] in RESPONDER_ONLY:
-            # Never to neighbours: responders are matched by where they are now, and get
-            # the exact point (they have to find the patient) and the nearest AEDs.
-            audience, bbox = "responder", None
+                if incident["is_area"] and audience.kind != RESPONDER else None)
+        if audience.kind == RESPONDER:
+            # Responders get the exact point (they have to find the patient) and the
+            # nearest AEDs.
             lat, lon = incident["exact_lat"], incident["exact_lon"]
-            rows = await self._responders(incident)
             if rows:
                 aeds_json = json.dumps(await aeds.nearest(self.pool, lat, lon),
                                        separators=(",", ":"))
-        else:
-            rows = await self.pool.fetch(_NEIGHBOURS, incident["id"])
-        event_id = await self.pool.fetchval(
-            _SAME_EVENT, incident["id"], SAME_EVENT_WINDOW, SAME_EVENT_DISTANCE_M
+        event_id = await matching.same_event(
+            self.pool, category=incident["category"], agency_id=incident["agency_id"],
+            occurred_at=incident["occurred_at"], received_at=incident["received_at"],
+            incident_id=incident["id"], geometry=incident["geom"],
+            public_point=(incident["lat"], incident["lon"]),
         ) if rows else None
         dedup_on = str(event_id or incident["id"])
-        limit = 0 if (audience == "responder" or incident["category"] in MOST_SEVERE) \
-            else self.device_pushes_per_hour
+        limit = hourly_limit(audience, incident["category"], self.device_pushes_per_hour)
         enqueued = 0
         async with self.redis.pipeline(transaction=False) as pipe:
-            for row in rows:
-                if not allowed_now(incident["category"], now, row["timezone"],
-                                   row["quiet_start"], row["quiet_end"]):
-                    continue
+            for row in awake(audience, incident["category"], now):
                 push = Push(
                     incident_id=str(incident["id"]), device_id=str(row["id"]),
                     platform=row["platform"], token=row["token"], locale=row["locale"],
@@ -187,7 +145,7 @@ class Matcher:
                     expires_at=expires.timestamp(),
                     title=incident["title_override"] or "",
                     body=incident["body_override"] or "",
-                    audience=audience, aeds=aeds_json, bbox=bbox,
+                    audience=audience.kind, aeds=aeds_json, bbox=bbox,
                 )
                 flat = [x for kv in push.to_fields().items() for x in kv]
                 await self._enqueue(
@@ -202,16 +160,6 @@ class Matcher:
         log.info("matched incident=%s category=%s candidates=%d enqueued=%d rate_limited=%d",
                  incident_id, incident["category"], len(rows), enqueued, limited)
         return MatchResult(incident_id, len(rows), enqueued)
-
-    async def _responders(self, incident: asyncpg.Record) -> list[asyncpg.Record]:
-        nearby = await responders.near(self.redis, incident["exact_lat"], incident["exact_lon"],
-                                       incident["responder_radius_m"])
-        if not nearby:
-            return []
-        return await self.pool.fetch(
-            _RESPONDERS, [r.device_id for r in nearby],
-            incident["location_kind"] == "public", incident["agency_id"],
-        )
 
     async def handle(self, consumer: StreamConsumer, entries: list[Entry]) -> None:
         done: list[str] = []

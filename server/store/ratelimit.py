@@ -50,8 +50,13 @@ class RateLimiter:
     def __init__(self, redis: aioredis.Redis) -> None:
         self._script = redis.register_script(_GCRA)
 
-    async def check(self, agency_id: str, per_minute: int) -> Verdict:
-        return await self.allow(keys.agency_rate(agency_id), per_minute, 60)
+    async def check(self, agency_id: str, per_minute: int, *, dry_run: bool = False) -> Verdict:
+        """One request of the agency's webhooks (or, ``dry_run``, of its dry runs: a
+        separate budget)."""
+        key = keys.agency_dry_run_rate(agency_id) if dry_run else keys.agency_rate(agency_id)
+        if per_minute <= 0:
+            return Verdict(False, 60)
+        return await self.allow(key, per_minute, 60)
 
     async def allow(self, key: str, count: int, period_s: int) -> Verdict:
         """One more request under ``key``, limited to ``count`` per ``period_s``."""

@@ -13,7 +13,7 @@ import redis.asyncio as aioredis
 
 from server import keys
 from server.domain import signing
-from server.domain.incident import RawIncident
+from server.domain.incident import Incident, RawIncident
 from server.domain.normalize import normalize
 from server.domain.policy import decide
 from server.formats import cap, eido, native
@@ -47,6 +47,13 @@ def parser_for(content_type: str) -> Parser:
     return parser
 
 
+@dataclass(frozen=True)
+class Accepted:
+    incident_id: str
+    decision: str
+    duplicate: bool
+
+
 def _too_many(detail: str, retry_after_s: int) -> Problem:
     return Problem(429, "Too many requests", detail, slug="rate-limited",
                    headers={"Retry-After": str(retry_after_s)})
@@ -60,31 +67,16 @@ def _rate_key(agency_id: str) -> str:
     return agency_id if _AGENCY_ID.match(agency_id) else "(invalid)"
 
 
-@dataclass(frozen=True)
-class Accepted:
-    incident_id: str
-    decision: str
-    duplicate: bool
-
-
-async def ingest(
-    pool: asyncpg.Pool,
-    redis: aioredis.Redis,
-    agencies: AgencyCache,
-    outbox: OutboxCleaner,
-    *,
-    agency_id: str,
-    parser: Parser,
-    body: bytes,
-    signature: str | None,
-    tolerance_s: int,
-    now: dt.datetime,
-    limiter: RateLimiter | None = None,
+async def authenticate(
+    agencies: AgencyCache, agency_id: str, body: bytes, signature: str | None, *,
+    tolerance_s: int, now: dt.datetime, limiter: RateLimiter | None = None,
     rejected_per_minute: int = 0,
-) -> Accepted:
-    """``rejected_per_minute`` (0: no limit) bounds the requests naming ``agency_id``
-    that fail verification, in a budget apart from the agency's own: past it they are
-    a 429 instead of a 401, the same for a known agency as for an unknown one."""
+) -> Agency:
+    """The agency whose secret signed ``body``, or 401.
+
+    ``rejected_per_minute`` (0: no limit) bounds the requests naming ``agency_id`` that
+    fail verification, in a budget apart from the agency's own: past it they are a 429
+    instead of a 401, the same for a known agency as for an unknown one."""
     agency, cached = await agencies.get(agency_id)
 
     def verified(a: Agency | None) -> bool:
@@ -105,14 +97,48 @@ async def ingest(
                 raise _too_many(f"Too many rejected webhooks for {agency_id!r}",
                                 verdict.retry_after_s)
         raise Unauthorized("Missing, stale or invalid Geopush-Signature")
-    if limiter is not None:
-        verdict = await limiter.check(agency.id, agency.rate_limit_per_minute)
-        if not verdict.allowed:
-            raise _too_many(f"Agency {agency.id!r} is limited to "
-                            f"{agency.rate_limit_per_minute} webhooks a minute",
-                            verdict.retry_after_s)
+    return agency
+
+
+async def check_rate(limiter: RateLimiter | None, agency: Agency, *, per_minute: int,
+                     dry_run: bool = False) -> None:
+    """429 when the agency is over its budget (of webhooks, or of dry runs)."""
+    if limiter is None:
+        return
+    verdict = await limiter.check(agency.id, per_minute, dry_run=dry_run)
+    if not verdict.allowed:
+        what = "dry runs" if dry_run else "webhooks"
+        raise _too_many(f"Agency {agency.id!r} is limited to {per_minute} {what} a minute",
+                        verdict.retry_after_s)
+
+
+def read_incident(agency: Agency, parser: Parser, body: bytes, now: dt.datetime
+                  ) -> tuple[RawIncident, Incident]:
+    """Parse and normalize under the agency's call-type map, or 422 naming the field."""
     raw = parser(body)
-    incident = normalize(raw, agency_id=agency.id, call_type_map=agency.call_types, now=now)
+    return raw, normalize(raw, agency_id=agency.id, call_type_map=agency.call_types, now=now)
+
+
+async def ingest(
+    pool: asyncpg.Pool,
+    redis: aioredis.Redis,
+    agencies: AgencyCache,
+    outbox: OutboxCleaner,
+    *,
+    agency_id: str,
+    parser: Parser,
+    body: bytes,
+    signature: str | None,
+    tolerance_s: int,
+    now: dt.datetime,
+    limiter: RateLimiter | None = None,
+    rejected_per_minute: int = 0,
+) -> Accepted:
+    agency = await authenticate(agencies, agency_id, body, signature,
+                                tolerance_s=tolerance_s, now=now, limiter=limiter,
+                                rejected_per_minute=rejected_per_minute)
+    await check_rate(limiter, agency, per_minute=agency.rate_limit_per_minute)
+    _, incident = read_incident(agency, parser, body, now)
     policy = agency.policy()
     decision = decide(incident, policy, now)
     stored = await store_incident(pool, incident, decision, now,

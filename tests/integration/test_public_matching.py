@@ -8,8 +8,8 @@ A grid of cheap devices learns no more about an incident than one push tells.
 from __future__ import annotations
 
 import asyncio
-import re
 import datetime as dt
+import re
 import secrets
 from collections.abc import Coroutine, Iterator
 from typing import Any, TypeVar

@@ -1,0 +1,109 @@
+"""The matching queries: which devices an incident reaches.
+
+One copy, shared by the matcher (which pushes) and the dry run (which only counts),
+so a vendor's dry run reports exactly the audience the real incident would get. The
+incident's geometry is a parameter (hex EWKB as PostgreSQL prints a geometry, or WKT;
+EPSG:4326 either way; ``ST_SetSRID`` gives WKT, which carries none, its SRID), so a
+dry run can match an incident that was never stored.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import asyncpg
+
+# Neighbours are matched against the incident's public geometry, never the exact one:
+# who is alerted is a function of what the push says, so a grid of cheap devices can't
+# locate an incident more precisely than the push does. The exact point serves CPR
+# responders and the agency's editors only. The public geometry comes from the exact
+# one and the public point: the point for a point, an area's box widened to the public
+# grid (geopush_public_geom, sql/0005; stored incidents keep it in public_geom).
+# The zone test runs on the GiST index of zones.geom: ST_Intersects adds the && box
+# check itself. Boundary points count as inside (ST_Intersects, not ST_Within).
+_NEIGHBOURS = """
+SELECT DISTINCT ON (d.id) d.id, d.platform, d.token, d.locale, d.timezone,
+       d.quiet_start, d.quiet_end
+  FROM zones z
+  JOIN devices d ON d.id = z.device_id
+ WHERE ST_Intersects(z.geom, geopush_public_geom(
+           ST_SetSRID($1::text::geometry, 4326),
+           ST_SetSRID(ST_MakePoint($3::float8, $2::float8), 4326)))
+   AND d.token_disabled_at IS NULL
+   AND (d.categories IS NULL OR $4 = ANY (d.categories))
+"""
+
+# Responders near a cardiac arrest, from the positions Redis found. Where the arrest is
+# not known to be in a public place, only responders the agency registered are alerted.
+_RESPONDERS = """
+SELECT d.id, d.platform, d.token, d.locale, d.timezone, d.quiet_start, d.quiet_end
+  FROM devices d
+ WHERE d.id = ANY ($1::uuid[])
+   AND d.responder
+   AND d.token_disabled_at IS NULL
+   AND (d.categories IS NULL OR 'cardiac_arrest' = ANY (d.categories))
+   AND ($2 OR EXISTS (SELECT 1 FROM agency_responders r
+                       WHERE r.device_id = d.id AND r.agency_id = $3))
+"""
+
+# Two agencies reporting one event (a fire both the fire and the police CAD know
+# about): the same category within 150 m and 10 minutes, already alerted. Devices
+# are deduplicated on the earliest such incident, so each is alerted once. An
+# incident not stored yet (a dry run) has no id: every earlier arrival counts.
+SAME_EVENT_DISTANCE_M = 150
+SAME_EVENT_WINDOW = dt.timedelta(minutes=10)
+_SAME_EVENT = """
+SELECT o.id
+  FROM incidents o
+ WHERE o.category = $1
+   AND o.agency_id <> $2
+   AND o.occurred_at BETWEEN $3::timestamptz - $7::interval AND $3::timestamptz + $7::interval
+   AND ($5::uuid IS NULL OR (o.received_at, o.id) < ($4::timestamptz, $5::uuid))
+   AND o.received_at <= $4
+   AND o.decision = 'alert' AND o.actual
+   AND ST_DWithin(o.public_geom::geography,
+                  geopush_public_geom(ST_SetSRID($6::text::geometry, 4326),
+                                      ST_SetSRID(ST_MakePoint($10::float8, $9::float8), 4326)
+                                      )::geography, $8)
+ ORDER BY o.received_at, o.id
+ LIMIT 1
+"""
+
+_POINT_ON_SURFACE = """
+SELECT ST_Y(p) AS lat, ST_X(p) AS lon
+  FROM ST_PointOnSurface(ST_SetSRID($1::text::geometry, 4326)) AS p
+"""
+
+
+async def neighbours(db: asyncpg.Pool, geometry: str, public_point: tuple[float, float],
+                     category: str) -> list[asyncpg.Record]:
+    """Devices with a zone meeting the public geometry of an incident (exact
+    ``geometry``, ``public_point`` (lat, lon)) that take ``category``."""
+    return await db.fetch(_NEIGHBOURS, geometry, public_point[0], public_point[1], category)
+
+
+async def responders(db: asyncpg.Pool, device_ids: list[str], *, public_place: bool,
+                     agency_id: str) -> list[asyncpg.Record]:
+    """Of the responders near an arrest, those who may be alerted for it."""
+    return await db.fetch(_RESPONDERS, device_ids, public_place, agency_id)
+
+
+async def same_event(
+    db: asyncpg.Pool, *, category: str, agency_id: str, occurred_at: dt.datetime,
+    received_at: dt.datetime, incident_id: object | None, geometry: str,
+    public_point: tuple[float, float],
+) -> object | None:
+    """The earliest incident of another agency that is the same event, if any (near
+    on public geometries: which pushes a device gets tells nothing finer either)."""
+    event_id: object | None = await db.fetchval(
+        _SAME_EVENT, category, agency_id, occurred_at, received_at, incident_id, geometry,
+        SAME_EVENT_WINDOW, SAME_EVENT_DISTANCE_M, public_point[0], public_point[1])
+    return event_id
+
+
+async def point_on_surface(db: asyncpg.Pool, geometry: str) -> tuple[float, float]:
+    """(lat, lon) of a point inside the geometry, as the matcher picks a responder's
+    destination from a stored incident."""
+    row = await db.fetchrow(_POINT_ON_SURFACE, geometry)
+    assert row is not None  # a function call in FROM always yields a row
+    return float(row["lat"]), float(row["lon"])
