@@ -87,8 +87,10 @@ OPERATIONS = [
        errors=(401, 404, 409, 422)),
     Op("post", "/v1/admin/review/{incident}/reject", "Reject: nothing is sent", "review",
        auth="admin", responses={200: None}, errors=(401, 404, 409)),
-    Op("post", "/v1/devices", "Register a device (its secret is shown once)", "devices",
-       request=devices.DeviceCreate, responses={201: devices.DeviceCreated}, errors=(422,)),
+    Op("post", "/v1/devices", "Register a device (its secret is shown once; a token "
+       "another device holds moves here)", "devices",
+       request=devices.DeviceCreate, responses={201: devices.DeviceCreated},
+       errors=(403, 422, 429)),
     Op("put", "/v1/devices/{device}/zones", "Replace the device's zones", "devices",
        auth="device", request=devices.ZonesPut, responses={200: None}, errors=(401, 422)),
     Op("put", "/v1/devices/{device}/preferences", "Categories, quiet hours, responder",
