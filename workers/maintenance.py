@@ -1,6 +1,7 @@
 """Periodic housekeeping, run by the relay process: expire review items past the
 staleness window, forget exact incident locations after the retention period and
-responders' positions 15 minutes after their last report."""
+responders' positions 15 minutes after their last report, and delete expired console
+sessions."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import asyncpg
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from server.store import responders, review
+from server.store import accounts, responders, review
 from server.store.db import STORE_UNAVAILABLE
 
 log = logging.getLogger(__name__)
@@ -38,12 +39,14 @@ async def maintain_once(pool: asyncpg.Pool, retention: dt.timedelta,
     now = dt.datetime.now(dt.UTC)
     expired = await review.expire(pool, now)
     purged = await purge_exact_locations(pool, retention, now)
+    sessions = await accounts.purge_expired_sessions(pool, now)
     # Positions are also dropped when a cardiac arrest looks for responders; this
     # forgets them on time when none happens.
     forgotten = await responders.forget_stale(redis, now.timestamp()) if redis else 0
-    if expired or purged or forgotten:
+    if expired or purged or sessions or forgotten:
         log.info("maintenance: %d review items expired, %d exact locations purged, "
-                 "%d responder positions forgotten", expired, purged, forgotten)
+                 "%d expired sessions deleted, %d responder positions forgotten",
+                 expired, purged, sessions, forgotten)
 
 
 async def run_maintenance(pool: asyncpg.Pool, retention: dt.timedelta, stop: asyncio.Event,

@@ -19,10 +19,13 @@ import redis.asyncio as aioredis
 
 from server import keys
 from server.domain.policy import ALERT
+from server.domain.severity import MODERATE
 from server.store import aeds, matching
 from server.store.audience import (
     ALERT_LIFETIME,
+    NEIGHBOUR,
     RESPONDER,
+    Audience,
     Target,
     awake,
     find_audience,
@@ -68,8 +71,10 @@ SELECT i.id, i.agency_id, i.category, i.status, i.decision, i.actual, i.occurred
        ST_XMin(i.public_geom) AS west, ST_YMin(i.public_geom) AS south,
        ST_XMax(i.public_geom) AS east, ST_YMax(i.public_geom) AS north,
        ST_Y(ST_PointOnSurface(i.geom)) AS exact_lat, ST_X(ST_PointOnSurface(i.geom)) AS exact_lon,
-       i.title_override, i.body_override, a.responder_radius_m
+       i.title_override, i.body_override, a.responder_radius_m,
+       i.source, i.expires_at, m.severity, m.area::text AS area
   FROM incidents i JOIN agencies a ON a.id = i.agency_id
+  LEFT JOIN manual_alerts m ON m.incident_id = i.id
  WHERE i.id = $1
 """
 
@@ -98,17 +103,23 @@ class Matcher:
                 or incident["status"] != "active" or not incident["actual"]):
             # Changed since it was published (cleared, cancelled, re-decided): nothing to do.
             return MatchResult(incident_id, 0, 0)
-        expires = incident["occurred_at"] + ALERT_LIFETIME
+        expires = incident["expires_at"] or incident["occurred_at"] + ALERT_LIFETIME
         if now >= expires:
             return MatchResult(incident_id, 0, 0)
-        target = Target(
-            agency_id=incident["agency_id"], category=incident["category"],
-            geometry=incident["geom"], exact_lat=incident["exact_lat"],
-            exact_lon=incident["exact_lon"], public_lat=incident["lat"],
-            public_lon=incident["lon"], location_kind=incident["location_kind"],
-            responder_radius_m=incident["responder_radius_m"],
-        )
-        audience = await find_audience(self.pool, self.redis, target)
+        manual = incident["source"] == "manual"
+        severity = incident["severity"] or ""
+        if manual:
+            # The drawn area is public by nature: matched as drawn (matching.py).
+            audience = Audience(NEIGHBOUR, await matching.area_neighbours(
+                self.pool, incident["area"]))
+        else:
+            audience = await find_audience(self.pool, self.redis, Target(
+                agency_id=incident["agency_id"], category=incident["category"],
+                geometry=incident["geom"], exact_lat=incident["exact_lat"],
+                exact_lon=incident["exact_lon"], public_lat=incident["lat"],
+                public_lon=incident["lon"], location_kind=incident["location_kind"],
+                responder_radius_m=incident["responder_radius_m"],
+            ))
         rows = audience.devices
         aeds_json = ""
         lat, lon = incident["lat"], incident["lon"]
@@ -128,12 +139,17 @@ class Matcher:
             occurred_at=incident["occurred_at"], received_at=incident["received_at"],
             incident_id=incident["id"], geometry=incident["geom"],
             public_point=(incident["lat"], incident["lon"]),
-        ) if rows else None
+        ) if rows and not manual else None
         dedup_on = str(event_id or incident["id"])
-        limit = hourly_limit(audience, incident["category"], self.device_pushes_per_hour)
+        # An agency's own alert is never held back by the hourly limit, and quiet hours
+        # hold back only a moderate one.
+        limit = 0 if manual else hourly_limit(audience, incident["category"],
+                                               self.device_pushes_per_hour)
+        recipients = rows if manual and severity != MODERATE \
+            else awake(audience, incident["category"], now)
         enqueued = 0
         async with self.redis.pipeline(transaction=False) as pipe:
-            for row in awake(audience, incident["category"], now):
+            for row in recipients:
                 push = Push(
                     incident_id=str(incident["id"]), device_id=str(row["id"]),
                     platform=row["platform"], token=row["token"], locale=row["locale"],
@@ -145,7 +161,7 @@ class Matcher:
                     expires_at=expires.timestamp(),
                     title=incident["title_override"] or "",
                     body=incident["body_override"] or "",
-                    audience=audience.kind, aeds=aeds_json, bbox=bbox,
+                    audience=audience.kind, aeds=aeds_json, severity=severity, bbox=bbox,
                 )
                 flat = [x for kv in push.to_fields().items() for x in kv]
                 await self._enqueue(

@@ -13,9 +13,11 @@ from typing import Annotated
 import msgspec
 
 # For msgspec.Meta(pattern=...): one line, no NUL.
-SINGLE_LINE = r"^[^\x00\r\n]*$"
+SINGLE_LINE = r"^[^\x00\r\n]*\Z"  # \Z: "$" would let a final LF through
 Line = Annotated[str, msgspec.Meta(pattern=SINGLE_LINE)]
 """A one-line text field of a request body."""
+# For free text meant to span lines (a push body): no NUL.
+NO_NUL = r"^[^\x00]*\Z"
 _NOT_SINGLE_LINE = re.compile(r"[\x00\r\n]")
 
 

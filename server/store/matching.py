@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 
 # Neighbours are matched against the incident's public geometry, never the exact one:
 # who is alerted is a function of what the push says, so a grid of cheap devices can't
@@ -32,6 +33,19 @@ SELECT DISTINCT ON (d.id) d.id, d.platform, d.token, d.locale, d.timezone,
    AND d.token_disabled_at IS NULL
    AND (d.categories IS NULL OR $4 = ANY (d.categories))
 """
+
+# A manual alert's area is public by nature (an agency drew it to be announced), so it
+# is matched as drawn, never generalized: every device with a zone meeting it, whatever
+# categories the device chose.
+_AREA_NEIGHBOURS = """
+SELECT DISTINCT ON (d.id) d.id, d.platform, d.token, d.locale, d.timezone,
+       d.quiet_start, d.quiet_end
+  FROM zones z
+  JOIN devices d ON d.id = z.device_id
+ WHERE ST_Intersects(z.geom, ST_SetSRID($1::text::geometry, 4326))
+   AND d.token_disabled_at IS NULL
+"""
+_AREA_AUDIENCE_SIZE = f"SELECT count(*) FROM ({_AREA_NEIGHBOURS}) AS reached"  # noqa: S608
 
 # Responders near a cardiac arrest, from the positions Redis found. Where the arrest is
 # not known to be in a public place, only responders the agency registered are alerted.
@@ -80,6 +94,18 @@ async def neighbours(db: asyncpg.Pool, geometry: str, public_point: tuple[float,
     """Devices with a zone meeting the public geometry of an incident (exact
     ``geometry``, ``public_point`` (lat, lon)) that take ``category``."""
     return await db.fetch(_NEIGHBOURS, geometry, public_point[0], public_point[1], category)
+
+
+async def area_neighbours(db: asyncpg.Pool, area: str) -> list[asyncpg.Record]:
+    """Devices with a zone meeting a manual alert's ``area``."""
+    return await db.fetch(_AREA_NEIGHBOURS, area)
+
+
+async def area_audience_size(db: asyncpg.Pool | PoolConnectionProxy[asyncpg.Record],
+                             area: str) -> int:
+    """How many devices ``area_neighbours`` would return (the alert's preview)."""
+    size: int = await db.fetchval(_AREA_AUDIENCE_SIZE, area)
+    return size
 
 
 async def responders(db: asyncpg.Pool, device_ids: list[str], *, public_place: bool,

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import msgspec
 from aiohttp import web
 
-from server.domain.text import SINGLE_LINE
+from server.domain.text import NO_NUL, SINGLE_LINE
 from server.store.db import STORE_UNAVAILABLE
 
 log = logging.getLogger(__name__)
@@ -117,6 +117,8 @@ def field_error_from_msgspec(exc: msgspec.ValidationError | msgspec.DecodeError)
     msg, path = (m.group("msg"), m.group("path") or "") if m else (text, "")
     if SINGLE_LINE in msg.encode().decode("unicode_escape"):
         msg = "must not contain NUL, CR or LF characters"
+    elif NO_NUL in msg.encode().decode("unicode_escape"):
+        msg = "must not contain NUL characters"
     if m and m.group("key"):
         msg = f"a key {msg}" if msg.startswith("must") else f"a key: {msg}"
     missing = _MISSING.match(msg)

@@ -219,7 +219,7 @@ async def test_unknown_fields_are_a_422_naming_the_field(
     assert r.status == 422 and (await r.json())["errors"][0]["field"] == "tokn"
 
 
-@pytest.mark.parametrize("bad", ["a\x00b", "a\rb", "a\nb"])
+@pytest.mark.parametrize("bad", ["a\x00b", "a\rb", "a\nb", "ab\n"])
 async def test_nul_cr_and_lf_in_device_text_are_a_422(client: Client, bad: str) -> None:
     device, secret = await create_device(client, "apns", apns_token())
     auth = {"Authorization": f"Bearer {secret}"}

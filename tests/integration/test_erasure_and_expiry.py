@@ -84,7 +84,7 @@ async def test_the_purge_covers_areas_and_revisions_after_a_purge(
     client: Client, pool: asyncpg.Pool
 ) -> None:
     secret = await create_agency(client)
-    sent = (NOW - dt.timedelta(minutes=2)).replace(microsecond=0).isoformat()
+    sent = (dt.datetime.now(dt.UTC) - dt.timedelta(minutes=2)).replace(microsecond=0).isoformat()
     body = CAP_AREA.format(id="AREA1", sent=sent).encode()
     r = await client.post("/v1/agencies/seattle-fire/incidents", data=body,
                           headers={**signed(secret, body), "Content-Type": "application/cap+xml"})
@@ -100,15 +100,16 @@ async def test_the_purge_covers_areas_and_revisions_after_a_purge(
 
     # A revision arriving after the purge brings an exact point back; it is purged in
     # its turn, once the retention has passed since it arrived.
-    late = incident("POINT1", updated_at=(NOW + dt.timedelta(seconds=1)).isoformat())
+    now = dt.datetime.now(dt.UTC)
+    late = incident("POINT1", updated_at=now.isoformat())
     status, _ = await post_incident(client, secret, late)
     assert status == 202
     exact = await pool.fetchrow(
         """SELECT ST_AsText(geom) AS geom, exact_purged_at FROM incidents
             WHERE external_id = 'POINT1'""")
     assert exact["geom"] == "POINT(-122.301946 47.66707)" and exact["exact_purged_at"] is None
-    assert await purge_exact_locations(pool, dt.timedelta(hours=24), NOW) == 0
-    later = NOW + dt.timedelta(hours=25)
+    assert await purge_exact_locations(pool, dt.timedelta(hours=24), now) == 0
+    later = now + dt.timedelta(hours=25)
     assert await purge_exact_locations(pool, dt.timedelta(hours=24), later) == 1
     assert await pool.fetchval(
         "SELECT ST_AsText(geom) FROM incidents WHERE external_id = 'POINT1'"

@@ -18,7 +18,7 @@ ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 FORGED = "x\nINFO server.ingest incident agency=other decision=alert"
 
 
-@pytest.mark.parametrize("bad", ["Fire\x00Dept", "Fire\rDept", FORGED])
+@pytest.mark.parametrize("bad", ["Fire\x00Dept", "Fire\rDept", "Fire Dept\n", FORGED])
 @pytest.mark.parametrize(("field", "body"), [
     ("name", lambda bad: {"name": bad}),
     ("timezone", lambda bad: {"timezone": bad}),

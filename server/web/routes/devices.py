@@ -62,7 +62,7 @@ class Center(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 class ZoneIn(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # Shown in the app; no control characters (PostgreSQL text can't even hold NUL).
     name: Annotated[str, msgspec.Meta(min_length=1, max_length=100,
-                                      pattern=r"^[^\x00-\x1f\x7f]+$")]
+                                      pattern=r"^[^\x00-\x1f\x7f]+\Z")]
     center: Center | None = None
     radius_m: float | None = None
     geometry: dict[str, Any] | None = None
