@@ -44,13 +44,16 @@ def round_point(point: Point) -> Point:
     return Point(round(point.lat, PUBLIC_DECIMALS), round(point.lon, PUBLIC_DECIMALS))
 
 
-def _mask(text: str) -> str:
+def _mask_phones(text: str, mask: str) -> str:
+    """Phone-shaped runs of 7 digits or more replaced by ``mask``."""
     def phone(m: re.Match[str]) -> str:
-        return " | " if sum(c.isdigit() for c in m.group(0)) >= 7 else m.group(0)
+        return mask if sum(c.isdigit() for c in m.group(0)) >= 7 else m.group(0)
 
-    text = _EMAIL.sub(" | ", text)
-    text = _PHONE.sub(phone, text)
-    return _UNIT.sub(" | ", text)
+    return _PHONE.sub(phone, text)
+
+
+def _mask(text: str) -> str:
+    return _UNIT.sub(" | ", _mask_phones(_EMAIL.sub(" | ", text), " | "))
 
 
 def _tokens(text: str) -> list[str]:
@@ -152,9 +155,4 @@ def redact(text: str) -> str:
     text = _EMAIL.sub("[email]", text[:MAX_NARRATIVE])
     text = _DOB.sub("[dob]", text)
     text = _DATE.sub("[date]", text)
-
-    def phone(m: re.Match[str]) -> str:
-        digits = sum(c.isdigit() for c in m.group(0))
-        return "[phone]" if digits >= 7 else m.group(0)
-
-    return _mask_addresses(_PHONE.sub(phone, text))
+    return _mask_addresses(_mask_phones(text, "[phone]"))
