@@ -60,20 +60,18 @@ SELECT EXISTS (SELECT 1 FROM devices
 async def _take_token(pool: asyncpg.Pool, platform: str, token: str,
                       write: Callable[[PoolConnectionProxy[asyncpg.Record]],
                                       Awaitable[UUID]]) -> UUID:
-    """Run ``write`` (which gives ``token`` to a device and returns its id) after
-    releasing the token from any other device, in one transaction; TokenGone if the
-    gateway declared the token gone."""
-    for _ in range(3):
-        try:
-            async with pool.acquire() as conn, conn.transaction():
-                if await conn.fetchval(_GONE, platform, token):
-                    raise TokenGone(token)
-                return await write(conn)
-        except asyncpg.UniqueViolationError:
-            # A concurrent registration took the token between our release and write:
-            # go again, releasing it from that device this time.
-            continue
-    raise RuntimeError("token kept being taken concurrently")
+    """Run ``write`` (which gives ``token`` to a device, releasing it from any other,
+    and returns the device's id) in one transaction, one registration of a token at a
+    time; TokenGone if the gateway declared the token gone."""
+    async with pool.acquire() as conn, conn.transaction():
+        # Registrations of one token queue here, so release-then-write never races
+        # (the unique index would refuse the loser; deadlocks between two releases
+        # can't happen either).
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
+                           f"geopush:token:{platform}:{token}")
+        if await conn.fetchval(_GONE, platform, token):
+            raise TokenGone(token)
+        return await write(conn)
 
 
 async def create_device(

@@ -235,3 +235,17 @@ async def test_nul_cr_and_lf_in_device_text_are_a_422(client: Client, bad: str) 
     r = await client.post("/v1/devices", json={"platform": "apns", "token": apns_token(),
                                                "timezone": bad})
     assert r.status == 422
+
+
+async def test_concurrent_registrations_of_one_token_leave_one_live_device(
+    client: Client, pool: asyncpg.Pool
+) -> None:
+    import asyncio
+
+    token = apns_token()
+    answers = await asyncio.gather(*(_register(client, token) for _ in range(12)))
+    assert [a.status for a in answers] == [201] * 12
+    states = await _states(pool, token)
+    assert len(states) == 12
+    assert sorted(states.values(), key=str) == sorted(
+        [(True, None)] + [(False, "replaced")] * 11, key=str)
