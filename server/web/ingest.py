@@ -16,6 +16,7 @@ from server.domain import signing
 from server.domain.incident import Incident, RawIncident
 from server.domain.normalize import normalize
 from server.domain.policy import decide
+from server.domain.privacy import NeighbourhoodLookup
 from server.formats import cap, eido, native
 from server.store.agencies import Agency
 from server.store.incidents import store_incident
@@ -112,11 +113,15 @@ async def check_rate(limiter: RateLimiter | None, agency: Agency, *, per_minute:
                         verdict.retry_after_s)
 
 
-def read_incident(agency: Agency, parser: Parser, body: bytes, now: dt.datetime
+def read_incident(agency: Agency, parser: Parser, body: bytes, now: dt.datetime,
+                  neighbourhood_of: NeighbourhoodLookup | None = None,
                   ) -> tuple[RawIncident, Incident]:
-    """Parse and normalize under the agency's call-type map, or 422 naming the field."""
+    """Parse and normalize under the agency's call-type map, or 422 naming the field.
+    ``neighbourhood_of`` names the imported neighbourhood a point lies in: the public
+    location of an address that is no block or intersection (none given: withheld)."""
     raw = parser(body)
-    return raw, normalize(raw, agency_id=agency.id, call_type_map=agency.call_types, now=now)
+    return raw, normalize(raw, agency_id=agency.id, call_type_map=agency.call_types, now=now,
+                          neighbourhood_of=neighbourhood_of)
 
 
 async def ingest(
@@ -133,12 +138,13 @@ async def ingest(
     now: dt.datetime,
     limiter: RateLimiter | None = None,
     rejected_per_minute: int = 0,
+    neighbourhood_of: NeighbourhoodLookup | None = None,
 ) -> Accepted:
     agency = await authenticate(agencies, agency_id, body, signature,
                                 tolerance_s=tolerance_s, now=now, limiter=limiter,
                                 rejected_per_minute=rejected_per_minute)
     await check_rate(limiter, agency, per_minute=agency.rate_limit_per_minute)
-    _, incident = read_incident(agency, parser, body, now)
+    _, incident = read_incident(agency, parser, body, now, neighbourhood_of)
     policy = agency.policy()
     decision = decide(incident, policy, now)
     stored = await store_incident(pool, incident, decision, now,
