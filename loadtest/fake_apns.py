@@ -33,7 +33,7 @@ from typing import Any
 from aiohttp import web
 from h2.settings import SettingCodes
 
-from loadtest.apns_rules import ProviderTokens, Rejection, check_request, device_token
+from loadtest.apns_rules import ProviderTokens, Rejection, check_aps, check_request, device_token
 from loadtest.h2server import H2Request, H2ServerConnection, close_connections
 from server.dev.devkeys import (
     DEV_APNS_KEY_ID,
@@ -232,6 +232,8 @@ class FakeApns:
                 payload = None
             if not isinstance(payload, dict):
                 rejection = Rejection(400, "BadPayload")
+            else:
+                rejection = check_aps(payload)
         if rejection is None and token.lower() in self._unregistered:
             self._reject(connection, stream_id, apns_id, 410, {
                 "reason": "Unregistered", "timestamp": self._unregistered[token.lower()],

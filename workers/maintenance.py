@@ -14,7 +14,7 @@ import asyncpg
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from server.store import accounts, responders, review
+from server.store import accounts, positions, review
 from server.store.db import STORE_UNAVAILABLE
 
 log = logging.getLogger(__name__)
@@ -42,7 +42,8 @@ async def maintain_once(pool: asyncpg.Pool, retention: dt.timedelta,
     sessions = await accounts.purge_expired_sessions(pool, now)
     # Positions are also dropped when a cardiac arrest looks for responders; this
     # forgets them on time when none happens.
-    forgotten = await responders.forget_stale(redis, now.timestamp()) if redis else 0
+    forgotten = (await positions.RESPONDERS.forget_stale(redis, now.timestamp())
+                 if redis else 0)
     if expired or purged or sessions or forgotten:
         log.info("maintenance: %d review items expired, %d exact locations purged, "
                  "%d expired sessions deleted, %d responder positions forgotten",

@@ -77,7 +77,7 @@ return #due
 
 
 _DELIVERY_COLUMNS = ["incident_id", "device_id", "platform", "outcome", "reason", "status_code",
-                     "gateway_id", "attempt", "latency_ms"]
+                     "gateway_id", "attempt", "latency_ms", "kind"]
 
 
 class Result(msgspec.Struct, frozen=True):
@@ -144,8 +144,11 @@ class Sender:
             except (KeyError, ValueError):
                 log.error("dropping malformed push entry %s", entry_id)
                 unreadable.append(entry_id)
-        withdrawn = await self._withdrawn([p for _, p in readable]) if readable else set()
-        return [(eid, p, p.incident_id in withdrawn) for eid, p in readable], unreadable
+        alerts = [p for _, p in readable if p.kind == "alert"]
+        withdrawn = await self._withdrawn(alerts) if alerts else set()
+        # An update is about the incident having ended: it is never withdrawn for that.
+        return [(eid, p, p.kind == "alert" and p.incident_id in withdrawn)
+                for eid, p in readable], unreadable
 
     async def handle(self, consumer: StreamConsumer, entries: list[Entry]) -> None:
         """One batch from start to finish: send, record, acknowledge."""
@@ -185,7 +188,7 @@ class Sender:
                     outcome_name = "dead"
                     dead.append((r.push, reason or "retries exhausted"))
             rows.append((r.push.incident_id, r.push.device_id, r.push.platform, outcome_name,
-                         reason, status, gateway_id, r.push.attempt, latency))
+                         reason, status, gateway_id, r.push.attempt, latency, r.push.kind))
         await self._write_deliveries(rows)
         for r in results:
             if isinstance(r.outcome, TokenGone):
@@ -218,13 +221,13 @@ class Sender:
         columns = list(zip(*rows, strict=True))
         await self.pool.execute(
             """INSERT INTO deliveries (incident_id, device_id, platform, outcome, reason,
-                                       status_code, gateway_id, attempt, latency_ms)
+                                       status_code, gateway_id, attempt, latency_ms, kind)
                SELECT r.incident_id, d.id, r.platform, r.outcome, r.reason, r.status_code,
-                      r.gateway_id, r.attempt, r.latency_ms
+                      r.gateway_id, r.attempt, r.latency_ms, r.kind
                  FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[],
-                             $6::int[], $7::text[], $8::int[], $9::int[])
+                             $6::int[], $7::text[], $8::int[], $9::int[], $10::text[])
                       AS r(incident_id, device_id, platform, outcome, reason, status_code,
-                           gateway_id, attempt, latency_ms)
+                           gateway_id, attempt, latency_ms, kind)
                  JOIN incidents i ON i.id = r.incident_id
                  LEFT JOIN devices d ON d.id = r.device_id""",
             *(list(c) for c in columns),

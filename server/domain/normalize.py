@@ -7,10 +7,9 @@ import datetime as dt
 from server.domain.categories import categorize
 from server.domain.incident import Incident, RawIncident
 from server.domain.privacy import (
-    NeighbourhoodLookup,
-    public_location,
     redact,
     round_point,
+    street_location,
 )
 from server.domain.text import free_text_problem, single_line_problem
 from server.web.problems import FieldError, ValidationFailed
@@ -20,10 +19,9 @@ MAX_CLOCK_SKEW = dt.timedelta(minutes=5)
 
 def normalize(
     raw: RawIncident, *, agency_id: str, call_type_map: dict[str, str], now: dt.datetime,
-    neighbourhood_of: NeighbourhoodLookup | None = None,
 ) -> Incident:
-    """``neighbourhood_of`` names the neighbourhood a point lies in: the public location
-    when the address is not a block or an intersection (None: withheld then)."""
+    """The public location is the address's block or intersection, or None (the web
+    edge may then name the imported neighbourhood: web.ingest.name_the_neighbourhood)."""
     errors = []
     if raw.occurred_at > now + MAX_CLOCK_SKEW:
         errors.append(FieldError("occurred_at", "is more than 5 minutes in the future"))
@@ -48,7 +46,7 @@ def normalize(
         occurred_at=raw.occurred_at,
         geometry_wkt=raw.geometry_wkt or raw.point.wkt(),
         public_point=public_point,
-        public_location=public_location(raw.address, public_point, neighbourhood_of),
+        public_location=street_location(raw.address),
         location_kind=raw.location_kind,
         priority=raw.priority,
         actual=raw.actual,

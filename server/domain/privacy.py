@@ -9,7 +9,6 @@ crime maps publish.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 
 from server.domain import streets
 from server.domain.incident import Point
@@ -35,10 +34,6 @@ _HOUSE_NUMBER = re.compile(r"^\d{1,6}[A-Za-z]?$")
 # range, a fraction or a unit.
 _NOT_BEFORE_NUMBER = {"-", ".", "/", "#", "+", "(", ")"}
 MAX_ADDRESS = 300
-
-NeighbourhoodLookup = Callable[[Point], "str | None"]
-"""The name of the imported neighbourhood a point lies in, or None."""
-
 
 def round_point(point: Point) -> Point:
     return Point(round(point.lat, PUBLIC_DECIMALS), round(point.lon, PUBLIC_DECIMALS))
@@ -109,16 +104,6 @@ def street_location(address: str | None) -> str | None:
         if found is not None:
             return found
     return _block(text)
-
-
-def public_location(address: str | None, point: Point,
-                    neighbourhood_of: NeighbourhoodLookup | None = None) -> str | None:
-    """What a push may say about where: the street form, else the name of the imported
-    neighbourhood the point lies in (when the caller can look one up), else nothing."""
-    found = street_location(address)
-    if found is None and neighbourhood_of is not None:
-        found = neighbourhood_of(point)
-    return found
 
 
 MAX_NARRATIVE = 2000

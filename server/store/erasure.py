@@ -13,7 +13,7 @@ import redis.asyncio as aioredis
 
 from server import keys
 from server.keys import PLATFORMS, SENDER_GROUP
-from server.store import responders
+from server.store import positions
 
 
 def _s(value: Any) -> str:
@@ -39,7 +39,7 @@ async def _scrub_stream(redis: aioredis.Redis, stream: str, device_id: str,
 
 
 async def scrub_device(redis: aioredis.Redis, device_id: str) -> None:
-    await responders.forget(redis, [device_id])
+    await positions.forget_device(redis, device_id)
     # The dedup sets the device is in, from its own index: no scan of the keyspace.
     index = keys.device_events(device_id)
     events: set[Any] = await redis.smembers(index)

@@ -10,41 +10,70 @@ dry run can match an incident that was never stored.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
-# Neighbours are matched against the incident's public geometry, never the exact one:
-# who is alerted is a function of what the push says, so a grid of cheap devices can't
-# locate an incident more precisely than the push does. The exact point serves CPR
-# responders and the agency's editors only. The public geometry comes from the exact
-# one and the public point: the point for a point, an area's box widened to the public
-# grid (geopush_public_geom, sql/0005; stored incidents keep it in public_geom).
-# The zone test runs on the GiST index of zones.geom: ST_Intersects adds the && box
-# check itself. Boundary points count as inside (ST_Intersects, not ST_Within).
-_NEIGHBOURS = """
+from server.store.positions import Nearby
+
+
+def _reached(target: str, ids: int, categories: str) -> str:
+    """Devices with a zone meeting ``target`` (the zone test runs on the GiST index of
+    zones.geom: ST_Intersects adds the && box check itself; boundary points count as
+    inside), and devices with "near me" whose current position (parameters ``ids`` to
+    ``ids + 2``: device ids, longitudes, latitudes, from one GEO search in Redis) is
+    within their radius of ``target``. A device matched both ways is one row: one push.
+    ``categories``: the SQL condition on the device's categories. (Both SQL fragments
+    are this module's constants, never input.)"""
+    return f"""
 SELECT DISTINCT ON (d.id) d.id, d.platform, d.token, d.locale, d.timezone,
        d.quiet_start, d.quiet_end
-  FROM zones z
-  JOIN devices d ON d.id = z.device_id
- WHERE ST_Intersects(z.geom, geopush_public_geom(
-           ST_SetSRID($1::text::geometry, 4326),
-           ST_SetSRID(ST_MakePoint($3::float8, $2::float8), 4326)))
-   AND d.token_disabled_at IS NULL
-   AND (d.categories IS NULL OR $4 = ANY (d.categories))
+  FROM (
+      SELECT z.device_id FROM zones z
+       WHERE ST_Intersects(z.geom, {target})
+      UNION ALL
+      SELECT p.device_id
+        FROM unnest(${ids}::uuid[], ${ids + 1}::float8[], ${ids + 2}::float8[])
+             AS p(device_id, lon, lat)
+        JOIN devices nd ON nd.id = p.device_id
+       WHERE nd.near_me_radius_m IS NOT NULL
+         AND ST_DWithin(ST_SetSRID(ST_MakePoint(p.lon, p.lat), 4326)::geography,
+                        ({target})::geography, nd.near_me_radius_m)
+  ) m
+  JOIN devices d ON d.id = m.device_id
+ WHERE d.token_disabled_at IS NULL
+   AND {categories}
+"""  # noqa: S608
+
+
+# An incident is matched, by zone and by near-me position alike, against its public
+# geometry, never the exact one: who is alerted is a function of what the push says,
+# so a grid of cheap devices can't locate an incident more precisely than the push
+# does (the exact point serves CPR responders and the agency's editors only). The
+# public geometry comes from the exact one ($1) and the public point ($6 lon, $7 lat):
+# the point for a point, an area's box widened to the public grid (geopush_public_geom,
+# sql/0005; stored incidents keep it in public_geom). Only devices that take the
+# incident's category ($2).
+_NEIGHBOURS = _reached(
+    """geopush_public_geom(ST_SetSRID($1::text::geometry, 4326),
+                           ST_SetSRID(ST_MakePoint($6::float8, $7::float8), 4326))""",
+    ids=3, categories="(d.categories IS NULL OR $2 = ANY (d.categories))")
+
+# How far an incident's public area reaches from its public point (0 for a point):
+# near-me positions are searched that much further out.
+_EXTENT = """
+SELECT CASE WHEN GeometryType(g) IN ('POLYGON', 'MULTIPOLYGON')
+            THEN ST_Length(ST_LongestLine(ST_SetSRID(ST_MakePoint($3, $2), 4326), g)::geography)
+            ELSE 0 END
+  FROM (SELECT geopush_public_geom(ST_SetSRID($1::text::geometry, 4326),
+                                   ST_SetSRID(ST_MakePoint($3::float8, $2::float8), 4326))
+               AS g) x
 """
 
 # A manual alert's area is public by nature (an agency drew it to be announced), so it
-# is matched as drawn, never generalized: every device with a zone meeting it, whatever
-# categories the device chose.
-_AREA_NEIGHBOURS = """
-SELECT DISTINCT ON (d.id) d.id, d.platform, d.token, d.locale, d.timezone,
-       d.quiet_start, d.quiet_end
-  FROM zones z
-  JOIN devices d ON d.id = z.device_id
- WHERE ST_Intersects(z.geom, ST_SetSRID($1::text::geometry, 4326))
-   AND d.token_disabled_at IS NULL
-"""
+# is matched as drawn, never generalized, whatever categories the device chose.
+_AREA_NEIGHBOURS = _reached("ST_SetSRID($1::text::geometry, 4326)", ids=2, categories="true")
 _AREA_AUDIENCE_SIZE = f"SELECT count(*) FROM ({_AREA_NEIGHBOURS}) AS reached"  # noqa: S608
 
 # Responders near a cardiac arrest, from the positions Redis found. Where the arrest is
@@ -89,22 +118,36 @@ SELECT ST_Y(p) AS lat, ST_X(p) AS lon
 """
 
 
-async def neighbours(db: asyncpg.Pool, geometry: str, public_point: tuple[float, float],
-                     category: str) -> list[asyncpg.Record]:
-    """Devices with a zone meeting the public geometry of an incident (exact
-    ``geometry``, ``public_point`` (lat, lon)) that take ``category``."""
-    return await db.fetch(_NEIGHBOURS, geometry, public_point[0], public_point[1], category)
+async def neighbours(db: asyncpg.Pool, geometry: str, category: str,
+                     public_point: tuple[float, float], near: Sequence[Nearby] = (),
+                     ) -> list[asyncpg.Record]:
+    """Devices that take ``category`` with a zone meeting the incident's public
+    geometry (from its exact ``geometry`` and ``public_point``, lat and lon), or with
+    "near me" and a position in ``near`` within their radius of it."""
+    lat, lon = public_point
+    return await db.fetch(_NEIGHBOURS, geometry, category, [n.device_id for n in near],
+                          [n.lon for n in near], [n.lat for n in near], lon, lat)
 
 
-async def area_neighbours(db: asyncpg.Pool, area: str) -> list[asyncpg.Record]:
-    """Devices with a zone meeting a manual alert's ``area``."""
-    return await db.fetch(_AREA_NEIGHBOURS, area)
+async def extent_m(db: asyncpg.Pool, geometry: str, lat: float, lon: float) -> float:
+    """Metres from the public point (lat, lon) to the farthest point of the incident's
+    area; 0 for a point."""
+    return float(await db.fetchval(_EXTENT, geometry, lat, lon) or 0.0)
+
+
+async def area_neighbours(db: asyncpg.Pool, area: str, near: Sequence[Nearby] = ()
+                          ) -> list[asyncpg.Record]:
+    """Devices with a zone meeting a manual alert's ``area``, or with "near me" and a
+    position in ``near`` within their radius of it."""
+    return await db.fetch(_AREA_NEIGHBOURS, area, [n.device_id for n in near],
+                          [n.lon for n in near], [n.lat for n in near])
 
 
 async def area_audience_size(db: asyncpg.Pool | PoolConnectionProxy[asyncpg.Record],
                              area: str) -> int:
     """How many devices ``area_neighbours`` would return (the alert's preview)."""
-    size: int = await db.fetchval(_AREA_AUDIENCE_SIZE, area)
+    # Zones only: where near-me phones are is in Redis, and changes by the minute.
+    size: int = await db.fetchval(_AREA_AUDIENCE_SIZE, area, [], [], [])
     return size
 
 

@@ -6,7 +6,7 @@ import datetime as dt
 import logging
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import asyncpg
 import redis.asyncio as aioredis
@@ -16,8 +16,8 @@ from server.domain import signing
 from server.domain.incident import Incident, RawIncident
 from server.domain.normalize import normalize
 from server.domain.policy import decide
-from server.domain.privacy import NeighbourhoodLookup
 from server.formats import cap, eido, native
+from server.store import neighbourhoods
 from server.store.agencies import Agency
 from server.store.incidents import store_incident
 from server.store.publish import OutboxCleaner, publish_incident
@@ -113,15 +113,22 @@ async def check_rate(limiter: RateLimiter | None, agency: Agency, *, per_minute:
                         verdict.retry_after_s)
 
 
-def read_incident(agency: Agency, parser: Parser, body: bytes, now: dt.datetime,
-                  neighbourhood_of: NeighbourhoodLookup | None = None,
+def read_incident(agency: Agency, parser: Parser, body: bytes, now: dt.datetime
                   ) -> tuple[RawIncident, Incident]:
-    """Parse and normalize under the agency's call-type map, or 422 naming the field.
-    ``neighbourhood_of`` names the imported neighbourhood a point lies in: the public
-    location of an address that is no block or intersection (none given: withheld)."""
+    """Parse and normalize under the agency's call-type map, or 422 naming the field."""
     raw = parser(body)
-    return raw, normalize(raw, agency_id=agency.id, call_type_map=agency.call_types, now=now,
-                          neighbourhood_of=neighbourhood_of)
+    return raw, normalize(raw, agency_id=agency.id, call_type_map=agency.call_types, now=now)
+
+
+async def name_the_neighbourhood(pool: asyncpg.Pool, incident: Incident) -> Incident:
+    """An incident whose address gave no block or intersection is placed by the name of
+    the imported neighbourhood its public point lies in (none: withheld). The public
+    point, not the exact one: the name tells no more than the point the push carries."""
+    if incident.public_location is not None:
+        return incident
+    point = incident.public_point
+    name = await neighbourhoods.neighbourhood_name_at(pool, point.lat, point.lon)
+    return replace(incident, public_location=name) if name else incident
 
 
 async def ingest(
@@ -138,13 +145,13 @@ async def ingest(
     now: dt.datetime,
     limiter: RateLimiter | None = None,
     rejected_per_minute: int = 0,
-    neighbourhood_of: NeighbourhoodLookup | None = None,
 ) -> Accepted:
     agency = await authenticate(agencies, agency_id, body, signature,
                                 tolerance_s=tolerance_s, now=now, limiter=limiter,
                                 rejected_per_minute=rejected_per_minute)
     await check_rate(limiter, agency, per_minute=agency.rate_limit_per_minute)
-    _, incident = read_incident(agency, parser, body, now, neighbourhood_of)
+    _, incident = read_incident(agency, parser, body, now)
+    incident = await name_the_neighbourhood(pool, incident)
     policy = agency.policy()
     decision = decide(incident, policy, now)
     stored = await store_incident(pool, incident, decision, now,

@@ -13,7 +13,7 @@ import redis.asyncio as aioredis
 from aiohttp.test_utils import TestClient
 
 from server import keys
-from server.store import responders
+from server.store import positions
 from tests.helpers import (
     POINT,
     apns_token,
@@ -61,8 +61,8 @@ async def test_positions_are_forgotten_15_minutes_after_the_last_report(
     pool: asyncpg.Pool, redis: aioredis.Redis
 ) -> None:
     now = time.time()
-    await responders.report_position(redis, "stale", POINT[0], POINT[1], now - 15 * 60 - 1)
-    await responders.report_position(redis, "fresh", POINT[0], POINT[1], now - 60)
+    await positions.RESPONDERS.report(redis, "stale", POINT[0], POINT[1], now - 15 * 60 - 1)
+    await positions.RESPONDERS.report(redis, "fresh", POINT[0], POINT[1], now - 60)
     # No cardiac arrest asks where responders are: the relay's housekeeping forgets them.
     await maintain_once(pool, dt.timedelta(hours=24), redis)
     assert await redis.zrange(keys.RESPONDERS_SEEN, 0, -1) == ["fresh"]

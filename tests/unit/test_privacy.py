@@ -11,7 +11,6 @@ from hypothesis import strategies as st
 from server.domain import streets
 from server.domain.incident import Point
 from server.domain.privacy import (
-    public_location,
     redact,
     round_point,
     street_location,
@@ -73,22 +72,6 @@ def test_addresses_become_blocks_and_intersections(address: str, public: str) ->
 ])
 def test_anything_else_is_withheld(address: str | None) -> None:
     assert street_location(address) is None
-
-
-def test_the_neighbourhood_is_the_fallback_never_the_input_text() -> None:
-    point = Point(47.667, -122.302)
-    looked_up: list[Point] = []
-
-    def ravenna(p: Point) -> str | None:
-        looked_up.append(p)
-        return "Ravenna"
-
-    assert public_location("Mary Jones at Green Lake Apartments", point, ravenna) == "Ravenna"
-    assert looked_up == [point]
-    assert public_location("5312 24th Ave NE", point, ravenna) == "5300 block of 24th Ave NE"
-    assert looked_up == [point]  # not needed when the address has a public form
-    assert public_location("Mary Jones at Green Lake Apartments", point, None) is None
-    assert public_location("Room 214", point, lambda p: None) is None
 
 
 def test_real_seattle_addresses_are_built_or_withheld() -> None:
