@@ -23,7 +23,6 @@ import redis.asyncio as aioredis
 from server import keys
 from server.domain.policy import ALERT
 from server.domain.severity import MODERATE
-from server.domain.zones import MAX_NEAR_ME_RADIUS_M
 from server.store import aeds, matching, positions
 from server.store.audience import (
     ALERT_LIFETIME,
@@ -35,6 +34,7 @@ from server.store.audience import (
     awake,
     find_audience,
     hourly_limit,
+    near_positions,
 )
 from server.store.publish import STREAM_MAXLEN
 from workers.push import Push
@@ -197,12 +197,8 @@ class Matcher:
         return MatchResult(incident_id, len(rows), enqueued)
 
     async def _near_area(self, area: str, lat: float, lon: float) -> list[positions.Nearby]:
-        """Near-me positions that may be within their radius of a manual alert's area:
-        one GEO search around a point on it, as far out as the area reaches."""
-        if not await self.redis.exists(self.near_me.geo_key):
-            return []
-        extent = await matching.extent_m(self.pool, area, lat, lon)
-        return await self.near_me.near(self.redis, lat, lon, MAX_NEAR_ME_RADIUS_M + extent)
+        """Near-me positions that may be within their radius of a manual alert's area."""
+        return await near_positions(self.pool, self.redis, self.near_me, area, (lat, lon))
 
     async def _enqueue_all(self, pushes: list[Push], dedup_key: str, limit: int) -> list[int]:
         """Each push enqueued unless its device is in ``dedup_key`` already, or over

@@ -144,10 +144,11 @@ async def area_neighbours(db: asyncpg.Pool, area: str, near: Sequence[Nearby] = 
 
 
 async def area_audience_size(db: asyncpg.Pool | PoolConnectionProxy[asyncpg.Record],
-                             area: str) -> int:
-    """How many devices ``area_neighbours`` would return (the alert's preview)."""
-    # Zones only: where near-me phones are is in Redis, and changes by the minute.
-    size: int = await db.fetchval(_AREA_AUDIENCE_SIZE, area, [], [], [])
+                             area: str, near: Sequence[Nearby] = ()) -> int:
+    """How many devices ``area_neighbours`` would return for the same ``near``
+    positions (the alert's preview)."""
+    size: int = await db.fetchval(_AREA_AUDIENCE_SIZE, area, [n.device_id for n in near],
+                                  [n.lon for n in near], [n.lat for n in near])
     return size
 
 

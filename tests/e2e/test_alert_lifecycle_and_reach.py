@@ -443,12 +443,17 @@ async def test_an_extreme_manual_alert_is_critical_with_the_entitlement_and_reac
                                       (POINT[0] + 0.0085, POINT[1] + 0.0128))
     await _near_me_device(stack, secrets.token_hex(32), 300, (POINT[0] + 0.02, POINT[1]))
     await create_device(stack.client, "fcm", TOKEN_FCM_MANUAL, circle(*POINT, 500))
+    # The editor's preview counts the phone inside by where it is, as delivery reaches it.
+    r = await stack.client.post("/v1/admin/agencies/seattle-fire/alerts/preview",
+                                headers=ADMIN, json={"area": SQUARE})
+    assert (await r.json()) == {"devices": 2}
     for severity, n in (("extreme", 2), ("moderate", 4)):
         r = await stack.client.post("/v1/admin/agencies/seattle-fire/alerts", headers=ADMIN,
                                     json={"title": "Gas leak", "body": "Leave the area now.",
                                           "area": SQUARE, "severity": severity,
                                           "expires_in_minutes": 60})
         assert r.status == 201, await r.text()
+        assert (await r.json())["audience"] == 2
         await wait_for(lambda n=n: len(stack.apns.deliveries) + len(stack.fcm.deliveries) == n,
                        what=f"the {severity} alert on both phones")
     await stack.drained()
