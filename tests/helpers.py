@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
+import secrets
 import time
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,15 @@ def incident(
     }
     doc.update(extra)
     return doc
+
+
+def fcm_token() -> str:
+    """A token shaped like FCM's: the instance id, a colon, the token proper."""
+    return f"{secrets.token_urlsafe(16)}:APA91b{secrets.token_urlsafe(105)}"
+
+
+def apns_token() -> str:
+    return secrets.token_hex(32)
 
 
 def signed(secret: str, body: bytes, *, at: int | None = None) -> dict[str, str]:

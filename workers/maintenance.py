@@ -1,8 +1,9 @@
 """Periodic housekeeping, run by the relay process: expire review items past the
-staleness window, forget exact incident locations after their retention period, delete
-expired console sessions, roll finished days up into the transparency report's counts,
-then delete delivery records and incidents past their retention (in batches, each its
-own short transaction, so the senders writing deliveries never wait on a long lock)."""
+staleness window, forget exact incident locations after their retention period and
+responders' positions 15 minutes after their last report, delete expired console
+sessions, roll finished days up into the transparency report's counts, then delete
+delivery records and incidents past their retention (in batches, each its own short
+transaction, so the senders writing deliveries never wait on a long lock)."""
 
 from __future__ import annotations
 
@@ -15,9 +16,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import asyncpg
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
 
 from server import metrics
-from server.store import accounts, review, transparency
+from server.store import accounts, positions, review, transparency
 from server.store.db import STORE_UNAVAILABLE
 
 log = logging.getLogger(__name__)
@@ -25,12 +28,13 @@ log = logging.getLogger(__name__)
 
 async def purge_exact_locations(pool: asyncpg.Pool, older_than: dt.timedelta,
                                 now: dt.datetime) -> int:
-    """Replace exact point locations by the public (rounded) point once matching can no
-    longer need them. Areas (CAP polygons) are published geometry and are kept."""
+    """Replace exact geometries by the public ones (the rounded point, an area's box on
+    the public grid) once responders and editors can no longer need them. A revision
+    arriving later brings an exact geometry back and clears exact_purged_at (see
+    store.incidents), so it is purged in its turn, ``older_than`` after it arrived."""
     status = await pool.execute(
-        """UPDATE incidents SET geom = public_point, exact_purged_at = $2
-            WHERE exact_purged_at IS NULL AND received_at < $1
-              AND GeometryType(geom) = 'POINT'""",
+        """UPDATE incidents SET geom = public_geom, exact_purged_at = $2
+            WHERE exact_purged_at IS NULL AND received_at < $1""",
         now - older_than, now,
     )
     return int(status.split()[-1])
@@ -71,25 +75,34 @@ async def apply_retention(pool: asyncpg.Pool, retention: Retention, now: dt.date
     return deliveries, incidents
 
 
-async def maintain_once(pool: asyncpg.Pool, retention: Retention) -> None:
+async def maintain_once(pool: asyncpg.Pool, retention: Retention,
+                        redis: aioredis.Redis | None = None) -> None:
     now = dt.datetime.now(dt.UTC)
     expired = await review.expire(pool, now)
     purged = await purge_exact_locations(pool, retention.exact_location, now)
     sessions = await accounts.purge_expired_sessions(pool, now)
+    # Positions are also dropped when a cardiac arrest looks for responders; this
+    # forgets them on time when none happens.
+    forgotten = (await positions.RESPONDERS.forget_stale(redis, now.timestamp())
+                 if redis else 0)
     deliveries, incidents = await apply_retention(pool, retention, now)
-    if expired or purged or sessions or deliveries or incidents:
+    if expired or purged or sessions or forgotten or deliveries or incidents:
         log.info("maintenance: %d review items expired, %d exact locations purged, "
-                 "%d expired sessions deleted, %d delivery records and %d incidents past "
-                 "retention deleted", expired, purged, sessions, deliveries, incidents)
+                 "%d expired sessions deleted, %d responder positions forgotten, "
+                 "%d delivery records and %d incidents past retention deleted",
+                 expired, purged, sessions, forgotten, deliveries, incidents)
 
 
 async def run_maintenance(pool: asyncpg.Pool, retention: Retention, stop: asyncio.Event,
-                          *, interval_s: float = 30.0) -> None:
+                          *, redis: aioredis.Redis | None = None,
+                          interval_s: float = 30.0) -> None:
     while not stop.is_set():
         try:
-            await maintain_once(pool, retention)
+            await maintain_once(pool, retention, redis)
         except STORE_UNAVAILABLE as exc:
             metrics.MAINTENANCE_FAILURES.inc()
             log.warning("maintenance: store unavailable: %s", exc)
+        except (RedisError, OSError) as exc:
+            log.warning("maintenance: redis unavailable: %s", exc)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=interval_s)

@@ -132,7 +132,8 @@ async def worker_main(
                 run_relay(pool, redis, stop),
                 run_maintenance(pool, Retention(settings.exact_location_retention,
                                                 settings.delivery_retention,
-                                                settings.incident_retention), stop),
+                                                settings.incident_retention), stop,
+                                redis=redis),
             )
             return
         if kind == "matcher":

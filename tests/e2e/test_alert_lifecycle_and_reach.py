@@ -23,6 +23,7 @@ from tests.helpers import (
     create_agency,
     create_device,
     create_user,
+    fcm_token,
     fresh_times,
     incident,
     iso,
@@ -30,6 +31,12 @@ from tests.helpers import (
     signed,
 )
 from tests.helpers import post_incident as post
+
+# FCM-shaped tokens (registration refuses any other), one per scenario.
+TOKEN_FCM_LIFECYCLE_ANDROID = fcm_token()
+TOKEN_FCM_SEVERITY = fcm_token()
+TOKEN_FCM_RESPONDER = fcm_token()
+TOKEN_FCM_MANUAL = fcm_token()
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 SEATTLE_MCPP = (Path(__file__).parents[2] / "server" / "examples"
@@ -67,7 +74,7 @@ async def test_clear_sends_one_passive_update_to_exactly_the_devices_alerted(
 ) -> None:
     secret = await create_agency(stack.client)
     iphone = secrets.token_hex(32)
-    android = "fcm-lifecycle-android"
+    android = TOKEN_FCM_LIFECYCLE_ANDROID
     not_subscribed = secrets.token_hex(32)
     await create_device(stack.client, "apns", iphone, circle(*POINT, 1000))
     await create_device(stack.client, "fcm", android, circle(*POINT, 1000))
@@ -177,7 +184,7 @@ async def test_severity_fields_per_category_on_both_platforms(stack: Stack) -> N
         "459": "burglary"})
     iphone = secrets.token_hex(32)
     await create_device(stack.client, "apns", iphone, circle(*POINT, 3000))
-    await create_device(stack.client, "fcm", "fcm-severity", circle(*POINT, 3000))
+    await create_device(stack.client, "fcm", TOKEN_FCM_SEVERITY, circle(*POINT, 3000))
     for n, call_type in enumerate(("Scenes Of Violence 7", "Fire in Building", "459")):
         await post(stack.client, secret,
                    incident(f"SV{n}", call_type=call_type, lat=POINT[0] + 0.003 * n))
@@ -187,7 +194,7 @@ async def test_severity_fields_per_category_on_both_platforms(stack: Stack) -> N
     assert {c: (a["interruption-level"], a["relevance-score"]) for c, a in apns.items()} == {
         "shooting": ("time-sensitive", 0.9), "structure_fire": ("active", 0.6),
         "burglary": ("active", 0.4)}
-    fcm = {m["data"]["category"]: m["android"] for m in _fcm_to(stack, "fcm-severity")}
+    fcm = {m["data"]["category"]: m["android"] for m in _fcm_to(stack, TOKEN_FCM_SEVERITY)}
     assert {c: (a["notification"]["channel_id"], a["priority"]) for c, a in fcm.items()} == {
         "shooting": ("geopush_severe", "HIGH"), "structure_fire": ("geopush_alerts", "HIGH"),
         "burglary": ("geopush_alerts", "HIGH")}
@@ -308,7 +315,7 @@ async def test_responders_answers_are_counted_and_their_push_carries_the_actions
 ) -> None:
     secret = await create_agency(stack.client, call_types={"Cardiac Arrest": "cardiac_arrest"})
     devices = []
-    for platform, token in (("apns", secrets.token_hex(32)), ("fcm", "fcm-responder"),
+    for platform, token in (("apns", secrets.token_hex(32)), ("fcm", TOKEN_FCM_RESPONDER),
                             ("apns", secrets.token_hex(32))):
         device, key = await create_device(stack.client, platform, token)
         await stack.client.put(f"/v1/devices/{device}/preferences", headers=auth(key),
@@ -330,7 +337,7 @@ async def test_responders_answers_are_counted_and_their_push_carries_the_actions
     assert ios["aps"]["category"] == "GEOPUSH_RESPONDER"
     assert ios["aps"]["interruption-level"] == "time-sensitive"
     assert ios["incident"]["actions"] == ["responding", "on_scene", "declined"]
-    [android] = _fcm_to(stack, "fcm-responder")
+    [android] = _fcm_to(stack, TOKEN_FCM_RESPONDER)
     assert android["data"]["actions"] == "responding,on_scene,declined"
     assert android["android"]["notification"]["channel_id"] == "geopush_severe"
 
@@ -436,13 +443,18 @@ async def test_an_extreme_manual_alert_is_critical_with_the_entitlement_and_reac
     inside, _ = await _near_me_device(stack, secrets.token_hex(32), 300,
                                       (POINT[0] + 0.0085, POINT[1] + 0.0128))
     await _near_me_device(stack, secrets.token_hex(32), 300, (POINT[0] + 0.02, POINT[1]))
-    await create_device(stack.client, "fcm", "fcm-manual", circle(*POINT, 500))
+    await create_device(stack.client, "fcm", TOKEN_FCM_MANUAL, circle(*POINT, 500))
+    # The editor's preview counts the phone inside by where it is, as delivery reaches it.
+    r = await stack.client.post("/v1/admin/agencies/seattle-fire/alerts/preview",
+                                headers=ADMIN, json={"area": SQUARE})
+    assert (await r.json()) == {"devices": 2}
     for severity, n in (("extreme", 2), ("moderate", 4)):
         r = await stack.client.post("/v1/admin/agencies/seattle-fire/alerts", headers=ADMIN,
                                     json={"title": "Gas leak", "body": "Leave the area now.",
                                           "area": SQUARE, "severity": severity,
                                           "expires_in_minutes": 60})
         assert r.status == 201, await r.text()
+        assert (await r.json())["audience"] == 2
         await wait_for(lambda n=n: len(stack.apns.deliveries) + len(stack.fcm.deliveries) == n,
                        what=f"the {severity} alert on both phones")
     await stack.drained()

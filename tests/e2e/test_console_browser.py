@@ -202,7 +202,7 @@ async def test_an_agency_admin_draws_an_area_and_only_phones_in_it_are_alerted(
         stack: Stack, browser: Browser) -> None:
     await create_agency(stack.client)
     await create_user(stack.client, "seattle-fire", "chief", "agency_admin")
-    inside = await _phone(stack, LAT, LON, 100)
+    inside = await _phone(stack, LAT, LON, 150)
     outside = await _phone(stack, LAT + 0.02, LON, 150)       # ~2.2 km north
     console = await _sign_in(stack, browser, "chief")
     page = console.page

@@ -92,6 +92,7 @@ async def _post_incident(request: web.Request) -> web.Response:
             dry_runs_per_minute=settings.dry_runs_per_minute,
             device_pushes_per_hour=settings.device_pushes_per_hour,
             now=dt.datetime.now(dt.UTC), location_ttl=settings.location_ttl,
+            rejected_per_minute=settings.rejected_webhooks_per_minute,
         )
         return json_response(result)
     accepted = await ingest(
@@ -106,6 +107,7 @@ async def _post_incident(request: web.Request) -> web.Response:
         tolerance_s=settings.signature_tolerance_s,
         now=dt.datetime.now(dt.UTC),
         limiter=request.app[LIMITER],
+        rejected_per_minute=settings.rejected_webhooks_per_minute,
     )
     metrics.WEBHOOKS.labels(request.match_info["agency"], format_of(request.content_type),
                             accepted.decision).inc()
