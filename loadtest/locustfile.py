@@ -47,6 +47,7 @@ from locust import HttpUser, between, constant, events, task
 from locust.env import Environment
 
 from loadtest import incidents
+from server.dev.demo import push_token
 from server.domain.signing import HEADER, sign
 
 WEBHOOK = "/v1/agencies/[agency]/incidents"
@@ -223,8 +224,7 @@ class PhoneUser(HttpUser):
         self.cfg = config(self.environment)
         self.rng = random.Random()
         platform = self.rng.choice(["apns", "fcm"])
-        token = (uuid.uuid4().hex + uuid.uuid4().hex if platform == "apns"
-                 else f"load-fcm-{uuid.uuid4().hex}")
+        token = push_token(platform)
         resp = self.client.post("/v1/devices", json={
             "platform": platform, "token": token, "timezone": "America/Los_Angeles"},
             name="/v1/devices")
@@ -278,8 +278,7 @@ class PhoneUser(HttpUser):
 
     @task(1)
     def rotate_token(self) -> None:
-        token = (uuid.uuid4().hex + uuid.uuid4().hex if self.platform == "apns"
-                 else f"load-fcm-{uuid.uuid4().hex}")
+        token = push_token(self.platform)
         self._put("token", {"token": token}, 204)
 
 

@@ -115,7 +115,7 @@ def ensure_agency(base: str, admin_token: str, spec: dict[str, Any]) -> str:
 def register_device(base: str, platform: str, name: str, lat: float, lon: float,
                     radius_m: float) -> dict[str, Any]:
     """A device with a random token of its platform and one circular zone."""
-    token = _demo_token(platform)
+    token = push_token(platform)
     status, dev = request("POST", f"{base}/v1/devices", {
         "platform": platform, "token": token, "timezone": "America/Los_Angeles",
     })
@@ -166,7 +166,7 @@ def console_account(base: str, admin_token: str) -> dict[str, str]:
     raise RuntimeError(f"creating the demo console account failed: {status} {made}")
 
 
-def _demo_token(platform: str) -> str:
+def push_token(platform: str) -> str:
     """A push token of the platform's shape (registration refuses any other)."""
     if platform == "apns":
         return secrets.token_hex(32)
@@ -176,7 +176,7 @@ def _demo_token(platform: str) -> str:
 
 def _neighbourhood_device(base: str) -> dict[str, Any]:
     name, platform = NEIGHBOURHOOD_DEVICE
-    token = _demo_token(platform)
+    token = push_token(platform)
     status, dev = request("POST", f"{base}/v1/devices", {
         "platform": platform, "token": token, "timezone": "America/Los_Angeles"})
     if status != 201:

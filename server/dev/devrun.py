@@ -153,6 +153,10 @@ def run(project: Path) -> int:
         service_account = ensure_fcm_service_account(
             certs, f"http://127.0.0.1:{ports['fake_fcm']}/token")
         env.setdefault("GEOPUSH_ADMIN_TOKEN", _admin_token(state))
+        # Every phone of the demo and of the load test (geopush loadtest setup's 200,
+        # Locust's phone users) registers from 127.0.0.1: the per-address limit made
+        # for the internet would refuse the load test its phones.
+        env.setdefault("GEOPUSH_DEVICE_REGISTRATIONS_PER_HOUR_PER_IP", "1000000")
         env.update({
             "GEOPUSH_APNS_KEY_FILE": str(apns_key.key_file),
             "GEOPUSH_APNS_KEY_ID": apns_key.key_id,
