@@ -2,13 +2,12 @@
 next to the fake's own ceiling measured in the same run with a C load generator.
 
     python -m loadtest.bench_delivery [--platform apns|fcm|both] [--pushes 100000]
-                                      [--fcm-http 2|1.1] [--fake-processes 2] [--duration 10]
+                                      [--fake-processes 2] [--duration 10]
                                       [--client-seconds 8] [--sender-env NAME=VALUE]
                                       [--placement shared|split|both]
                                       [--json PATH] [--py-spy PATH] [--keep-services]
 
-Needs (Debian packages): ``nghttp2-client`` (h2load: HTTP/2 for APNs and FCM, ``--h1``
-for FCM over HTTP/1.1 with ``--fcm-http 1.1``),
+Needs (Debian packages): ``nghttp2-client`` (h2load),
 ``postgresql`` + ``postgis`` and ``redis-server`` (unless GEOPUSH_DATABASE_URL and
 GEOPUSH_REDIS_URL are set); py-spy in the venv only for ``--py-spy``. It exits with the
 apt-get line to run when one is missing.
@@ -24,8 +23,7 @@ What it does, per platform:
    (SCM_RIGHTS), so the load is even however few connections a client opens. Drives
    it with h2load for ``--duration`` seconds, with requests like the sender's (same
    headers and payload, a valid ES256 provider token / OAuth bearer token) over the
-   sender's protocol (HTTP/2; ``h2load --h1`` for FCM with ``--fcm-http 1.1``): the
-   ceiling, in requests per second.
+   sender's protocol (HTTP/2): the ceiling, in requests per second.
 3. With a fresh fake (the fake APNs refuses a second provider token within 20
    minutes), runs geopush's gateway client alone (``ApnsClient`` / ``FcmClient``, one
    fixed message, 200 concurrent sends, no Redis, PostgreSQL or sender loop) for
@@ -66,7 +64,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -257,7 +255,10 @@ def serve_fake_apns(args: argparse.Namespace) -> None:
     import uvloop
 
     from loadtest.fake_apns import FakeApns, _ApnsConnection
+    from loadtest.h2server import remember_huffman_strings
     from server.dev.devkeys import ensure_apns_key, ensure_tls, public_key_pem
+
+    remember_huffman_strings()   # this process is a fake only: see loadtest.h2server
 
     async def main() -> None:
         tls = ensure_tls(args.certs_dir)
@@ -291,8 +292,10 @@ def serve_fake_fcm(args: argparse.Namespace) -> None:
 
     from loadtest import fake_fcm
     from loadtest.fake_fcm import FakeFcm
+    from loadtest.h2server import remember_huffman_strings
     from server.dev.devkeys import DEV_FCM_PROJECT, ensure_fcm_service_account, public_key_pem
 
+    remember_huffman_strings()   # this process is a fake only: see loadtest.h2server
     shared = types.SimpleNamespace(token_urlsafe=lambda _n=32: args.shared_token)
     setattr(fake_fcm, "secrets", shared)  # noqa: B010 (the module's secrets import)
 
@@ -573,20 +576,17 @@ _H2LOAD_TIME = re.compile(r"finished in ([\d.]+)(m?s), ([\d.]+) req/s")
 
 
 def run_h2load(platform: str, fleet: Fleet, services: Services, certs_dir: Path, tmp: Path,
-               *, duration: int, clients: int, streams: int, threads: int, http2: bool = True,
+               *, duration: int, clients: int, streams: int, threads: int,
                cpus: frozenset[int] | None = None) -> Ceiling:
     url, headers, body = sample_request(platform, certs_dir, fleet, tmp)
     cmd = ["h2load", "-D", str(duration), "--warm-up-time", "2", "-c", str(clients),
            "-m", str(streams), "-t", str(threads), "-d", str(body)]
-    if platform == "fcm" and not http2:
-        cmd.insert(1, "--h1")
-    else:
-        # HTTP/2 (h2c with prior knowledge for the fake FCM's http:// URL). The same
-        # response table as geopush's client announces: none for APNs, which spares
-        # the fake's encoder work; 4096 bytes for FCM, whose repeated response headers
-        # it indexes. The ceiling gets every advantage the sender takes.
-        table = 0 if platform == "apns" else 4096
-        cmd.insert(1, f"--header-table-size={table}")
+    # HTTP/2 (h2c with prior knowledge for the fake FCM's http:// URL). The same
+    # response table as geopush's client announces: none for APNs, which spares the
+    # fake's encoder work; 4096 bytes for FCM, whose repeated response headers it
+    # indexes. The ceiling gets every advantage the sender takes.
+    table = 0 if platform == "apns" else 4096
+    cmd.insert(1, f"--header-table-size={table}")
     for h in headers:
         cmd += ["-H", h]
     cmd.append(url)
@@ -774,6 +774,7 @@ async def _client_only(args: argparse.Namespace) -> None:
     import datetime as dt
 
     from server.dev.devkeys import DEV_FCM_PROJECT, ensure_apns_key, ensure_tls
+    from workers.gateways.waiting import result_of
     from workers.push import Push
 
     now = time.time()
@@ -782,100 +783,88 @@ async def _client_only(args: argparse.Namespace) -> None:
         token="0123456789abcdef" * 4, locale="en", category="structure_fire",
         public_location=PUBLIC_LOCATION, lat=47.667, lon=-122.302, occurred_at=now - 120,
         received_at=now, expires_at=now + 3600)
-    send: Any
+    start: Callable[[Callable[[Any], None]], None]
     if args.platform == "apns":
         from workers.apns import build_payload
-        from workers.gateways.apns_client import ApnsClient
+        from workers.gateways.apns_client import ApnsClient, ApnsResponse
 
         key = ensure_apns_key(args.certs_dir)
         context = ssl.create_default_context(cafile=str(ensure_tls(args.certs_dir).ca_cert))
         client: Any = ApnsClient(
             key_pem=key.key_file.read_text(), key_id=key.key_id, team_id=key.team_id,
             topic=key.topic, host="127.0.0.1", port=args.port, ssl_context=context)
-        payload = build_payload(push, dt.datetime.now(dt.UTC))
+        payload = json.dumps(build_payload(push, dt.datetime.now(dt.UTC))).encode()
 
-        async def send() -> bool:
-            response = await client.send(push.token, payload, collapse_id=push.incident_id,
-                                         expiration=int(push.expires_at))
-            return bool(response.status == 200)
+        def start(done: Callable[[Any], None]) -> None:
+            client.start(push.token, payload, done, collapse_id=push.incident_id,
+                         expiration=int(push.expires_at))
+
+        def ok(answer: object) -> bool:
+            return isinstance(answer, ApnsResponse) and answer.status == 200
     else:
         from server.settings import fcm_connections
         from workers.fcm import build_message
-        from workers.gateways.fcm_client import FcmClient
+        from workers.gateways.fcm_client import FcmClient, FcmResponse
 
         client = FcmClient(
             service_account_file=str(args.certs_dir / "fcm-service-account.json"),
             project_id=DEV_FCM_PROJECT, endpoint=f"http://127.0.0.1:{args.port}",
-            # as the sender's pool
-            max_connections=fcm_connections(args.concurrency, args.fcm_http == "2"),
-            http2=args.fcm_http == "2")
-        message = build_message(push, dt.datetime.now(dt.UTC))
+            max_connections=fcm_connections(args.concurrency))   # as the sender's pool
+        body = json.dumps({"message": build_message(push, dt.datetime.now(dt.UTC))}).encode()
 
-        async def send() -> bool:
-            return bool((await client.send(message)).ok)
+        def start(done: Callable[[Any], None]) -> None:
+            client.start_body(body, done)
 
-    assert await send()   # connect, lift Apple's one-stream limit, fetch the token
-    done = failed = 0
+        def ok(answer: object) -> bool:
+            return isinstance(answer, FcmResponse) and answer.ok
+
+    # connect, lift Apple's one-stream limit, fetch the token
+    assert ok(await result_of(start))
     deadline = time.monotonic() + args.seconds
-
-    async def loop() -> None:
-        nonlocal done, failed
-        while time.monotonic() < deadline:
-            if await send():
-                done += 1
-            else:
-                failed += 1
-
     started, cpu_before = time.monotonic(), time.process_time()
-    if args.platform == "fcm":    # the FCM sender's own path
-        body = json.dumps({"message": message}).encode()
-        done, failed = await _chained_fcm_sends(client, body, args.concurrency, deadline)
-    else:
-        await asyncio.gather(*(loop() for _ in range(args.concurrency)))
+    done, failed = await _chained_sends(start, ok, args.concurrency, deadline)
     seconds, cpu = time.monotonic() - started, time.process_time() - cpu_before
     await client.close()
     print(json.dumps({"requests": done, "failed": failed, "seconds": seconds, "cpu_s": cpu}),
           flush=True)
 
 
-async def _chained_fcm_sends(client: Any, body: bytes, concurrency: int, deadline: float
-                             ) -> tuple[int, int]:
-    """``concurrency`` chains of ``FcmClient.start_body``, each answer starting the
-    next send until ``deadline`` (monotonic): (answered 200, answered otherwise)."""
-    from workers.gateways.fcm_client import FcmAnswer, FcmResponse
-
+async def _chained_sends(start: Callable[[Callable[[Any], None]], None],
+                         ok: Callable[[object], bool], concurrency: int, deadline: float
+                         ) -> tuple[int, int]:
+    """``concurrency`` chains of sends by callback (the senders' own path), each answer
+    starting the next send until ``deadline`` (monotonic): (answered 200, otherwise)."""
     done = failed = 0
     chains = concurrency
     over = asyncio.Event()
 
-    def chain(answer: FcmAnswer) -> None:
+    def chain(answer: object) -> None:
         nonlocal done, failed, chains
-        if isinstance(answer, FcmResponse) and answer.ok:
+        if ok(answer):
             done += 1
         else:
             failed += 1
         if time.monotonic() < deadline:
-            client.start_body(body, chain)
+            start(chain)
             return
         chains -= 1
         if not chains:
             over.set()
 
     for _ in range(concurrency):
-        client.start_body(body, chain)
+        start(chain)
     await over.wait()
     return done, failed
 
 
 def run_client_only(platform: str, fleet: Fleet, services: Services, certs_dir: Path,
-                    *, seconds: float, concurrency: int, fcm_http: str) -> ClientOnly:
+                    *, seconds: float, concurrency: int) -> ClientOnly:
     roots = {"fake": fleet.pids}
     before = {name: group_cpu(pids) for name, pids in roots.items()}
     out = subprocess.run(
         [sys.executable, "-m", "loadtest.bench_delivery", "client-only",
          "--platform", platform, "--port", str(fleet.port), "--certs-dir", str(certs_dir),
-         "--seconds", str(seconds), "--concurrency", str(concurrency),
-         "--fcm-http", fcm_http],
+         "--seconds", str(seconds), "--concurrency", str(concurrency)],
         cwd=REPO, capture_output=True, check=False, timeout=seconds + 120)
     if out.returncode != 0:
         raise BenchError(f"the client-only run failed:\n{out.stderr.decode(errors='replace')}")
@@ -907,7 +896,7 @@ class PlatformResult:
 
     @property
     def label(self) -> str:
-        return _label(self.platform, self.protocol == "HTTP/2", self.placement)
+        return _label(self.platform, self.placement)
 
     def problems(self) -> list[str]:
         s = self.sender
@@ -948,14 +937,13 @@ def _place(pids: Sequence[int], cpus: frozenset[int] | None) -> None:
     pin(pids, set(cpus) if cpus is not None else os.sched_getaffinity(0))
 
 
-def _label(platform: str, http2: bool, placement: str) -> str:
-    return f"{platform}{'' if http2 else '-h1'}/{placement}"
+def _label(platform: str, placement: str) -> str:
+    return f"{platform}/{placement}"
 
 
 def bench_platform(platform: str, args: argparse.Namespace, services: Services,
                    certs_dir: Path, tmp: Path, placement: Placement) -> PlatformResult:
-    http2 = platform == "apns" or args.fcm_http == "2"
-    label = _label(platform, http2, placement.name)
+    label = _label(platform, placement.name)
     _place(list(services.pids().values()), placement.driver)
 
     def fake() -> Fleet:
@@ -965,17 +953,14 @@ def bench_platform(platform: str, args: argparse.Namespace, services: Services,
 
     fleet = fake()
     try:
-        print(f"[{label}] ceiling: h2load{'' if http2 else ' --h1'} "
+        print(f"[{label}] ceiling: h2load "
               f"against {args.fake_processes} fake process(es), {args.duration} s ...",
               flush=True)
-        # APNs: 16 x 100 gave the highest ceiling of 16x25, 8x100, 16x100 and 32x50.
-        # FCM over HTTP/1.1: 64 gave a ceiling 13-16 % higher than 500 (the sender's
-        # connections).
-        clients = args.clients or (16 if http2 else 64)
-        streams = args.streams or (100 if http2 else 1)
+        # 16 connections x 100 streams: the highest ceiling of the shapes tried
+        # (docs/BENCHMARKS.md).
         ceiling = run_h2load(platform, fleet, services, certs_dir, tmp,
-                             duration=args.duration, clients=clients, streams=streams,
-                             threads=args.h2load_threads, http2=http2,
+                             duration=args.duration, clients=args.clients,
+                             streams=args.streams, threads=args.h2load_threads,
                              cpus=placement.driver)
         print(f"[{label}] ceiling {ceiling.rate:,.0f} req/s", flush=True)
     finally:
@@ -986,8 +971,7 @@ def bench_platform(platform: str, args: argparse.Namespace, services: Services,
         try:
             print(f"[{label}] the client alone, {args.client_seconds:g} s ...", flush=True)
             alone = run_client_only(platform, fleet, services, certs_dir,
-                                    seconds=args.client_seconds, concurrency=200,
-                                    fcm_http=args.fcm_http)
+                                    seconds=args.client_seconds, concurrency=200)
             print(f"[{label}] client alone {alone.rate:,.0f} req/s", flush=True)
         finally:
             fleet.stop()
@@ -995,8 +979,6 @@ def bench_platform(platform: str, args: argparse.Namespace, services: Services,
     try:
         print(f"[{label}] one sender, {args.pushes:,} pushes ...", flush=True)
         extra = dict(e.split("=", 1) for e in args.sender_env)
-        if platform == "fcm":
-            extra.setdefault("GEOPUSH_FCM_HTTP_VERSION", args.fcm_http)
         spy = (args.py_spy.with_name(f"{platform}-{placement.name}-{args.py_spy.name}")
                if args.py_spy else None)
         sender = run_sender(platform, services, fleet, certs_dir, tmp, args.pushes, extra, spy,
@@ -1006,7 +988,7 @@ def bench_platform(platform: str, args: argparse.Namespace, services: Services,
         fleet.stop()
         _place(list(services.pids().values()), None)
     return PlatformResult(platform, args.fake_processes, ceiling, sender, alone,
-                          placement=placement.name, protocol="HTTP/2" if http2 else "HTTP/1.1")
+                          placement=placement.name, protocol="HTTP/2")
 
 
 def report(results: list[PlatformResult]) -> str:
@@ -1060,7 +1042,6 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--certs-dir", type=Path, required=True)
     p.add_argument("--seconds", type=float, required=True)
     p.add_argument("--concurrency", type=int, default=200)
-    p.add_argument("--fcm-http", choices=("2", "1.1"), default="2")
     for name in ("serve-fake-apns", "serve-fake-fcm"):
         p = sub.add_parser(name, help="(internal) one fake gateway process on a shared port")
         p.add_argument("--port", type=int, required=True)
@@ -1069,9 +1050,6 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.add_argument("--shared-token", default="", help=argparse.SUPPRESS)
         p.add_argument("--handoff-fd", type=int, required=True, help=argparse.SUPPRESS)
     parser.add_argument("--platform", choices=("apns", "fcm", "both"), default="both")
-    parser.add_argument("--fcm-http", choices=("2", "1.1"), default="2",
-                        help="FCM's HTTP version, for the sender (GEOPUSH_FCM_HTTP_VERSION) "
-                             "and the ceiling alike (h2load, or h2load --h1); default 2")
     parser.add_argument("--placement", choices=("shared", "split", "both"), default="both",
                         help="shared: everything on every CPU; split: the fake on half the "
                              "CPUs, what drives it (h2load, or the sender with PostgreSQL "
@@ -1082,11 +1060,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--fake-processes", type=int, default=2,
                         help="fake gateway processes sharing the port (SO_REUSEPORT)")
     parser.add_argument("--duration", type=int, default=10, help="h2load seconds (+2 warm-up)")
-    parser.add_argument("--clients", type=int, default=0,
-                        help="h2load connections (default: 16 over HTTP/2, 64 over HTTP/1.1)")
-    parser.add_argument("--streams", type=int, default=0,
-                        help="h2load concurrent streams per connection (default: 100 over "
-                             "HTTP/2, 1 over HTTP/1.1)")
+    parser.add_argument("--clients", type=int, default=16, help="h2load connections")
+    parser.add_argument("--streams", type=int, default=100,
+                        help="h2load concurrent streams per connection")
     parser.add_argument("--h2load-threads", type=int, default=1)
     parser.add_argument("--client-seconds", type=float, default=8,
                         help="seconds of the gateway client alone, between the ceiling and "

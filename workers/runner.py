@@ -19,7 +19,7 @@ import asyncpg
 import redis.asyncio as aioredis
 
 from server import keys
-from server.settings import ConfigError, Settings
+from server.settings import FCM_STREAMS, ConfigError, Settings
 from server.store.db import create_pool
 from workers.apns import ApnsGateway
 from workers.apns_token import SharedProviderToken
@@ -60,7 +60,7 @@ def build_gateway(settings: Settings, platform: str, redis: aioredis.Redis) -> G
     return FcmGateway(FcmClient(
         service_account_file=str(fcm.service_account_file), project_id=fcm.project_id,
         endpoint=fcm.endpoint, timeout=fcm.request_timeout, max_connections=fcm.max_connections,
-        http2=fcm.http2,
+        initial_stream_limit=FCM_STREAMS,
     ))
 
 
@@ -175,8 +175,8 @@ def tune_gc_for_sending(concurrency: int) -> None:
     """Each send in flight holds a few objects the cyclic collector tracks (the push,
     its request, the callbacks), so with hundreds in flight CPython's default
     young-generation threshold (700 more allocations than frees) starts a collection
-    every few dozen pushes that finds nothing to free: 6 % of an FCM sender's CPU
-    (docs/BENCHMARKS.md). The threshold is put above what the sends in flight hold,
+    every few dozen pushes that finds nothing to free (its cost: docs/BENCHMARKS.md).
+    The threshold is put above what the sends in flight hold,
     and what start-up made is frozen out of the collector's way."""
     gc.freeze()
     _, older, oldest = gc.get_threshold()

@@ -5,9 +5,9 @@ from __future__ import annotations
 import datetime as dt
 
 from server.domain.categories import categorize
+from server.domain.errors import FieldError, ValidationFailed
 from server.domain.incident import Incident, RawIncident
 from server.domain.privacy import generalize_address, redact, round_point
-from server.web.problems import FieldError, ValidationFailed
 
 MAX_CLOCK_SKEW = dt.timedelta(minutes=5)
 

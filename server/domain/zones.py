@@ -16,7 +16,7 @@ import shapely
 from shapely.geometry import MultiPolygon, Polygon, shape
 from shapely.validation import explain_validity
 
-from server.web.problems import FieldError
+from server.domain.errors import FieldError
 
 MIN_RADIUS_M = 100
 MAX_RADIUS_M = 20_000

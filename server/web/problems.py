@@ -1,32 +1,26 @@
 """Errors as RFC 9457 ``application/problem+json``, in one place.
 
-Domain and handler code raise ``Problem`` (or a subclass); one middleware turns it,
-and everything else that escapes a handler, into a problem document. No traceback
-and no request data ever go into a response.
+Handlers raise ``Problem`` (or a subclass); the domain and the parsers raise their own
+``server.domain.errors.ValidationFailed``, which is a 422 here. One middleware turns
+both, and everything else that escapes a handler, into a problem document. No
+traceback and no request data ever go into a response.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
 
 import msgspec
 from aiohttp import web
 
+from server.domain.errors import FieldError, ValidationFailed
 from server.store.db import STORE_UNAVAILABLE
 
 log = logging.getLogger(__name__)
 
 PROBLEM_JSON = "application/problem+json"
 TYPE_BASE = "https://geopush.org/problems/"
-
-
-@dataclass(frozen=True)
-class FieldError:
-    field: str
-    message: str
 
 
 class Problem(Exception):
@@ -61,16 +55,11 @@ class Problem(Exception):
         return doc
 
 
-class ValidationFailed(Problem):
-    def __init__(self, errors: Sequence[FieldError], detail: str | None = None) -> None:
-        first = errors[0] if errors else None
-        super().__init__(
-            422,
-            "Request body is invalid",
-            detail or (f"{first.field}: {first.message}" if first else None),
-            slug="validation",
-            errors=errors,
-        )
+def invalid(errors: Sequence[FieldError], detail: str | None = None) -> Problem:
+    """A 422 naming the fields (what ``ValidationFailed`` becomes at the edge)."""
+    failed = ValidationFailed(errors, detail)
+    return Problem(422, "Request body is invalid", failed.detail, slug="validation",
+                   errors=failed.errors)
 
 
 class Unauthorized(Problem):
@@ -93,30 +82,6 @@ def problem_response(problem: Problem) -> web.Response:
     )
 
 
-_MSGSPEC_PATH = re.compile(r"^(?P<msg>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.DOTALL)
-_MISSING = re.compile(r"^Object missing required field `(?P<name>[^`]+)`$")
-
-
-def _dotted(path: str) -> str:
-    # "$.location.lat" -> "location.lat", "$.zones[0].name" -> "zones[0].name"
-    return path.lstrip(".")
-
-
-def field_error_from_msgspec(exc: msgspec.ValidationError | msgspec.DecodeError) -> FieldError:
-    """Turn msgspec's message ("Expected `float`, got `str` - at `$.location.lat`")
-    into a field name and a message."""
-    text = str(exc)
-    if isinstance(exc, msgspec.DecodeError) and not isinstance(exc, msgspec.ValidationError):
-        return FieldError("body", text.replace("JSON is malformed: ", "malformed JSON: "))
-    m = _MSGSPEC_PATH.match(text)
-    msg, path = (m.group("msg"), m.group("path") or "") if m else (text, "")
-    missing = _MISSING.match(msg)
-    if missing:
-        name = missing.group("name")
-        return FieldError(_dotted(f"{path}.{name}") if path else name, "is required")
-    return FieldError(_dotted(path) or "body", msg)
-
-
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -126,6 +91,8 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
         return await handler(request)
     except Problem as problem:
         return problem_response(problem)
+    except ValidationFailed as failed:
+        return problem_response(invalid(failed.errors, failed.detail))
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import io
 import json
 import os
@@ -427,6 +428,7 @@ async def test_control_api(
 
 async def test_cli_starts_with_a_dev_service_account(tmp_path: Path) -> None:
     from workers.gateways.fcm_client import FcmClient
+    from workers.gateways.waiting import result_of
 
     certs = tmp_path / "certs"
     with (tmp_path / "stderr.log").open("wb") as stderr:
@@ -448,7 +450,8 @@ async def test_cli_starts_with_a_dev_service_account(tmp_path: Path) -> None:
             sa_file = certs / "fcm-service-account.json"
             assert json.loads(sa_file.read_text())["token_uri"] == f"{url}/token"
             async with FcmClient(service_account_file=str(sa_file), endpoint=url) as client:
-                response = await client.send({"token": "cli-device", "data": {"k": "v"}})
+                body = json.dumps({"message": {"token": "cli-device", "data": {"k": "v"}}})
+                response = await result_of(functools.partial(client.start_body, body.encode()))
             assert response.status == 200, response
             assert response.name is not None
             assert response.name.startswith("projects/cli-project/messages/")

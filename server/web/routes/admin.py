@@ -14,6 +14,7 @@ from aiohttp import web
 from server.domain import aed_import, signing
 from server.domain.agency_spec import validate_agency, validate_call_types
 from server.domain.categories import ALL_CATEGORIES, normalize_call_type
+from server.domain.errors import FieldError, ValidationFailed
 from server.domain.policy import DEFAULT_ALERTABLE
 from server.store import aeds, review
 from server.store.agencies import (
@@ -28,7 +29,7 @@ from server.store.devices import register_responder, unregister_responder
 from server.store.publish import publish_incident
 from server.web.appkeys import AGENCIES, OUTBOX, POOL, REDIS, SETTINGS
 from server.web.auth import require_admin
-from server.web.problems import FieldError, NotFound, Problem, ValidationFailed
+from server.web.problems import NotFound, Problem
 from server.web.routes.body import decode_json, json_response, read_bounded
 
 log = logging.getLogger(__name__)

@@ -13,13 +13,15 @@ from aiohttp import web
 from server.domain import zones as zone_rules
 from server.domain.agency_spec import valid_timezone
 from server.domain.categories import NEIGHBOUR_ALERTABLE, RESPONDER_ONLY
+from server.domain.credentials import new_device_secret
+from server.domain.errors import FieldError, ValidationFailed
 from server.domain.pushtext import title_and_body
 from server.store import devices as store
 from server.store import responders
 from server.store.erasure import scrub_device
 from server.web.appkeys import POOL, REDIS
-from server.web.auth import bearer, new_device_secret
-from server.web.problems import FieldError, Problem, Unauthorized, ValidationFailed
+from server.web.auth import bearer
+from server.web.problems import Problem, Unauthorized
 from server.web.routes.body import decode_json, json_response
 
 routes = web.RouteTableDef()
