@@ -10,29 +10,16 @@ import logging
 
 import asyncpg
 
-from server.store import review
+from server.store import housekeeping, review
 from server.store.db import STORE_UNAVAILABLE
 
 log = logging.getLogger(__name__)
 
 
-async def purge_exact_locations(pool: asyncpg.Pool, older_than: dt.timedelta,
-                                now: dt.datetime) -> int:
-    """Replace exact point locations by the public (rounded) point once matching can no
-    longer need them. Areas (CAP polygons) are published geometry and are kept."""
-    status = await pool.execute(
-        """UPDATE incidents SET geom = public_point, exact_purged_at = $2
-            WHERE exact_purged_at IS NULL AND received_at < $1
-              AND GeometryType(geom) = 'POINT'""",
-        now - older_than, now,
-    )
-    return int(status.split()[-1])
-
-
 async def maintain_once(pool: asyncpg.Pool, retention: dt.timedelta) -> None:
     now = dt.datetime.now(dt.UTC)
     expired = await review.expire(pool, now)
-    purged = await purge_exact_locations(pool, retention, now)
+    purged = await housekeeping.purge_exact_locations(pool, retention, now)
     if expired or purged:
         log.info("maintenance: %d review items expired, %d exact locations purged",
                  expired, purged)

@@ -21,7 +21,7 @@ from server import keys
 from server.domain.categories import MOST_SEVERE, RESPONDER_ONLY
 from server.domain.policy import ALERT
 from server.domain.quiet import allowed_now
-from server.store import aeds, responders
+from server.store import aeds, matching, responders
 from server.store.publish import STREAM_MAXLEN
 from workers.push import Push
 from workers.streams import Entry, StreamConsumer
@@ -55,63 +55,6 @@ redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', unpack(ARGV, 5))
 return 1
 """
 
-_INCIDENT = """
-SELECT i.id, i.agency_id, i.category, i.status, i.decision, i.actual, i.occurred_at,
-       i.received_at, i.public_location, i.location_kind,
-       ST_Y(i.public_point) AS lat, ST_X(i.public_point) AS lon,
-       ST_Y(ST_PointOnSurface(i.geom)) AS exact_lat, ST_X(ST_PointOnSurface(i.geom)) AS exact_lon,
-       i.title_override, i.body_override, a.responder_radius_m
-  FROM incidents i JOIN agencies a ON a.id = i.agency_id
- WHERE i.id = $1
-"""
-
-# Responders near a cardiac arrest, from the positions Redis found. Where the arrest is
-# not known to be in a public place, only responders the agency registered are alerted.
-_RESPONDERS = """
-SELECT d.id, d.platform, d.token, d.locale, d.timezone, d.quiet_start, d.quiet_end
-  FROM devices d
- WHERE d.id = ANY ($1::uuid[])
-   AND d.responder
-   AND d.token_disabled_at IS NULL
-   AND (d.categories IS NULL OR 'cardiac_arrest' = ANY (d.categories))
-   AND ($2 OR EXISTS (SELECT 1 FROM agency_responders r
-                       WHERE r.device_id = d.id AND r.agency_id = $3))
-"""
-
-# Two agencies reporting one event (a fire both the fire and the police CAD know
-# about): the same category within 150 m and 10 minutes, already alerted. Devices
-# are deduplicated on the earliest such incident, so each is alerted once.
-SAME_EVENT_DISTANCE_M = 150
-SAME_EVENT_WINDOW = dt.timedelta(minutes=10)
-_SAME_EVENT = """
-SELECT o.id
-  FROM incidents i
-  JOIN incidents o
-    ON o.category = i.category
-   AND o.agency_id <> i.agency_id
-   AND o.occurred_at BETWEEN i.occurred_at - $2::interval AND i.occurred_at + $2::interval
-   AND (o.received_at, o.id) < (i.received_at, i.id)
-   AND o.decision = 'alert' AND o.actual
-   AND ST_DWithin(o.geom::geography, i.geom::geography, $3)
- WHERE i.id = $1
- ORDER BY o.received_at, o.id
- LIMIT 1
-"""
-
-# The zone test runs on the GiST index of zones.geom: ST_Intersects adds the && box
-# check itself. Boundary points count as inside (ST_Intersects, not ST_Within).
-_NEIGHBOURS = """
-SELECT DISTINCT ON (d.id) d.id, d.platform, d.token, d.locale, d.timezone,
-       d.quiet_start, d.quiet_end
-  FROM incidents i
-  JOIN zones z ON ST_Intersects(z.geom, i.geom)
-  JOIN devices d ON d.id = z.device_id
- WHERE i.id = $1
-   AND d.token_disabled_at IS NULL
-   AND (d.categories IS NULL OR i.category = ANY (d.categories))
-"""
-
-
 @dataclass(frozen=True)
 class MatchResult:
     incident_id: str
@@ -131,7 +74,7 @@ class Matcher:
         self._enqueue = redis.register_script(_ENQUEUE)
 
     async def match_incident(self, incident_id: str, now: dt.datetime) -> MatchResult:
-        incident = await self.pool.fetchrow(_INCIDENT, incident_id)
+        incident = await matching.incident(self.pool, incident_id)
         if (incident is None or incident["decision"] != ALERT
                 or incident["status"] != "active" or not incident["actual"]):
             # Changed since it was published (cleared, cancelled, re-decided): nothing to do.
@@ -151,10 +94,8 @@ class Matcher:
                 aeds_json = json.dumps(await aeds.nearest(self.pool, lat, lon),
                                        separators=(",", ":"))
         else:
-            rows = await self.pool.fetch(_NEIGHBOURS, incident["id"])
-        event_id = await self.pool.fetchval(
-            _SAME_EVENT, incident["id"], SAME_EVENT_WINDOW, SAME_EVENT_DISTANCE_M
-        ) if rows else None
+            rows = await matching.neighbours(self.pool, incident["id"])
+        event_id = await matching.same_event(self.pool, incident["id"]) if rows else None
         dedup_on = str(event_id or incident["id"])
         limit = 0 if (audience == "responder" or incident["category"] in MOST_SEVERE) \
             else self.device_pushes_per_hour
@@ -196,8 +137,8 @@ class Matcher:
                                        incident["responder_radius_m"])
         if not nearby:
             return []
-        return await self.pool.fetch(
-            _RESPONDERS, [r.device_id for r in nearby],
+        return await matching.responders(
+            self.pool, [r.device_id for r in nearby],
             incident["location_kind"] == "public", incident["agency_id"],
         )
 

@@ -26,6 +26,7 @@ import msgspec
 import redis.asyncio as aioredis
 
 from server import keys
+from server.store import deliveries
 from server.store.devices import disable_token
 from workers.push import Done, Failed, Outcome, Push, Retry, Sent, TokenGone, Withdrawn
 from workers.streams import TRANSIENT, Entry, StreamConsumer, batches, sleep_unless
@@ -77,10 +78,6 @@ return #due
 """
 
 
-_DELIVERY_COLUMNS = ["incident_id", "device_id", "platform", "outcome", "reason", "status_code",
-                     "gateway_id", "attempt", "latency_ms"]
-
-
 class Result(msgspec.Struct, frozen=True):
     entry_id: str
     push: Push
@@ -105,13 +102,7 @@ class Sender:
     async def _withdrawn(self, pushes: list[Push]) -> set[str]:
         """Incidents of this batch that were cleared, cancelled or re-decided since they
         were matched: their pending pushes are dropped."""
-        ids = sorted({p.incident_id for p in pushes})
-        rows = await self.pool.fetch(
-            """SELECT id::text FROM incidents
-                WHERE id = ANY($1::uuid[]) AND (status <> 'active' OR decision <> 'alert')""",
-            ids,
-        )
-        return {r["id"] for r in rows}
+        return await deliveries.withdrawn(self.pool, {p.incident_id for p in pushes})
 
     def _unforeseen(self, exc: BaseException) -> Outcome:
         """A send that raised (a bug or an unforeseen transport error): retried."""
@@ -164,7 +155,7 @@ class Sender:
                     dead.append((r.push, reason or "retries exhausted"))
             rows.append((r.push.incident_id, r.push.device_id, r.push.platform, outcome_name,
                          reason, status, gateway_id, r.push.attempt, latency))
-        await self._write_deliveries(rows)
+        await deliveries.record(self.pool, rows)
         for r in results:
             if isinstance(r.outcome, TokenGone):
                 await disable_token(self.pool, r.push.device_id, r.push.token, r.outcome.reason)
@@ -180,33 +171,6 @@ class Sender:
                     entry: dict[Any, Any] = {**push.to_fields(), "reason": reason}
                     pipe.xadd(keys.DEAD_STREAM, entry, maxlen=100_000, approximate=True)
                 await pipe.execute()
-
-    async def _write_deliveries(self, rows: list[tuple[Any, ...]]) -> None:
-        """The batch's rows in one binary COPY (cheaper than an INSERT of arrays on both
-        sides: docs/BENCHMARKS.md). When a device was erased, or an
-        incident deleted, since its push was queued, the foreign keys refuse the COPY:
-        then one INSERT records the rows of erased devices unlinked (NULL), as their
-        older rows are, and drops those of deleted incidents, as their older rows were."""
-        try:
-            await self.pool.copy_records_to_table(
-                "deliveries", records=rows, columns=_DELIVERY_COLUMNS)
-            return
-        except asyncpg.ForeignKeyViolationError:
-            pass
-        columns = list(zip(*rows, strict=True))
-        await self.pool.execute(
-            """INSERT INTO deliveries (incident_id, device_id, platform, outcome, reason,
-                                       status_code, gateway_id, attempt, latency_ms)
-               SELECT r.incident_id, d.id, r.platform, r.outcome, r.reason, r.status_code,
-                      r.gateway_id, r.attempt, r.latency_ms
-                 FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[],
-                             $6::int[], $7::text[], $8::int[], $9::int[])
-                      AS r(incident_id, device_id, platform, outcome, reason, status_code,
-                           gateway_id, attempt, latency_ms)
-                 JOIN incidents i ON i.id = r.incident_id
-                 LEFT JOIN devices d ON d.id = r.device_id""",
-            *(list(c) for c in columns),
-        )
 
     async def promote_due_retries(self, now: float | None = None, limit: int = 500) -> int:
         """Move retries that are due back onto the push stream."""
