@@ -63,6 +63,7 @@ class FcmSettings:
     # sends in flight (GEOPUSH_SEND_CONCURRENCY).
     max_connections: int = 5
     request_timeout: float = 10.0
+    ca_file: Path | None = None   # a CA to trust besides the system's (a fake's, a proxy's)
 
 
 @dataclass(frozen=True)
@@ -169,4 +170,5 @@ def _fcm_from_env(env: Mapping[str, str], send_concurrency: int) -> FcmSettings 
         max_connections=_int(env, "GEOPUSH_FCM_MAX_CONNECTIONS",
                              fcm_connections(send_concurrency)),
         request_timeout=_float(env, "GEOPUSH_FCM_TIMEOUT", 10.0),
+        ca_file=Path(env["GEOPUSH_FCM_CA_FILE"]) if env.get("GEOPUSH_FCM_CA_FILE") else None,
     )

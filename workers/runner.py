@@ -61,6 +61,7 @@ def build_gateway(settings: Settings, platform: str, redis: aioredis.Redis) -> G
         service_account_file=str(fcm.service_account_file), project_id=fcm.project_id,
         endpoint=fcm.endpoint, timeout=fcm.request_timeout, max_connections=fcm.max_connections,
         initial_stream_limit=FCM_STREAMS,
+        ca_file=None if fcm.ca_file is None else str(fcm.ca_file),
     ))
 
 

@@ -27,7 +27,8 @@ from h2.settings import SettingCodes
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from loadtest.fake_fcm import FCM_SCOPE, JWT_BEARER_GRANT, MAX_BODY_BYTES, FakeFcm
+from loadtest.fake_fcm import FakeFcm
+from loadtest.fcm_rules import FCM_SCOPE, JWT_BEARER_GRANT, MAX_BODY_BYTES
 from loadtest.h2server import PREFACE
 from tests.fake_fcm_fixtures import PROJECT
 from tests.h2_client import H2Client, H2Response

@@ -16,7 +16,7 @@ import pytest
 
 from loadtest.fake_fcm import FakeFcm
 from server.dev.devenv import free_port
-from server.dev.devkeys import ensure_fcm_service_account, public_key_pem
+from server.dev.devkeys import ensure_fcm_service_account, ensure_tls, public_key_pem
 from tests.fake_fcm_fixtures import PROJECT
 from workers.gateways.fcm_client import (
     FcmAuthError,
@@ -248,7 +248,7 @@ _WITHOUT_REQUESTS = """
 import asyncio, json, sys
 sys.modules["requests"] = None  # as if requests were not installed
 from pathlib import Path
-from server.dev.devkeys import ensure_fcm_service_account, public_key_pem
+from server.dev.devkeys import ensure_fcm_service_account, ensure_tls, public_key_pem
 from loadtest.fake_fcm import FakeFcm
 from workers.gateways.fcm_client import FcmClient
 from workers.gateways.waiting import result_of
@@ -361,3 +361,44 @@ async def test_http2_waits_for_the_servers_stream_limit(key_dir: Path) -> None:
     finally:
         await server.stop()
     assert len(server.deliveries) == 61
+
+
+async def test_the_default_https_path_over_tls_and_alpn_h2(key_dir: Path, tmp_path: Path) -> None:
+    """The production default: ``https://``, TLS with ALPN ``h2``, the token endpoint
+    over TLS too (HTTP/1.1, as google-auth's request goes)."""
+    tls = ensure_tls(tmp_path / "certs")
+    fake = FakeFcm(project_id=PROJECT, service_account_public_keys={}, tls=tls)
+    await fake.start(port=0)
+    try:
+        assert fake.url.startswith("https://")
+        path = ensure_fcm_service_account(key_dir, fake.token_uri, PROJECT)
+        info = json.loads(path.read_text())
+        fake.trust(info["client_email"], public_key_pem(info["private_key"].encode()))
+        async with FcmClient(service_account_file=str(path), endpoint=fake.url,
+                             ca_file=str(tls.ca_cert)) as fcm:
+            responses = await asyncio.gather(*(send(fcm, _message(f"t{i}")) for i in range(20)))
+            assert {r.status for r in responses} == {200}
+            assert fcm.open_connections == 1
+            [connection] = fcm._pool.connections
+            assert connection.transport is not None
+            assert connection.transport.get_extra_info("ssl_object").selected_alpn_protocol() \
+                == "h2"
+        assert fake.stats()["tokens_issued"] == 1
+        assert sorted(d.token or "" for d in fake.deliveries) == sorted(f"t{i}" for i in range(20))
+    finally:
+        await fake.stop()
+
+
+async def test_an_untrusted_certificate_is_a_transport_error(
+    key_dir: Path, tmp_path: Path
+) -> None:
+    tls = ensure_tls(tmp_path / "certs")
+    fake = FakeFcm(project_id=PROJECT, service_account_public_keys={}, tls=tls)
+    await fake.start(port=0)
+    try:
+        path = ensure_fcm_service_account(key_dir, fake.token_uri, PROJECT)
+        async with FcmClient(service_account_file=str(path), endpoint=fake.url) as fcm:
+            with pytest.raises(FcmTransportError):
+                await send(fcm, _message())
+    finally:
+        await fake.stop()

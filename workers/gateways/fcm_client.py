@@ -248,7 +248,7 @@ class FcmClient:
         timeout: float = 10.0,
         max_connections: int = 5,
         initial_stream_limit: int = 100,
-        ssl_context: ssl.SSLContext | None = None,
+        ca_file: str | None = None,
     ) -> None:
         self._service_account_file = service_account_file
         self._project_id = project_id
@@ -257,9 +257,10 @@ class FcmClient:
         if endpoint_url.scheme not in ("http", "https") or not endpoint_url.hostname:
             raise ValueError(f"FCM endpoint must be an http(s) URL, not {endpoint!r}")
         self._base_path = endpoint_url.path
+        self._ca_file = ca_file   # a CA to trust besides the system's (the fake's)
         context = None
         if endpoint_url.scheme == "https":
-            context = ssl_context or ssl.create_default_context()
+            context = ssl.create_default_context(cafile=ca_file)
             context.set_alpn_protocols(["h2"])
         # ``http://`` is cleartext HTTP/2 with prior knowledge (the fake, in tests).
         # Until FCM's SETTINGS arrive, assume its usual stream limit.
@@ -389,8 +390,10 @@ class FcmClient:
                 f"{self._base_path}/v1/projects/{self._project_id}/messages:send".encode())
             if self._session is None:
                 # google-auth's token requests only (rare): aiohttp is fine there
+                tls = ssl.create_default_context(cafile=self._ca_file)   # no ALPN h2 here
                 self._session = aiohttp.ClientSession(
-                    timeout=aiohttp.ClientTimeout(total=self._timeout_s))
+                    timeout=aiohttp.ClientTimeout(total=self._timeout_s),
+                    connector=aiohttp.TCPConnector(ssl=tls))
             return self._session
 
     async def _access_token(self, *, stale: str | None = None) -> str:
