@@ -138,11 +138,15 @@ async def test_payload_errors_fail_without_retry_and_gone_tokens_are_not_retried
 
 
 @pytest.mark.workers()
-async def test_fcm_quota_retry_after_is_honoured(stack: Stack) -> None:
+async def test_fcm_quota_retry_after_is_honoured(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
     async with _sender(stack, "fcm") as sender:
         incident = await _incident(stack)
-        if time.time() % 60 > 57:   # keep both sends inside one of the fake's minutes
-            await asyncio.sleep(60 - time.time() % 60 + 0.1)
+        # The fake's clock stands at the first second of a minute, so both sends fall in
+        # one of its quota windows and the second one waits 59 s for the next.
+        minute = time.time() // 60 * 60
+        monkeypatch.setattr(stack.fcm, "clock", lambda: minute + 1)
         stack.fcm.set_quota(1)   # one message a minute: the second gets QUOTA_EXCEEDED
         for token in ("fcm-token-a", "fcm-token-b"):
             await stack.redis.xadd(keys.push_stream("fcm"),
@@ -152,9 +156,8 @@ async def test_fcm_quota_retry_after_is_honoured(stack: Stack) -> None:
         assert outcomes == ["retry", "sent"]
         [(_, due)] = await stack.redis.zrange(keys.retry_schedule("fcm"), 0, -1,
                                               withscores=True)
-        # The fake's Retry-After is the seconds to its next minute window (at least 1).
-        retry_after = max(1, int(60 - time.time() % 60))
-        assert due - time.time() >= retry_after - 1.5
+        # The fake's Retry-After (59 s to its next window) is the floor of the backoff.
+        assert due - time.time() >= 59 - 1.5
 
 
 @pytest.mark.workers()

@@ -672,7 +672,7 @@ async def test_h2_body_waits_for_window_update(
         length = int(stream.headers["content-length"])
         assert stream.status == 404 and length > 16
         await asyncio.wait_for(stream.data_arrived.wait(), 5)
-        await asyncio.sleep(0.1)
+        await client.ping()   # what the fake sent before answering it has arrived
         assert len(stream.body) == 16  # the window's worth, then nothing until credit
         assert not stream.done.done()
         client.credit(stream_id, length - 16)
