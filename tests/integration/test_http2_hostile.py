@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 import struct
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -146,6 +146,34 @@ async def _goaway_code(peer: Peer) -> int:
     return int(struct.unpack(">II", goaway.payload[:8])[1])
 
 
+async def answered(pool: Http2Pool, server: HostileServer, peer: Peer | None = None) -> Peer:
+    """A request the server answers 200, on ``peer``'s connection or a new one."""
+    pending = asyncio.create_task(request(pool, b"POST", b"/", body=b"{}", seconds=60))
+    if peer is None:
+        peer = await server.peers.get()
+    stream_id, _, _ = await peer.request()
+    peer.send(frame(HEADERS, END_HEADERS | END_STREAM, stream_id, STATUS_200))
+    assert (await pending).status == 200
+    return peer
+
+
+async def connection_error(server: HostileServer, answer: Callable[[int], bytes], code: int,
+                           match: str, body: bytes = b"{}") -> None:
+    """A request, then ``answer(its stream id)`` from the server: the client must end
+    the connection with GOAWAY ``code``, and the request fail as a StreamError."""
+    pool = pool_for(server)
+    try:
+        pending = asyncio.create_task(request(pool, b"POST", b"/", body=body, seconds=30))
+        peer = await server.peers.get()
+        stream_id, _, _ = await peer.request()
+        peer.send(answer(stream_id))
+        assert await _goaway_code(peer) == code
+        with pytest.raises(StreamError, match=match):
+            await pending
+    finally:
+        await pool.close()
+
+
 @pytest.mark.parametrize(("settings", "code", "named"), [
     ([(MAX_FRAME_SIZE, 0)], PROTOCOL_ERROR, "MAX_FRAME_SIZE 0"),
     ([(MAX_FRAME_SIZE, 16_383)], PROTOCOL_ERROR, "MAX_FRAME_SIZE"),
@@ -156,19 +184,9 @@ async def _goaway_code(peer: Peer) -> int:
 async def test_bad_settings_are_a_connection_error(
     server: HostileServer, settings: list[tuple[int, int]], code: int, named: str
 ) -> None:
-    pool = pool_for(server)
-    try:
-        # A body bigger than the window, so a zero frame size would have spun forever.
-        pending = asyncio.create_task(request(pool, b"POST", b"/", body=b"x" * 70_000,
-                                              seconds=30))
-        peer = await server.peers.get()
-        await peer.request()
-        peer.send(settings_frame(*settings))
-        assert await _goaway_code(peer) == code
-        with pytest.raises(StreamError, match=named):
-            await pending
-    finally:
-        await pool.close()
+    # A body bigger than the window, so a zero frame size would have spun forever.
+    await connection_error(server, lambda _: settings_frame(*settings), code, named,
+                           body=b"x" * 70_000)
 
 
 @pytest.mark.parametrize(("raw", "code"), [
@@ -184,17 +202,7 @@ async def test_bad_settings_are_a_connection_error(
 async def test_malformed_frames_are_a_connection_error(
     server: HostileServer, raw: bytes, code: int
 ) -> None:
-    pool = pool_for(server)
-    try:
-        pending = asyncio.create_task(request(pool, b"POST", b"/", body=b"{}", seconds=30))
-        peer = await server.peers.get()
-        await peer.request()
-        peer.send(raw)
-        assert await _goaway_code(peer) == code
-        with pytest.raises(StreamError, match="protocol error"):
-            await pending
-    finally:
-        await pool.close()
+    await connection_error(server, lambda _: raw, code, "protocol error")
 
 
 @pytest.mark.parametrize(("chunk", "count"), [
@@ -204,18 +212,11 @@ async def test_malformed_frames_are_a_connection_error(
 async def test_header_blocks_and_continuations_are_capped(
     server: HostileServer, chunk: bytes, count: int
 ) -> None:
-    pool = pool_for(server)
-    try:
-        pending = asyncio.create_task(request(pool, b"POST", b"/", body=b"{}", seconds=30))
-        peer = await server.peers.get()
-        stream_id, _, _ = await peer.request()
-        peer.send(frame(HEADERS, 0, stream_id, STATUS_200),
-                  *(frame(CONTINUATION, 0, stream_id, chunk) for _ in range(count)))
-        assert await _goaway_code(peer) == PROTOCOL_ERROR
-        with pytest.raises(StreamError, match="header block too large"):
-            await pending
-    finally:
-        await pool.close()
+    def answer(stream_id: int) -> bytes:
+        return frame(HEADERS, 0, stream_id, STATUS_200) + b"".join(
+            frame(CONTINUATION, 0, stream_id, chunk) for _ in range(count))
+
+    await connection_error(server, answer, PROTOCOL_ERROR, "header block too large")
 
 
 async def test_response_bodies_are_capped_and_the_connection_carries_on(
@@ -232,10 +233,7 @@ async def test_response_bodies_are_capped_and_the_connection_carries_on(
         assert reset.stream_id == stream_id
         with pytest.raises(StreamError, match="body over 20000 bytes"):
             await first
-        second = asyncio.create_task(request(pool, b"POST", b"/", body=b"{}", seconds=30))
-        stream_id, _, _ = await peer.request()
-        peer.send(frame(HEADERS, END_HEADERS | END_STREAM, stream_id, STATUS_200))
-        assert (await second).status == 200
+        await answered(pool, server, peer)
         assert server.connections == 1
     finally:
         await pool.close()
@@ -283,12 +281,7 @@ async def test_a_peer_that_does_not_answer_ping_is_dropped_and_its_streams_fail(
         assert not ping.flags & ACK and len(ping.payload) == 8
         with pytest.raises(StreamError, match="no PING answer"):   # ...unanswered
             await pending
-        # the next request gets a new connection
-        again = asyncio.create_task(request(pool, b"POST", b"/", body=b"{}", seconds=60))
-        fresh = await server.peers.get()
-        stream_id, _, _ = await fresh.request()
-        fresh.send(frame(HEADERS, END_HEADERS | END_STREAM, stream_id, STATUS_200))
-        assert (await again).status == 200
+        await answered(pool, server)            # on a new connection
         assert server.connections == 2
     finally:
         await pool.close()
