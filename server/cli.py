@@ -86,6 +86,19 @@ def cmd_demo(args: argparse.Namespace) -> None:
                            lat=args.lat, lon=args.lon)
 
 
+def cmd_cad_validate(args: argparse.Namespace) -> None:
+    from server.cadvalidate import validate_file
+
+    try:
+        code, output = validate_file(
+            Path(args.file), fmt=args.format, agency_id=args.agency,
+            call_types_file=Path(args.call_types) if args.call_types else None, now=args.now)
+    except (OSError, ValueError, ConfigError) as exc:
+        sys.exit(f"geopush: {exc}")
+    print(output)
+    sys.exit(code)
+
+
 def cmd_dev(_: argparse.Namespace) -> None:
     try:
         from server.dev.devrun import run
@@ -128,6 +141,28 @@ def main(argv: list[str] | None = None) -> None:
             p.add_argument("--lat", type=float, default=None)
             p.add_argument("--lon", type=float, default=None)
         p.set_defaults(fn=cmd_demo)
+
+    cad = sub.add_parser("cad", help="tools for CAD integrations").add_subparsers(
+        dest="cad_command", required=True)
+    v = cad.add_parser(
+        "validate", help="what geopush would do with a CAD message, offline; exit 1 if refused",
+        description="Prints the dry run's analysis (JSON) of FILE, or the problem+json the "
+                    "webhook would answer; exit code 0 when accepted, 1 when refused.")
+    v.add_argument("file", metavar="FILE")
+    v.add_argument("--format", choices=["json", "cap", "eido"], default=None,
+                   help="default: .xml is cap; .json is eido when it has incidentComponent, "
+                        "else json")
+    source = v.add_mutually_exclusive_group()
+    source.add_argument("--agency", metavar="ID",
+                        help="use this agency's call-type map and policy (reads "
+                             "GEOPUSH_DATABASE_URL)")
+    source.add_argument("--call-types", metavar="MAP.json",
+                        help="a call-type map (e.g. examples/call-types/seattle-fire.json) "
+                             "with the default policy, no database needed")
+    v.add_argument("--now", default=None, metavar="TIME",
+                   help="judge as of this RFC 3339 time (default: now), e.g. for fixed "
+                        "test files in CI")
+    v.set_defaults(fn=cmd_cad_validate)
 
     sub.add_parser("dev", help="what `make run` runs: services, migrations, all processes, demo"
                    ).set_defaults(fn=cmd_dev)

@@ -56,6 +56,12 @@ def agency_rate(agency_id: str) -> str:
     return f"{PREFIX}:rate:agency:{agency_id}"
 
 
+def agency_dry_run_rate(agency_id: str) -> str:
+    """GCRA state of an agency's dry-run rate limit: a budget of its own, so a vendor's
+    test suite never spends what the agency's real incidents need."""
+    return f"{PREFIX}:rate:dry_run:{agency_id}"
+
+
 RESPONDERS_GEO = f"{PREFIX}:responders:geo"
 """GEO set of responders' last reported positions (member: device id)."""
 

@@ -77,6 +77,8 @@ class Settings:
     # Ingest
     max_body_bytes: int = 256 * 1024
     signature_tolerance_s: int = 300
+    # Dry runs an agency may make a minute (0: none), a budget apart from its incidents'.
+    dry_runs_per_minute: int = 60
     # How long the exact incident location is kept (for matching late revisions)
     # before it is replaced by the public, rounded point.
     exact_location_retention: dt.timedelta = dt.timedelta(hours=24)
@@ -115,10 +117,21 @@ class Settings:
             send_concurrency=send_concurrency,
             claim_idle_ms=_int(env, "GEOPUSH_CLAIM_IDLE_MS", 60_000),
             device_pushes_per_hour=_int(env, "GEOPUSH_DEVICE_PUSHES_PER_HOUR", 10),
+            dry_runs_per_minute=_int(env, "GEOPUSH_DRY_RUNS_PER_MINUTE", 60),
             consumer_name=env.get("GEOPUSH_CONSUMER_NAME") or _default_consumer_name(),
             apns=_apns_from_env(env),
             fcm=_fcm_from_env(env, send_concurrency),
         )
+
+
+def database_url_from_env(env: Mapping[str, str] | None = None) -> str:
+    """GEOPUSH_DATABASE_URL alone, for commands that need nothing else (``geopush cad
+    validate --agency``)."""
+    env = os.environ if env is None else env
+    url = env.get("GEOPUSH_DATABASE_URL", "")
+    if not url:
+        raise ConfigError("GEOPUSH_DATABASE_URL is not set")
+    return url
 
 
 def _apns_from_env(env: Mapping[str, str]) -> ApnsSettings | None:

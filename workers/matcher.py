@@ -18,19 +18,21 @@ import asyncpg
 import redis.asyncio as aioredis
 
 from server import keys
-from server.domain.categories import MOST_SEVERE, RESPONDER_ONLY
 from server.domain.policy import ALERT
-from server.domain.quiet import allowed_now
-from server.store import aeds, matching, responders
+from server.store import aeds, matching
+from server.store.audience import (
+    ALERT_LIFETIME,
+    RESPONDER,
+    Target,
+    awake,
+    find_audience,
+    hourly_limit,
+)
 from server.store.publish import STREAM_MAXLEN
 from workers.push import Push
 from workers.streams import Entry, StreamConsumer
 
 log = logging.getLogger(__name__)
-
-# How long after it occurred a push is still worth delivering (also the APNs
-# expiration and the FCM TTL).
-ALERT_LIFETIME = dt.timedelta(hours=1)
 
 # KEYS: the event's dedup set, the platform's push stream, the device's rate counter.
 # ARGV: device id, dedup TTL, stream MAXLEN, hourly limit (0: none), then the entry's
@@ -54,6 +56,7 @@ redis.call('EXPIRE', KEYS[1], ARGV[2])
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', unpack(ARGV, 5))
 return 1
 """
+
 
 @dataclass(frozen=True)
 class MatchResult:
@@ -82,29 +85,33 @@ class Matcher:
         expires = incident["occurred_at"] + ALERT_LIFETIME
         if now >= expires:
             return MatchResult(incident_id, 0, 0)
-        audience, aeds_json = "neighbour", ""
+        target = Target(
+            agency_id=incident["agency_id"], category=incident["category"],
+            geometry=incident["geom"], exact_lat=incident["exact_lat"],
+            exact_lon=incident["exact_lon"], location_kind=incident["location_kind"],
+            responder_radius_m=incident["responder_radius_m"],
+        )
+        audience = await find_audience(self.pool, self.redis, target)
+        rows = audience.devices
+        aeds_json = ""
         lat, lon = incident["lat"], incident["lon"]
-        if incident["category"] in RESPONDER_ONLY:
-            # Never to neighbours: responders are matched by where they are now, and get
-            # the exact point (they have to find the patient) and the nearest AEDs.
-            audience = "responder"
+        if audience.kind == RESPONDER:
+            # Responders get the exact point (they have to find the patient) and the
+            # nearest AEDs.
             lat, lon = incident["exact_lat"], incident["exact_lon"]
-            rows = await self._responders(incident)
             if rows:
                 aeds_json = json.dumps(await aeds.nearest(self.pool, lat, lon),
                                        separators=(",", ":"))
-        else:
-            rows = await matching.neighbours(self.pool, incident["id"])
-        event_id = await matching.same_event(self.pool, incident["id"]) if rows else None
+        event_id = await matching.same_event(
+            self.pool, category=incident["category"], agency_id=incident["agency_id"],
+            occurred_at=incident["occurred_at"], received_at=incident["received_at"],
+            incident_id=incident["id"], geometry=incident["geom"],
+        ) if rows else None
         dedup_on = str(event_id or incident["id"])
-        limit = 0 if (audience == "responder" or incident["category"] in MOST_SEVERE) \
-            else self.device_pushes_per_hour
+        limit = hourly_limit(audience, incident["category"], self.device_pushes_per_hour)
         enqueued = 0
         async with self.redis.pipeline(transaction=False) as pipe:
-            for row in rows:
-                if not allowed_now(incident["category"], now, row["timezone"],
-                                   row["quiet_start"], row["quiet_end"]):
-                    continue
+            for row in awake(audience, incident["category"], now):
                 push = Push(
                     incident_id=str(incident["id"]), device_id=str(row["id"]),
                     platform=row["platform"], token=row["token"], locale=row["locale"],
@@ -116,7 +123,7 @@ class Matcher:
                     expires_at=expires.timestamp(),
                     title=incident["title_override"] or "",
                     body=incident["body_override"] or "",
-                    audience=audience, aeds=aeds_json,
+                    audience=audience.kind, aeds=aeds_json,
                 )
                 flat = [x for kv in push.to_fields().items() for x in kv]
                 await self._enqueue(
@@ -131,16 +138,6 @@ class Matcher:
         log.info("matched incident=%s category=%s candidates=%d enqueued=%d rate_limited=%d",
                  incident_id, incident["category"], len(rows), enqueued, limited)
         return MatchResult(incident_id, len(rows), enqueued)
-
-    async def _responders(self, incident: asyncpg.Record) -> list[asyncpg.Record]:
-        nearby = await responders.near(self.redis, incident["exact_lat"], incident["exact_lon"],
-                                       incident["responder_radius_m"])
-        if not nearby:
-            return []
-        return await matching.responders(
-            self.pool, [r.device_id for r in nearby],
-            incident["location_kind"] == "public", incident["agency_id"],
-        )
 
     async def handle(self, consumer: StreamConsumer, entries: list[Entry]) -> None:
         done: list[str] = []

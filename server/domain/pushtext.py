@@ -34,6 +34,8 @@ _TEMPLATES = {
            "hour": "hace {n} h", "near": "cerca de usted"},
 }
 _LABELS = {"en": LABELS_EN, "es": LABELS_ES}
+LOCALES: tuple[str, ...] = tuple(_TEMPLATES)
+"""The languages a push can be written in (any other locale reads English)."""
 
 
 def language(locale: str) -> str:

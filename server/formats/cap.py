@@ -18,6 +18,8 @@ Mapping (errors name the CAP element path, e.g. ``info.area.circle``):
 - ``status`` Actual -> ``actual=True``; Exercise, System, Test, Draft ->
   ``actual=False`` (stored, never pushed).
 - ``msgType`` Alert/Update -> active, Cancel -> cancelled; Ack and Error are refused.
+  An Alert or Update whose ``info/responseType`` includes AllClear ("the subject
+  event no longer poses a threat") -> cleared.
 - Of several ``info`` blocks, the first whose ``language`` starts with "en" (an
   absent language means en-US) is used, else the first. ``info`` is required, also
   for Cancel, because an incident needs a call type and a location.
@@ -224,15 +226,21 @@ def _external_id(doc: _Doc, root: Element, msg_type: str) -> str:
     return _identifier(parts[1], "references")
 
 
-def _choose_info(doc: _Doc, root: Element) -> Element:
-    infos = doc.all(root, "info")
-    if not infos:
-        raise _fail("info", "is required (a call type and an area are needed)")
+def choose_info(infos: list[Element], ns: str) -> Element | None:
+    """The info block read: the first in English (no language means en-US), else the
+    first (None when there is none)."""
     for info in infos:
-        lang = (doc.text(info, "language") or "en-US").lower()
+        lang = (text_of(child(info, ns, "language")) or "en-US").lower()
         if lang.startswith("en"):
             return info
-    return infos[0]
+    return infos[0] if infos else None
+
+
+def _choose_info(doc: _Doc, root: Element) -> Element:
+    info = choose_info(doc.all(root, "info"), doc.ns)
+    if info is None:
+        raise _fail("info", "is required (a call type and an area are needed)")
+    return info
 
 
 def _call_type(doc: _Doc, info: Element) -> str:
@@ -361,10 +369,14 @@ def parse(body: bytes) -> RawIncident:
             occurred_at = parse_time(value, f"info.{name}")
             break
     area = _area(doc, info)
+    status_ = _MSG_TYPES[msg_type]
+    if status_ is Status.ACTIVE and "AllClear" in (
+            text_of(e) for e in doc.all(info, "responseType")):
+        status_ = Status.CLEARED
     return RawIncident(
         external_id=external_id,
         revision=sent,
-        status=_MSG_TYPES[msg_type],
+        status=status_,
         call_type=_call_type(doc, info),
         occurred_at=occurred_at,
         point=area.point,

@@ -266,12 +266,22 @@ def _candidates(doc: dict[str, Any], inc: dict[str, Any], path: str) -> list[
     ]
 
 
-def _location(doc: dict[str, Any], inc: dict[str, Any], path: str) -> _Location:
+def chosen_location(doc: dict[str, Any], inc: dict[str, Any], path: str = "incidentComponent",
+                    ) -> tuple[str, str | None]:
+    """The field path and PIDF-LO text of the location the incident is read at (None
+    when no candidate has a ``locationByValue``)."""
     for comp_path, comp in _candidates(doc, inc, path):
         field = f"{comp_path}.locationByValue"
         pidf = _str(comp, "locationByValue", field)
         if pidf is not None:
-            return _pidf_location(pidf, field)
+            return field, pidf
+    return "locationComponent", None
+
+
+def _location(doc: dict[str, Any], inc: dict[str, Any], path: str) -> _Location:
+    field, pidf = chosen_location(doc, inc, path)
+    if pidf is not None:
+        return _pidf_location(pidf, field)
     raise _fail("locationComponent",
                 "an incident location (locationByValue, PIDF-LO) is required")
 

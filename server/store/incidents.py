@@ -22,6 +22,25 @@ class Stored:
     publish: bool   # an outbox row was written: hand the incident to the matcher
 
 
+@dataclass(frozen=True)
+class StoredRevision:
+    incident_id: str
+    revision: dt.datetime
+    decision: str
+    category: str
+
+
+async def stored_revision(pool: asyncpg.Pool, agency_id: str, external_id: str
+                          ) -> StoredRevision | None:
+    """The revision stored for an incident, read only (what a dry run compares with)."""
+    row = await pool.fetchrow(
+        """SELECT id, revision, decision, category FROM incidents
+            WHERE agency_id = $1 AND external_id = $2""", agency_id, external_id)
+    if row is None:
+        return None
+    return StoredRevision(str(row["id"]), row["revision"], row["decision"], row["category"])
+
+
 _UPDATE = """
 UPDATE incidents
    SET revision = $2, status = $3, call_type = $4, category = $5, occurred_at = $6,
@@ -88,6 +107,15 @@ async def _insert_new(
     return Stored(str(incident_id), decision, duplicate=False, publish=publish)
 
 
+def republishes(stored_decision: str, stored_category: str, decision: str,
+                category: str) -> bool:
+    """Whether a newer revision of a stored incident goes to the matcher again: when
+    it newly becomes pushable, or is pushable under a new category (the matcher's
+    per-device dedup keeps repeats off phones either way)."""
+    return is_pushable(decision) and (
+        not is_pushable(stored_decision) or stored_category != category)
+
+
 async def _store_once(
     pool: asyncpg.Pool, incident: Incident, decision: str, received_at: dt.datetime,
     review_until: dt.datetime | None,
@@ -114,11 +142,8 @@ async def _store_once(
             i.public_location, kind, i.priority, decision, i.actual,
         )
         await _sync_review(conn, incident_id, i, decision, review_until)
-        # Publish when this revision newly becomes pushable, or is pushable under a new
-        # category; the matcher's per-device dedup keeps repeats off phones either way.
-        publish = is_pushable(decision) and (
-            not is_pushable(existing["decision"]) or existing["category"] != i.category
-        )
+        publish = republishes(existing["decision"], existing["category"], decision,
+                              i.category)
         if publish:
             await conn.execute("INSERT INTO outbox (incident_id) VALUES ($1)", incident_id)
         return Stored(str(incident_id), decision, duplicate=False, publish=publish)

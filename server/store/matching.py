@@ -1,22 +1,40 @@
-"""The matcher's queries: the incident to match, the devices it reaches (zones
-around it, or responders near a cardiac arrest), and the earlier report of the same
-event by another agency."""
+"""The matching queries: which devices an incident reaches.
+
+One copy, shared by the matcher (which pushes) and the dry run (which only counts),
+so a vendor's dry run reports exactly the audience the real incident would get. The
+incident's geometry is a parameter (hex EWKB as PostgreSQL prints a geometry, or WKT;
+EPSG:4326 either way; ``ST_SetSRID`` gives WKT, which carries none, its SRID), so a
+dry run can match an incident that was never stored.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
 
 import asyncpg
 
+# The incident the matcher matches: what its pushes say, and its geometry.
 _INCIDENT = """
 SELECT i.id, i.agency_id, i.category, i.status, i.decision, i.actual, i.occurred_at,
-       i.received_at, i.public_location, i.location_kind,
+       i.received_at, i.public_location, i.location_kind, i.geom::text AS geom,
        ST_Y(i.public_point) AS lat, ST_X(i.public_point) AS lon,
        ST_Y(ST_PointOnSurface(i.geom)) AS exact_lat, ST_X(ST_PointOnSurface(i.geom)) AS exact_lon,
        i.title_override, i.body_override, a.responder_radius_m
   FROM incidents i JOIN agencies a ON a.id = i.agency_id
  WHERE i.id = $1
+"""
+
+
+# The zone test runs on the GiST index of zones.geom: ST_Intersects adds the && box
+# check itself. Boundary points count as inside (ST_Intersects, not ST_Within).
+_NEIGHBOURS = """
+SELECT DISTINCT ON (d.id) d.id, d.platform, d.token, d.locale, d.timezone,
+       d.quiet_start, d.quiet_end
+  FROM zones z
+  JOIN devices d ON d.id = z.device_id
+ WHERE ST_Intersects(z.geom, ST_SetSRID($1::text::geometry, 4326))
+   AND d.token_disabled_at IS NULL
+   AND (d.categories IS NULL OR $2 = ANY (d.categories))
 """
 
 # Responders near a cardiac arrest, from the positions Redis found. Where the arrest is
@@ -34,55 +52,60 @@ SELECT d.id, d.platform, d.token, d.locale, d.timezone, d.quiet_start, d.quiet_e
 
 # Two agencies reporting one event (a fire both the fire and the police CAD know
 # about): the same category within 150 m and 10 minutes, already alerted. Devices
-# are deduplicated on the earliest such incident, so each is alerted once.
+# are deduplicated on the earliest such incident, so each is alerted once. An
+# incident not stored yet (a dry run) has no id: every earlier arrival counts.
 SAME_EVENT_DISTANCE_M = 150
 SAME_EVENT_WINDOW = dt.timedelta(minutes=10)
 _SAME_EVENT = """
 SELECT o.id
-  FROM incidents i
-  JOIN incidents o
-    ON o.category = i.category
-   AND o.agency_id <> i.agency_id
-   AND o.occurred_at BETWEEN i.occurred_at - $2::interval AND i.occurred_at + $2::interval
-   AND (o.received_at, o.id) < (i.received_at, i.id)
+  FROM incidents o
+ WHERE o.category = $1
+   AND o.agency_id <> $2
+   AND o.occurred_at BETWEEN $3::timestamptz - $7::interval AND $3::timestamptz + $7::interval
+   AND ($5::uuid IS NULL OR (o.received_at, o.id) < ($4::timestamptz, $5::uuid))
+   AND o.received_at <= $4
    AND o.decision = 'alert' AND o.actual
-   AND ST_DWithin(o.geom::geography, i.geom::geography, $3)
- WHERE i.id = $1
+   AND ST_DWithin(o.geom::geography, ST_SetSRID($6::text::geometry, 4326)::geography, $8)
  ORDER BY o.received_at, o.id
  LIMIT 1
 """
 
-# The zone test runs on the GiST index of zones.geom: ST_Intersects adds the && box
-# check itself. Boundary points count as inside (ST_Intersects, not ST_Within).
-_NEIGHBOURS = """
-SELECT DISTINCT ON (d.id) d.id, d.platform, d.token, d.locale, d.timezone,
-       d.quiet_start, d.quiet_end
-  FROM incidents i
-  JOIN zones z ON ST_Intersects(z.geom, i.geom)
-  JOIN devices d ON d.id = z.device_id
- WHERE i.id = $1
-   AND d.token_disabled_at IS NULL
-   AND (d.categories IS NULL OR i.category = ANY (d.categories))
+_POINT_ON_SURFACE = """
+SELECT ST_Y(p) AS lat, ST_X(p) AS lon
+  FROM ST_PointOnSurface(ST_SetSRID($1::text::geometry, 4326)) AS p
 """
 
 
-async def incident(pool: asyncpg.Pool, incident_id: str) -> asyncpg.Record | None:
-    return await pool.fetchrow(_INCIDENT, incident_id)
+async def neighbours(db: asyncpg.Pool, geometry: str, category: str) -> list[asyncpg.Record]:
+    """Devices with a zone meeting ``geometry`` that take ``category``."""
+    return await db.fetch(_NEIGHBOURS, geometry, category)
 
 
-async def neighbours(pool: asyncpg.Pool, incident_id: object) -> list[asyncpg.Record]:
-    """Devices whose zones the incident touches, with the category among theirs."""
-    return await pool.fetch(_NEIGHBOURS, incident_id)
-
-
-async def responders(pool: asyncpg.Pool, device_ids: Sequence[str], public_place: bool,
+async def responders(db: asyncpg.Pool, device_ids: list[str], *, public_place: bool,
                      agency_id: str) -> list[asyncpg.Record]:
-    """Of the devices near a cardiac arrest, the opted-in responders to alert."""
-    return await pool.fetch(_RESPONDERS, list(device_ids), public_place, agency_id)
+    """Of the responders near an arrest, those who may be alerted for it."""
+    return await db.fetch(_RESPONDERS, device_ids, public_place, agency_id)
 
 
-async def same_event(pool: asyncpg.Pool, incident_id: object) -> object | None:
-    """The earliest alerted report of the same event by another agency, if any."""
-    event: object | None = await pool.fetchval(_SAME_EVENT, incident_id, SAME_EVENT_WINDOW,
-                                               SAME_EVENT_DISTANCE_M)
-    return event
+async def same_event(
+    db: asyncpg.Pool, *, category: str, agency_id: str, occurred_at: dt.datetime,
+    received_at: dt.datetime, incident_id: object | None, geometry: str,
+) -> object | None:
+    """The earliest incident of another agency that is the same event, if any."""
+    event_id: object | None = await db.fetchval(
+        _SAME_EVENT, category, agency_id, occurred_at, received_at, incident_id, geometry,
+        SAME_EVENT_WINDOW, SAME_EVENT_DISTANCE_M)
+    return event_id
+
+
+async def point_on_surface(db: asyncpg.Pool, geometry: str) -> tuple[float, float]:
+    """(lat, lon) of a point inside the geometry, as the matcher picks a responder's
+    destination from a stored incident."""
+    row = await db.fetchrow(_POINT_ON_SURFACE, geometry)
+    assert row is not None  # a function call in FROM always yields a row
+    return float(row["lat"]), float(row["lon"])
+
+
+async def incident(db: asyncpg.Pool, incident_id: str) -> asyncpg.Record | None:
+    """The stored incident to match, with its agency's responder radius."""
+    return await db.fetchrow(_INCIDENT, incident_id)

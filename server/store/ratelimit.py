@@ -47,11 +47,15 @@ class RateLimiter:
     def __init__(self, redis: aioredis.Redis) -> None:
         self._script = redis.register_script(_GCRA)
 
-    async def check(self, agency_id: str, per_minute: int) -> Verdict:
+    async def check(self, agency_id: str, per_minute: int, *, dry_run: bool = False) -> Verdict:
+        """One request of the agency's webhooks (or, ``dry_run``, of its dry runs: a
+        separate budget)."""
+        key = keys.agency_dry_run_rate(agency_id) if dry_run else keys.agency_rate(agency_id)
+        if per_minute <= 0:
+            return Verdict(False, 60)
         interval_ms = 60_000 / per_minute
         try:
-            allowed, retry_ms = await self._script(
-                keys=[keys.agency_rate(agency_id)], args=[interval_ms, 60_000])
+            allowed, retry_ms = await self._script(keys=[key], args=[interval_ms, 60_000])
         except (RedisError, OSError) as exc:
             log.warning("rate limiter unavailable, not enforcing: %s", exc)
             return Verdict(True)

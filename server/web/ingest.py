@@ -11,7 +11,7 @@ import asyncpg
 import redis.asyncio as aioredis
 
 from server.domain import signing
-from server.domain.incident import RawIncident
+from server.domain.incident import Incident, RawIncident
 from server.domain.normalize import normalize
 from server.domain.policy import decide
 from server.formats import cap, eido, native
@@ -52,20 +52,11 @@ class Accepted:
     duplicate: bool
 
 
-async def ingest(
-    pool: asyncpg.Pool,
-    redis: aioredis.Redis,
-    agencies: AgencyCache,
-    outbox: OutboxCleaner,
-    *,
-    agency_id: str,
-    parser: Parser,
-    body: bytes,
-    signature: str | None,
-    tolerance_s: int,
-    now: dt.datetime,
-    limiter: RateLimiter | None = None,
-) -> Accepted:
+async def authenticate(
+    agencies: AgencyCache, agency_id: str, body: bytes, signature: str | None, *,
+    tolerance_s: int, now: dt.datetime,
+) -> Agency:
+    """The agency whose secret signed ``body``, or 401."""
     agency, cached = await agencies.get(agency_id)
 
     def verified(a: Agency | None) -> bool:
@@ -80,17 +71,49 @@ async def ingest(
     # An unknown agency and a bad signature answer alike, so ids can't be enumerated.
     if not ok or agency is None:
         raise Unauthorized("Missing, stale or invalid Geopush-Signature")
-    if limiter is not None:
-        verdict = await limiter.check(agency.id, agency.rate_limit_per_minute)
-        if not verdict.allowed:
-            raise Problem(
-                429, "Too many requests",
-                f"Agency {agency.id!r} is limited to {agency.rate_limit_per_minute} "
-                "webhooks a minute", slug="rate-limited",
-                headers={"Retry-After": str(verdict.retry_after_s)},
-            )
+    return agency
+
+
+async def check_rate(limiter: RateLimiter | None, agency: Agency, *, per_minute: int,
+                     dry_run: bool = False) -> None:
+    """429 when the agency is over its budget (of webhooks, or of dry runs)."""
+    if limiter is None:
+        return
+    verdict = await limiter.check(agency.id, per_minute, dry_run=dry_run)
+    if not verdict.allowed:
+        what = "dry runs" if dry_run else "webhooks"
+        raise Problem(
+            429, "Too many requests",
+            f"Agency {agency.id!r} is limited to {per_minute} {what} a minute",
+            slug="rate-limited", headers={"Retry-After": str(verdict.retry_after_s)},
+        )
+
+
+def read_incident(agency: Agency, parser: Parser, body: bytes, now: dt.datetime
+                  ) -> tuple[RawIncident, Incident]:
+    """Parse and normalize under the agency's call-type map, or 422 naming the field."""
     raw = parser(body)
-    incident = normalize(raw, agency_id=agency.id, call_type_map=agency.call_types, now=now)
+    return raw, normalize(raw, agency_id=agency.id, call_type_map=agency.call_types, now=now)
+
+
+async def ingest(
+    pool: asyncpg.Pool,
+    redis: aioredis.Redis,
+    agencies: AgencyCache,
+    outbox: OutboxCleaner,
+    *,
+    agency_id: str,
+    parser: Parser,
+    body: bytes,
+    signature: str | None,
+    tolerance_s: int,
+    now: dt.datetime,
+    limiter: RateLimiter | None = None,
+) -> Accepted:
+    agency = await authenticate(agencies, agency_id, body, signature,
+                                tolerance_s=tolerance_s, now=now)
+    await check_rate(limiter, agency, per_minute=agency.rate_limit_per_minute)
+    _, incident = read_incident(agency, parser, body, now)
     policy = agency.policy()
     decision = decide(incident, policy, now)
     stored = await store_incident(pool, incident, decision, now,

@@ -10,6 +10,7 @@ import msgspec
 from aiohttp import web
 
 from server.formats.native import NativeIncident
+from server.web.dryrun import DryRunResult
 from server.web.routes import admin, devices
 from server.web.routes.body import json_response
 from server.web.routes.incidents import IncidentAccepted
@@ -43,6 +44,8 @@ class Op:
     responses: dict[int, Any] = field(default_factory=dict)
     errors: tuple[int, ...] = ()
     extra_request: dict[str, Any] = field(default_factory=dict)
+    query: tuple[dict[str, Any], ...] = ()   # OpenAPI parameter objects ("in": "query")
+    described: dict[int, str] = field(default_factory=dict)   # response descriptions
 
 
 _XML = {"schema": {"type": "string", "description": "OASIS CAP 1.2 alert (XML)"}}
@@ -50,10 +53,21 @@ _EIDO = {"schema": {"type": "object", "description": "NENA EIDO (NENA-STA-024) J
 
 OPERATIONS = [
     Op("post", "/v1/agencies/{agency}/incidents", "Post an incident (CAD webhook)", "ingest",
-       auth="signature", request=NativeIncident, responses={202: IncidentAccepted},
+       auth="signature", request=NativeIncident,
+       responses={202: IncidentAccepted, 200: DryRunResult},
        errors=(401, 413, 415, 422, 429, 503),
        extra_request={"application/cap+xml": _XML, "application/xml": _XML,
-                      "application/eido+json": _EIDO}),
+                      "application/eido+json": _EIDO},
+       query=({"name": "dry_run", "in": "query", "required": False,
+               "schema": {"type": "boolean", "default": False},
+               "description": "true: answer 200 with what the real call would do (decision "
+                              "and rule, category, public text per locale, devices it would "
+                              "alert now, warnings); nothing is stored, published or pushed, "
+                              "and the same revision sent for real afterwards is not a "
+                              "duplicate. Signed and refused exactly like the real call; "
+                              "dry runs have their own per-agency rate limit."},),
+       described={202: "Stored: the revision will be matched and pushed as decided",
+                  200: "dry_run=true: what the real call would do; nothing was done"}),
     Op("post", "/v1/admin/agencies", "Create an agency (its secret is shown once)", "admin",
        auth="admin", request=admin.AgencyCreate, responses={201: admin.AgencyCreated},
        errors=(401, 409, 422)),
@@ -110,15 +124,15 @@ def build_document() -> dict[str, Any]:
     for op in OPERATIONS:
         operation: dict[str, Any] = {"summary": op.summary, "tags": [op.tag], "responses": {}}
         params = [p.strip("{}") for p in op.path.split("/") if p.startswith("{")]
-        if params:
+        if params or op.query:
             operation["parameters"] = [
                 {"name": p, "in": "path", "required": True, "schema": {"type": "string"}}
-                for p in params]
+                for p in params] + list(op.query)
         if op.request is not None:
             content = {"application/json": {"schema": _ref(op.request)}, **op.extra_request}
             operation["requestBody"] = {"required": True, "content": content}
         for status, typ in op.responses.items():
-            response: dict[str, Any] = {"description": "OK"}
+            response: dict[str, Any] = {"description": op.described.get(status, "OK")}
             if typ is not None:
                 response["content"] = {"application/json": {"schema": _ref(typ)}}
             operation["responses"][str(status)] = response

@@ -14,7 +14,9 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 import msgspec
 from aiohttp import web
 
-from server.domain.errors import FieldError, ValidationFailed
+# Re-exported: handlers raise the domain's 422 like any other problem.
+from server.domain.errors import FieldError as FieldError
+from server.domain.errors import ValidationFailed as ValidationFailed
 from server.store.db import STORE_UNAVAILABLE
 
 log = logging.getLogger(__name__)
@@ -55,6 +57,11 @@ class Problem(Exception):
         return doc
 
 
+def as_problem(error: Problem | ValidationFailed) -> Problem:
+    """What the client is told: a problem as it is, the domain's refusal as a 422."""
+    return error if isinstance(error, Problem) else invalid(error.errors, error.detail)
+
+
 def invalid(errors: Sequence[FieldError], detail: str | None = None) -> Problem:
     """A 422 naming the fields (what ``ValidationFailed`` becomes at the edge)."""
     failed = ValidationFailed(errors, detail)
@@ -92,7 +99,7 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
     except Problem as problem:
         return problem_response(problem)
     except ValidationFailed as failed:
-        return problem_response(invalid(failed.errors, failed.detail))
+        return problem_response(as_problem(failed))
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

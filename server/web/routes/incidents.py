@@ -1,4 +1,4 @@
-"""POST /v1/agencies/{agency}/incidents: the CAD webhook."""
+"""POST /v1/agencies/{agency}/incidents: the CAD webhook (and its dry run)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,11 @@ import msgspec
 from aiohttp import web
 
 from server.domain.signing import HEADER
+from server.formats.remarks import FORMAT_OF_CONTENT_TYPE
 from server.web.appkeys import AGENCIES, LIMITER, OUTBOX, POOL, REDIS, SETTINGS
+from server.web.dryrun import dry_run
 from server.web.ingest import ingest, parser_for
+from server.web.problems import FieldError, ValidationFailed
 from server.web.routes.body import json_response, read_bounded
 
 routes = web.RouteTableDef()
@@ -21,11 +24,33 @@ class IncidentAccepted(msgspec.Struct, frozen=True):
     duplicate: bool
 
 
+def is_dry_run(request: web.Request) -> bool:
+    value = request.query.get("dry_run", "false").lower()
+    if value in ("true", "1"):
+        return True
+    if value in ("false", "0", ""):
+        return False
+    raise ValidationFailed([FieldError("dry_run", "must be true or false")])
+
+
 @routes.post("/v1/agencies/{agency}/incidents")
 async def post_incident(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
+    dry = is_dry_run(request)
     parser = parser_for(request.content_type)
     body = await read_bounded(request, settings.max_body_bytes)
+    if dry:
+        result = await dry_run(
+            request.app[POOL], request.app[REDIS], request.app[AGENCIES],
+            request.app[LIMITER], agency_id=request.match_info["agency"],
+            fmt=FORMAT_OF_CONTENT_TYPE[request.content_type.lower()], parser=parser,
+            body=body, signature=request.headers.get(HEADER),
+            tolerance_s=settings.signature_tolerance_s,
+            dry_runs_per_minute=settings.dry_runs_per_minute,
+            device_pushes_per_hour=settings.device_pushes_per_hour,
+            now=dt.datetime.now(dt.UTC),
+        )
+        return json_response(result)
     accepted = await ingest(
         request.app[POOL],
         request.app[REDIS],
