@@ -1,7 +1,7 @@
 """The sender loop shared by APNs and FCM: read pushes, send, record, then acknowledge.
 
 ``Sender.run`` streams: up to ``concurrency`` sends in flight, the next batch read as
-soon as it fits, and finished sends recorded in groups by a task of their own: every
+soon as it fits, and sends recorded in groups by a task of their own: every
 outcome written to ``deliveries`` in one statement, tokens the gateway declared gone
 disabled, retries scheduled (exponential backoff with jitter, never past the alert's
 expiry) or dead-lettered, and only then XACK. A sender that dies leaves its entries
@@ -82,7 +82,7 @@ class Result(msgspec.Struct, frozen=True):
     entry_id: str
     push: Push
     outcome: Outcome
-    finished_at: float
+    done_at: float
 
 
 class Sender:
@@ -127,7 +127,7 @@ class Sender:
     async def run(self, consumer: StreamConsumer, stop: asyncio.Event, *,
                   flush_size: int = 100, flush_interval_s: float = 0.02) -> None:
         """The sender's main loop, streaming: up to ``concurrency`` sends in flight all
-        the time, new entries read as room frees up, and finished sends recorded and
+        the time, new entries read as room frees up, and the outcomes of sends recorded and
         acknowledged in groups (every ``flush_size`` results or ``flush_interval_s``)
         by a task of their own, so neither reading nor recording holds the gateway
         connections idle. An entry is acknowledged only after its outcome is recorded.
@@ -147,7 +147,7 @@ class Sender:
         for r in results:
             outcome_name, reason, status, gateway_id, latency = _describe(r)
             if isinstance(r.outcome, Retry):
-                due = r.finished_at + backoff_delay(r.push.attempt, r.outcome.after, self._rng)
+                due = r.done_at + backoff_delay(r.push.attempt, r.outcome.after, self._rng)
                 if due < r.push.expires_at:
                     retries.append((r.push.next_attempt(), due))
                 else:
@@ -195,9 +195,9 @@ class _Streaming:
         self.flush_size = flush_size
         self.flush_interval_s = flush_interval_s
         self.in_flight: set[str] = set()   # entries started, outcome not yet known
-        self.finished: list[Result] = []
+        self.results: list[Result] = []
         self.unreadable: list[str] = []
-        self.room = asyncio.Event()     # a send finished: the reader may read again
+        self.room = asyncio.Event()     # a send is done: the reader may read again
         self.flush = asyncio.Event()    # enough results to record now
         self.reading = True
         self.over = False               # run() returned: outcomes coming now are dropped
@@ -220,9 +220,9 @@ class _Streaming:
 
     def _launch(self, entry_id: str, push: Push, withdrawn: bool) -> None:
         now = time.time()
-        outcome = _settled_unsent(push, withdrawn, now)
+        outcome = _unsent_outcome(push, withdrawn, now)
         if outcome is not None:
-            self._finished(entry_id, push, outcome)
+            self._add_result(entry_id, push, outcome)
             return
         self.in_flight.add(entry_id)
         done = functools.partial(self._done, entry_id, push)
@@ -236,11 +236,11 @@ class _Streaming:
             return
         self.in_flight.discard(entry_id)
         self.room.set()
-        self._finished(entry_id, push, outcome)
+        self._add_result(entry_id, push, outcome)
 
-    def _finished(self, entry_id: str, push: Push, outcome: Outcome) -> None:
-        self.finished.append(Result(entry_id, push, outcome, time.time()))
-        if len(self.finished) >= self.flush_size:
+    def _add_result(self, entry_id: str, push: Push, outcome: Outcome) -> None:
+        self.results.append(Result(entry_id, push, outcome, time.time()))
+        if len(self.results) >= self.flush_size:
             self.flush.set()
 
     async def _capacity(self) -> int:
@@ -274,9 +274,9 @@ class _Streaming:
 
     async def record(self) -> None:
         backoff = 0.5
-        while self.reading or self.in_flight or self.finished or self.unreadable:
+        while self.reading or self.in_flight or self.results or self.unreadable:
             await self._wait_for_results()
-            results, self.finished = self.finished, []
+            results, self.results = self.results, []
             ids = [r.entry_id for r in results] + self.unreadable
             self.unreadable = []
             if not ids:
@@ -296,13 +296,13 @@ class _Streaming:
     async def _wait_for_results(self) -> None:
         """Until a group is full, ``flush_interval_s`` has passed, or (no more to read
         or send) at once."""
-        if len(self.finished) < self.flush_size and (self.reading or self.in_flight):
+        if len(self.results) < self.flush_size and (self.reading or self.in_flight):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.flush.wait(), self.flush_interval_s)
         self.flush.clear()
 
 
-def _settled_unsent(push: Push, withdrawn: bool, now: float) -> Outcome | None:
+def _unsent_outcome(push: Push, withdrawn: bool, now: float) -> Outcome | None:
     """The outcome of a push that is not to be sent at all, else None."""
     if withdrawn:
         return Withdrawn("Incident no longer active")
@@ -314,7 +314,7 @@ def _settled_unsent(push: Push, withdrawn: bool, now: float) -> Outcome | None:
 def _describe(r: Result) -> tuple[str, str | None, int | None, str | None, int | None]:
     o = r.outcome
     if isinstance(o, Sent):
-        latency = int(max(0.0, r.finished_at - r.push.received_at) * 1000)
+        latency = int(max(0.0, r.done_at - r.push.received_at) * 1000)
         return "sent", None, o.status, o.gateway_id, latency
     if isinstance(o, TokenGone):
         return "token_gone", o.reason, o.status, None, None

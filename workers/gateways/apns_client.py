@@ -123,7 +123,7 @@ class ApnsClient:
         if authorization is None:
             self._pool.in_task(self._start_with_token(
                 token, payload, done, collapse_id, expiration, priority, push_type,
-                apns_id), functools.partial(self._answered, apns_id, done))
+                apns_id), functools.partial(self._response_done, apns_id, done))
             return
         self._send(authorization, token, payload, done, collapse_id, expiration, priority,
                    push_type, apns_id)
@@ -146,9 +146,9 @@ class ApnsClient:
         sensitive = () if apns_id is None else ((b"apns-id", apns_id.encode()),)
         deadline = asyncio.get_running_loop().time() + self._timeout
         self._pool.start(b"POST", b"/3/device/" + token.encode(), fields, sensitive, payload,
-                         deadline, functools.partial(self._answered, apns_id, done))
+                         deadline, functools.partial(self._response_done, apns_id, done))
 
-    def _answered(self, apns_id: str | None, done: Done[ApnsResponse],
+    def _response_done(self, apns_id: str | None, done: Done[ApnsResponse],
                   answer: Response | Exception) -> None:
         result: ApnsResponse | Exception
         if isinstance(answer, Response):

@@ -306,13 +306,13 @@ class FcmClient:
                 or time.time() >= self._token_expires_at - REFRESH_MARGIN_S):
             self._in_task(self._start_when_ready(body, done), done)
             return
-        self._post(body, token, functools.partial(self._answered, body, token, done))
+        self._post(body, token, functools.partial(self._response_done, body, token, done))
 
     def _post(self, body: bytes, token: str, done: Done[Response]) -> None:
         deadline = asyncio.get_running_loop().time() + self._timeout_s
         self._pool.start(b"POST", self._path, self._headers(token), (), body, deadline, done)
 
-    def _answered(self, body: bytes, token: str, done: Done[FcmResponse],
+    def _response_done(self, body: bytes, token: str, done: Done[FcmResponse],
                   answer: Response | Exception) -> None:
         if isinstance(answer, Response) and answer.status == 401:
             self._in_task(self._after_401(body, token, answer, done), done)
@@ -336,7 +336,7 @@ class FcmClient:
     async def _start_when_ready(self, body: bytes, done: Done[FcmResponse]) -> None:
         await self._ready()
         token = await self._access_token()
-        self._post(body, token, functools.partial(self._answered, body, token, done))
+        self._post(body, token, functools.partial(self._response_done, body, token, done))
 
     async def _after_401(self, body: bytes, token: str, response: Response,
                          done: Done[FcmResponse]) -> None:

@@ -378,7 +378,7 @@ class Http2Connection(asyncio.Protocol):
         streams = list(self.streams.values())
         self.streams.clear()
         for stream in streams:
-            self._answer(stream, error)
+            self._call_done(stream, error)
         self.blocked.clear()
         self.slots.fail(error)
         if not self.closed.done():
@@ -508,13 +508,13 @@ class Http2Connection(asyncio.Protocol):
         expired = [(sid, s) for sid, s in self.streams.items() if s.deadline <= now]
         for stream_id, stream in expired:
             if self._end(stream_id, stream):
-                self._answer(stream, TimeoutError())
+                self._call_done(stream, TimeoutError())
         if self.streams:
             self._schedule_sweep(now, min(s.deadline for s in self.streams.values()))
 
-    def _answer(self, stream: _Stream, answer: Response | Exception) -> None:
+    def _call_done(self, stream: _Stream, result: Response | Exception) -> None:
         try:
-            stream.done(answer)
+            stream.done(result)
         except Exception:   # a caller's bug must not break the connection's parsing
             logger.exception("an HTTP/2 request's callback failed")
 
@@ -641,7 +641,7 @@ class Http2Connection(asyncio.Protocol):
             name, status = headers[0] if headers else (b"", b"")
             if name != b":status" or not (len(status) == 3 and status.isdigit()):
                 if self._end(stream_id, stream, PROTOCOL_ERROR):
-                    self._answer(stream, StreamError(f"malformed response: :status {status!r}"))
+                    self._call_done(stream, StreamError(f"malformed response: :status {status!r}"))
                 return
             if status[:1] != b"1":       # a 1xx interim response precedes the real one
                 stream.headers = headers
@@ -666,7 +666,7 @@ class Http2Connection(asyncio.Protocol):
         stream.body += payload[start:end]
         if len(stream.body) > self.max_body:
             if self._end(stream_id, stream):
-                self._answer(stream, StreamError(
+                self._call_done(stream, StreamError(
                     f"response body over {self.max_body} bytes: stream reset"))
             return
         if flags & END_STREAM:
@@ -731,7 +731,7 @@ class Http2Connection(asyncio.Protocol):
             if increment == 0 or stream.send_window > MAX_WINDOW:
                 code = PROTOCOL_ERROR if increment == 0 else FLOW_CONTROL_ERROR
                 if self._end(stream_id, stream, code):
-                    self._answer(stream, StreamError(f"bad WINDOW_UPDATE ({increment})"))
+                    self._call_done(stream, StreamError(f"bad WINDOW_UPDATE ({increment})"))
                 return
         if self.blocked:
             self._send_blocked()
@@ -787,9 +787,9 @@ class Http2Connection(asyncio.Protocol):
         self.slots.release()
         headers = dict(stream.headers)
         if not headers:   # only interim (1xx) responses, then the stream ended
-            self._answer(stream, StreamError("the stream ended without a response"))
+            self._call_done(stream, StreamError("the stream ended without a response"))
         else:
-            self._answer(stream, Response(int(headers[b":status"]), headers,
+            self._call_done(stream, Response(int(headers[b":status"]), headers,
                                           bytes(stream.body)))
         if self.closing and not self.streams and self.transport is not None:
             self._goaway(NO_ERROR)
@@ -799,7 +799,7 @@ class Http2Connection(asyncio.Protocol):
         if stream is None:
             return
         self.slots.release()
-        self._answer(stream, error)
+        self._call_done(stream, error)
 
     def _protocol_error(self, code: int, exc: Exception) -> None:
         logger.warning("HTTP/2 protocol error from %s: %s", self._peer(), exc)
