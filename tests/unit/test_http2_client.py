@@ -410,3 +410,13 @@ def test_remembered_header_blocks_mean_what_a_fresh_decoder_says(
             assert response.headers == expected
 
     asyncio.run(run())
+
+
+async def test_a_malformed_header_name_is_refused_before_anything_is_sent() -> None:
+    peer = Peer()
+    await peer.exchange()
+    for name in (b":authority", b"Upper", b""):
+        with pytest.raises(ValueError, match="not a request header name"):
+            peer.client.start(b"POST", PATH, ((name, b"x"),), (), b"{}", _deadline(),
+                              lambda _: None)
+    assert peer.client.slots.in_use == 0 and not peer.client.streams

@@ -440,7 +440,11 @@ class Http2Connection(asyncio.Protocol):
         """Write a request's frames on a new stream (its slot taken). The header block
         is encoded right before it is written: blocks must reach the peer in the order
         they were encoded."""
-        block = self._encode(method, path, headers, sensitive)
+        try:
+            block = self._encode(method, path, headers, sensitive)
+        except ValueError:   # a header name the caller got wrong: no stream, no slot
+            self.slots.release()
+            raise
         stream_id = self.next_stream_id
         self.next_stream_id += 2
         if self.next_stream_id > MAX_STREAM_ID:
