@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the system packages geopush needs when they are missing (Debian/Ubuntu):
-# PostgreSQL with PostGIS for the newest installed server version, and redis-server.
+# PostgreSQL with PostGIS for the newest installed server version, redis-server, and
+# chromium (the console's browser tests drive it with Playwright).
 # Does nothing when everything is present, so `make run` / `make test` stay fast.
 set -euo pipefail
 
@@ -15,6 +16,7 @@ elif ! ls "/usr/share/postgresql/$pg_version/extension/postgis.control" >/dev/nu
   need+=("postgresql-$pg_version-postgis-3")
 fi
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+[ -x /usr/bin/chromium ] || need+=(chromium)
 
 if [ ${#need[@]} -eq 0 ]; then
   exit 0

@@ -72,6 +72,29 @@ def cmd_agency_create(args: argparse.Namespace) -> None:
     print(json.dumps({"id": args.id, "secret": secret}))
 
 
+def cmd_user_create(args: argparse.Namespace) -> None:
+    import getpass
+
+    from server.web.problems import Problem, ValidationFailed
+    from server.web.routes.users import create_user_offline
+
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    else:
+        password = getpass.getpass("Password: ")
+        if getpass.getpass("Again: ") != password:
+            sys.exit("geopush: the passwords differ")
+    try:
+        name = asyncio.run(create_user_offline(
+            _settings().database_url, agency_id=args.agency, username=args.username,
+            password=password, role=args.role))
+    except ValidationFailed as exc:
+        sys.exit("geopush: " + "; ".join(f"{e.field}: {e.message}" for e in exc.errors))
+    except Problem as exc:
+        sys.exit(f"geopush: {exc.detail or exc.title}")
+    print(json.dumps({"username": name, "agency_id": args.agency, "role": args.role}))
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     from server.dev import demo
 
@@ -127,6 +150,16 @@ def main(argv: list[str] | None = None) -> None:
     create.add_argument("--call-types", help="JSON file mapping call types to categories")
     create.add_argument("--review", action="store_true", help="hold alerts for review")
     create.set_defaults(fn=cmd_agency_create)
+
+    user = sub.add_parser("user", help="manage editor accounts").add_subparsers(
+        dest="user_command", required=True)
+    ucreate = user.add_parser("create", help="create an editor or agency admin account")
+    ucreate.add_argument("--agency", required=True)
+    ucreate.add_argument("--username", required=True)
+    ucreate.add_argument("--role", choices=["editor", "agency_admin"], default="editor")
+    ucreate.add_argument("--password-stdin", action="store_true",
+                         help="read the password from the first line of stdin (no prompt)")
+    ucreate.set_defaults(fn=cmd_user_create)
 
     d = sub.add_parser("demo", help="the demo of make run").add_subparsers(
         dest="demo_command", required=True)

@@ -80,3 +80,23 @@ def device_rate(device_id: str) -> str:
 def apns_provider_token(team_id: str, key_id: str) -> str:
     """The APNs provider JWT all sender processes share (JSON: jwt, iat)."""
     return f"{PREFIX}:apns:provider_token:{team_id}:{key_id}"
+
+
+def login_failures(username: str) -> str:
+    """Failed sign-ins for a username in the current window (fixed window counter)."""
+    return f"{PREFIX}:login:user:{username}"
+
+
+def login_attempts(address: str) -> str:
+    """Sign-in attempts from one client address in the current window."""
+    return f"{PREFIX}:login:addr:{address}"
+
+
+def public_rate(address: str) -> str:
+    """GCRA state of one client address on the public incident map's API."""
+    return f"{PREFIX}:rate:public:{address}"
+
+
+REVIEW_CHANNEL = "geopush_review"
+"""PostgreSQL NOTIFY channel (not Redis): "<agency> <incident>" on every review item
+change, from the trigger in sql/0006."""

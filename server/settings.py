@@ -93,6 +93,17 @@ class Settings:
     device_pushes_per_hour: int = 10
     apns: ApnsSettings | None = None
     fcm: FcmSettings | None = None
+    # Editor console
+    session_lifetime: dt.timedelta = dt.timedelta(hours=12)
+    # Secure cookies always (behind a TLS-terminating proxy); otherwise only when the
+    # request itself came over TLS.
+    session_cookie_secure: bool = False
+    # Public map: a tile URL template ({z}/{x}/{y}); None draws a plain background.
+    map_tiles_url: str | None = None
+    map_tiles_attribution: str = ""
+    # Where the console's and the public map's maps open: lat, lon, zoom.
+    map_center: tuple[float, float, int] = (47.6062, -122.3321, 11)
+    public_requests_per_minute: int = 120
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -121,7 +132,34 @@ class Settings:
             consumer_name=env.get("GEOPUSH_CONSUMER_NAME") or _default_consumer_name(),
             apns=_apns_from_env(env),
             fcm=_fcm_from_env(env, send_concurrency),
+            session_lifetime=dt.timedelta(hours=_float(env, "GEOPUSH_SESSION_HOURS", 12.0)),
+            session_cookie_secure=env.get("GEOPUSH_SESSION_COOKIE_SECURE", "") == "1",
+            map_tiles_url=_tiles_url(env),
+            map_tiles_attribution=env.get("GEOPUSH_MAP_TILES_ATTRIBUTION", ""),
+            map_center=_map_center(env),
+            public_requests_per_minute=_int(env, "GEOPUSH_PUBLIC_REQUESTS_PER_MINUTE", 120),
         )
+
+
+def _map_center(env: Mapping[str, str]) -> tuple[float, float, int]:
+    raw = env.get("GEOPUSH_MAP_CENTER") or "47.6062,-122.3321,11"
+    try:
+        lat, lon, zoom = raw.split(",")
+        center = (float(lat), float(lon), int(zoom))
+    except ValueError:
+        raise ConfigError(f"GEOPUSH_MAP_CENTER must be lat,lon,zoom, got {raw!r}") from None
+    if not (abs(center[0]) <= 90 and abs(center[1]) <= 180 and 1 <= center[2] <= 19):
+        raise ConfigError(f"GEOPUSH_MAP_CENTER is out of range: {raw!r}")
+    return center
+
+
+def _tiles_url(env: Mapping[str, str]) -> str | None:
+    url = env.get("GEOPUSH_MAP_TILES_URL") or None
+    if url is not None and (not url.startswith(("https://", "http://"))
+                            or not all(p in url for p in ("{z}", "{x}", "{y}"))):
+        raise ConfigError("GEOPUSH_MAP_TILES_URL must be an http(s) URL with {z}, {x} "
+                          f"and {{y}}, got {url!r}")
+    return url
 
 
 def database_url_from_env(env: Mapping[str, str] | None = None) -> str:

@@ -101,3 +101,24 @@ async def create_device(
 
 def circle(lat: float, lon: float, radius_m: float = 1000, name: str = "Home") -> dict[str, Any]:
     return {"name": name, "center": {"lat": lat, "lon": lon}, "radius_m": radius_m}
+
+
+ADMIN_HEADERS = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+PASSWORD = "correct horse battery staple"
+
+
+async def create_user(
+    client: TestClient[Any, Any], agency_id: str, username: str, role: str = "editor",
+    password: str = PASSWORD,
+) -> None:
+    resp = await client.post(f"/v1/admin/agencies/{agency_id}/users", headers=ADMIN_HEADERS,
+                             json={"username": username, "password": password, "role": role})
+    assert resp.status == 201, await resp.text()
+
+
+async def sign_in(client: TestClient[Any, Any], username: str,
+                  password: str = PASSWORD) -> dict[str, str]:
+    """Signs the client in (its cookie jar keeps the session); the CSRF header to send."""
+    resp = await client.post("/v1/session", json={"username": username, "password": password})
+    assert resp.status == 200, await resp.text()
+    return {"X-CSRF-Token": (await resp.json())["csrf_token"]}

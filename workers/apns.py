@@ -11,6 +11,7 @@ import msgspec
 from redis.exceptions import RedisError
 
 from server.domain.pushtext import title_and_body
+from server.domain.severity import urgency
 from workers.gateways.apns_client import ApnsClient, ApnsResponse, ApnsTransportError
 from workers.push import (
     Done,
@@ -71,7 +72,8 @@ def build_payload(push: Push, now: dt.datetime) -> dict[str, Any]:
         "aps": {
             "alert": {"title": title, "body": body},
             "sound": "default",
-            "interruption-level": "time-sensitive",
+            "interruption-level": urgency(push.severity) if push.severity
+            else "time-sensitive",
             "thread-id": push.category,
         },
         "incident": push.incident_data(),

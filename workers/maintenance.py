@@ -1,5 +1,6 @@
 """Periodic housekeeping, run by the relay process: expire review items past the
-staleness window and forget exact incident locations after the retention period."""
+staleness window, forget exact incident locations after the retention period, and
+delete expired console sessions."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import logging
 
 import asyncpg
 
-from server.store import housekeeping, review
+from server.store import accounts, housekeeping, review
 from server.store.db import STORE_UNAVAILABLE
 
 log = logging.getLogger(__name__)
@@ -20,9 +21,10 @@ async def maintain_once(pool: asyncpg.Pool, retention: dt.timedelta) -> None:
     now = dt.datetime.now(dt.UTC)
     expired = await review.expire(pool, now)
     purged = await housekeeping.purge_exact_locations(pool, retention, now)
-    if expired or purged:
-        log.info("maintenance: %d review items expired, %d exact locations purged",
-                 expired, purged)
+    sessions = await accounts.purge_expired_sessions(pool, now)
+    if expired or purged or sessions:
+        log.info("maintenance: %d review items expired, %d exact locations purged, "
+                 "%d expired sessions deleted", expired, purged, sessions)
 
 
 async def run_maintenance(pool: asyncpg.Pool, retention: dt.timedelta, stop: asyncio.Event,

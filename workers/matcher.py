@@ -19,10 +19,13 @@ import redis.asyncio as aioredis
 
 from server import keys
 from server.domain.policy import ALERT
+from server.domain.severity import MODERATE
 from server.store import aeds, matching
 from server.store.audience import (
     ALERT_LIFETIME,
+    NEIGHBOUR,
     RESPONDER,
+    Audience,
     Target,
     awake,
     find_audience,
@@ -82,16 +85,22 @@ class Matcher:
                 or incident["status"] != "active" or not incident["actual"]):
             # Changed since it was published (cleared, cancelled, re-decided): nothing to do.
             return MatchResult(incident_id, 0, 0)
-        expires = incident["occurred_at"] + ALERT_LIFETIME
+        expires = incident["expires_at"] or incident["occurred_at"] + ALERT_LIFETIME
         if now >= expires:
             return MatchResult(incident_id, 0, 0)
-        target = Target(
-            agency_id=incident["agency_id"], category=incident["category"],
-            geometry=incident["geom"], exact_lat=incident["exact_lat"],
-            exact_lon=incident["exact_lon"], location_kind=incident["location_kind"],
-            responder_radius_m=incident["responder_radius_m"],
-        )
-        audience = await find_audience(self.pool, self.redis, target)
+        manual = incident["source"] == "manual"
+        severity = incident["severity"] or ""
+        if manual:
+            # The drawn area is public by nature: matched as drawn (matching.py).
+            audience = Audience(NEIGHBOUR, await matching.area_neighbours(
+                self.pool, incident["area"]))
+        else:
+            audience = await find_audience(self.pool, self.redis, Target(
+                agency_id=incident["agency_id"], category=incident["category"],
+                geometry=incident["geom"], exact_lat=incident["exact_lat"],
+                exact_lon=incident["exact_lon"], location_kind=incident["location_kind"],
+                responder_radius_m=incident["responder_radius_m"],
+            ))
         rows = audience.devices
         aeds_json = ""
         lat, lon = incident["lat"], incident["lon"]
@@ -106,12 +115,17 @@ class Matcher:
             self.pool, category=incident["category"], agency_id=incident["agency_id"],
             occurred_at=incident["occurred_at"], received_at=incident["received_at"],
             incident_id=incident["id"], geometry=incident["geom"],
-        ) if rows else None
+        ) if rows and not manual else None
         dedup_on = str(event_id or incident["id"])
-        limit = hourly_limit(audience, incident["category"], self.device_pushes_per_hour)
+        # An agency's own alert is never held back by the hourly limit, and quiet hours
+        # hold back only a moderate one.
+        limit = 0 if manual else hourly_limit(audience, incident["category"],
+                                               self.device_pushes_per_hour)
+        recipients = rows if manual and severity != MODERATE \
+            else awake(audience, incident["category"], now)
         enqueued = 0
         async with self.redis.pipeline(transaction=False) as pipe:
-            for row in awake(audience, incident["category"], now):
+            for row in recipients:
                 push = Push(
                     incident_id=str(incident["id"]), device_id=str(row["id"]),
                     platform=row["platform"], token=row["token"], locale=row["locale"],
@@ -123,7 +137,7 @@ class Matcher:
                     expires_at=expires.timestamp(),
                     title=incident["title_override"] or "",
                     body=incident["body_override"] or "",
-                    audience=audience.kind, aeds=aeds_json,
+                    audience=audience.kind, aeds=aeds_json, severity=severity,
                 )
                 flat = [x for kv in push.to_fields().items() for x in kv]
                 await self._enqueue(

@@ -34,6 +34,7 @@ class Push(msgspec.Struct, frozen=True):
     # "neighbour" (zone match) or "responder" (CPR: exact point, nearest AEDs)
     audience: str = "neighbour"
     aeds: str = ""              # JSON list of the nearest AEDs, responders only
+    severity: str = ""          # a manual alert's: extreme | severe | moderate
 
     def to_fields(self) -> dict[str, str]:
         """The stream entry's fields."""
@@ -58,6 +59,8 @@ class Push(msgspec.Struct, frozen=True):
             "category": self.category,
             "area": {"lat": self.lat, "lon": self.lon, "location": self.public_location or None},
         }
+        if self.severity:
+            data["severity"] = self.severity
         if self.audience == "responder":
             data["responder"] = True
             data["aeds"] = json.loads(self.aeds) if self.aeds else []
@@ -73,7 +76,7 @@ def push_text_key(push: Push, now: float) -> tuple[Any, ...]:
     payloads. The relative time ("3 min ago") changes once a minute."""
     minutes = int((now - push.occurred_at) // 60)
     return (push.incident_id, push.category, push.public_location, push.locale,
-            push.title, push.body, push.audience, minutes)
+            push.title, push.body, push.audience, push.severity, minutes)
 
 
 _encode = msgspec.json.Encoder().encode

@@ -60,6 +60,13 @@ def load(state_file: Path, base_url: str, admin_token: str) -> dict[str, Any]:
         raise RuntimeError(f"creating the demo agency failed: {status} {created}")
     state: dict[str, Any] = {"url": base, "agency": AGENCY, "secret": created["secret"],
                              "devices": []}
+    # An agency admin for the editor console (/console/): manual alerts, the audit log.
+    console = {"username": "demo-admin", "password": secrets.token_urlsafe(12)}
+    status, made = _request("POST", f"{base}/v1/admin/agencies/{AGENCY}/users",
+                            {**console, "role": "agency_admin"}, admin)
+    if status != 201:
+        raise RuntimeError(f"creating the demo console account failed: {status} {made}")
+    state["console"] = console
     for name, platform, (lat, lon), radius in DEVICES:
         token = (secrets.token_hex(32) if platform == "apns"
                  else "demo-fcm-" + secrets.token_urlsafe(24))

@@ -76,6 +76,8 @@ def _announce_demo(env: dict[str, str], state: Path) -> None:
         return
     devices = "\n".join(
         f"    {d['name']:<22} {d['platform']}  id {d['id']}" for d in info["devices"])
+    console = (f"username {info['console']['username']}, password in {state / 'demo.json'}"
+               if "console" in info else "create an account: geopush user create --help")
     print(f"""
 ================================================================================
  geopush is running on http://127.0.0.1:{port}   (Ctrl-C stops everything)
@@ -86,6 +88,9 @@ def _announce_demo(env: dict[str, str], state: Path) -> None:
  Post a signed incident and see who got a push (in another terminal):
     .venv/bin/geopush demo incident
     .venv/bin/geopush demo incident --call-type "Aid Response"   # not alerted
+
+ Editor console: http://127.0.0.1:{port}/console/   public map: http://127.0.0.1:{port}/map/
+    {console}
 
  What the fake gateways received:
     curl -s http://127.0.0.1:{FAKE_APNS_CONTROL_PORT}/_fake/deliveries

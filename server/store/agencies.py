@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 
 from server.domain.policy import DEFAULT_ALERTABLE, AgencyPolicy
 
@@ -103,10 +104,13 @@ UPDATABLE = ("name", "timezone", "call_types", "review", "review_categories",
              "responder_radius_m")
 
 
-async def update_agency(pool: asyncpg.Pool, agency_id: str, changes: dict[str, Any]) -> bool:
+async def update_agency(pool: asyncpg.Pool | PoolConnectionProxy[asyncpg.Record],
+                        agency_id: str, changes: dict[str, Any]) -> bool:
     cols = [c for c in UPDATABLE if c in changes]
     if not cols:
-        return await pool.fetchval("SELECT true FROM agencies WHERE id = $1", agency_id) or False
+        found: bool | None = await pool.fetchval(
+            "SELECT true FROM agencies WHERE id = $1", agency_id)
+        return found or False
     assignments = ", ".join(f"{c} = ${i}" for i, c in enumerate(cols, start=2))
     status = await pool.execute(
         f"UPDATE agencies SET {assignments} WHERE id = $1",  # noqa: S608 (fixed column names)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 
 # The incident the matcher matches: what its pushes say, and its geometry.
 _INCIDENT = """
@@ -19,8 +20,10 @@ SELECT i.id, i.agency_id, i.category, i.status, i.decision, i.actual, i.occurred
        i.received_at, i.public_location, i.location_kind, i.geom::text AS geom,
        ST_Y(i.public_point) AS lat, ST_X(i.public_point) AS lon,
        ST_Y(ST_PointOnSurface(i.geom)) AS exact_lat, ST_X(ST_PointOnSurface(i.geom)) AS exact_lon,
-       i.title_override, i.body_override, a.responder_radius_m
+       i.title_override, i.body_override, a.responder_radius_m,
+       i.source, i.expires_at, m.severity, m.area::text AS area
   FROM incidents i JOIN agencies a ON a.id = i.agency_id
+  LEFT JOIN manual_alerts m ON m.incident_id = i.id
  WHERE i.id = $1
 """
 
@@ -36,6 +39,19 @@ SELECT DISTINCT ON (d.id) d.id, d.platform, d.token, d.locale, d.timezone,
    AND d.token_disabled_at IS NULL
    AND (d.categories IS NULL OR $2 = ANY (d.categories))
 """
+
+# A manual alert's area is public by nature (an agency drew it to be announced), so it
+# is matched as drawn, never generalized: every device with a zone meeting it, whatever
+# categories the device chose.
+_AREA_NEIGHBOURS = """
+SELECT DISTINCT ON (d.id) d.id, d.platform, d.token, d.locale, d.timezone,
+       d.quiet_start, d.quiet_end
+  FROM zones z
+  JOIN devices d ON d.id = z.device_id
+ WHERE ST_Intersects(z.geom, ST_SetSRID($1::text::geometry, 4326))
+   AND d.token_disabled_at IS NULL
+"""
+_AREA_AUDIENCE_SIZE = f"SELECT count(*) FROM ({_AREA_NEIGHBOURS}) AS reached"  # noqa: S608
 
 # Responders near a cardiac arrest, from the positions Redis found. Where the arrest is
 # not known to be in a public place, only responders the agency registered are alerted.
@@ -79,6 +95,18 @@ SELECT ST_Y(p) AS lat, ST_X(p) AS lon
 async def neighbours(db: asyncpg.Pool, geometry: str, category: str) -> list[asyncpg.Record]:
     """Devices with a zone meeting ``geometry`` that take ``category``."""
     return await db.fetch(_NEIGHBOURS, geometry, category)
+
+
+async def area_neighbours(db: asyncpg.Pool, area: str) -> list[asyncpg.Record]:
+    """Devices with a zone meeting a manual alert's ``area``."""
+    return await db.fetch(_AREA_NEIGHBOURS, area)
+
+
+async def area_audience_size(db: asyncpg.Pool | PoolConnectionProxy[asyncpg.Record],
+                             area: str) -> int:
+    """How many devices ``area_neighbours`` would return (the alert's preview)."""
+    size: int = await db.fetchval(_AREA_AUDIENCE_SIZE, area)
+    return size
 
 
 async def responders(db: asyncpg.Pool, device_ids: list[str], *, public_place: bool,

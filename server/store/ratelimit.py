@@ -51,6 +51,10 @@ class RateLimiter:
         """One request of the agency's webhooks (or, ``dry_run``, of its dry runs: a
         separate budget)."""
         key = keys.agency_dry_run_rate(agency_id) if dry_run else keys.agency_rate(agency_id)
+        return await self.check_key(key, per_minute)
+
+    async def check_key(self, key: str, per_minute: int) -> Verdict:
+        """GCRA on any key: ``per_minute`` steady, a minute's budget as burst."""
         if per_minute <= 0:
             return Verdict(False, 60)
         interval_ms = 60_000 / per_minute
@@ -62,3 +66,58 @@ class RateLimiter:
         if allowed:
             return Verdict(True)
         return Verdict(False, max(1, math.ceil(int(retry_ms) / 1000)))
+
+
+# KEYS: counters to read. Returns, per key, {count, ms until the window ends}.
+_READ_WINDOWS = """
+local out = {}
+for i, key in ipairs(KEYS) do
+  out[i] = {tonumber(redis.call('GET', key) or '0'), redis.call('PTTL', key)}
+end
+return out
+"""
+
+
+class LoginLimiter:
+    """Sign-in attempts in fixed windows: failures per username (guessing one
+    account's password from many addresses) and attempts per client address (trying
+    many accounts from one). Like the agency limit, not enforced while Redis is down:
+    the memory-hard password hash still bounds guessing."""
+
+    def __init__(self, redis: aioredis.Redis, *, failures_per_user: int = 5,
+                 attempts_per_address: int = 30, window_s: int = 15 * 60) -> None:
+        self._redis = redis
+        self._read = redis.register_script(_READ_WINDOWS)
+        self.failures_per_user = failures_per_user
+        self.attempts_per_address = attempts_per_address
+        self.window_s = window_s
+
+    async def check(self, username: str, address: str) -> Verdict:
+        try:
+            (user_n, user_ttl), (addr_n, addr_ttl) = await self._read(
+                keys=[keys.login_failures(username), keys.login_attempts(address)])
+        except (RedisError, OSError) as exc:
+            log.warning("login limiter unavailable, not enforcing: %s", exc)
+            return Verdict(True)
+        waits = [ttl for n, ttl, cap in ((user_n, user_ttl, self.failures_per_user),
+                                         (addr_n, addr_ttl, self.attempts_per_address))
+                 if int(n) >= cap]
+        if not waits:
+            return Verdict(True)
+        return Verdict(False, max(1, math.ceil(max(int(w) for w in waits) / 1000)))
+
+    async def attempted(self, username: str, address: str, succeeded: bool) -> None:
+        try:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                # SET NX EX opens a window; INCR keeps its TTL (Redis 6.2 has no EXPIRE NX).
+                counted = [keys.login_attempts(address)]
+                if succeeded:
+                    pipe.delete(keys.login_failures(username))
+                else:
+                    counted.append(keys.login_failures(username))
+                for key in counted:
+                    pipe.set(key, 0, ex=self.window_s, nx=True)
+                    pipe.incr(key)
+                await pipe.execute()
+        except (RedisError, OSError) as exc:
+            log.warning("login limiter unavailable, attempt not counted: %s", exc)

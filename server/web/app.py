@@ -15,12 +15,35 @@ from aiohttp import web
 from server.settings import Settings
 from server.store.db import create_pool
 from server.store.publish import OutboxCleaner
-from server.store.ratelimit import RateLimiter
+from server.store.ratelimit import LoginLimiter, RateLimiter
 from server.web import openapi
 from server.web.agency_cache import AgencyCache
-from server.web.appkeys import AGENCIES, LIMITER, OUTBOX, POOL, REDIS, SETTINGS
+from server.web.appkeys import (
+    AGENCIES,
+    LIMITER,
+    LOGINS,
+    OUTBOX,
+    POOL,
+    PUBLIC_CACHE,
+    REDIS,
+    REVIEW_FEED,
+    SETTINGS,
+)
 from server.web.problems import problem_middleware
-from server.web.routes import admin, devices, health, incidents
+from server.web.public_cache import PublicCache
+from server.web.review_feed import ReviewFeed
+from server.web.routes import (
+    admin,
+    alerts,
+    console,
+    devices,
+    health,
+    incidents,
+    public_map,
+    review,
+    session,
+    users,
+)
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +66,21 @@ async def _redis(app: web.Application) -> AsyncIterator[None]:
         health_check_interval=30,
     )
     app[LIMITER] = RateLimiter(app[REDIS])
+    app[LOGINS] = LoginLimiter(app[REDIS])
     yield
     await app[REDIS].aclose()
+
+
+async def _review_feed(app: web.Application) -> AsyncIterator[None]:
+    app[REVIEW_FEED] = ReviewFeed(app[SETTINGS].database_url)
+    app[REVIEW_FEED].start()
+    yield
+    await app[REVIEW_FEED].stop()
+
+
+async def _end_event_streams(app: web.Application) -> None:
+    # Before the server waits for handlers to finish: the consoles' streams never do.
+    app[REVIEW_FEED].close_streams()
 
 
 def create_app(settings: Settings) -> web.Application:
@@ -52,7 +88,11 @@ def create_app(settings: Settings) -> web.Application:
     app[SETTINGS] = settings
     app.cleanup_ctx.append(_postgres)
     app.cleanup_ctx.append(_redis)
+    app.cleanup_ctx.append(_review_feed)
+    app.on_shutdown.append(_end_event_streams)
+    app[PUBLIC_CACHE] = PublicCache()
     for table in (health.routes, incidents.routes, admin.routes, devices.routes,
-                  openapi.routes):
+                  openapi.routes, session.routes, users.routes, review.routes, alerts.routes,
+                  public_map.routes, console.routes):
         app.router.add_routes(table)
     return app

@@ -8,8 +8,10 @@ from aiohttp import web
 
 from server.settings import Settings
 from server.store.publish import OutboxCleaner
-from server.store.ratelimit import RateLimiter
+from server.store.ratelimit import LoginLimiter, RateLimiter
 from server.web.agency_cache import AgencyCache
+from server.web.public_cache import PublicCache
+from server.web.review_feed import ReviewFeed
 
 SETTINGS = web.AppKey("settings", Settings)
 POOL = web.AppKey("pool", asyncpg.Pool)
@@ -17,3 +19,6 @@ REDIS = web.AppKey("redis", aioredis.Redis)
 LIMITER = web.AppKey("limiter", RateLimiter)
 AGENCIES = web.AppKey("agencies", AgencyCache)
 OUTBOX = web.AppKey("outbox", OutboxCleaner)
+LOGINS = web.AppKey("logins", LoginLimiter)
+REVIEW_FEED = web.AppKey("review_feed", ReviewFeed)
+PUBLIC_CACHE = web.AppKey("public_cache", PublicCache)

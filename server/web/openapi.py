@@ -11,7 +11,7 @@ from aiohttp import web
 
 from server.formats.native import NativeIncident
 from server.web.dryrun import DryRunResult
-from server.web.routes import admin, devices
+from server.web.routes import admin, alerts, devices, review, session, users
 from server.web.routes.body import json_response
 from server.web.routes.incidents import IncidentAccepted
 
@@ -39,7 +39,7 @@ class Op:
     path: str
     summary: str
     tag: str
-    auth: str | None = None              # "admin" | "device" | "signature"
+    auth: str | None = None              # "admin" | "editor" | "device" | "signature"
     request: Any = None
     responses: dict[int, Any] = field(default_factory=dict)
     errors: tuple[int, ...] = ()
@@ -74,19 +74,50 @@ OPERATIONS = [
     Op("get", "/v1/admin/agencies/{agency}", "An agency's settings (never its secret)", "admin",
        auth="admin", responses={200: None}, errors=(401, 404)),
     Op("patch", "/v1/admin/agencies/{agency}", "Change an agency (JSON merge patch)", "admin",
-       auth="admin", request=admin.AgencyPatch, responses={200: None}, errors=(401, 404, 422)),
+       auth="agency_admin", request=admin.AgencyPatch, responses={200: None},
+       errors=(401, 403, 404, 422)),
     Op("get", "/v1/admin/agencies/{agency}/unmapped", "Call types that arrived unmapped",
        "admin", auth="admin", responses={200: None}, errors=(401, 404)),
     Op("post", "/v1/admin/agencies/{agency}/secret",
        "Rotate the signing secret (the previous one verifies for 24 h)", "admin",
        auth="admin", responses={200: admin.AgencyCreated}, errors=(401, 404)),
-    Op("get", "/v1/admin/review", "Alerts waiting for an editor", "review", auth="admin",
-       responses={200: None}, errors=(401,)),
+    Op("get", "/v1/admin/review", "Alerts waiting for an editor (the caller's agency)",
+       "review", auth="editor", responses={200: None}, errors=(401,)),
+    Op("get", "/v1/admin/review/events", "Server-sent events: the queue changed", "review",
+       auth="editor", responses={200: None}, errors=(401,)),
+    Op("get", "/v1/admin/review/{incident}", "One item waiting for an editor", "review",
+       auth="editor", responses={200: None}, errors=(401, 404)),
     Op("post", "/v1/admin/review/{incident}/approve", "Approve (optionally reworded)", "review",
-       auth="admin", request=admin.ReviewDecision, responses={200: None},
-       errors=(401, 404, 409, 422)),
+       auth="editor", request=review.ReviewDecision, responses={200: None},
+       errors=(401, 403, 404, 409, 422)),
     Op("post", "/v1/admin/review/{incident}/reject", "Reject: nothing is sent", "review",
-       auth="admin", responses={200: None}, errors=(401, 404, 409)),
+       auth="editor", responses={200: None}, errors=(401, 403, 404, 409)),
+    Op("post", "/v1/session", "Sign in (sets the session cookie)", "console",
+       request=session.SignIn, responses={200: session.SessionInfo},
+       errors=(401, 403, 422, 429)),
+    Op("get", "/v1/session", "Who is signed in, and the session's CSRF token", "console",
+       auth="editor", responses={200: session.SessionInfo}, errors=(401,)),
+    Op("delete", "/v1/session", "Sign out", "console", auth="editor",
+       responses={204: None}, errors=(401, 403)),
+    Op("post", "/v1/admin/agencies/{agency}/users", "Create an editor or agency admin",
+       "console", auth="agency_admin", request=users.UserCreate,
+       responses={201: users.UserCreated}, errors=(401, 403, 404, 409, 422)),
+    Op("get", "/v1/admin/agencies/{agency}/users", "The agency's accounts", "console",
+       auth="agency_admin", responses={200: None}, errors=(401, 403, 404)),
+    Op("delete", "/v1/admin/agencies/{agency}/users/{username}", "Remove an account",
+       "console", auth="agency_admin", responses={204: None}, errors=(401, 403, 404)),
+    Op("get", "/v1/admin/audit", "The audit log, newest first", "console",
+       auth="agency_admin", responses={200: None}, errors=(401, 403, 422)),
+    Op("post", "/v1/admin/agencies/{agency}/alerts/preview",
+       "How many devices a manual alert's area reaches", "alerts", auth="agency_admin",
+       request=alerts.AlertPreview, responses={200: None}, errors=(401, 403, 404, 422)),
+    Op("post", "/v1/admin/agencies/{agency}/alerts", "Send a manual alert", "alerts",
+       auth="agency_admin", request=alerts.AlertCreate, responses={201: alerts.AlertSent},
+       errors=(401, 403, 404, 422)),
+    Op("get", "/v1/agencies/{agency}/alerts.atom", "The agency's alerts, CAP 1.2 in Atom",
+       "alerts", responses={200: None}, errors=(404,)),
+    Op("get", "/v1/incidents", "The last hour's alerted incidents in ?bbox= (public points)",
+       "public", responses={200: None}, errors=(422, 429)),
     Op("post", "/v1/devices", "Register a device (its secret is shown once)", "devices",
        request=devices.DeviceCreate, responses={201: devices.DeviceCreated}, errors=(422,)),
     Op("put", "/v1/devices/{device}/zones", "Replace the device's zones", "devices",
@@ -103,6 +134,9 @@ OPERATIONS = [
 
 _SECURITY: dict[str, list[dict[str, list[str]]]] = {
     "admin": [{"adminToken": []}],
+    # the operator's token, or a console session (cookie + X-CSRF-Token on changes)
+    "editor": [{"adminToken": []}, {"session": []}],
+    "agency_admin": [{"adminToken": []}, {"session": []}],
     "device": [{"deviceSecret": []}],
     "signature": [{"webhookSignature": []}],
 }
@@ -154,6 +188,9 @@ def build_document() -> dict[str, Any]:
             "securitySchemes": {
                 "adminToken": {"type": "http", "scheme": "bearer",
                                "description": "GEOPUSH_ADMIN_TOKEN"},
+                "session": {"type": "apiKey", "in": "cookie", "name": "geopush_session",
+                            "description": "POST /v1/session; changes also need the "
+                                           "X-CSRF-Token header GET /v1/session gives"},
                 "deviceSecret": {"type": "http", "scheme": "bearer",
                                  "description": "the secret POST /v1/devices returned"},
                 "webhookSignature": {

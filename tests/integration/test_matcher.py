@@ -99,8 +99,10 @@ async def test_stale_or_inactive_incidents_match_nobody(
     await _device(client)
     matcher = Matcher(pool, redis)
     _, fire = await post_incident(client, secret, incident())
-    # An hour after it occurred the alert has expired.
-    result = await matcher.match_incident(fire["incident_id"], NOW + dt.timedelta(hours=1))
+    # An hour after it occurred the alert has expired. (Not NOW + 1 h: NOW is taken when
+    # the module is collected, which may be minutes before this test posts its incident.)
+    result = await matcher.match_incident(
+        fire["incident_id"], dt.datetime.now(dt.UTC) + dt.timedelta(hours=1))
     assert result.enqueued == 0
     await pool.execute("UPDATE incidents SET status = 'cleared'")
     assert (await matcher.match_incident(fire["incident_id"], NOW)).enqueued == 0

@@ -1,9 +1,9 @@
-"""Operator API (bearer GEOPUSH_ADMIN_TOKEN): agencies, their call-type maps, the
-editor's review queue."""
+"""Operator API (bearer GEOPUSH_ADMIN_TOKEN): agencies, their call-type maps, AEDs and
+responders. An agency admin (session) may change their own agency's call-type map.
+The review queue is in server/web/review.py."""
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import uuid
 from typing import Annotated, Any
@@ -12,11 +12,12 @@ import msgspec
 from aiohttp import web
 
 from server.domain import aed_import, signing
+from server.domain.accounts import OPERATOR
 from server.domain.agency_spec import validate_agency, validate_call_types
 from server.domain.categories import ALL_CATEGORIES, normalize_call_type
 from server.domain.errors import FieldError, ValidationFailed
 from server.domain.policy import DEFAULT_ALERTABLE
-from server.store import aeds, review
+from server.store import aeds, audit
 from server.store.agencies import (
     AgencyExists,
     create_agency,
@@ -26,9 +27,9 @@ from server.store.agencies import (
     update_agency,
 )
 from server.store.devices import register_responder, unregister_responder
-from server.store.publish import publish_incident
-from server.web.appkeys import AGENCIES, OUTBOX, POOL, REDIS, SETTINGS
+from server.web.appkeys import AGENCIES, POOL, SETTINGS
 from server.web.auth import require_admin
+from server.web.principal import Forbidden, require_agency_admin
 from server.web.problems import NotFound, Problem
 from server.web.routes.body import decode_json, json_response, read_bounded
 
@@ -69,11 +70,6 @@ class AgencyPatch(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         msgspec.UNSET)
 
 
-class ReviewDecision(msgspec.Struct, frozen=True):
-    title: Annotated[str, msgspec.Meta(min_length=1, max_length=120)] | None = None
-    body: Annotated[str, msgspec.Meta(min_length=1, max_length=240)] | None = None
-
-
 def _admin(request: web.Request) -> None:
     require_admin(request, request.app[SETTINGS].admin_token)
 
@@ -93,6 +89,9 @@ async def post_agency(request: web.Request) -> web.Response:
         raise Problem(409, "Agency exists", f"An agency with id {spec.id!r} already exists",
                       slug="conflict") from None
     request.app[AGENCIES].invalidate(spec.id)  # it may be cached as unknown
+    await audit.record(request.app[POOL], actor=OPERATOR, agency_id=spec.id,
+                       action="agency.create",
+                       details={"call_types": spec.call_types, "review": body.review})
     log.info("agency created id=%s call_types=%d", spec.id, len(spec.call_types))
     return json_response(AgencyCreated(spec.id, secret), status=201)
 
@@ -120,13 +119,16 @@ def _categories(field: str, names: list[str], allowed: frozenset[str]) -> list[s
 
 @routes.patch("/v1/admin/agencies/{agency}")
 async def patch_agency(request: web.Request) -> web.Response:
-    _admin(request)
+    who = await require_agency_admin(request, request.match_info["agency"])
     agency = await _agency_or_404(request)
     patch = await decode_json(request, AgencyPatch, limit=1024 * 1024)
     changes: dict[str, Any] = {
         f: getattr(patch, f) for f in patch.__struct_fields__
         if getattr(patch, f) is not msgspec.UNSET
     }
+    if not who.is_operator and set(changes) - {"call_types"}:
+        raise Forbidden("An agency admin may change the call-type map only")
+    requested_call_types = changes.get("call_types")
     if "call_types" in changes:
         merged = dict(agency.call_types)
         additions = {k: v for k, v in changes["call_types"].items() if v is not None}
@@ -143,7 +145,11 @@ async def patch_agency(request: web.Request) -> web.Response:
     if changes.get("alertable_categories") is not None:
         changes["alertable_categories"] = _categories(
             "alertable_categories", changes["alertable_categories"], DEFAULT_ALERTABLE)
-    await update_agency(request.app[POOL], agency.id, changes)
+    async with request.app[POOL].acquire() as conn, conn.transaction():
+        await update_agency(conn, agency.id, changes)
+        await audit.record(conn, actor=who.name, agency_id=agency.id, action="agency.update",
+                           details={k: (requested_call_types if k == "call_types" else v)
+                                    for k, v in changes.items()})
     request.app[AGENCIES].invalidate(agency.id)
     log.info("agency updated id=%s fields=%s", agency.id, ",".join(sorted(changes)))
     updated = await get_agency(request.app[POOL], agency.id)
@@ -167,66 +173,10 @@ async def post_agency_secret(request: web.Request) -> web.Response:
     if not await rotate_secret(request.app[POOL], agency_id, secret):
         raise NotFound(f"No agency {agency_id!r}")
     request.app[AGENCIES].invalidate(agency_id)
+    await audit.record(request.app[POOL], actor=OPERATOR, agency_id=agency_id,
+                       action="agency.rotate_secret")
     log.info("agency secret rotated id=%s", agency_id)
     return json_response(AgencyCreated(agency_id, secret), status=200)
-
-
-@routes.get("/v1/admin/review")
-async def get_review(request: web.Request) -> web.Response:
-    _admin(request)
-    items = await review.pending(request.app[POOL], agency_id=request.query.get("agency"),
-                                 now=dt.datetime.now(dt.UTC))
-    return json_response({"items": items})
-
-
-def _incident_id(request: web.Request) -> str:
-    raw = request.match_info["incident"]
-    try:
-        return str(uuid.UUID(raw))
-    except ValueError:
-        raise NotFound(f"No review item for incident {raw!r}") from None
-
-
-def _closed(exc: review.ReviewClosed) -> Problem:
-    return Problem(409, "Review item closed", f"This item is {exc}; nothing was changed",
-                   slug="conflict")
-
-
-@routes.post("/v1/admin/review/{incident}/approve")
-async def post_approve(request: web.Request) -> web.Response:
-    _admin(request)
-    decision = await decode_json(request, ReviewDecision) if request.can_read_body \
-        else ReviewDecision()
-    incident_id = _incident_id(request)
-    try:
-        approved = await review.approve(
-            request.app[POOL], incident_id, editor="admin", now=dt.datetime.now(dt.UTC),
-            title=decision.title, body=decision.body,
-        )
-    except LookupError:
-        raise NotFound(f"No review item for incident {incident_id!r}") from None
-    except review.ReviewClosed as exc:
-        raise _closed(exc) from None
-    if approved.publish:
-        await publish_incident(request.app[REDIS], request.app[OUTBOX], incident_id)
-    log.info("review approved incident=%s edited=%s", incident_id,
-             decision.title is not None or decision.body is not None)
-    return json_response({"incident_id": incident_id, "decision": "alert"})
-
-
-@routes.post("/v1/admin/review/{incident}/reject")
-async def post_reject(request: web.Request) -> web.Response:
-    _admin(request)
-    incident_id = _incident_id(request)
-    try:
-        await review.reject(request.app[POOL], incident_id, editor="admin",
-                            now=dt.datetime.now(dt.UTC))
-    except LookupError:
-        raise NotFound(f"No review item for incident {incident_id!r}") from None
-    except review.ReviewClosed as exc:
-        raise _closed(exc) from None
-    log.info("review rejected incident=%s", incident_id)
-    return json_response({"incident_id": incident_id, "decision": "suppressed:rejected"})
 
 
 AED_CONTENT_TYPES = ("application/geo+json", "application/json", "text/csv")

@@ -1,0 +1,153 @@
+"""The review queue: ``GET /v1/admin/review`` (and one item by id), approve, reject,
+and ``GET /v1/admin/review/events``, a server-sent event stream of queue changes.
+
+The operator's token sees every agency (``?agency=`` narrows it), as before named
+accounts; an editor or agency admin sees and decides only their agency's items, and
+another agency's item is a 404, as if it did not exist. Only the agency's own users
+get the exact point.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import uuid
+from typing import Annotated
+
+import msgspec
+from aiohttp import web
+
+from server.domain.accounts import Principal
+from server.store import accounts, review
+from server.store.publish import publish_incident
+from server.web.appkeys import OUTBOX, POOL, REDIS, REVIEW_FEED
+from server.web.principal import SESSION_COOKIE, principal
+from server.web.problems import NotFound, Problem
+from server.web.routes.body import decode_json, json_response
+
+log = logging.getLogger(__name__)
+routes = web.RouteTableDef()
+
+# A comment line this often keeps proxies from closing an idle stream and lets the
+# handler notice a session that ended.
+KEEPALIVE_S = 15.0
+
+
+class ReviewDecision(msgspec.Struct, frozen=True):
+    title: Annotated[str, msgspec.Meta(min_length=1, max_length=120)] | None = None
+    body: Annotated[str, msgspec.Meta(min_length=1, max_length=240)] | None = None
+
+
+def _scope(who: Principal, request: web.Request) -> str | None:
+    return request.query.get("agency") if who.is_operator else who.agency_id
+
+
+@routes.get("/v1/admin/review")
+async def get_review(request: web.Request) -> web.Response:
+    who = await principal(request)
+    items = await review.pending(request.app[POOL], agency_id=_scope(who, request),
+                                 now=dt.datetime.now(dt.UTC), exact=not who.is_operator)
+    return json_response({"items": items})
+
+
+@routes.get("/v1/admin/review/events")
+async def get_review_events(request: web.Request) -> web.StreamResponse:
+    """``event: change`` with the incident id as data whenever one of the caller's
+    items is queued, decided, superseded or expires (``*``: re-read the queue)."""
+    who = await principal(request)
+    feed = request.app[REVIEW_FEED]
+    sub = feed.subscribe(_scope(who, request))
+    response = web.StreamResponse(headers={
+        "Content-Type": "text/event-stream", "Cache-Control": "no-store",
+        "X-Accel-Buffering": "no"})
+    try:
+        await response.prepare(request)
+        await response.write(b"retry: 3000\nevent: ready\ndata: \n\n")
+        while True:
+            try:
+                incident_id = await asyncio.wait_for(sub.queue.get(), KEEPALIVE_S)
+            except TimeoutError:
+                if not who.is_operator and not await _still_signed_in(request):
+                    break
+                await response.write(b": keepalive\n\n")
+                continue
+            if incident_id is None:
+                break
+            await response.write(f"event: change\ndata: {incident_id}\n\n".encode())
+    except ConnectionResetError:
+        pass   # the console went away
+    finally:
+        feed.unsubscribe(sub)
+    with contextlib.suppress(ConnectionResetError):
+        await response.write_eof()
+    return response
+
+
+def _incident_id(request: web.Request) -> str:
+    raw = request.match_info["incident"]
+    try:
+        return str(uuid.UUID(raw))
+    except ValueError:
+        raise NotFound(f"No review item for incident {raw!r}") from None
+
+
+@routes.get("/v1/admin/review/{incident}")
+async def get_review_item(request: web.Request) -> web.Response:
+    who = await principal(request)
+    incident_id = _incident_id(request)
+    items = await review.pending(request.app[POOL], agency_id=_scope(who, request),
+                                 now=dt.datetime.now(dt.UTC), incident_id=incident_id,
+                                 exact=not who.is_operator)
+    if not items:
+        raise NotFound(f"No review item for incident {incident_id!r}")
+    return json_response(items[0])
+
+
+def _closed(exc: review.ReviewClosed) -> Problem:
+    return Problem(409, "Review item closed", f"This item is {exc}; nothing was changed",
+                   slug="conflict")
+
+
+@routes.post("/v1/admin/review/{incident}/approve")
+async def post_approve(request: web.Request) -> web.Response:
+    who = await principal(request)
+    decision = await decode_json(request, ReviewDecision) if request.can_read_body \
+        else ReviewDecision()
+    incident_id = _incident_id(request)
+    try:
+        approved = await review.approve(
+            request.app[POOL], incident_id, editor=who.name, now=dt.datetime.now(dt.UTC),
+            title=decision.title, body=decision.body, agency_id=who.agency_id,
+        )
+    except LookupError:
+        raise NotFound(f"No review item for incident {incident_id!r}") from None
+    except review.ReviewClosed as exc:
+        raise _closed(exc) from None
+    if approved.publish:
+        await publish_incident(request.app[REDIS], request.app[OUTBOX], incident_id)
+    log.info("review approved incident=%s by=%s edited=%s", incident_id, who.name,
+             decision.title is not None or decision.body is not None)
+    return json_response({"incident_id": incident_id, "decision": "alert"})
+
+
+@routes.post("/v1/admin/review/{incident}/reject")
+async def post_reject(request: web.Request) -> web.Response:
+    who = await principal(request)
+    incident_id = _incident_id(request)
+    try:
+        await review.reject(request.app[POOL], incident_id, editor=who.name,
+                            now=dt.datetime.now(dt.UTC), agency_id=who.agency_id)
+    except LookupError:
+        raise NotFound(f"No review item for incident {incident_id!r}") from None
+    except review.ReviewClosed as exc:
+        raise _closed(exc) from None
+    log.info("review rejected incident=%s by=%s", incident_id, who.name)
+    return json_response({"incident_id": incident_id, "decision": "suppressed:rejected"})
+
+
+async def _still_signed_in(request: web.Request) -> bool:
+    token = request.cookies.get(SESSION_COOKIE, "")
+    return await accounts.session(request.app[POOL], token, dt.datetime.now(dt.UTC)) \
+        is not None
