@@ -8,6 +8,7 @@ import logging
 import msgspec
 from aiohttp import web
 
+from server.store.db import ping
 from server.web.appkeys import POOL, REDIS
 from server.web.problems import PROBLEM_JSON, Problem
 from server.web.routes.body import json_response
@@ -26,7 +27,7 @@ async def readyz(request: web.Request) -> web.Response:
     checks: dict[str, str] = {}
 
     async def postgres() -> None:
-        await request.app[POOL].fetchval("SELECT 1")
+        await ping(request.app[POOL])
 
     async def redis() -> None:
         await request.app[REDIS].ping()
