@@ -107,6 +107,7 @@ class ApnsGateway:
     def __init__(self, client: ApnsClient) -> None:
         self.client = client
         self._payloads: PayloadCache[bytes] = PayloadCache()
+        self._report = functools.partial(report, classify, _unanswered, "APNs")
 
     def payload(self, push: Push, now: float) -> bytes:
         """The encoded payload: the same for every device of a fan-out (same incident,
@@ -121,10 +122,8 @@ class ApnsGateway:
     def start(self, push: Push, now: float, done: Done) -> None:
         """Send ``push``; ``done`` gets its outcome from the client's callback."""
         self.client.start(push.token, self.payload(push, now),
-                          functools.partial(report, done, classify=classify,
-                                            unanswered=_unanswered, platform="APNs"),
-                          collapse_id=push.incident_id, expiration=int(push.expires_at),
-                          priority=10, push_type="alert")
+                          functools.partial(self._report, done), collapse_id=push.incident_id,
+                          expiration=int(push.expires_at), priority=10, push_type="alert")
 
     async def close(self) -> None:
         await self.client.close()

@@ -93,6 +93,7 @@ class FcmGateway:
     def __init__(self, client: FcmClient) -> None:
         self.client = client
         self._bodies: PayloadCache[tuple[bytes, bytes]] = PayloadCache()
+        self._report = functools.partial(report, classify, _unanswered, "FCM")
 
     def body(self, push: Push, now: float) -> bytes:
         """The encoded request: the same for every device of a fan-out but for the
@@ -112,8 +113,7 @@ class FcmGateway:
 
     def start(self, push: Push, now: float, done: Done) -> None:
         """Send ``push``; ``done`` gets its outcome from the client's callback."""
-        self.client.start_body(self.body(push, now), functools.partial(
-            report, done, classify=classify, unanswered=_unanswered, platform="FCM"))
+        self.client.start_body(self.body(push, now), functools.partial(self._report, done))
 
     async def close(self) -> None:
         await self.client.close()

@@ -149,12 +149,13 @@ log = logging.getLogger(__name__)
 A = TypeVar("A")
 
 
-def report(done: Done, answer: A | Exception, classify: Callable[[A], Outcome],
-           unanswered: Callable[[Exception], Outcome | None], platform: str) -> None:
+def report(classify: Callable[[A], Outcome], unanswered: Callable[[Exception], Outcome | None],
+           platform: str, done: Done, answer: A | Exception) -> None:
     """``done`` with the outcome of a gateway's ``answer`` (its response, or the
     exception that stands for it), exactly once, whatever happens: a response the
     classification chokes on, or an exception no send should raise, is a bug, logged
-    and retried, never a send slot the sender waits for forever."""
+    and retried, never a send slot the sender waits for forever. A gateway binds the
+    first three once (``functools.partial``), then ``done`` per push."""
     try:
         outcome = (unanswered(answer) if isinstance(answer, Exception)
                    else classify(answer))

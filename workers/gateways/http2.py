@@ -612,8 +612,9 @@ class Http2Connection(asyncio.Protocol):
         return start, end
 
     def _on_headers(self, flags: int, stream_id: int, payload: bytes) -> None:
-        self._check_stream_id(stream_id, "HEADERS")
-        start, end = self._unpad(flags, payload)
+        if stream_id not in self.streams:
+            self._check_stream_id(stream_id, "HEADERS")
+        start, end = self._unpad(flags, payload) if flags & PADDED else (0, len(payload))
         if flags & PRIORITY_FLAG:
             start += 5
             if start > end:
@@ -653,7 +654,8 @@ class Http2Connection(asyncio.Protocol):
             self._finish(stream_id, stream)
 
     def _on_data(self, flags: int, stream_id: int, payload: bytes) -> None:
-        self._check_stream_id(stream_id, "DATA")
+        if stream_id not in self.streams:   # (a stream of ours is valid by construction)
+            self._check_stream_id(stream_id, "DATA")
         length = len(payload)   # flow control counts the padding too
         self.receive_window -= length
         if self.receive_window < 0:
@@ -666,8 +668,10 @@ class Http2Connection(asyncio.Protocol):
         stream = self.streams.get(stream_id)
         if stream is None:
             return
-        start, end = self._unpad(flags, payload)
-        stream.body += payload[start:end]
+        if flags & PADDED:
+            start, end = self._unpad(flags, payload)
+            payload = payload[start:end]
+        stream.body += payload
         if len(stream.body) > self.max_body:
             if self._end(stream_id, stream):
                 self._call_done(stream, StreamError(
