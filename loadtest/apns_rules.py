@@ -90,6 +90,53 @@ def _check_payload(headers: Mapping[str, str], body: bytes) -> Rejection | None:
     return None
 
 
+INTERRUPTION_LEVELS = frozenset({"passive", "active", "time-sensitive", "critical"})
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _check_sound(sound: object) -> bool:
+    """A sound name, or the critical-alert dictionary: ``critical`` 0 or 1, ``name``,
+    ``volume`` from 0 to 1."""
+    if isinstance(sound, str):
+        return True
+    if not isinstance(sound, dict) or not isinstance(sound.get("name"), str):
+        return False
+    if sound.get("critical", 0) not in (0, 1) or isinstance(sound.get("critical"), bool):
+        return False
+    volume = sound.get("volume", 1)
+    return _is_number(volume) and 0 <= volume <= 1
+
+
+def check_aps(payload: dict[str, object]) -> Rejection | None:
+    """The ``aps`` dictionary as Apple defines it: ``interruption-level`` one of
+    Apple's four, ``relevance-score`` a number from 0 to 1, ``sound`` a name or the
+    critical-alert dictionary, ``alert`` a string or dictionary, ``category`` a
+    string. (Apple's device, not its gateway, drops a malformed ``aps``; the fake
+    refuses it with ``BadPayload`` so a test sees the mistake instead of silence.)"""
+    aps = payload.get("aps")
+    if aps is None:
+        return None
+    if not isinstance(aps, dict):
+        return Rejection(400, "BadPayload")
+    level = aps.get("interruption-level")
+    if level is not None and level not in INTERRUPTION_LEVELS:
+        return Rejection(400, "BadPayload")
+    score = aps.get("relevance-score")
+    if score is not None and not (_is_number(score) and 0 <= score <= 1):
+        return Rejection(400, "BadPayload")
+    if "sound" in aps and not _check_sound(aps["sound"]):
+        return Rejection(400, "BadPayload")
+    alert = aps.get("alert")
+    if alert is not None and not isinstance(alert, str | dict):
+        return Rejection(400, "BadPayload")
+    if "category" in aps and not isinstance(aps["category"], str):
+        return Rejection(400, "BadPayload")
+    return None
+
+
 def _is_uuid(value: str) -> bool:
     try:
         uuid.UUID(value)

@@ -33,7 +33,7 @@ from typing import Any
 from aiohttp import web
 from h2.settings import SettingCodes
 
-from loadtest.apns_rules import ProviderTokens, Rejection, check_request, device_token
+from loadtest.apns_rules import ProviderTokens, Rejection, check_aps, check_request, device_token
 from loadtest.fake_control import DEFAULT_FAULT_STATUS, FakeControl, bad_request, json_body
 from loadtest.h2server import H2Request, H2ServerConnection, close_connections
 from server.dev.devkeys import (
@@ -240,6 +240,8 @@ class FakeApns(FakeControl):
                 payload = None
             if not isinstance(payload, dict):
                 rejection = Rejection(400, "BadPayload")
+            else:
+                rejection = check_aps(payload)
         if rejection is None and token.lower() in self._unregistered:
             self._reject(connection, stream_id, apns_id, 410, {
                 "reason": "Unregistered", "timestamp": self._unregistered[token.lower()],

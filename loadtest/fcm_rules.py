@@ -94,6 +94,29 @@ _ANDROID_FIELDS = {
 _APNS_FIELDS = {"headers", "payload", "fcm_options", "fcmOptions", "live_activity_token"}
 _WEBPUSH_FIELDS = {"headers", "data", "notification", "fcm_options", "fcmOptions"}
 _ANDROID_PRIORITIES = {"NORMAL", "HIGH"}
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(w.title() for w in rest)
+
+
+# AndroidNotification (FCM v1); proto3 JSON accepts each name in snake and camel case.
+_ANDROID_NOTIFICATION_STRINGS = (
+    "title", "body", "icon", "color", "sound", "tag", "click_action", "body_loc_key",
+    "title_loc_key", "channel_id", "ticker", "event_time", "image",
+)
+_ANDROID_NOTIFICATION_FIELDS = {
+    f for name in (*_ANDROID_NOTIFICATION_STRINGS, "body_loc_args", "title_loc_args", "sticky",
+                   "local_only", "notification_priority", "default_sound",
+                   "default_vibrate_timings", "default_light_settings", "vibrate_timings",
+                   "visibility", "notification_count", "light_settings",
+                   "bypass_proxy_notification", "proxy")
+    for f in (name, _camel(name))
+}
+_NOTIFICATION_PRIORITIES = {"PRIORITY_UNSPECIFIED", "PRIORITY_MIN", "PRIORITY_LOW",
+                            "PRIORITY_DEFAULT", "PRIORITY_HIGH", "PRIORITY_MAX"}
+_VISIBILITIES = {"VISIBILITY_UNSPECIFIED", "PRIVATE", "PUBLIC", "SECRET"}
 _TOPIC = re.compile(r"^(/topics/)?[a-zA-Z0-9\-_.~%]{1,900}$")
 SEND_PATH = re.compile(r"/v1/projects/([^/]+)/messages:send")
 _JSON_HEADERS = {"Content-Type": JSON_CONTENT_TYPE}
@@ -254,9 +277,35 @@ def _check_android(android: Any) -> None:
         _check_string(android, key, "message.android")
     if "data" in android:
         _check_string_map(android["data"], "message.android.data")
-    if "notification" in android and not isinstance(android["notification"], dict):
-        raise InvalidMessage("message.android.notification", "notification must be an object",
-                             fcm_error=False)
+    if "notification" in android:
+        _check_android_notification(android["notification"])
+
+
+def _check_enum(obj: Mapping[str, Any], key: str, allowed: set[str], path: str,
+                proto: str) -> None:
+    for name in (key, _camel(key)):
+        value = obj.get(name)
+        if value is not None and value not in allowed:
+            raise InvalidMessage(
+                f"{path}.{name}", f"Invalid value at '{path}.{name}' ({proto}), "
+                f"{json.dumps(value)}", fcm_error=False)
+
+
+def _check_android_notification(notification: Any) -> None:
+    """AndroidNotification as FCM checks it: known fields only, strings where strings
+    belong (``channel_id`` among them), enums from their lists."""
+    path = "message.android.notification"
+    notification = check_fields(notification, _ANDROID_NOTIFICATION_FIELDS, path)
+    for name in _ANDROID_NOTIFICATION_STRINGS:
+        _check_string(notification, name, path)
+        _check_string(notification, _camel(name), path)
+    _check_enum(notification, "notification_priority", _NOTIFICATION_PRIORITIES, path,
+                "type.googleapis.com/google.firebase.fcm.v1.AndroidNotification.Priority")
+    _check_enum(notification, "visibility", _VISIBILITIES, path,
+                "type.googleapis.com/google.firebase.fcm.v1.AndroidNotification.Visibility")
+    color = notification.get("color")
+    if color is not None and not re.fullmatch(r"#[0-9a-fA-F]{6}", color):
+        raise InvalidMessage(f"{path}.color", "Color must be in the form #RRGGBB.")
 
 
 def _check_content(message: Mapping[str, Any]) -> None:

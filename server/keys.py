@@ -71,6 +71,18 @@ RESPONDER_POSITION_TTL_S and the position is forgotten."""
 
 RESPONDER_POSITION_TTL_S = 15 * 60
 
+NEAR_ME_GEO = f"{PREFIX}:near_me:geo"
+"""GEO set of the last position devices with "near me" reported (member: device id)."""
+
+NEAR_ME_SEEN = f"{PREFIX}:near_me:seen"
+"""Sorted set: when each device last reported (unix s); older than
+GEOPUSH_LOCATION_TTL_MINUTES and the position is forgotten."""
+
+
+def update_second_pass(incident_id: str) -> str:
+    """Set once the updates of an ended incident have had their second pass scheduled."""
+    return f"{PREFIX}:update_pass:{incident_id}"
+
 
 def device_rate(device_id: str) -> str:
     """Pushes enqueued for a device in the current hour (fixed window)."""

@@ -31,6 +31,13 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
         raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
 
 
+def _positive(env: Mapping[str, str], name: str, default: int) -> int:
+    value = _int(env, name, default)
+    if value <= 0:
+        raise ConfigError(f"{name} must be a positive integer, got {value}")
+    return value
+
+
 def _float(env: Mapping[str, str], name: str, default: float) -> float:
     raw = env.get(name)
     if raw is None or raw == "":
@@ -39,6 +46,15 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
         return float(raw)
     except ValueError:
         raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+
+
+def _bool(env: Mapping[str, str], name: str) -> bool:
+    raw = (env.get(name) or "0").strip().lower()
+    if raw in ("1", "true", "yes"):
+        return True
+    if raw in ("0", "false", "no"):
+        return False
+    raise ConfigError(f"{name} must be 1 or 0, got {raw!r}")
 
 
 @dataclass(frozen=True)
@@ -52,6 +68,9 @@ class ApnsSettings:
     ca_file: Path | None = None  # extra CA to trust (the fake gateway's); None = system CAs
     max_connections: int = 4
     request_timeout: float = 10.0
+    # The app holds Apple's critical-alerts entitlement: an agency's extreme manual
+    # alert may then break through silent mode and Do Not Disturb.
+    critical_alerts: bool = False
 
 
 @dataclass(frozen=True)
@@ -91,6 +110,9 @@ class Settings:
     claim_idle_ms: int = 60_000
     # Pushes a device gets per hour before only the most severe categories come through.
     device_pushes_per_hour: int = 10
+    # A device's reported position ("near me") is forgotten this long after its last
+    # report.
+    location_ttl: dt.timedelta = dt.timedelta(minutes=120)
     apns: ApnsSettings | None = None
     fcm: FcmSettings | None = None
     # Editor console
@@ -128,6 +150,8 @@ class Settings:
             send_concurrency=send_concurrency,
             claim_idle_ms=_int(env, "GEOPUSH_CLAIM_IDLE_MS", 60_000),
             device_pushes_per_hour=_int(env, "GEOPUSH_DEVICE_PUSHES_PER_HOUR", 10),
+            location_ttl=dt.timedelta(minutes=_positive(env, "GEOPUSH_LOCATION_TTL_MINUTES",
+                                                        120)),
             dry_runs_per_minute=_int(env, "GEOPUSH_DRY_RUNS_PER_MINUTE", 60),
             consumer_name=env.get("GEOPUSH_CONSUMER_NAME") or _default_consumer_name(),
             apns=_apns_from_env(env),
@@ -194,6 +218,7 @@ def _apns_from_env(env: Mapping[str, str]) -> ApnsSettings | None:
         ca_file=Path(ca_file) if ca_file else None,
         max_connections=_int(env, "GEOPUSH_APNS_MAX_CONNECTIONS", 4),
         request_timeout=_float(env, "GEOPUSH_APNS_TIMEOUT", 10.0),
+        critical_alerts=_bool(env, "GEOPUSH_APNS_CRITICAL_ALERTS"),
     )
 
 

@@ -77,7 +77,7 @@ def settings(services: Services) -> Settings:
     )
 
 
-_TABLES = "deliveries, zones, devices, outbox, incidents, agencies"
+_TABLES = "deliveries, zones, neighbourhoods, devices, outbox, incidents, agencies"
 
 
 @pytest.fixture

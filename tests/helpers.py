@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 import time
+from pathlib import Path
 from typing import Any
 
 from aiohttp.test_utils import TestClient
@@ -122,3 +124,28 @@ async def sign_in(client: TestClient[Any, Any], username: str,
     resp = await client.post("/v1/session", json={"username": username, "password": password})
     assert resp.status == 200, await resp.text()
     return {"X-CSRF-Token": (await resp.json())["csrf_token"]}
+
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+
+_STAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?(?:Z|[+-]\d\d:\d\d)")
+
+
+def fresh_times(*texts: str) -> list[str]:
+    """Move the fixtures' timestamps together so the newest is two minutes ago: fresh
+    enough to alert, and their order (alert < update < cancel) kept."""
+    # Anchor on when the messages were sent (not on expiry times further ahead).
+    stamps = [s for t in texts for s in re.findall(
+        r"(?:<sent>|lastUpdateTimeStamp\"\s*:\s*\")([^<\"]+)", t)]
+    stamps = stamps or [s for t in texts for s in _STAMP.findall(t)]
+    if not stamps:
+        return list(texts)
+    newest = max(dt.datetime.fromisoformat(s.replace("Z", "+00:00")) for s in stamps)
+    shift = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=2) - newest
+
+    def moved(m: re.Match[str]) -> str:
+        when = dt.datetime.fromisoformat(m.group(0).replace("Z", "+00:00")) + shift
+        return when.isoformat(timespec="seconds")
+
+    return [_STAMP.sub(moved, t) for t in texts]

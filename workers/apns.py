@@ -10,8 +10,7 @@ from typing import Any
 import msgspec
 from redis.exceptions import RedisError
 
-from server.domain.pushtext import title_and_body
-from server.domain.severity import urgency
+from server.domain.responses import IOS_RESPONDER_CATEGORY
 from workers.gateways.apns_client import ApnsClient, ApnsResponse, ApnsTransportError
 from workers.push import (
     Done,
@@ -63,21 +62,31 @@ def fit(payload: dict[str, Any], limit: int = MAX_PAYLOAD_BYTES) -> dict[str, An
     return payload
 
 
-def build_payload(push: Push, now: dt.datetime) -> dict[str, Any]:
-    title, body = title_and_body(
-        push.category, push.public_location or None, push.occurred, now, push.locale,
-        title=push.title, body=push.body,
-    )
-    return fit({
-        "aps": {
-            "alert": {"title": title, "body": body},
-            "sound": "default",
-            "interruption-level": urgency(push.severity) if push.severity
-            else "time-sensitive",
-            "thread-id": push.category,
-        },
-        "incident": push.incident_data(),
-    })
+def build_payload(push: Push, now: dt.datetime, *, critical_alerts: bool = False
+                  ) -> dict[str, Any]:
+    """The APNs payload: the text, the presentation (``server.domain.severity``), and
+    the incident's public data. ``critical_alerts``: the app holds Apple's
+    critical-alerts entitlement (GEOPUSH_APNS_CRITICAL_ALERTS)."""
+    title, body = push.text(now)
+    look = push.presentation(critical_alerts=critical_alerts)
+    aps: dict[str, Any] = {
+        "alert": {"title": title, "body": body},
+        "interruption-level": look.interruption_level,
+        "relevance-score": look.relevance_score,
+        "thread-id": push.category,
+    }
+    if look.interruption_level == "critical":
+        aps["sound"] = {"critical": 1, "name": "default", "volume": 1.0}
+    elif look.sound:
+        aps["sound"] = "default"
+    if push.audience == "responder" and push.kind == "alert":
+        aps["category"] = IOS_RESPONDER_CATEGORY   # the app shows the answer buttons
+    return fit({"aps": aps, "incident": push.incident_data()})
+
+
+def priority(push: Push) -> int:
+    """10 (at once) for alerts; 5 (as the phone's power allows) for silent updates."""
+    return 5 if push.kind == "update" else 10
 
 
 def classify(response: ApnsResponse) -> Outcome:
@@ -104,8 +113,9 @@ def _unanswered(exc: Exception) -> Retry | None:
 class ApnsGateway:
     platform = "apns"
 
-    def __init__(self, client: ApnsClient) -> None:
+    def __init__(self, client: ApnsClient, *, critical_alerts: bool = False) -> None:
         self.client = client
+        self.critical_alerts = critical_alerts
         self._payloads: PayloadCache[bytes] = PayloadCache()
         self._report = functools.partial(report, classify, _unanswered, "APNs")
 
@@ -115,7 +125,8 @@ class ApnsGateway:
         key = (*push_text_key(push, now), push.lat, push.lon, push.aeds)
         payload = self._payloads.get(key)
         if payload is None:
-            payload = _encode(build_payload(push, dt.datetime.fromtimestamp(now, dt.UTC)))
+            payload = _encode(build_payload(push, dt.datetime.fromtimestamp(now, dt.UTC),
+                                            critical_alerts=self.critical_alerts))
             self._payloads.put(key, payload)
         return payload
 
@@ -123,7 +134,8 @@ class ApnsGateway:
         """Send ``push``; ``done`` gets its outcome from the client's callback."""
         self.client.start(push.token, self.payload(push, now),
                           functools.partial(self._report, done), collapse_id=push.incident_id,
-                          expiration=int(push.expires_at), priority=10, push_type="alert")
+                          expiration=int(push.expires_at), priority=priority(push),
+                          push_type="alert")
 
     async def close(self) -> None:
         await self.client.close()

@@ -10,7 +10,6 @@ from typing import Any
 import msgspec
 from msgspec.structs import replace
 
-from server.domain.pushtext import title_and_body
 from workers.gateways.fcm_client import FcmClient, FcmResponse, FcmTransportError
 from workers.push import (
     Done,
@@ -35,28 +34,31 @@ def _compact(value: Any) -> str:
 
 
 def build_message(push: Push, now: dt.datetime) -> dict[str, Any]:
-    title, body = title_and_body(
-        push.category, push.public_location or None, push.occurred, now, push.locale,
-        title=push.title, body=push.body,
-    )
+    """The FCM v1 message: the text, the Android channel and priority
+    (``server.domain.severity``), and the incident's public data as strings."""
+    update = push.kind == "update"
+    title, body = push.text(now)
+    look = push.presentation()
     ttl = max(0, int(push.expires_at - now.timestamp()))
     data = push.incident_data()
+    # FCM data values must be strings.
+    strings = {"incident_id": push.incident_id, "category": push.category,
+               "area": _compact(data["area"]), "kind": push.kind}
+    if update:
+        strings["status"] = push.status
+    elif push.audience == "responder":
+        strings.update(aeds=_compact(data["aeds"]), responder="true",
+                       actions=",".join(data["actions"]))
     return {
         "token": push.token,
         "notification": {"title": title, "body": body},
-        # FCM data values must be strings.
-        "data": {
-            "incident_id": push.incident_id,
-            "category": push.category,
-            "area": _compact(data["area"]),
-            **({"aeds": _compact(data["aeds"]), "responder": "true"}
-               if push.audience == "responder" else {}),
-        },
+        "data": strings,
         "android": {
-            "priority": "HIGH",
+            "priority": "HIGH" if look.high_priority else "NORMAL",
             "collapse_key": push.incident_id,
             "ttl": f"{ttl}s",
-            "notification": {"tag": push.incident_id, "channel_id": "geopush_alerts"},
+            # The same tag: the update replaces the alert in the notification shade.
+            "notification": {"tag": push.incident_id, "channel_id": look.channel_id},
         },
     }
 

@@ -1,10 +1,13 @@
 """The matcher: incidents in, per-platform pushes out.
 
 For each incident on ``geopush:incidents`` it finds the devices whose zones intersect
-the incident's geometry (PostGIS, GiST-indexed), applies their category preferences
-and quiet hours, and enqueues one push per device. Enqueueing is a Lua script that
-sets the per-device dedup key and XADDs in one atomic step, so a matcher that dies
-half-way and is replayed never pushes a device twice and never skips one.
+the incident's geometry (PostGIS, GiST-indexed) or whose current position is near it
+("near me", Redis GEO), applies their category preferences and quiet hours, and
+enqueues one push per device. For an alerted incident that ended (cleared,
+cancelled) it enqueues the update that replaces the alert on the phones it reached.
+Enqueueing is a Lua script that sets the per-device dedup key and XADDs in one atomic
+step, so a matcher that dies half-way and is replayed never pushes a device twice and
+never skips one.
 """
 
 from __future__ import annotations
@@ -20,9 +23,11 @@ import redis.asyncio as aioredis
 from server import keys
 from server.domain.policy import ALERT
 from server.domain.severity import MODERATE
-from server.store import aeds, matching
+from server.domain.zones import MAX_NEAR_ME_RADIUS_M
+from server.store import aeds, matching, positions
 from server.store.audience import (
     ALERT_LIFETIME,
+    DEFAULT_LOCATION_TTL,
     NEIGHBOUR,
     RESPONDER,
     Audience,
@@ -60,6 +65,12 @@ redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', unpack(ARGV, 5))
 return 1
 """
 
+# Alerts still in flight when the incident ended are recorded as delivered shortly
+# after (a send's timeout, then the sender's recording); a second pass this much later
+# gives those devices their update too. The dedup set keeps it to one per device.
+UPDATE_SECOND_PASS = dt.timedelta(seconds=30)
+ENDED = ("cleared", "cancelled")
+
 
 @dataclass(frozen=True)
 class MatchResult:
@@ -70,9 +81,11 @@ class MatchResult:
 
 class Matcher:
     def __init__(self, pool: asyncpg.Pool, redis: aioredis.Redis, *,
-                 device_pushes_per_hour: int = 10) -> None:
+                 device_pushes_per_hour: int = 10,
+                 location_ttl: dt.timedelta = DEFAULT_LOCATION_TTL) -> None:
         self.pool = pool
         self.redis = redis
+        self.near_me = positions.near_me(location_ttl.total_seconds())
         # A neighbourhood having a bad night must not turn a phone into a pager: past
         # this many pushes an hour a device gets only the most severe categories and
         # CPR calls (0 switches the limit off).
@@ -81,26 +94,33 @@ class Matcher:
 
     async def match_incident(self, incident_id: str, now: dt.datetime) -> MatchResult:
         incident = await matching.incident(self.pool, incident_id)
-        if (incident is None or incident["decision"] != ALERT
-                or incident["status"] != "active" or not incident["actual"]):
-            # Changed since it was published (cleared, cancelled, re-decided): nothing to do.
+        if incident is None or not incident["actual"]:
             return MatchResult(incident_id, 0, 0)
         expires = incident["expires_at"] or incident["occurred_at"] + ALERT_LIFETIME
         if now >= expires:
+            # Past the alert's lifetime: neither the alert nor an update is worth sending.
+            return MatchResult(incident_id, 0, 0)
+        if incident["status"] in ENDED:
+            return await self._send_updates(incident, expires)
+        if incident["decision"] != ALERT or incident["status"] != "active":
+            # Re-decided since it was published: nothing to do.
             return MatchResult(incident_id, 0, 0)
         manual = incident["source"] == "manual"
         severity = incident["severity"] or ""
         if manual:
             # The drawn area is public by nature: matched as drawn (matching.py).
+            # Phones whose current position is in it ("near me") are reached too.
             audience = Audience(NEIGHBOUR, await matching.area_neighbours(
-                self.pool, incident["area"]))
+                self.pool, incident["area"],
+                await self._near_area(incident["area"], incident["lat"], incident["lon"])))
         else:
             audience = await find_audience(self.pool, self.redis, Target(
                 agency_id=incident["agency_id"], category=incident["category"],
                 geometry=incident["geom"], exact_lat=incident["exact_lat"],
                 exact_lon=incident["exact_lon"], location_kind=incident["location_kind"],
                 responder_radius_m=incident["responder_radius_m"],
-            ))
+                public_lat=incident["lat"], public_lon=incident["lon"],
+            ), near_me=self.near_me)
         rows = audience.devices
         aeds_json = ""
         lat, lon = incident["lat"], incident["lon"]
@@ -123,34 +143,78 @@ class Matcher:
                                                self.device_pushes_per_hour)
         recipients = rows if manual and severity != MODERATE \
             else awake(audience, incident["category"], now)
-        enqueued = 0
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for row in recipients:
-                push = Push(
-                    incident_id=str(incident["id"]), device_id=str(row["id"]),
-                    platform=row["platform"], token=row["token"], locale=row["locale"],
-                    category=incident["category"],
-                    public_location=incident["public_location"] or "",
-                    lat=lat, lon=lon,
-                    occurred_at=incident["occurred_at"].timestamp(),
-                    received_at=incident["received_at"].timestamp(),
-                    expires_at=expires.timestamp(),
-                    title=incident["title_override"] or "",
-                    body=incident["body_override"] or "",
-                    audience=audience.kind, aeds=aeds_json, severity=severity,
-                )
-                flat = [x for kv in push.to_fields().items() for x in kv]
-                await self._enqueue(
-                    keys=[keys.pushed(dedup_on), keys.push_stream(push.platform),
-                          keys.device_rate(push.device_id)],
-                    args=[push.device_id, keys.PUSHED_TTL_S, STREAM_MAXLEN, limit, *flat],
-                    client=pipe,
-                )
-            results = await pipe.execute() if len(pipe) else []
+        pushes = [Push(
+            incident_id=str(incident["id"]), device_id=str(row["id"]),
+            platform=row["platform"], token=row["token"], locale=row["locale"],
+            category=incident["category"],
+            public_location=incident["public_location"] or "",
+            lat=lat, lon=lon,
+            occurred_at=incident["occurred_at"].timestamp(),
+            received_at=incident["received_at"].timestamp(),
+            expires_at=expires.timestamp(),
+            title=incident["title_override"] or "",
+            body=incident["body_override"] or "",
+            audience=audience.kind, aeds=aeds_json, severity=severity,
+        ) for row in recipients]
+        results = await self._enqueue_all(pushes, keys.pushed(dedup_on), limit)
         enqueued = sum(1 for r in results if r == 1)
         limited = sum(1 for r in results if r == -1)
         log.info("matched incident=%s category=%s candidates=%d enqueued=%d rate_limited=%d",
                  incident_id, incident["category"], len(rows), enqueued, limited)
+        return MatchResult(incident_id, len(rows), enqueued)
+
+    async def _near_area(self, area: str, lat: float, lon: float) -> list[positions.Nearby]:
+        """Near-me positions that may be within their radius of a manual alert's area:
+        one GEO search around a point on it, as far out as the area reaches."""
+        if not await self.redis.exists(self.near_me.geo_key):
+            return []
+        extent = await matching.extent_m(self.pool, area, lat, lon)
+        return await self.near_me.near(self.redis, lat, lon, MAX_NEAR_ME_RADIUS_M + extent)
+
+    async def _enqueue_all(self, pushes: list[Push], dedup_key: str, limit: int) -> list[int]:
+        """Each push enqueued unless its device is in ``dedup_key`` already, or over
+        ``limit`` pushes this hour (0: no limit): 1 enqueued, 0 deduplicated, -1 limited."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for push in pushes:
+                flat = [x for kv in push.to_fields().items() for x in kv]
+                await self._enqueue(
+                    keys=[dedup_key, keys.push_stream(push.platform),
+                          keys.device_rate(push.device_id)],
+                    args=[push.device_id, keys.PUSHED_TTL_S, STREAM_MAXLEN, limit, *flat],
+                    client=pipe,
+                )
+            return list(await pipe.execute()) if len(pipe) else []
+
+    async def _send_updates(self, incident: asyncpg.Record, expires: dt.datetime
+                            ) -> MatchResult:
+        """The incident was cleared or cancelled: every device its alert reached gets
+        one silent update under the same collapse id, outside any hourly limit; unless
+        the agency turned updates off for the category."""
+        incident_id = str(incident["id"])
+        if incident["updates_off"]:
+            return MatchResult(incident_id, 0, 0)
+        if await self.redis.set(keys.update_second_pass(incident_id), 1, nx=True,
+                                ex=keys.PUSHED_TTL_S):
+            # A delayed outbox row: the relay republishes the incident then.
+            await self.pool.execute(
+                "INSERT INTO outbox (incident_id, created_at) VALUES ($1, now() + $2::interval)",
+                incident["id"], UPDATE_SECOND_PASS)
+        rows = await matching.alerted(self.pool, incident["id"])
+        ended_at = max(incident["revision"], incident["occurred_at"])
+        pushes = [Push(
+            incident_id=incident_id, device_id=str(row["id"]), platform=row["platform"],
+            token=row["token"], locale=row["locale"], category=incident["category"],
+            public_location=incident["public_location"] or "",
+            lat=incident["lat"], lon=incident["lon"],
+            occurred_at=incident["occurred_at"].timestamp(),
+            received_at=incident["received_at"].timestamp(),
+            expires_at=expires.timestamp(), kind="update", status=incident["status"],
+            ended_at=ended_at.timestamp(), severity=incident["severity"] or "",
+        ) for row in rows]
+        results = await self._enqueue_all(pushes, keys.pushed(f"update:{incident_id}"), 0)
+        enqueued = sum(1 for r in results if r == 1)
+        log.info("updates incident=%s status=%s alerted=%d enqueued=%d", incident_id,
+                 incident["status"], len(rows), enqueued)
         return MatchResult(incident_id, len(rows), enqueued)
 
     async def handle(self, consumer: StreamConsumer, entries: list[Entry]) -> None:

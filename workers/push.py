@@ -10,6 +10,10 @@ from typing import Any, Generic, TypeVar
 
 import msgspec
 
+from server.domain.pushtext import title_and_body, update_text
+from server.domain.responses import RESPONSE_STATUSES
+from server.domain.severity import Presentation, presentation
+
 
 class Push(msgspec.Struct, frozen=True):
     """On the stream as two fields: ``device_id`` (so erasure can find a device's
@@ -35,6 +39,11 @@ class Push(msgspec.Struct, frozen=True):
     audience: str = "neighbour"
     aeds: str = ""              # JSON list of the nearest AEDs, responders only
     severity: str = ""          # a manual alert's: extreme | severe | moderate
+    # "alert", or "update": the incident ended (``status`` cleared | cancelled, at
+    # ``ended_at``, unix s); the update replaces the alert on the phone.
+    kind: str = "alert"
+    status: str = "active"
+    ended_at: float = 0.0
 
     def to_fields(self) -> dict[str, str]:
         """The stream entry's fields."""
@@ -61,10 +70,30 @@ class Push(msgspec.Struct, frozen=True):
         }
         if self.severity:
             data["severity"] = self.severity
-        if self.audience == "responder":
+        if self.kind == "update":
+            data["status"] = self.status
+        elif self.audience == "responder":
             data["responder"] = True
             data["aeds"] = json.loads(self.aeds) if self.aeds else []
+            data["actions"] = list(RESPONSE_STATUSES)
         return data
+
+    @property
+    def ended(self) -> dt.datetime:
+        return dt.datetime.fromtimestamp(self.ended_at, dt.UTC)
+
+    def text(self, now: dt.datetime) -> tuple[str, str]:
+        """Title and body in the device's language: the alert's, or the update's."""
+        if self.kind == "update":
+            return update_text(self.category, self.status, self.occurred, self.ended,
+                               self.locale)
+        return title_and_body(self.category, self.public_location or None, self.occurred,
+                              now, self.locale, title=self.title, body=self.body)
+
+    def presentation(self, *, critical_alerts: bool = False) -> Presentation:
+        """How loudly it presents on the phone (``server.domain.severity``)."""
+        return presentation(self.category, "update" if self.kind == "update" else "alert",
+                            manual_severity=self.severity, critical_alerts=critical_alerts)
 
     @property
     def occurred(self) -> dt.datetime:
@@ -76,7 +105,8 @@ def push_text_key(push: Push, now: float) -> tuple[Any, ...]:
     payloads. The relative time ("3 min ago") changes once a minute."""
     minutes = int((now - push.occurred_at) // 60)
     return (push.incident_id, push.category, push.public_location, push.locale,
-            push.title, push.body, push.audience, push.severity, minutes)
+            push.title, push.body, push.audience, push.kind, push.status, push.ended_at,
+            push.severity, minutes)
 
 
 _encode = msgspec.json.Encoder().encode

@@ -53,7 +53,7 @@ def build_gateway(settings: Settings, platform: str, redis: aioredis.Redis) -> G
             max_connections=apns.max_connections, request_timeout=apns.request_timeout,
             token_source=SharedProviderToken(redis, key_pem=key_pem, key_id=apns.key_id,
                                              team_id=apns.team_id),
-        ))
+        ), critical_alerts=apns.critical_alerts)
     fcm = settings.fcm
     if fcm is None:
         raise ConfigError("the fcm sender needs GEOPUSH_FCM_SERVICE_ACCOUNT_FILE")
@@ -116,7 +116,8 @@ async def worker_main(
             return
         if kind == "matcher":
             matcher = Matcher(pool, redis,
-                              device_pushes_per_hour=settings.device_pushes_per_hour)
+                              device_pushes_per_hour=settings.device_pushes_per_hour,
+                              location_ttl=settings.location_ttl)
             consumer = StreamConsumer(redis, keys.INCIDENTS_STREAM, keys.MATCHER_GROUP,
                                       settings.consumer_name, batch=settings.stream_batch,
                                       claim_idle_ms=settings.claim_idle_ms)

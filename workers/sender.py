@@ -121,8 +121,11 @@ class Sender:
             except (KeyError, ValueError):
                 log.error("dropping malformed push entry %s", entry_id)
                 unreadable.append(entry_id)
-        withdrawn = await self._withdrawn([p for _, p in readable]) if readable else set()
-        return [(eid, p, p.incident_id in withdrawn) for eid, p in readable], unreadable
+        alerts = [p for _, p in readable if p.kind == "alert"]
+        withdrawn = await self._withdrawn(alerts) if alerts else set()
+        # An update is about the incident having ended: it is never withdrawn for that.
+        return [(eid, p, p.kind == "alert" and p.incident_id in withdrawn)
+                for eid, p in readable], unreadable
 
     async def run(self, consumer: StreamConsumer, stop: asyncio.Event, *,
                   flush_size: int = 100, flush_interval_s: float = 0.02) -> None:
@@ -154,7 +157,7 @@ class Sender:
                     outcome_name = "dead"
                     dead.append((r.push, reason or "retries exhausted"))
             rows.append((r.push.incident_id, r.push.device_id, r.push.platform, outcome_name,
-                         reason, status, gateway_id, r.push.attempt, latency))
+                         reason, status, gateway_id, r.push.attempt, latency, r.push.kind))
         await deliveries.record(self.pool, rows)
         for r in results:
             if isinstance(r.outcome, TokenGone):

@@ -1,4 +1,6 @@
-"""The demo ``make run`` loads: an agency, three devices, and a signed incident to post.
+"""The demo ``make run`` loads: Seattle's police neighbourhoods, an agency, four
+devices (three with a circle, one with a neighbourhood as its zone), and a signed
+incident to post.
 
 It talks to the running server over HTTP only, exactly as a CAD vendor and a phone
 app would, so the demo exercises the real path end to end.
@@ -27,6 +29,9 @@ DEVICES = [
     ("ravenna-android", "fcm", (47.6690, -122.3050), 1200),
     ("west-seattle-iphone", "apns", (47.5707, -122.3868), 1000),  # too far: gets nothing
 ]
+# A phone whose zone is the neighbourhood HOME lies in (Seattle police's "University").
+NEIGHBOURHOOD_DEVICE = ("university-android", "fcm")
+NEIGHBOURHOODS = REPO / "examples/seattle-police-mcpp-areas.geojson"
 
 
 DEFAULT_URL = "http://127.0.0.1:8080"
@@ -45,8 +50,20 @@ def _request(method: str, url: str, body: Any = None, headers: dict[str, str] | 
         return exc.code, json.loads(exc.read() or b"null")
 
 
+def load_neighbourhoods(base_url: str, admin_token: str) -> None:
+    """Import Seattle police's 61 neighbourhoods (idempotent: re-imports update)."""
+    status, answer = _request(
+        "POST", f"{base_url}/v1/admin/neighbourhoods?name_property=NAME&source=seattle-spd-mcpp",
+        raw=NEIGHBOURHOODS.read_bytes(),
+        headers={"Authorization": f"Bearer {admin_token}",
+                 "Content-Type": "application/geo+json"})
+    if status != 200:
+        raise RuntimeError(f"importing the demo neighbourhoods failed: {status} {answer}")
+
+
 def load(state_file: Path, base_url: str, admin_token: str) -> dict[str, Any]:
     """Create the demo agency and devices once; later calls reuse the saved state."""
+    load_neighbourhoods(base_url, admin_token)
     if state_file.exists():
         return dict(json.loads(state_file.read_text()))
     base = base_url
@@ -79,10 +96,26 @@ def load(state_file: Path, base_url: str, admin_token: str) -> dict[str, Any]:
         _request("PUT", f"{base}/v1/devices/{dev['id']}/zones", {"zones": [zone]},
                  {"Authorization": f"Bearer {dev['secret']}"})
         state["devices"].append({"name": name, "platform": platform, "token": token, **dev})
+    state["devices"].append(_neighbourhood_device(base))
     state_file.parent.mkdir(parents=True, exist_ok=True)
     state_file.write_text(json.dumps(state, indent=2))
     state_file.chmod(0o600)
     return state
+
+
+def _neighbourhood_device(base: str) -> dict[str, Any]:
+    name, platform = NEIGHBOURHOOD_DEVICE
+    token = "demo-fcm-" + secrets.token_urlsafe(24)
+    status, dev = _request("POST", f"{base}/v1/devices", {
+        "platform": platform, "token": token, "timezone": "America/Los_Angeles"})
+    if status != 201:
+        raise RuntimeError(f"registering a demo device failed: {status} {dev}")
+    _, found = _request("GET", f"{base}/v1/neighbourhoods?lat={HOME[0]}&lon={HOME[1]}")
+    [hood, *_] = found["neighbourhoods"]
+    zone = {"name": hood["name"], "neighbourhood": hood["id"]}
+    _request("PUT", f"{base}/v1/devices/{dev['id']}/zones", {"zones": [zone]},
+             {"Authorization": f"Bearer {dev['secret']}"})
+    return {"name": name, "platform": platform, "token": token, **dev}
 
 
 def post_incident(state_file: Path, *, base_url: str | None, call_type: str,

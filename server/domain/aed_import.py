@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 from dataclasses import dataclass
 from typing import Any
 
+from server.domain import geojson
 from server.domain.errors import FieldError, ValidationFailed
 
 MAX_AEDS = 50_000
@@ -56,16 +56,9 @@ def _aed(field: str, props: dict[str, Any], lat: Any, lon: Any,
 
 
 def parse_geojson(body: bytes) -> list[Aed]:
-    try:
-        doc = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ValidationFailed([FieldError("body", f"malformed JSON: {exc}")]) from None
-    if not isinstance(doc, dict) or doc.get("type") != "FeatureCollection" \
-            or not isinstance(doc.get("features"), list):
-        raise ValidationFailed([FieldError("type", "must be a GeoJSON FeatureCollection")])
     errors: list[FieldError] = []
     aeds: list[Aed] = []
-    for i, feature in enumerate(doc["features"]):
+    for i, feature in enumerate(geojson.features(body)):
         field = f"features[{i}]"
         geometry = feature.get("geometry") if isinstance(feature, dict) else None
         if not isinstance(geometry, dict) or geometry.get("type") != "Point" \

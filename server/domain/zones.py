@@ -23,6 +23,9 @@ MAX_RADIUS_M = 20_000
 MAX_VERTICES = 2_000
 MAX_AREA_KM2 = 1_000.0
 MAX_ZONES = 10
+# "Near me": the radius around the phone's current position.
+MIN_NEAR_ME_RADIUS_M = 300
+MAX_NEAR_ME_RADIUS_M = 5000
 _EARTH_RADIUS_KM = 6371.0088
 
 
@@ -40,7 +43,15 @@ class Area:
     geojson: str   # a valid MultiPolygon, lon/lat
 
 
-Zone = Circle | Area
+@dataclass(frozen=True)
+class NeighbourhoodZone:
+    """An imported neighbourhood, by its id: the zone is its polygon."""
+
+    name: str
+    neighbourhood_id: str
+
+
+Zone = Circle | Area | NeighbourhoodZone
 
 
 class ZoneError(ValueError):

@@ -19,7 +19,8 @@ Mapping (errors name the CAP element path, e.g. ``info.area.circle``):
   ``actual=False`` (stored, never pushed).
 - ``msgType`` Alert/Update -> active, Cancel -> cancelled; Ack and Error are refused.
   An Alert or Update whose ``info/responseType`` includes AllClear ("the subject
-  event no longer poses a threat") -> cleared.
+  event no longer poses a threat"), or an Update whose ``info/urgency`` is Past
+  ("responsive action is no longer required") -> cleared.
 - Of several ``info`` blocks, the first whose ``language`` starts with "en" (an
   absent language means en-US) is used, else the first. ``info`` is required, also
   for Cancel, because an incident needs a call type and a location.
@@ -370,8 +371,9 @@ def parse(body: bytes) -> RawIncident:
             break
     area = _area(doc, info)
     status_ = _MSG_TYPES[msg_type]
-    if status_ is Status.ACTIVE and "AllClear" in (
-            text_of(e) for e in doc.all(info, "responseType")):
+    if status_ is Status.ACTIVE and (
+            "AllClear" in (text_of(e) for e in doc.all(info, "responseType"))
+            or (msg_type == "Update" and doc.text(info, "urgency") == "Past")):
         status_ = Status.CLEARED
     return RawIncident(
         external_id=external_id,

@@ -27,6 +27,7 @@ class Agency:
     review_categories: frozenset[str] = frozenset()
     rate_limit_per_minute: int = 1200
     responder_radius_m: int = 400
+    no_update_categories: frozenset[str] = frozenset()
 
     def policy(self) -> AgencyPolicy:
         alertable = DEFAULT_ALERTABLE
@@ -50,6 +51,7 @@ class Agency:
             "staleness_minutes": self.staleness_minutes,
             "rate_limit_per_minute": self.rate_limit_per_minute,
             "responder_radius_m": self.responder_radius_m,
+            "no_update_categories": sorted(self.no_update_categories),
         }
 
 
@@ -59,7 +61,8 @@ class AgencyExists(Exception):
 
 _COLUMNS = """id, name, timezone, call_types, review, signing_secret, previous_secret,
               previous_secret_expires_at, alertable_categories, staleness_minutes,
-              review_categories, rate_limit_per_minute, responder_radius_m"""
+              review_categories, rate_limit_per_minute, responder_radius_m,
+              no_update_categories"""
 
 
 def _from_row(row: Any, now: dt.datetime) -> Agency:
@@ -76,6 +79,7 @@ def _from_row(row: Any, now: dt.datetime) -> Agency:
         review_categories=frozenset(row["review_categories"]),
         rate_limit_per_minute=row["rate_limit_per_minute"],
         responder_radius_m=row["responder_radius_m"],
+        no_update_categories=frozenset(row["no_update_categories"]),
     )
 
 
@@ -101,7 +105,7 @@ async def create_agency(
 # Columns the admin API may change, and nothing else (the names are not user input).
 UPDATABLE = ("name", "timezone", "call_types", "review", "review_categories",
              "alertable_categories", "staleness_minutes", "rate_limit_per_minute",
-             "responder_radius_m")
+             "responder_radius_m", "no_update_categories")
 
 
 async def update_agency(pool: asyncpg.Pool | PoolConnectionProxy[asyncpg.Record],

@@ -16,11 +16,14 @@ import redis.asyncio as aioredis
 from server import keys
 from server.domain.categories import MOST_SEVERE, RESPONDER_ONLY
 from server.domain.quiet import allowed_now
-from server.store import matching, responders
+from server.domain.zones import MAX_NEAR_ME_RADIUS_M
+from server.store import matching, positions
 
 # How long after it occurred a push is still worth delivering (also the APNs
 # expiration and the FCM TTL).
 ALERT_LIFETIME = dt.timedelta(hours=1)
+# GEOPUSH_LOCATION_TTL_MINUTES' default: a near-me position is forgotten after this.
+DEFAULT_LOCATION_TTL = dt.timedelta(minutes=120)
 
 NEIGHBOUR = "neighbour"
 RESPONDER = "responder"
@@ -37,6 +40,10 @@ class Target:
     exact_lon: float
     location_kind: str | None
     responder_radius_m: int
+    # The public (rounded) point: near-me positions are matched against it (or the
+    # area, for an incident given as one), never the exact point.
+    public_lat: float | None = None
+    public_lon: float | None = None
 
 
 @dataclass(frozen=True)
@@ -45,22 +52,35 @@ class Audience:
     devices: list[asyncpg.Record]  # id, platform, token, locale, timezone, quiet hours
 
 
-async def find_audience(pool: asyncpg.Pool, redis: aioredis.Redis, target: Target) -> Audience:
+async def find_audience(pool: asyncpg.Pool, redis: aioredis.Redis, target: Target, *,
+                        near_me: positions.PositionSet | None = None,
+                        forget: bool = True) -> Audience:
     """Devices the incident is for, before quiet hours, dedup and hourly limits.
 
     A CPR call never goes to neighbours: responders are matched by where they are
-    now (Redis), the rest by their zones (PostGIS).
+    now (Redis), the rest by their zones (PostGIS) and, with ``near_me``, by where
+    they are now (one GEO search in Redis, whatever the number of devices). ``forget``
+    false: positions past their time-to-live are passed over but left to the matcher
+    to delete (a dry run writes nothing).
     """
     if target.category in RESPONDER_ONLY:
-        nearby = await responders.near(redis, target.exact_lat, target.exact_lon,
-                                       target.responder_radius_m)
+        nearby = await positions.RESPONDERS.near(redis, target.exact_lat, target.exact_lon,
+                                                 target.responder_radius_m, forget=forget)
         if not nearby:
             return Audience(RESPONDER, [])
         rows = await matching.responders(
             pool, [r.device_id for r in nearby],
             public_place=target.location_kind == "public", agency_id=target.agency_id)
         return Audience(RESPONDER, rows)
-    return Audience(NEIGHBOUR, await matching.neighbours(pool, target.geometry, target.category))
+    near: list[positions.Nearby] = []
+    point = None
+    if target.public_lat is not None and target.public_lon is not None:
+        point = (target.public_lat, target.public_lon)
+    if near_me is not None and point is not None and await redis.exists(near_me.geo_key):
+        extent = await matching.extent_m(pool, target.geometry, *point)
+        near = await near_me.near(redis, *point, MAX_NEAR_ME_RADIUS_M + extent, forget=forget)
+    return Audience(NEIGHBOUR, await matching.neighbours(
+        pool, target.geometry, target.category, near, point))
 
 
 def awake(audience: Audience, category: str, now: dt.datetime) -> list[asyncpg.Record]:
@@ -82,6 +102,7 @@ def hourly_limit(audience: Audience, category: str, per_hour: int) -> int:
 async def count_would_alert(
     pool: asyncpg.Pool, redis: aioredis.Redis, target: Target, *, occurred_at: dt.datetime,
     now: dt.datetime, per_hour: int, incident_id: object | None = None,
+    location_ttl: dt.timedelta = DEFAULT_LOCATION_TTL,
 ) -> int:
     """How many devices the matcher would push this incident to right now, without
     touching anything: the audience, quiet hours, devices already pushed for this
@@ -89,7 +110,8 @@ async def count_would_alert(
     each device's hourly limit, all read only."""
     if now >= occurred_at + ALERT_LIFETIME:
         return 0
-    audience = await find_audience(pool, redis, target)
+    audience = await find_audience(pool, redis, target, forget=False,
+                                   near_me=positions.near_me(location_ttl.total_seconds()))
     devices = [str(row["id"]) for row in awake(audience, target.category, now)]
     if not devices:
         return 0

@@ -9,7 +9,7 @@ from typing import Any
 import asyncpg
 
 COLUMNS = ["incident_id", "device_id", "platform", "outcome", "reason", "status_code",
-           "gateway_id", "attempt", "latency_ms"]
+           "gateway_id", "attempt", "latency_ms", "kind"]
 
 
 async def withdrawn(pool: asyncpg.Pool, incident_ids: Collection[str]) -> set[str]:
@@ -36,13 +36,13 @@ async def record(pool: asyncpg.Pool, rows: list[tuple[Any, ...]]) -> None:
     columns = list(zip(*rows, strict=True))
     await pool.execute(
         """INSERT INTO deliveries (incident_id, device_id, platform, outcome, reason,
-                                   status_code, gateway_id, attempt, latency_ms)
+                                   status_code, gateway_id, attempt, latency_ms, kind)
            SELECT r.incident_id, d.id, r.platform, r.outcome, r.reason, r.status_code,
-                  r.gateway_id, r.attempt, r.latency_ms
+                  r.gateway_id, r.attempt, r.latency_ms, r.kind
              FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[],
-                         $6::int[], $7::text[], $8::int[], $9::int[])
+                         $6::int[], $7::text[], $8::int[], $9::int[], $10::text[])
                   AS r(incident_id, device_id, platform, outcome, reason, status_code,
-                       gateway_id, attempt, latency_ms)
+                       gateway_id, attempt, latency_ms, kind)
              JOIN incidents i ON i.id = r.incident_id
              LEFT JOIN devices d ON d.id = r.device_id""",
         *(list(c) for c in columns),

@@ -11,7 +11,7 @@ from uuid import UUID
 import asyncpg
 
 from server.domain.credentials import hash_device_secret
-from server.domain.zones import Area, Circle, Zone
+from server.domain.zones import Area, Circle, NeighbourhoodZone, Zone
 
 # A secret hash that matches nothing, compared against when the device doesn't exist,
 # so an unknown device and a wrong secret cost the same and answer the same.
@@ -70,6 +70,13 @@ INSERT INTO zones (device_id, name, geom)
 VALUES ($1, $2, ST_Multi(ST_SetSRID(ST_GeomFromGeoJSON($3), 4326)))
 """
 
+# The neighbourhood's polygon is copied, so matching stays one GiST test; a re-import
+# updates the copies (store.neighbourhoods).
+_INSERT_NEIGHBOURHOOD = """
+INSERT INTO zones (device_id, name, geom, neighbourhood_id)
+SELECT $1, $2, geom, id FROM neighbourhoods WHERE id = $3
+"""
+
 
 async def replace_zones(pool: asyncpg.Pool, device_id: str, zones: Sequence[Zone]) -> None:
     async with pool.acquire() as conn, conn.transaction():
@@ -80,18 +87,22 @@ async def replace_zones(pool: asyncpg.Pool, device_id: str, zones: Sequence[Zone
                                    zone.lat, zone.radius_m)
             elif isinstance(zone, Area):
                 await conn.execute(_INSERT_AREA, UUID(device_id), zone.name, zone.geojson)
+            elif isinstance(zone, NeighbourhoodZone):
+                await conn.execute(_INSERT_NEIGHBOURHOOD, UUID(device_id), zone.name,
+                                   UUID(zone.neighbourhood_id))
         await conn.execute("UPDATE devices SET updated_at = now() WHERE id = $1", UUID(device_id))
 
 
 async def set_preferences(
     pool: asyncpg.Pool, device_id: str, *, categories: list[str] | None,
     quiet_start: dt.time | None, quiet_end: dt.time | None, responder: bool,
+    near_me_radius_m: int | None = None,
 ) -> None:
     await pool.execute(
         """UPDATE devices SET categories = $2, quiet_start = $3, quiet_end = $4,
-                              responder = $5, updated_at = now()
+                              responder = $5, near_me_radius_m = $6, updated_at = now()
             WHERE id = $1""",
-        UUID(device_id), categories, quiet_start, quiet_end, responder,
+        UUID(device_id), categories, quiet_start, quiet_end, responder, near_me_radius_m,
     )
 
 
@@ -144,9 +155,18 @@ async def update_profile(pool: asyncpg.Pool, device_id: str, *, timezone: str | 
     )
 
 
-async def is_responder(pool: asyncpg.Pool, device_id: str) -> bool:
-    return bool(await pool.fetchval(
-        "SELECT responder FROM devices WHERE id = $1", UUID(device_id)))
+@dataclass(frozen=True)
+class Reach:
+    responder: bool
+    near_me_radius_m: int | None
+
+
+async def reach(pool: asyncpg.Pool, device_id: str) -> Reach:
+    """Whether the device wants alerts where it is now: as a CPR responder, near me."""
+    row = await pool.fetchrow(
+        "SELECT responder, near_me_radius_m FROM devices WHERE id = $1", UUID(device_id))
+    return Reach(bool(row and row["responder"]), row["near_me_radius_m"] if row else None)
+
 
 
 FEED_WINDOW = dt.timedelta(hours=24)
@@ -160,7 +180,8 @@ async def recent_alerts(pool: asyncpg.Pool, device_id: str, *, now: dt.datetime,
         """WITH alerted AS (
                SELECT incident_id, min(created_at) AS alerted_at
                  FROM deliveries
-                WHERE device_id = $1 AND outcome = 'sent' AND created_at > $2
+                WHERE device_id = $1 AND outcome = 'sent' AND kind = 'alert'
+                  AND created_at > $2
                 GROUP BY incident_id)
            SELECT a.alerted_at, i.id, i.category, i.status, i.occurred_at, i.public_location,
                   ST_Y(i.public_point) AS lat, ST_X(i.public_point) AS lon

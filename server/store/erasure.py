@@ -13,7 +13,7 @@ import redis.asyncio as aioredis
 
 from server import keys
 from server.keys import PLATFORMS, SENDER_GROUP
-from server.store import responders
+from server.store import positions
 
 
 def _s(value: Any) -> str:
@@ -39,7 +39,7 @@ async def _scrub_stream(redis: aioredis.Redis, stream: str, device_id: str,
 
 
 async def scrub_device(redis: aioredis.Redis, device_id: str) -> None:
-    await responders.forget(redis, [device_id])
+    await positions.forget_device(redis, device_id)
     await redis.delete(keys.device_rate(device_id))
     async for key in redis.scan_iter(match=keys.PUSHED_PATTERN, count=1000):
         await redis.srem(key, device_id)

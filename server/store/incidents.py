@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
-from server.domain.incident import Incident
+from server.domain.incident import Incident, Status
 from server.domain.policy import REVIEW, is_pushable, suppressed
 
 OUTDATED = suppressed("outdated")
@@ -116,6 +116,14 @@ def republishes(stored_decision: str, stored_category: str, decision: str,
         not is_pushable(stored_decision) or stored_category != category)
 
 
+def ends_an_alert(stored_decision: str, incident: Incident) -> bool:
+    """Whether this revision ends an alerted incident: then it goes to the matcher too,
+    and the devices the alert reached get an update. A repeated clear finds the stored
+    incident no longer alerted, and publishes nothing."""
+    return is_pushable(stored_decision) and incident.actual and incident.status in (
+        Status.CLEARED, Status.CANCELLED)
+
+
 async def _store_once(
     pool: asyncpg.Pool, incident: Incident, decision: str, received_at: dt.datetime,
     review_until: dt.datetime | None,
@@ -124,7 +132,7 @@ async def _store_once(
     kind = i.location_kind.value if i.location_kind else None
     async with pool.acquire() as conn, conn.transaction():
         existing = await conn.fetchrow(
-            """SELECT id, revision, decision, category FROM incidents
+            """SELECT id, revision, decision, category, status FROM incidents
                 WHERE agency_id = $1 AND external_id = $2 FOR UPDATE""",
             i.agency_id, i.external_id,
         )
@@ -143,7 +151,7 @@ async def _store_once(
         )
         await _sync_review(conn, incident_id, i, decision, review_until)
         publish = republishes(existing["decision"], existing["category"], decision,
-                              i.category)
+                              i.category) or ends_an_alert(existing["decision"], i)
         if publish:
             await conn.execute("INSERT INTO outbox (incident_id) VALUES ($1)", incident_id)
         return Stored(str(incident_id), decision, duplicate=False, publish=publish)

@@ -10,9 +10,12 @@ dry run can match an incident that was never stored.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
+
+from server.store.positions import Nearby
 
 # The incident the matcher matches: what its pushes say, and its geometry.
 _INCIDENT = """
@@ -21,36 +24,64 @@ SELECT i.id, i.agency_id, i.category, i.status, i.decision, i.actual, i.occurred
        ST_Y(i.public_point) AS lat, ST_X(i.public_point) AS lon,
        ST_Y(ST_PointOnSurface(i.geom)) AS exact_lat, ST_X(ST_PointOnSurface(i.geom)) AS exact_lon,
        i.title_override, i.body_override, a.responder_radius_m,
-       i.source, i.expires_at, m.severity, m.area::text AS area
+       i.source, i.expires_at, m.severity, m.area::text AS area, i.revision,
+       i.category = ANY (a.no_update_categories) AS updates_off
   FROM incidents i JOIN agencies a ON a.id = i.agency_id
   LEFT JOIN manual_alerts m ON m.incident_id = i.id
  WHERE i.id = $1
 """
 
 
-# The zone test runs on the GiST index of zones.geom: ST_Intersects adds the && box
-# check itself. Boundary points count as inside (ST_Intersects, not ST_Within).
-_NEIGHBOURS = """
+def _reached(target: str, ids: int, categories: str) -> str:
+    """Devices with a zone meeting $1 (the zone test runs on the GiST index of
+    zones.geom: ST_Intersects adds the && box check itself; boundary points count as
+    inside), and devices with "near me" whose current position (parameters ``ids`` to
+    ``ids + 2``: device ids, longitudes, latitudes, from one GEO search in Redis) is
+    within their radius of ``target``. A device matched both ways is one row: one push.
+    ``categories``: the SQL condition on the device's categories. (Both SQL fragments
+    are this module's constants, never input.)"""
+    return f"""
 SELECT DISTINCT ON (d.id) d.id, d.platform, d.token, d.locale, d.timezone,
        d.quiet_start, d.quiet_end
-  FROM zones z
-  JOIN devices d ON d.id = z.device_id
- WHERE ST_Intersects(z.geom, ST_SetSRID($1::text::geometry, 4326))
-   AND d.token_disabled_at IS NULL
-   AND (d.categories IS NULL OR $2 = ANY (d.categories))
+  FROM (
+      SELECT z.device_id FROM zones z
+       WHERE ST_Intersects(z.geom, ST_SetSRID($1::text::geometry, 4326))
+      UNION ALL
+      SELECT p.device_id
+        FROM unnest(${ids}::uuid[], ${ids + 1}::float8[], ${ids + 2}::float8[])
+             AS p(device_id, lon, lat)
+        JOIN devices nd ON nd.id = p.device_id
+       WHERE nd.near_me_radius_m IS NOT NULL
+         AND ST_DWithin(ST_SetSRID(ST_MakePoint(p.lon, p.lat), 4326)::geography,
+                        ({target})::geography, nd.near_me_radius_m)
+  ) m
+  JOIN devices d ON d.id = m.device_id
+ WHERE d.token_disabled_at IS NULL
+   AND {categories}
+"""  # noqa: S608
+
+
+# An incident: near-me positions are matched against its public point ($6, $7), or its
+# area for an incident given as one, never its exact point; only devices that take its
+# category ($2).
+_NEIGHBOURS = _reached(
+    """CASE WHEN GeometryType(ST_SetSRID($1::text::geometry, 4326)) IN ('POLYGON', 'MULTIPOLYGON')
+            THEN ST_SetSRID($1::text::geometry, 4326)
+            ELSE ST_SetSRID(ST_MakePoint($6, $7), 4326) END""",
+    ids=3, categories="(d.categories IS NULL OR $2 = ANY (d.categories))")
+
+# How far an incident's area reaches from its public point (0 for a point): near-me
+# positions are searched that much further out.
+_EXTENT = """
+SELECT CASE WHEN GeometryType(g) IN ('POLYGON', 'MULTIPOLYGON')
+            THEN ST_Length(ST_LongestLine(ST_SetSRID(ST_MakePoint($3, $2), 4326), g)::geography)
+            ELSE 0 END
+  FROM (SELECT ST_SetSRID($1::text::geometry, 4326) AS g) x
 """
 
 # A manual alert's area is public by nature (an agency drew it to be announced), so it
-# is matched as drawn, never generalized: every device with a zone meeting it, whatever
-# categories the device chose.
-_AREA_NEIGHBOURS = """
-SELECT DISTINCT ON (d.id) d.id, d.platform, d.token, d.locale, d.timezone,
-       d.quiet_start, d.quiet_end
-  FROM zones z
-  JOIN devices d ON d.id = z.device_id
- WHERE ST_Intersects(z.geom, ST_SetSRID($1::text::geometry, 4326))
-   AND d.token_disabled_at IS NULL
-"""
+# is matched as drawn, never generalized, whatever categories the device chose.
+_AREA_NEIGHBOURS = _reached("ST_SetSRID($1::text::geometry, 4326)", ids=2, categories="true")
 _AREA_AUDIENCE_SIZE = f"SELECT count(*) FROM ({_AREA_NEIGHBOURS}) AS reached"  # noqa: S608
 
 # Responders near a cardiac arrest, from the positions Redis found. Where the arrest is
@@ -92,20 +123,35 @@ SELECT ST_Y(p) AS lat, ST_X(p) AS lon
 """
 
 
-async def neighbours(db: asyncpg.Pool, geometry: str, category: str) -> list[asyncpg.Record]:
-    """Devices with a zone meeting ``geometry`` that take ``category``."""
-    return await db.fetch(_NEIGHBOURS, geometry, category)
+async def neighbours(db: asyncpg.Pool, geometry: str, category: str,
+                     near: Sequence[Nearby] = (),
+                     public_point: tuple[float, float] | None = None) -> list[asyncpg.Record]:
+    """Devices that take ``category`` with a zone meeting ``geometry``, or with "near
+    me" and a position in ``near`` within their radius of ``public_point`` (lat, lon)."""
+    lat, lon = public_point if public_point else (None, None)
+    return await db.fetch(_NEIGHBOURS, geometry, category, [n.device_id for n in near],
+                          [n.lon for n in near], [n.lat for n in near], lon, lat)
 
 
-async def area_neighbours(db: asyncpg.Pool, area: str) -> list[asyncpg.Record]:
-    """Devices with a zone meeting a manual alert's ``area``."""
-    return await db.fetch(_AREA_NEIGHBOURS, area)
+async def extent_m(db: asyncpg.Pool, geometry: str, lat: float, lon: float) -> float:
+    """Metres from the public point (lat, lon) to the farthest point of the incident's
+    area; 0 for a point."""
+    return float(await db.fetchval(_EXTENT, geometry, lat, lon) or 0.0)
+
+
+async def area_neighbours(db: asyncpg.Pool, area: str, near: Sequence[Nearby] = ()
+                          ) -> list[asyncpg.Record]:
+    """Devices with a zone meeting a manual alert's ``area``, or with "near me" and a
+    position in ``near`` within their radius of it."""
+    return await db.fetch(_AREA_NEIGHBOURS, area, [n.device_id for n in near],
+                          [n.lon for n in near], [n.lat for n in near])
 
 
 async def area_audience_size(db: asyncpg.Pool | PoolConnectionProxy[asyncpg.Record],
                              area: str) -> int:
     """How many devices ``area_neighbours`` would return (the alert's preview)."""
-    size: int = await db.fetchval(_AREA_AUDIENCE_SIZE, area)
+    # Zones only: where near-me phones are is in Redis, and changes by the minute.
+    size: int = await db.fetchval(_AREA_AUDIENCE_SIZE, area, [], [], [])
     return size
 
 
@@ -137,3 +183,18 @@ async def point_on_surface(db: asyncpg.Pool, geometry: str) -> tuple[float, floa
 async def incident(db: asyncpg.Pool, incident_id: str) -> asyncpg.Record | None:
     """The stored incident to match, with its agency's responder radius."""
     return await db.fetchrow(_INCIDENT, incident_id)
+
+
+# Who gets the update when an alerted incident ends: the devices its alert reached,
+# by the delivery records (not who would match now), with their current token.
+_ALERTED = """
+SELECT DISTINCT ON (d.id) d.id, d.platform, d.token, d.locale
+  FROM deliveries del JOIN devices d ON d.id = del.device_id
+ WHERE del.incident_id = $1 AND del.outcome = 'sent' AND del.kind = 'alert'
+   AND d.token_disabled_at IS NULL
+"""
+
+
+async def alerted(db: asyncpg.Pool, incident_id: object) -> list[asyncpg.Record]:
+    """The devices an ended incident's alert reached, with their current token."""
+    return await db.fetch(_ALERTED, incident_id)

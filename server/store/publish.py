@@ -52,7 +52,9 @@ class OutboxCleaner:
             return
         try:
             await self._pool.execute(
-                "DELETE FROM outbox WHERE incident_id = ANY($1::uuid[])", batch)
+                # Not rows due later (the matcher's delayed second pass of updates).
+                "DELETE FROM outbox WHERE incident_id = ANY($1::uuid[]) AND created_at <= now()",
+                batch)
         except (asyncpg.PostgresError, OSError) as exc:
             # The relay will publish them once more; the matcher dedups.
             log.warning("could not clear %d outbox rows: %s", len(batch), exc)

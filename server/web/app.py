@@ -39,6 +39,7 @@ from server.web.routes import (
     devices,
     health,
     incidents,
+    neighbourhoods,
     public_map,
     review,
     session,
@@ -92,7 +93,7 @@ def create_app(settings: Settings) -> web.Application:
     app.on_shutdown.append(_end_event_streams)
     app[PUBLIC_CACHE] = PublicCache()
     for table in (health.routes, incidents.routes, admin.routes, devices.routes,
-                  openapi.routes, session.routes, users.routes, review.routes, alerts.routes,
-                  public_map.routes, console.routes):
+                  neighbourhoods.routes, openapi.routes, session.routes, users.routes,
+                  review.routes, alerts.routes, public_map.routes, console.routes):
         app.router.add_routes(table)
     return app

@@ -28,7 +28,7 @@ from server.domain.policy import ALERT, AgencyPolicy
 from server.formats import remarks
 from server.store import matching
 from server.store.agencies import Agency
-from server.store.audience import Target, count_would_alert
+from server.store.audience import DEFAULT_LOCATION_TTL, Target, count_would_alert
 from server.store.incidents import OUTDATED, republishes, stored_revision
 from server.store.ratelimit import RateLimiter
 from server.web.agency_cache import AgencyCache
@@ -114,6 +114,7 @@ async def dry_run(
     limiter: RateLimiter | None, *, agency_id: str, fmt: str, parser: Parser, body: bytes,
     signature: str | None, tolerance_s: int, dry_runs_per_minute: int,
     device_pushes_per_hour: int, now: dt.datetime,
+    location_ttl: dt.timedelta = DEFAULT_LOCATION_TTL,
 ) -> DryRunResult:
     """The webhook's answer to ``?dry_run=true``: refused exactly as the real call
     would be, or what it would do."""
@@ -148,7 +149,8 @@ async def dry_run(
     if publish:
         would_alert = await _would_alert(pool, redis, agency, incident, now,
                                          device_pushes_per_hour,
-                                         stored.incident_id if stored else None)
+                                         stored.incident_id if stored else None,
+                                         location_ttl)
     answer = msgspec.structs.replace(result, would_alert=would_alert, **changes)
     log.info("dry run agency=%s external_id=%s category=%s decision=%s would_alert=%d",
              agency.id, incident.external_id, incident.category, answer.decision, would_alert)
@@ -157,7 +159,7 @@ async def dry_run(
 
 async def _would_alert(pool: asyncpg.Pool, redis: aioredis.Redis, agency: Agency,
                        incident: Incident, now: dt.datetime, per_hour: int,
-                       incident_id: str | None) -> int:
+                       incident_id: str | None, location_ttl: dt.timedelta) -> int:
     if incident.category == UNMAPPED:
         return 0
     lat, lon = await matching.point_on_surface(pool, incident.geometry_wkt)
@@ -165,9 +167,11 @@ async def _would_alert(pool: asyncpg.Pool, redis: aioredis.Redis, agency: Agency
         agency_id=agency.id, category=incident.category, geometry=incident.geometry_wkt,
         exact_lat=lat, exact_lon=lon,
         location_kind=incident.location_kind.value if incident.location_kind else None,
-        responder_radius_m=agency.responder_radius_m)
+        responder_radius_m=agency.responder_radius_m,
+        public_lat=incident.public_point.lat, public_lon=incident.public_point.lon)
     return await count_would_alert(pool, redis, target, occurred_at=incident.occurred_at,
-                                   now=now, per_hour=per_hour, incident_id=incident_id)
+                                   now=now, per_hour=per_hour, incident_id=incident_id,
+                                   location_ttl=location_ttl)
 
 
 def _signed_at(signature: str | None) -> int | None:

@@ -127,6 +127,24 @@ OPERATIONS = [
        errors=(401, 422)),
     Op("put", "/v1/devices/{device}/token", "Rotate the push token", "devices",
        auth="device", request=devices.TokenPut, responses={204: None}, errors=(401, 422)),
+    Op("put", "/v1/devices/{device}/location",
+       "Where the phone is now (near me; responders): kept in Redis only, then forgotten",
+       "devices", auth="device", request=devices.LocationPut, responses={204: None},
+       errors=(401, 409, 422)),
+    Op("post", "/v1/devices/{device}/alerts/{incident}/response",
+       "A CPR responder's answer to an alert it received", "devices", auth="device",
+       request=devices.ResponsePost, responses={200: None}, errors=(401, 403, 422)),
+    Op("post", "/v1/admin/neighbourhoods",
+       "Import neighbourhoods (GeoJSON; ?name_property=, ?id_property=, ?source=)", "admin",
+       auth="admin", responses={200: None}, errors=(401, 415, 422),
+       extra_request={"application/geo+json": {"schema": {"type": "object"}}}),
+    Op("get", "/v1/admin/incidents/{incident}/responders",
+       "Responders alerted to an incident and their answers (operator, or the agency's "
+       "admins)", "admin", auth="admin", responses={200: None}, errors=(401, 403, 404)),
+    Op("get", "/v1/neighbourhoods", "Neighbourhoods containing ?lat=&lon=", "neighbourhoods",
+       responses={200: None}, errors=(422,)),
+    Op("get", "/v1/neighbourhoods/{id}", "One neighbourhood and its polygon", "neighbourhoods",
+       responses={200: None}, errors=(404,)),
     Op("get", "/healthz", "The process is alive", "operations", responses={200: None}),
     Op("get", "/readyz", "PostgreSQL and Redis answer", "operations", responses={200: None},
        errors=(503,)),
@@ -162,8 +180,9 @@ def build_document() -> dict[str, Any]:
             operation["parameters"] = [
                 {"name": p, "in": "path", "required": True, "schema": {"type": "string"}}
                 for p in params] + list(op.query)
-        if op.request is not None:
-            content = {"application/json": {"schema": _ref(op.request)}, **op.extra_request}
+        if op.request is not None or op.extra_request:
+            content = {"application/json": {"schema": _ref(op.request)}} if op.request else {}
+            content.update(op.extra_request)
             operation["requestBody"] = {"required": True, "content": content}
         for status, typ in op.responses.items():
             response: dict[str, Any] = {"description": op.described.get(status, "OK")}

@@ -90,7 +90,9 @@ async def stack(
     request: pytest.FixtureRequest, settings: Settings, pool: asyncpg.Pool,
     redis: aioredis.Redis, tmp_path: Path,
 ) -> AsyncIterator[Stack]:
-    """Mark a test ``@pytest.mark.workers("matcher", ...)`` to run only those workers."""
+    """Mark a test ``@pytest.mark.workers("matcher", ...)`` to run only those workers,
+    ``@pytest.mark.apns_critical_alerts`` to send as an app with Apple's critical-alerts
+    entitlement (GEOPUSH_APNS_CRITICAL_ALERTS=1)."""
     marker = request.node.get_closest_marker("workers")
     kinds = marker.args if marker else ALL_WORKERS
     certs = tmp_path / "certs"
@@ -113,6 +115,7 @@ async def stack(
             key_file=apns_key.key_file, key_id=apns_key.key_id, team_id=apns_key.team_id,
             topic=apns_key.topic, host="127.0.0.1", port=fake_apns.port, ca_file=tls.ca_cert,
             request_timeout=5,
+            critical_alerts=request.node.get_closest_marker("apns_critical_alerts") is not None,
         ),
         fcm=FcmSettings(service_account_file=sa_file, project_id=DEV_FCM_PROJECT,
                         endpoint=fake_fcm.url, request_timeout=5),

@@ -47,18 +47,6 @@ async def test_clearing_before_the_push_went_out_drops_it(stack: Stack) -> None:
     assert await stack.pool.fetchval("SELECT outcome FROM deliveries") == "withdrawn"
 
 
-async def test_clearing_after_the_push_sends_nothing_more(stack: Stack) -> None:
-    secret = await create_agency(stack.client)
-    await _phone(stack)
-    doc = incident()
-    await post(stack.client, secret, doc)
-    await wait_for(lambda: len(stack.apns.deliveries) == 1, what="the alert")
-    await post(stack.client, secret, _revision(doc, 60, status="cleared"))
-    await stack.drained()
-    assert len(stack.apns.deliveries) == 1
-    assert await stack.pool.fetchval("SELECT status FROM incidents") == "cleared"
-
-
 async def test_update_into_an_alertable_category_alerts_then(stack: Stack) -> None:
     secret = await create_agency(stack.client)
     await _phone(stack)

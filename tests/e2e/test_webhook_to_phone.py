@@ -42,8 +42,9 @@ async def test_alert_reaches_devices_in_zone_once_and_nothing_else(stack: Stack)
     assert int(apns.headers["apns-expiration"]) == int(occurred.timestamp()) + 3600
     aps = apns.payload["aps"]
     assert aps["alert"]["title"] == "Structure fire nearby"
-    assert aps["alert"]["body"] == "3 min ago · 5300 block of 24th Ave NE"
-    assert aps["interruption-level"] == "time-sensitive"
+    assert aps["alert"]["body"] == "3 min. ago · 5300 block of 24th Ave NE"
+    # A structure fire is an alert like most: "active"; the most severe are time-sensitive.
+    assert aps["interruption-level"] == "active"
     assert apns.payload["incident"]["id"] == incident_id
     assert apns.payload["incident"]["category"] == "structure_fire"
     assert apns.payload["incident"]["area"] == {"lat": 47.667, "lon": -122.302,
@@ -54,7 +55,7 @@ async def test_alert_reaches_devices_in_zone_once_and_nothing_else(stack: Stack)
     message = fcm.message
     assert message["token"] == fcm_token
     assert message["notification"] == {"title": "Structure fire nearby",
-                                       "body": "3 min ago · 5300 block of 24th Ave NE"}
+                                       "body": "3 min. ago · 5300 block of 24th Ave NE"}
     assert message["android"]["priority"] == "HIGH"
     assert message["android"]["collapse_key"] == incident_id
     ttl = int(message["android"]["ttl"].rstrip("s"))

@@ -236,6 +236,16 @@ async def test_generates_apns_id_when_absent(client: RawClient, keys: Keys) -> N
         ({"apns-expiration": "tomorrow"}, b"{}", None, 400, "BadExpirationDate"),
         ({"apns-id": "not-a-uuid"}, b"{}", None, 400, "BadMessageId"),
         ({}, b"{}", "/4/other", 404, "BadPath"),
+        # The aps dictionary as Apple defines it.
+        ({}, b'{"aps":{"alert":"x","interruption-level":"urgent"}}', None, 400, "BadPayload"),
+        ({}, b'{"aps":{"alert":"x","relevance-score":1.5}}', None, 400, "BadPayload"),
+        ({}, b'{"aps":{"alert":"x","relevance-score":"high"}}', None, 400, "BadPayload"),
+        ({}, b'{"aps":{"alert":"x","sound":{"critical":1,"volume":2,"name":"default"}}}',
+         None, 400, "BadPayload"),
+        ({}, b'{"aps":{"alert":"x","sound":{"critical":true,"name":"default"}}}', None, 400,
+         "BadPayload"),
+        ({}, b'{"aps":{"alert":"x","category":7}}', None, 400, "BadPayload"),
+        ({}, b'{"aps":[]}', None, 400, "BadPayload"),
     ],
 )
 async def test_request_rules(
@@ -253,6 +263,18 @@ async def test_request_rules(
     assert response.headers["apns-id"]
     assert response.headers["content-type"] == "application/json"
     assert fake.deliveries == []
+
+
+async def test_every_interruption_level_and_a_critical_sound_are_accepted(
+    client: RawClient, fake: FakeApns, keys: Keys
+) -> None:
+    for level in ("passive", "active", "time-sensitive", "critical"):
+        body = {"aps": {"alert": {"title": "t", "body": "b"}, "interruption-level": level,
+                        "relevance-score": 0.5,
+                        "sound": {"critical": 1, "name": "default", "volume": 1.0}}}
+        response = await client.request(good_headers(keys), json.dumps(body).encode())
+        assert response.status == 200, response.json()
+    assert len(fake.deliveries) == 4
 
 
 async def test_uppercase_token_and_mixed_case_accepted(client: RawClient, keys: Keys) -> None:

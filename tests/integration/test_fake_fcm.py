@@ -97,7 +97,7 @@ def _message(device: str = "device-token-1", **extra: Any) -> dict[str, Any]:
     return {
         "message": {
             "token": device,
-            "notification": {"title": "Structure fire nearby", "body": "3 min ago"},
+            "notification": {"title": "Structure fire nearby", "body": "3 min. ago"},
             "data": {"incident": "F1"},
             "android": {"priority": "HIGH", "ttl": "3600s", "collapse_key": "F1"},
             **extra,
@@ -311,6 +311,20 @@ async def test_unregistered_token_is_404(
         ({"message": {"token": "t", "notification": {"title": "x", "sound": "y"}}}, "sound"),
         ({"msg": {"token": "t"}}, "msg"),
         ({"message": {"token": "t", "data": {"blob": "x" * 5000}}}, "message.data"),
+        # AndroidNotification as Google defines it.
+        ({"message": {"token": "t", "android": {"notification": {"channel_id": 3}}}},
+         "message.android.notification.channel_id"),
+        ({"message": {"token": "t", "android": {"notification": {"channel": "x"}}}},
+         "message.android.notification"),
+        ({"message": {"token": "t", "android": {"notification": {
+            "notification_priority": "URGENT"}}}},
+         "message.android.notification.notification_priority"),
+        ({"message": {"token": "t", "android": {"notification": {"visibility": "ALL"}}}},
+         "message.android.notification.visibility"),
+        ({"message": {"token": "t", "android": {"notification": {"color": "red"}}}},
+         "message.android.notification.color"),
+        ({"message": {"token": "t", "android": {"notification": []}}},
+         "message.android.notification"),
     ],
 )
 async def test_malformed_messages_are_invalid_argument(

@@ -56,7 +56,7 @@ async def client(fake: FakeFcm, sa_file: str) -> AsyncIterator[FcmClient]:
 def _message(device: str = "device-1") -> dict[str, Any]:
     return {
         "token": device,
-        "notification": {"title": "Structure fire nearby", "body": "3 min ago"},
+        "notification": {"title": "Structure fire nearby", "body": "3 min. ago"},
         "data": {"incident": "F1", "category": "structure_fire"},
         "android": {"priority": "HIGH", "ttl": "3600s", "collapse_key": "F1"},
     }

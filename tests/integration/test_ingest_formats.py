@@ -3,14 +3,11 @@ it: every answer is a 202 or a 4xx problem document, never a 500 or a traceback.
 
 from __future__ import annotations
 
-import datetime as dt
 import json
-import re
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -21,32 +18,8 @@ from hypothesis import strategies as st
 from server.domain.signing import HEADER, sign
 from server.settings import Settings
 from tests.conftest import ADMIN_TOKEN, Services
-from tests.helpers import SEATTLE_CALL_TYPES, create_agency, signed
+from tests.helpers import FIXTURES, SEATTLE_CALL_TYPES, create_agency, fresh_times, signed
 from tests.live import live_app
-
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
-
-
-_STAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?(?:Z|[+-]\d\d:\d\d)")
-
-
-def _fresh(*texts: str) -> list[str]:
-    """Move the fixtures' timestamps together so the newest is two minutes ago: fresh
-    enough to alert, and their order (alert < update < cancel) kept."""
-    # Anchor on when the messages were sent (not on expiry times further ahead).
-    stamps = [s for t in texts for s in re.findall(
-        r"(?:<sent>|lastUpdateTimeStamp\"\s*:\s*\")([^<\"]+)", t)]
-    stamps = stamps or [s for t in texts for s in _STAMP.findall(t)]
-    if not stamps:
-        return list(texts)
-    newest = max(dt.datetime.fromisoformat(s.replace("Z", "+00:00")) for s in stamps)
-    shift = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=2) - newest
-
-    def moved(m: re.Match[str]) -> str:
-        when = dt.datetime.fromisoformat(m.group(0).replace("Z", "+00:00")) + shift
-        return when.isoformat(timespec="seconds")
-
-    return [_STAMP.sub(moved, t) for t in texts]
 
 
 async def _post(client: Any, secret: str, body: bytes, content_type: str) -> tuple[int, Any]:
@@ -57,14 +30,14 @@ async def _post(client: Any, secret: str, body: bytes, content_type: str) -> tup
 
 async def test_cap_revisions_share_one_incident_and_cancel_closes_it(client: Any) -> None:
     secret = await create_agency(client)
-    alert, update, cancel = _fresh(*((FIXTURES / "cap" / f).read_text()
+    alert, update, cancel = fresh_times(*((FIXTURES / "cap" / f).read_text()
                                      for f in ("fire_circle.xml", "update.xml", "cancel.xml")))
     answers = [await _post(client, secret, x.encode(), "application/cap+xml")
                for x in (alert, update, cancel)]
     assert [a[0] for a in answers] == [202, 202, 202]
     assert [a[1]["decision"] for a in answers] == ["alert", "alert", "suppressed:cancelled"]
     assert len({a[1]["incident_id"] for a in answers}) == 1
-    [test] = _fresh((FIXTURES / "cap" / "test_status.xml").read_text())
+    [test] = fresh_times((FIXTURES / "cap" / "test_status.xml").read_text())
     status, answer = await _post(client, secret, test.encode(), "application/xml")
     assert (status, answer["decision"]) == (202, "suppressed:test")
 
@@ -76,7 +49,7 @@ async def test_every_cap_fixture_is_accepted_or_refused_safely(
         **SEATTLE_CALL_TYPES, "Structure Fire": "structure_fire", "Fire": "structure_fire"})
     answers = {}
     for name in sorted(p.name for p in (FIXTURES / "cap").glob("*.xml")):
-        body = _fresh((FIXTURES / "cap" / name).read_text())[0].encode()
+        body = fresh_times((FIXTURES / "cap" / name).read_text())[0].encode()
         r = await client.post("/v1/agencies/seattle-fire/incidents", data=body,
                               headers={**signed(secret, body),
                                        "Content-Type": "application/cap+xml"})
@@ -93,7 +66,7 @@ async def test_eido_documents(client: Any) -> None:
     secret = await create_agency(client, call_types={
         **SEATTLE_CALL_TYPES, "Fire-Structure": "structure_fire", "Fire": "structure_fire"})
     for path in sorted((FIXTURES / "eido").glob("*.json")):
-        body = _fresh(path.read_text())[0].encode()
+        body = fresh_times(path.read_text())[0].encode()
         r = await client.post("/v1/agencies/seattle-fire/incidents", data=body,
                               headers={**signed(secret, body),
                                        "Content-Type": "application/eido+json"})
@@ -125,7 +98,7 @@ def live_server(services: Services) -> Iterator[tuple[str, str]]:
 
 
 def _fixture_bodies() -> list[bytes]:
-    return [_fresh(p.read_text())[0].encode()
+    return [fresh_times(p.read_text())[0].encode()
             for p in sorted(FIXTURES.glob("*/*")) if p.suffix in (".xml", ".json")]
 
 

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from server.cadvalidate import ACCEPTED, REFUSED, guess_format, validate_file
 from server.cli import main
+from server.domain.pushtext import LOCALES
 from tests.cad_fixtures import FIXTURE_NOW, ROOT, SEATTLE_MAP, Fixture, fixtures
 
 NOW = FIXTURE_NOW.isoformat()
@@ -44,7 +45,7 @@ def test_accepted_fixture_gives_its_expected_outcome(fx: Fixture) -> None:
     for key, value in fx.expected.items():
         assert result[key] == value, (key, result)
     assert result["would_alert"] is None       # offline: no devices to count
-    assert set(result["title"]) == set(result["body"]) == {"en", "es"}
+    assert set(result["title"]) == set(result["body"]) == set(LOCALES)
 
 
 @pytest.mark.parametrize("fx", fixtures("refuse"), ids=str)

@@ -157,6 +157,15 @@ def test_update_and_cancel_share_the_original_identifier() -> None:
     assert cancel.priority == 4  # Minor
 
 
+def test_an_all_clear_update_clears_the_incident() -> None:
+    cleared = cap.parse(fixture("all_clear.xml"))
+    assert cleared.external_id == "SFD-F220009060-1"
+    assert cleared.status is Status.CLEARED
+    # urgency Past alone says the same; an ordinary Update stays active.
+    past = fixture("update.xml").replace(b"<urgency>Expected</urgency>", b"<urgency>Past</urgency>")
+    assert cap.parse(past).status is Status.CLEARED
+
+
 def test_update_without_references_keeps_its_identifier() -> None:
     body = edited(
         "update.xml",

@@ -49,7 +49,7 @@ def test_fcm_bodies_of_one_fan_out_differ_only_by_token() -> None:
     assert a.replace(b'"aaa"', b'"bbb"') == b
     # a minute later the text says so
     c = json.loads(gateway.body(PUSH, NOW + 60))
-    assert c["message"]["notification"]["body"].startswith("3 min ago")
+    assert c["message"]["notification"]["body"].startswith("3 min. ago")
 
 
 def test_apns_payload_is_the_one_built_for_that_device() -> None:

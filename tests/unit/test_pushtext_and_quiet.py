@@ -11,15 +11,15 @@ NOW = dt.datetime(2026, 11, 28, 12, 0, tzinfo=dt.UTC)
 def test_title_and_body_in_english_and_spanish() -> None:
     occurred = NOW - dt.timedelta(minutes=3)
     assert title_and_body("structure_fire", "5300 block of 24th Ave NE", occurred, NOW) == (
-        "Structure fire nearby", "3 min ago · 5300 block of 24th Ave NE")
+        "Structure fire nearby", "3 min. ago · 5300 block of 24th Ave NE")
     assert title_and_body("shooting", None, occurred, NOW, "es-US") == (
         "Tiroteo cerca", "hace 3 min · cerca de usted")
 
 
 def test_relative_time() -> None:
     assert relative_time(NOW - dt.timedelta(seconds=20), NOW) == "just now"
-    assert relative_time(NOW - dt.timedelta(minutes=59), NOW) == "59 min ago"
-    assert relative_time(NOW - dt.timedelta(minutes=61), NOW) == "1 h ago"
+    assert relative_time(NOW - dt.timedelta(minutes=59), NOW) == "59 min. ago"
+    assert relative_time(NOW - dt.timedelta(minutes=61), NOW) == "1 hr. ago"
 
 
 def test_quiet_hours_cross_midnight_in_the_device_time_zone() -> None:

@@ -5,19 +5,20 @@ The review queue is in server/web/review.py."""
 from __future__ import annotations
 
 import logging
+import re
 import uuid
 from typing import Annotated, Any
 
 import msgspec
 from aiohttp import web
 
-from server.domain import aed_import, signing
+from server.domain import aed_import, neighbourhood_import, signing
 from server.domain.accounts import OPERATOR
 from server.domain.agency_spec import validate_agency, validate_call_types
 from server.domain.categories import ALL_CATEGORIES, normalize_call_type
 from server.domain.errors import FieldError, ValidationFailed
 from server.domain.policy import DEFAULT_ALERTABLE
-from server.store import aeds, audit
+from server.store import aeds, answers, audit, neighbourhoods
 from server.store.agencies import (
     AgencyExists,
     create_agency,
@@ -29,7 +30,7 @@ from server.store.agencies import (
 from server.store.devices import register_responder, unregister_responder
 from server.web.appkeys import AGENCIES, POOL, SETTINGS
 from server.web.auth import require_admin
-from server.web.principal import Forbidden, require_agency_admin
+from server.web.principal import Forbidden, principal, require_agency_admin
 from server.web.problems import NotFound, Problem
 from server.web.routes.body import decode_json, json_response, read_bounded
 
@@ -68,6 +69,8 @@ class AgencyPatch(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         msgspec.UnsetType = msgspec.UNSET
     responder_radius_m: Annotated[int, msgspec.Meta(ge=50, le=5000)] | msgspec.UnsetType = (
         msgspec.UNSET)
+    # Categories whose clear or cancel sends no update to the phones it reached.
+    no_update_categories: list[str] | msgspec.UnsetType = msgspec.UNSET
 
 
 def _admin(request: web.Request) -> None:
@@ -142,6 +145,9 @@ async def patch_agency(request: web.Request) -> web.Response:
     if "review_categories" in changes:
         changes["review_categories"] = _categories(
             "review_categories", changes["review_categories"], ALL_CATEGORIES)
+    if "no_update_categories" in changes:
+        changes["no_update_categories"] = _categories(
+            "no_update_categories", changes["no_update_categories"], DEFAULT_ALERTABLE)
     if changes.get("alertable_categories") is not None:
         changes["alertable_categories"] = _categories(
             "alertable_categories", changes["alertable_categories"], DEFAULT_ALERTABLE)
@@ -225,3 +231,55 @@ async def delete_responder(request: web.Request) -> web.Response:
     agency = await _agency_or_404(request)
     await unregister_responder(request.app[POOL], agency.id, request.match_info["device"])
     return web.Response(status=204)
+
+
+@routes.post("/v1/admin/neighbourhoods")
+async def post_neighbourhoods(request: web.Request) -> web.Response:
+    """Import a city's neighbourhoods (GeoJSON FeatureCollection of Polygons or
+    MultiPolygons). ``?name_property=`` names the property holding the name (default
+    ``name``), ``?id_property=`` an id property (default: the feature's id, else its
+    name), ``?source=`` the dataset (default ``geojson``). Re-importing updates in place."""
+    _admin(request)
+    if request.content_type.lower() not in ("application/geo+json", "application/json"):
+        raise Problem(415, "Unsupported media type",
+                      "use application/geo+json or application/json",
+                      slug="unsupported-media-type")
+    query = request.query
+    source = query.get("source", "geojson")
+    if not _SOURCE.match(source):
+        raise ValidationFailed([FieldError("source", "must be 1-64 letters, digits, '-' or '_'")])
+    body = await read_bounded(request, 32 * 1024 * 1024)
+    parsed = neighbourhood_import.parse_geojson(
+        body, name_property=query.get("name_property") or "name",
+        id_property=query.get("id_property") or None, source=source)
+    imported = await neighbourhoods.import_neighbourhoods(request.app[POOL], parsed)
+    log.info("neighbourhoods imported count=%d new=%d", len(imported),
+             sum(i.created for i in imported))
+    return json_response({
+        "imported": len(imported),
+        "created": sum(i.created for i in imported),
+        "neighbourhoods": [{"id": i.id, "source_id": i.source_id, "name": i.name}
+                           for i in imported],
+    })
+
+
+_SOURCE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+@routes.get("/v1/admin/incidents/{incident}/responders")
+async def get_incident_responders(request: web.Request) -> web.Response:
+    """How many CPR responders an incident alerted and what they answered: for the
+    operator, or an admin of the incident's agency (signed in to the console); other
+    agencies' users get 404, as if there were no such incident."""
+    who = await principal(request)
+    raw = request.match_info["incident"]
+    try:
+        incident_id = str(uuid.UUID(raw))
+    except ValueError:
+        raise NotFound(f"No incident {raw!r}") from None
+    found = await answers.counts(request.app[POOL], incident_id)
+    if found is None or not who.sees(found["agency_id"]):
+        raise NotFound(f"No incident {incident_id!r}")
+    if not who.administers(found["agency_id"]):
+        raise Forbidden("Only the agency's admins may see responders' answers")
+    return json_response({"incident_id": incident_id, **found})

@@ -16,10 +16,12 @@ from server.domain.categories import NEIGHBOUR_ALERTABLE, RESPONDER_ONLY
 from server.domain.credentials import new_device_secret
 from server.domain.errors import FieldError, ValidationFailed
 from server.domain.pushtext import title_and_body
+from server.domain.responses import ResponseStatus
+from server.settings import Settings
+from server.store import answers, neighbourhoods, positions
 from server.store import devices as store
-from server.store import responders
 from server.store.erasure import scrub_device
-from server.web.appkeys import POOL, REDIS
+from server.web.appkeys import POOL, REDIS, SETTINGS
 from server.web.auth import bearer
 from server.web.problems import Problem, Unauthorized
 from server.web.routes.body import decode_json, json_response
@@ -57,6 +59,7 @@ class ZoneIn(msgspec.Struct, frozen=True):
     center: Center | None = None
     radius_m: float | None = None
     geometry: dict[str, Any] | None = None
+    neighbourhood: str | None = None    # an imported neighbourhood's id
 
 
 class ZonesPut(msgspec.Struct, frozen=True):
@@ -68,8 +71,15 @@ class QuietHours(msgspec.Struct, frozen=True):
     end: str
 
 
+class NearMe(msgspec.Struct, frozen=True):
+    radius_m: Annotated[int, msgspec.Meta(ge=zone_rules.MIN_NEAR_ME_RADIUS_M,
+                                          le=zone_rules.MAX_NEAR_ME_RADIUS_M)]
+
+
 class PreferencesPut(msgspec.Struct, frozen=True):
     categories: list[str] | None = None
+    # Alerts around where the phone is now (PUT .../location); null: off.
+    near_me: NearMe | None = None
     quiet_hours: QuietHours | None = None
     responder: bool = False
     timezone: str | None = None   # IANA name; quiet hours are in this zone
@@ -94,6 +104,10 @@ class AlertItem(msgspec.Struct, frozen=True):
 class AlertFeed(msgspec.Struct, frozen=True):
     alerts: list[AlertItem]
     next: str | None
+
+
+class ResponsePost(msgspec.Struct, frozen=True):
+    status: ResponseStatus
 
 
 class TokenPut(msgspec.Struct, frozen=True):
@@ -137,12 +151,17 @@ async def post_device(request: web.Request) -> web.Response:
 
 def _zone(index: int, z: ZoneIn) -> zone_rules.Zone:
     field = f"zones[{index}]"
-    if z.geometry is not None and (z.center is not None or z.radius_m is not None):
-        raise zone_rules.ZoneError(field, "give either center and radius_m, or geometry")
+    shapes = sum(x is not None for x in (z.geometry, z.center or z.radius_m, z.neighbourhood))
+    if shapes > 1:
+        raise zone_rules.ZoneError(
+            field, "give one of: center and radius_m, geometry, or neighbourhood")
+    if z.neighbourhood is not None:
+        return zone_rules.NeighbourhoodZone(z.name, z.neighbourhood)
     if z.geometry is not None:
         return zone_rules.area(field, z.name, z.geometry)
     if z.center is None:
-        raise zone_rules.ZoneError(f"{field}.center", "is required (or give a geometry)")
+        raise zone_rules.ZoneError(f"{field}.center",
+                                   "is required (or give a geometry or a neighbourhood)")
     if z.radius_m is None:
         raise zone_rules.ZoneError(f"{field}.radius_m", "is required with center")
     return zone_rules.circle(field, z.name, z.center.lat, z.center.lon, z.radius_m)
@@ -161,6 +180,13 @@ async def put_zones(request: web.Request) -> web.Response:
             parsed.append(_zone(i, z))
         except zone_rules.ZoneError as exc:
             errors.append(exc.error)
+    wanted = [z.neighbourhood_id for z in parsed if isinstance(z, zone_rules.NeighbourhoodZone)]
+    if wanted:
+        known = await neighbourhoods.existing(request.app[POOL], wanted)
+        errors.extend(
+            FieldError(f"zones[{i}].neighbourhood", "is not an imported neighbourhood's id")
+            for i, z in enumerate(body.zones)
+            if z.neighbourhood is not None and z.neighbourhood not in known)
     if errors:
         raise ValidationFailed(errors)
     await store.replace_zones(request.app[POOL], device.id, parsed)
@@ -198,16 +224,25 @@ async def put_preferences(request: web.Request) -> web.Response:
     if body.quiet_hours is not None:
         start = _time("quiet_hours.start", body.quiet_hours.start)
         end = _time("quiet_hours.end", body.quiet_hours.end)
+    near_me = body.near_me.radius_m if body.near_me is not None else None
     await store.set_preferences(
         request.app[POOL], device.id, categories=categories, quiet_start=start, quiet_end=end,
-        responder=body.responder,
+        responder=body.responder, near_me_radius_m=near_me,
     )
     if body.timezone is not None or body.locale is not None:
         await store.update_profile(request.app[POOL], device.id, timezone=body.timezone,
                                    locale=body.locale)
+    # A position nothing uses any more is forgotten at once.
     if not body.responder:
-        await responders.forget(request.app[REDIS], [device.id])
-    return json_response({"categories": categories, "responder": body.responder})
+        await positions.RESPONDERS.forget(request.app[REDIS], [device.id])
+    if near_me is None:
+        await _near_me(request.app[SETTINGS]).forget(request.app[REDIS], [device.id])
+    return json_response({"categories": categories, "responder": body.responder,
+                          "near_me": {"radius_m": near_me} if near_me else None})
+
+
+def _near_me(settings: Settings) -> positions.PositionSet:
+    return positions.near_me(settings.location_ttl.total_seconds())
 
 
 @routes.put("/v1/devices/{device}/token")
@@ -221,15 +256,41 @@ async def put_token(request: web.Request) -> web.Response:
 
 @routes.put("/v1/devices/{device}/location")
 async def put_location(request: web.Request) -> web.Response:
-    """A responder's current position; kept 15 minutes, then forgotten."""
+    """The phone's current position, for "near me" alerts (kept in Redis only,
+    forgotten GEOPUSH_LOCATION_TTL_MINUTES after the last report) and, for a CPR
+    responder, cardiac arrests nearby (forgotten after 15 minutes)."""
     device = await _device(request)
     body = await decode_json(request, LocationPut)
-    if not await store.is_responder(request.app[POOL], device.id):
-        raise Problem(409, "Not a responder",
-                      "Set responder: true in the preferences before reporting a position",
-                      slug="not-a-responder")
-    await responders.report_position(request.app[REDIS], device.id, body.lat, body.lon)
+    reach = await store.reach(request.app[POOL], device.id)
+    if not reach.responder and reach.near_me_radius_m is None:
+        # Nothing would use the position: it is not kept.
+        raise Problem(409, "No use for a position",
+                      "Set near_me (or responder: true) in the preferences before "
+                      "reporting a position", slug="position-unused")
+    if reach.near_me_radius_m is not None:
+        await _near_me(request.app[SETTINGS]).report(request.app[REDIS], device.id,
+                                                     body.lat, body.lon)
+    if reach.responder:
+        await positions.RESPONDERS.report(request.app[REDIS], device.id, body.lat, body.lon)
     return web.Response(status=204)
+
+
+@routes.post("/v1/devices/{device}/alerts/{incident}/response")
+async def post_response(request: web.Request) -> web.Response:
+    """A CPR responder's answer to the alert it received: responding, on_scene or
+    declined (the latest answer counts). 403 unless this device was alerted to it."""
+    device = await _device(request)
+    body = await decode_json(request, ResponsePost)
+    try:
+        incident_id = str(uuid.UUID(request.match_info["incident"]))
+    except ValueError:
+        raise Problem(403, "Not alerted", "This device was not alerted to that incident",
+                      slug="not-alerted") from None
+    if not await answers.record_answer(request.app[POOL], device.id, incident_id, body.status):
+        raise Problem(403, "Not alerted",
+                      "This device was not alerted to that incident as a responder",
+                      slug="not-alerted")
+    return json_response({"incident_id": incident_id, "status": body.status})
 
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)

@@ -48,7 +48,7 @@ async def post_incident(request: web.Request) -> web.Response:
             tolerance_s=settings.signature_tolerance_s,
             dry_runs_per_minute=settings.dry_runs_per_minute,
             device_pushes_per_hour=settings.device_pushes_per_hour,
-            now=dt.datetime.now(dt.UTC),
+            now=dt.datetime.now(dt.UTC), location_ttl=settings.location_ttl,
         )
         return json_response(result)
     accepted = await ingest(
