@@ -143,6 +143,9 @@ OPERATIONS = [
     Op("get", "/v1/admin/incidents/{incident}/responders",
        "Responders alerted to an incident and their answers (operator, or the agency's "
        "admins)", "admin", auth="admin", responses={200: None}, errors=(401, 403, 404)),
+    Op("get", "/v1/admin/agencies/{agency}/responder-answers",
+       "The agency's CPR calls of the last day: responders alerted and their answers",
+       "admin", auth="agency_admin", responses={200: None}, errors=(401, 403, 404)),
     Op("get", "/v1/neighbourhoods", "Neighbourhoods containing ?lat=&lon=", "neighbourhoods",
        responses={200: None}, errors=(422,)),
     Op("get", "/v1/neighbourhoods/{id}", "One neighbourhood and its polygon", "neighbourhoods",

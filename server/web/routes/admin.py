@@ -285,3 +285,18 @@ async def get_incident_responders(request: web.Request) -> web.Response:
     if not who.administers(found["agency_id"]):
         raise Forbidden("Only the agency's admins may see responders' answers")
     return json_response({"incident_id": incident_id, **found})
+
+
+# How far back the console's responder view reaches: a CPR call is over within the hour,
+# the day covers a shift's handover.
+ANSWERS_WINDOW_HOURS = 24
+
+
+@routes.get("/v1/admin/agencies/{agency}/responder-answers")
+async def get_responder_answers(request: web.Request) -> web.Response:
+    """The agency's CPR calls of the last day with responders alerted and their answers
+    (operator, or the agency's admins): what the console's Responders page shows."""
+    agency_id = request.match_info["agency"]
+    await require_agency_admin(request, agency_id)
+    return json_response({"hours": ANSWERS_WINDOW_HOURS, "incidents": await answers.recent(
+        request.app[POOL], agency_id, hours=ANSWERS_WINDOW_HOURS)})
