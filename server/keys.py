@@ -38,13 +38,15 @@ MATCHER_GROUP = "matchers"
 SENDER_GROUP = "senders"
 
 
-PUSHED_PATTERN = f"{PREFIX}:pushed:*"
-
-
 def pushed(event_id: str) -> str:
-    """Set of device ids already given a push for this event (dedup). One set per event
-    rather than one key per device keeps erasure cheap: it scans events, not pushes."""
+    """Set of device ids already given a push for this event (dedup)."""
     return f"{PREFIX}:pushed:{event_id}"
+
+
+def device_events(device_id: str) -> str:
+    """Set of the ``pushed`` sets a device is a member of (same TTL): erasure removes
+    the device from exactly those, without scanning the keyspace."""
+    return f"{PREFIX}:device_events:{device_id}"
 
 
 PUSHED_TTL_S = 48 * 3600
@@ -54,6 +56,16 @@ PUSHED_TTL_S = 48 * 3600
 def agency_rate(agency_id: str) -> str:
     """GCRA state (theoretical arrival time, ms) of an agency's webhook rate limit."""
     return f"{PREFIX}:rate:agency:{agency_id}"
+
+
+def agency_rejected_rate(agency_id: str) -> str:
+    """GCRA state of the webhooks naming an agency id that failed verification."""
+    return f"{PREFIX}:rate:rejected:{agency_id}"
+
+
+def registration_rate(client: str) -> str:
+    """GCRA state of device registrations from one client address (a digest of it)."""
+    return f"{PREFIX}:rate:register:{client}"
 
 
 def agency_dry_run_rate(agency_id: str) -> str:

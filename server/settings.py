@@ -7,6 +7,7 @@ Nothing else in the code base reads ``os.environ``: every process builds one
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -29,6 +30,22 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
         return int(raw)
     except ValueError:
         raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
+
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def _networks(env: Mapping[str, str], name: str) -> tuple[IPNetwork, ...]:
+    """Comma-separated addresses or CIDR blocks ("10.0.0.0/8, ::1")."""
+    out = []
+    for item in env.get(name, "").split(","):
+        if item.strip():
+            try:
+                out.append(ipaddress.ip_network(item.strip(), strict=False))
+            except ValueError:
+                raise ConfigError(f"{name}: {item.strip()!r} is not an address or "
+                                  "CIDR block") from None
+    return tuple(out)
 
 
 def _positive(env: Mapping[str, str], name: str, default: int) -> int:
@@ -96,6 +113,9 @@ class Settings:
     # Ingest
     max_body_bytes: int = 256 * 1024
     signature_tolerance_s: int = 300
+    # Webhooks naming one agency id that fail verification, per minute (0: no limit);
+    # past it a 429 instead of a 401, known agency or not.
+    rejected_webhooks_per_minute: int = 600
     # Dry runs an agency may make a minute (0: none), a budget apart from its incidents'.
     dry_runs_per_minute: int = 60
     # How long the exact incident location is kept (for matching late revisions)
@@ -110,6 +130,13 @@ class Settings:
     claim_idle_ms: int = 60_000
     # Pushes a device gets per hour before only the most severe categories come through.
     device_pushes_per_hour: int = 10
+    # Device registrations a client address may make per hour (0: no limit), and the
+    # proxies whose X-Forwarded-For names the client (none: the peer is the client).
+    device_registrations_per_hour_per_ip: int = 120
+    trusted_proxies: tuple[IPNetwork, ...] = ()
+    # "module:callable" run before every device registration, which may refuse it
+    # (App Attest, Play Integrity; server/web/registration.py).
+    registration_check: str | None = None
     # A device's reported position ("near me") is forgotten this long after its last
     # report.
     location_ttl: dt.timedelta = dt.timedelta(minutes=120)
@@ -146,10 +173,15 @@ class Settings:
             log_level=env.get("GEOPUSH_LOG_LEVEL", "INFO").upper(),
             exact_location_retention=dt.timedelta(
                 hours=_float(env, "GEOPUSH_EXACT_LOCATION_RETENTION_HOURS", 24.0)),
+            rejected_webhooks_per_minute=_int(env, "GEOPUSH_REJECTED_WEBHOOKS_PER_MINUTE", 600),
             stream_batch=_int(env, "GEOPUSH_STREAM_BATCH", 100),
             send_concurrency=send_concurrency,
             claim_idle_ms=_int(env, "GEOPUSH_CLAIM_IDLE_MS", 60_000),
             device_pushes_per_hour=_int(env, "GEOPUSH_DEVICE_PUSHES_PER_HOUR", 10),
+            device_registrations_per_hour_per_ip=_int(
+                env, "GEOPUSH_DEVICE_REGISTRATIONS_PER_HOUR_PER_IP", 120),
+            trusted_proxies=_networks(env, "GEOPUSH_TRUSTED_PROXIES"),
+            registration_check=env.get("GEOPUSH_REGISTRATION_CHECK") or None,
             location_ttl=dt.timedelta(minutes=_positive(env, "GEOPUSH_LOCATION_TTL_MINUTES",
                                                         120)),
             dry_runs_per_minute=_int(env, "GEOPUSH_DRY_RUNS_PER_MINUTE", 60),

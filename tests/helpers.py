@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
+import secrets
 import time
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,15 @@ def incident(
     return doc
 
 
+def fcm_token() -> str:
+    """A token shaped like FCM's: the instance id, a colon, the token proper."""
+    return f"{secrets.token_urlsafe(16)}:APA91b{secrets.token_urlsafe(105)}"
+
+
+def apns_token() -> str:
+    return secrets.token_hex(32)
+
+
 def signed(secret: str, body: bytes, *, at: int | None = None) -> dict[str, str]:
     return {HEADER: sign(secret, body, int(time.time()) if at is None else at),
             "Content-Type": "application/json"}
@@ -99,6 +109,20 @@ async def create_device(
                              headers={"Authorization": f"Bearer {created['secret']}"})
         assert r.status == 200, await r.text()
     return created["id"], created["secret"]
+
+
+async def create_responder(client: TestClient[Any, Any], platform: str, token: str,
+                           at: tuple[float, float]) -> tuple[str, str]:
+    """A device in CPR-responder mode that reported its position ``at`` (lat, lon)."""
+    device, key = await create_device(client, platform, token)
+    headers = {"Authorization": f"Bearer {key}"}
+    r = await client.put(f"/v1/devices/{device}/preferences", headers=headers,
+                         json={"responder": True})
+    assert r.status == 200, await r.text()
+    r = await client.put(f"/v1/devices/{device}/location", headers=headers,
+                         json={"lat": at[0], "lon": at[1]})
+    assert r.status == 204, await r.text()
+    return device, key
 
 
 def circle(lat: float, lon: float, radius_m: float = 1000, name: str = "Home") -> dict[str, Any]:

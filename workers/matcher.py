@@ -23,8 +23,7 @@ import redis.asyncio as aioredis
 from server import keys
 from server.domain.policy import ALERT
 from server.domain.severity import MODERATE
-from server.domain.zones import MAX_NEAR_ME_RADIUS_M
-from server.store import aeds, matching, positions
+from server.store import aeds, matching, positions, publish
 from server.store.audience import (
     ALERT_LIFETIME,
     DEFAULT_LOCATION_TTL,
@@ -35,6 +34,7 @@ from server.store.audience import (
     awake,
     find_audience,
     hourly_limit,
+    near_positions,
 )
 from server.store.publish import STREAM_MAXLEN
 from workers.push import Push
@@ -42,7 +42,8 @@ from workers.streams import Entry, StreamConsumer
 
 log = logging.getLogger(__name__)
 
-# KEYS: the event's dedup set, the platform's push stream, the device's rate counter.
+# KEYS: the event's dedup set, the platform's push stream, the device's rate counter,
+# the device's index of dedup sets (what its erasure must clean).
 # ARGV: device id, dedup TTL, stream MAXLEN, hourly limit (0: none), then the entry's
 # field/value pairs. Returns 1 enqueued, 0 already pushed, -1 over the device's limit.
 _ENQUEUE = """
@@ -61,6 +62,8 @@ if limit > 0 then
 end
 redis.call('SADD', KEYS[1], ARGV[1])
 redis.call('EXPIRE', KEYS[1], ARGV[2])
+redis.call('SADD', KEYS[4], KEYS[1])
+redis.call('EXPIRE', KEYS[4], ARGV[2])
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', unpack(ARGV, 5))
 return 1
 """
@@ -117,13 +120,17 @@ class Matcher:
             audience = await find_audience(self.pool, self.redis, Target(
                 agency_id=incident["agency_id"], category=incident["category"],
                 geometry=incident["geom"], exact_lat=incident["exact_lat"],
-                exact_lon=incident["exact_lon"], location_kind=incident["location_kind"],
+                exact_lon=incident["exact_lon"], public_lat=incident["lat"],
+                public_lon=incident["lon"], location_kind=incident["location_kind"],
                 responder_radius_m=incident["responder_radius_m"],
-                public_lat=incident["lat"], public_lon=incident["lon"],
             ), near_me=self.near_me)
         rows = audience.devices
         aeds_json = ""
         lat, lon = incident["lat"], incident["lon"]
+        # An area's public area: what neighbours were matched against, so the push says
+        # all that being alerted tells.
+        bbox = ((incident["west"], incident["south"], incident["east"], incident["north"])
+                if incident["is_area"] and audience.kind != RESPONDER else None)
         if audience.kind == RESPONDER:
             # Responders get the exact point (they have to find the patient) and the
             # nearest AEDs.
@@ -135,6 +142,7 @@ class Matcher:
             self.pool, category=incident["category"], agency_id=incident["agency_id"],
             occurred_at=incident["occurred_at"], received_at=incident["received_at"],
             incident_id=incident["id"], geometry=incident["geom"],
+            public_point=(incident["lat"], incident["lon"]),
         ) if rows and not manual else None
         dedup_on = str(event_id or incident["id"])
         # An agency's own alert is never held back by the hourly limit, and quiet hours
@@ -154,7 +162,7 @@ class Matcher:
             expires_at=expires.timestamp(),
             title=incident["title_override"] or "",
             body=incident["body_override"] or "",
-            audience=audience.kind, aeds=aeds_json, severity=severity,
+            audience=audience.kind, aeds=aeds_json, severity=severity, bbox=bbox,
         ) for row in recipients]
         results = await self._enqueue_all(pushes, keys.pushed(dedup_on), limit)
         enqueued = sum(1 for r in results if r == 1)
@@ -164,12 +172,8 @@ class Matcher:
         return MatchResult(incident_id, len(rows), enqueued)
 
     async def _near_area(self, area: str, lat: float, lon: float) -> list[positions.Nearby]:
-        """Near-me positions that may be within their radius of a manual alert's area:
-        one GEO search around a point on it, as far out as the area reaches."""
-        if not await self.redis.exists(self.near_me.geo_key):
-            return []
-        extent = await matching.extent_m(self.pool, area, lat, lon)
-        return await self.near_me.near(self.redis, lat, lon, MAX_NEAR_ME_RADIUS_M + extent)
+        """Near-me positions that may be within their radius of a manual alert's area."""
+        return await near_positions(self.pool, self.redis, self.near_me, area, (lat, lon))
 
     async def _enqueue_all(self, pushes: list[Push], dedup_key: str, limit: int) -> list[int]:
         """Each push enqueued unless its device is in ``dedup_key`` already, or over
@@ -179,7 +183,7 @@ class Matcher:
                 flat = [x for kv in push.to_fields().items() for x in kv]
                 await self._enqueue(
                     keys=[dedup_key, keys.push_stream(push.platform),
-                          keys.device_rate(push.device_id)],
+                          keys.device_rate(push.device_id), keys.device_events(push.device_id)],
                     args=[push.device_id, keys.PUSHED_TTL_S, STREAM_MAXLEN, limit, *flat],
                     client=pipe,
                 )
@@ -196,9 +200,7 @@ class Matcher:
         if await self.redis.set(keys.update_second_pass(incident_id), 1, nx=True,
                                 ex=keys.PUSHED_TTL_S):
             # A delayed outbox row: the relay republishes the incident then.
-            await self.pool.execute(
-                "INSERT INTO outbox (incident_id, created_at) VALUES ($1, now() + $2::interval)",
-                incident["id"], UPDATE_SECOND_PASS)
+            await publish.republish_later(self.pool, incident["id"], UPDATE_SECOND_PASS)
         rows = await matching.alerted(self.pool, incident["id"])
         ended_at = max(incident["revision"], incident["occurred_at"])
         pushes = [Push(

@@ -39,6 +39,9 @@ class Push(msgspec.Struct, frozen=True):
     audience: str = "neighbour"
     aeds: str = ""              # JSON list of the nearest AEDs, responders only
     severity: str = ""          # a manual alert's: extreme | severe | moderate
+    # An area incident's public area (west, south, east, north): what neighbours were
+    # matched against, so the push says all that being alerted tells.
+    bbox: tuple[float, float, float, float] | None = None
     # "alert", or "update": the incident ended (``status`` cleared | cancelled, at
     # ``ended_at``, unix s); the update replaces the alert on the phone.
     kind: str = "alert"
@@ -70,6 +73,8 @@ class Push(msgspec.Struct, frozen=True):
         }
         if self.severity:
             data["severity"] = self.severity
+        if self.bbox is not None:
+            data["area"]["bbox"] = list(self.bbox)
         if self.kind == "update":
             data["status"] = self.status
         elif self.audience == "responder":

@@ -111,7 +111,7 @@ async def worker_main(
                 await ready()
             await asyncio.gather(
                 run_relay(pool, redis, stop),
-                run_maintenance(pool, settings.exact_location_retention, stop),
+                run_maintenance(pool, settings.exact_location_retention, stop, redis=redis),
             )
             return
         if kind == "matcher":

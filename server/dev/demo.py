@@ -85,8 +85,7 @@ def load(state_file: Path, base_url: str, admin_token: str) -> dict[str, Any]:
         raise RuntimeError(f"creating the demo console account failed: {status} {made}")
     state["console"] = console
     for name, platform, (lat, lon), radius in DEVICES:
-        token = (secrets.token_hex(32) if platform == "apns"
-                 else "demo-fcm-" + secrets.token_urlsafe(24))
+        token = _demo_token(platform)
         status, dev = _request("POST", f"{base}/v1/devices", {
             "platform": platform, "token": token, "timezone": "America/Los_Angeles",
         })
@@ -103,9 +102,17 @@ def load(state_file: Path, base_url: str, admin_token: str) -> dict[str, Any]:
     return state
 
 
+def _demo_token(platform: str) -> str:
+    """A push token of the platform's shape (registration refuses any other)."""
+    if platform == "apns":
+        return secrets.token_hex(32)
+    # FCM's: the app instance's id, a colon, the token proper
+    return f"{secrets.token_urlsafe(16)}:APA91b{secrets.token_urlsafe(105)}"
+
+
 def _neighbourhood_device(base: str) -> dict[str, Any]:
     name, platform = NEIGHBOURHOOD_DEVICE
-    token = "demo-fcm-" + secrets.token_urlsafe(24)
+    token = _demo_token(platform)
     status, dev = _request("POST", f"{base}/v1/devices", {
         "platform": platform, "token": token, "timezone": "America/Los_Angeles"})
     if status != 201:

@@ -47,12 +47,17 @@ def _aed(field: str, props: dict[str, Any], lat: Any, lon: Any,
         errors.append(FieldError(field, "needs a latitude within ±90 and a longitude within ±180"))
         return None
     name = _text(props.get("name") or props.get("title") or props.get("location"), 100)
-    return Aed(
-        source_id=_text(props.get("id") or props.get("source_id"), 100),
-        name=name or "AED",
-        description=_text(props.get("description") or props.get("access"), 200),
-        lat=lat_f, lon=lon_f,
-    )
+    source_id = _text(props.get("id") or props.get("source_id"), 100)
+    description = _text(props.get("description") or props.get("access"), 200)
+    # Line breaks were folded into spaces above; NUL can't be stored at all.
+    bad = [key for key, value in (("name", name), ("id", source_id),
+                                  ("description", description)) if value and "\x00" in value]
+    if bad:
+        errors.extend(FieldError(f"{field}.{key}", "must not contain NUL characters")
+                      for key in bad)
+        return None
+    return Aed(source_id=source_id, name=name or "AED", description=description,
+               lat=lat_f, lon=lon_f)
 
 
 def parse_geojson(body: bytes) -> list[Aed]:

@@ -1,7 +1,8 @@
 """The normalized incident: what every input format is turned into.
 
 It carries no caller, patient or narrative data and no street address as sent:
-parsers drop those, and the address is generalized before it gets here.
+parsers drop those, and the public location is built before it gets here. The
+redacted narrative rides along only as far as the editor's review queue.
 """
 
 from __future__ import annotations

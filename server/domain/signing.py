@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
 
 HEADER = "Geopush-Signature"
@@ -22,32 +23,58 @@ def sign(secret: str, body: bytes, timestamp: int) -> str:
     return f"t={timestamp},v1={mac.hexdigest()}"
 
 
-def verify(
-    header: str | None, body: bytes, secrets_: list[str], *, now: float, tolerance_s: int
-) -> bool:
-    """True when the header is fresh and one of its signatures matches one secret."""
-    if not header or not secrets_:
-        return False
+# What a well-formed header holds. Anything else is a bad signature: never an error,
+# never a different answer for a known agency than for an unknown one.
+_TIMESTAMP = re.compile(r"^[0-9]{1,12}$")
+_SIGNATURE = re.compile(r"^[0-9a-fA-F]{64}$")
+MAX_HEADER = 1024
+MAX_SIGNATURES = 4
+
+
+def parse_header(header: str | None) -> tuple[int, list[str]] | None:
+    """``(t, [v1, ...])`` from a well-formed header, None from anything else."""
+    if not header or len(header) > MAX_HEADER:
+        return None
     timestamp: int | None = None
     candidates: list[str] = []
     for part in header.split(","):
         key, sep, value = part.strip().partition("=")
+        value = value.strip()
         if not sep:
-            return False
+            return None
         if key == "t":
-            try:
-                timestamp = int(value)
-            except ValueError:
-                return False
+            if timestamp is not None or not _TIMESTAMP.match(value):
+                return None
+            timestamp = int(value)
         elif key == "v1":
-            candidates.append(value.strip().lower())
-    if timestamp is None or not candidates or abs(now - timestamp) > tolerance_s:
+            if not _SIGNATURE.match(value) or len(candidates) == MAX_SIGNATURES:
+                return None
+            candidates.append(value.lower())
+    if timestamp is None or not candidates:
+        return None
+    return timestamp, candidates
+
+
+# Verifying against no secret (an unknown agency) still computes one MAC, so the two
+# cases cost the same.
+_NO_SECRET = [secrets.token_hex(32)]
+
+
+def verify(
+    header: str | None, body: bytes, secrets_: list[str], *, now: float, tolerance_s: int
+) -> bool:
+    """True when the header is well formed and fresh and one of its signatures matches
+    one secret. Never raises, whatever the header holds."""
+    parsed = parse_header(header)
+    if parsed is None:
         return False
+    timestamp, candidates = parsed
+    fresh = abs(now - timestamp) <= tolerance_s
     prefix = f"{timestamp}.".encode()
     ok = False
-    for secret in secrets_:
+    for secret in secrets_ or _NO_SECRET:
         expected = hmac.new(secret.encode(), prefix + body, hashlib.sha256).hexdigest()
         for candidate in candidates:
             # no early exit: every comparison is made, in constant time
             ok |= hmac.compare_digest(expected, candidate)
-    return ok
+    return ok and fresh and bool(secrets_)

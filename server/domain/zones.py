@@ -18,7 +18,11 @@ from shapely.validation import explain_validity
 
 from server.domain.errors import FieldError
 
-MIN_RADIUS_M = 100
+# Every zone, of any shape, covers at least the area of a 150 m circle: a smaller one
+# (a square around one house) would tell its owner which side of a street the public
+# point lies on, and a grid of them more than the push says.
+MIN_RADIUS_M = 150
+MIN_AREA_M2 = math.pi * MIN_RADIUS_M**2
 MAX_RADIUS_M = 20_000
 MAX_VERTICES = 2_000
 MAX_AREA_KM2 = 1_000.0
@@ -83,11 +87,12 @@ def circle(field: str, name: str, lat: Any, lon: Any, radius_m: Any) -> Circle:
         raise ZoneError(f"{field}.radius_m", "must be a number")
     if not MIN_RADIUS_M <= radius_m <= MAX_RADIUS_M:
         raise ZoneError(f"{field}.radius_m",
-                        f"must be between {MIN_RADIUS_M} and {MAX_RADIUS_M} metres")
+                        f"zone {name!r}: must be between {MIN_RADIUS_M} and {MAX_RADIUS_M} "
+                        "metres")
     return Circle(name, lat_f, lon_f, float(radius_m))
 
 
-def _geodesic_area_km2(geom: Polygon | MultiPolygon) -> float:
+def geodesic_area_km2(geom: Polygon | MultiPolygon) -> float:
     """Area on the sphere (good to well under 1% at zone sizes)."""
     polys = list(geom.geoms) if isinstance(geom, MultiPolygon) else [geom]
     total = 0.0
@@ -112,6 +117,15 @@ def _all_finite(coords: Any, depth: int = 0) -> bool:
     if coords and not isinstance(coords[0], list):
         return all(_is_number(c) for c in coords)
     return all(_all_finite(c, depth + 1) for c in coords)
+
+
+def _check_size(field: str, name: str, km2: float) -> None:
+    if km2 > MAX_AREA_KM2:
+        raise ZoneError(field, f"zone {name!r} covers {km2:,.0f} km²; at most "
+                               f"{MAX_AREA_KM2:,.0f} km² is allowed")
+    if km2 * 1e6 < MIN_AREA_M2:
+        raise ZoneError(field, f"zone {name!r} covers {km2 * 1e6:,.0f} m²; at least "
+                               f"{MIN_AREA_M2:,.0f} m² (a {MIN_RADIUS_M} m circle) is required")
 
 
 def area(field: str, name: str, geometry: Any) -> Area:
@@ -146,9 +160,6 @@ def area(field: str, name: str, geometry: Any) -> Area:
     if not geom.is_valid:
         raise ZoneError(f"{gfield}.coordinates",
                         f"is not a valid polygon: {explain_validity(geom)}")
-    km2 = _geodesic_area_km2(geom)
-    if km2 > MAX_AREA_KM2:
-        raise ZoneError(gfield,
-                        f"covers {km2:,.0f} km²; at most {MAX_AREA_KM2:,.0f} km² is allowed")
+    _check_size(gfield, name, geodesic_area_km2(geom))
     multi = geom if isinstance(geom, MultiPolygon) else MultiPolygon([geom])
     return Area(name, shapely.to_geojson(multi))

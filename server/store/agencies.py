@@ -88,6 +88,11 @@ async def get_agency(pool: asyncpg.Pool, agency_id: str) -> Agency | None:
     return _from_row(row, dt.datetime.now(dt.UTC)) if row else None
 
 
+async def agency_ids(pool: asyncpg.Pool) -> frozenset[str]:
+    """Every agency's id: one small read that answers "unknown" for any id."""
+    return frozenset(r["id"] for r in await pool.fetch("SELECT id FROM agencies"))
+
+
 async def create_agency(
     pool: asyncpg.Pool, *, agency_id: str, name: str, timezone: str,
     call_types: dict[str, str], review: bool, secret: str,

@@ -40,10 +40,10 @@ class Target:
     exact_lon: float
     location_kind: str | None
     responder_radius_m: int
-    # The public (rounded) point: near-me positions are matched against it (or the
-    # area, for an incident given as one), never the exact point.
-    public_lat: float | None = None
-    public_lon: float | None = None
+    # The public (rounded) point: neighbours, by zone or near-me position, are matched
+    # against it (or an area widened to its grid), never the exact geometry.
+    public_lat: float
+    public_lon: float
 
 
 @dataclass(frozen=True)
@@ -72,15 +72,42 @@ async def find_audience(pool: asyncpg.Pool, redis: aioredis.Redis, target: Targe
             pool, [r.device_id for r in nearby],
             public_place=target.location_kind == "public", agency_id=target.agency_id)
         return Audience(RESPONDER, rows)
-    near: list[positions.Nearby] = []
-    point = None
-    if target.public_lat is not None and target.public_lon is not None:
-        point = (target.public_lat, target.public_lon)
-    if near_me is not None and point is not None and await redis.exists(near_me.geo_key):
-        extent = await matching.extent_m(pool, target.geometry, *point)
-        near = await near_me.near(redis, *point, MAX_NEAR_ME_RADIUS_M + extent, forget=forget)
+    point = (target.public_lat, target.public_lon)
+    near = [] if near_me is None else await near_positions(
+        pool, redis, near_me, target.geometry, point, forget=forget)
     return Audience(NEIGHBOUR, await matching.neighbours(
-        pool, target.geometry, target.category, near, point))
+        pool, target.geometry, target.category, point, near))
+
+
+async def near_positions(pool: asyncpg.Pool, redis: aioredis.Redis,
+                         near_me: positions.PositionSet, geometry: str,
+                         point: tuple[float, float], *, forget: bool = True,
+                         ) -> list[positions.Nearby]:
+    """Near-me positions that may be within their radius of ``geometry``: one GEO
+    search around ``point`` (lat, lon; a point on it), as far out as the geometry's
+    public extent reaches plus the largest radius a device may choose. The SQL then
+    keeps those within their own device's radius."""
+    if not await redis.exists(near_me.geo_key):
+        return []
+    extent = await matching.extent_m(pool, geometry, *point)
+    return await near_me.near(redis, *point, MAX_NEAR_ME_RADIUS_M + extent, forget=forget)
+
+
+async def area_near_positions(pool: asyncpg.Pool, redis: aioredis.Redis, area: str, *,
+                              location_ttl: dt.timedelta) -> list[positions.Nearby]:
+    """The near-me positions a manual alert over ``area`` may reach right now (read
+    only: for the preview before it is sent, and the size recorded when it is)."""
+    point = await matching.point_on_surface(pool, area)
+    return await near_positions(pool, redis, positions.near_me(location_ttl.total_seconds()),
+                                area, point, forget=False)
+
+
+async def area_audience_size(pool: asyncpg.Pool, redis: aioredis.Redis, area: str, *,
+                             location_ttl: dt.timedelta) -> int:
+    """How many devices a manual alert over ``area`` would reach right now, by zone
+    or by near-me position."""
+    near = await area_near_positions(pool, redis, area, location_ttl=location_ttl)
+    return await matching.area_audience_size(pool, area, near)
 
 
 def awake(audience: Audience, category: str, now: dt.datetime) -> list[asyncpg.Record]:
@@ -117,7 +144,8 @@ async def count_would_alert(
         return 0
     event_id = await matching.same_event(
         pool, category=target.category, agency_id=target.agency_id, occurred_at=occurred_at,
-        received_at=now, incident_id=incident_id, geometry=target.geometry)
+        received_at=now, incident_id=incident_id, geometry=target.geometry,
+        public_point=(target.public_lat, target.public_lon))
     dedup_on = event_id or incident_id
     if dedup_on is not None:
         pushed = await redis.smismember(keys.pushed(str(dedup_on)), devices)

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import datetime as dt
 import hmac
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from uuid import UUID
+from uuid import UUID, uuid4
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 
 from server.domain.credentials import hash_device_secret
 from server.domain.zones import Area, Circle, NeighbourhoodZone, Zone
@@ -34,15 +35,61 @@ def _uuid(value: str) -> UUID | None:
         return None
 
 
+class TokenGone(Exception):
+    """The gateway declared this token gone: it can't be registered again."""
+
+
+REPLACED = "replaced"
+
+# A token is live on one device per platform (a partial unique index): taking it
+# disables whichever device held it, with reason 'replaced'.
+_RELEASE = """
+UPDATE devices SET token_disabled_at = now(), token_disabled_reason = 'replaced',
+                   updated_at = now()
+ WHERE platform = $1 AND token = $2 AND token_disabled_at IS NULL AND id <> $3
+"""
+# Disabled for any other reason (Unregistered, BadDeviceToken, UNREGISTERED, ...): the
+# gateway said so, and the same value will not work again.
+_GONE = """
+SELECT EXISTS (SELECT 1 FROM devices
+                WHERE platform = $1 AND token = $2 AND token_disabled_at IS NOT NULL
+                  AND token_disabled_reason IS DISTINCT FROM 'replaced')
+"""
+
+
+async def _take_token(pool: asyncpg.Pool, platform: str, token: str,
+                      write: Callable[[PoolConnectionProxy[asyncpg.Record]],
+                                      Awaitable[UUID]]) -> UUID:
+    """Run ``write`` (which gives ``token`` to a device, releasing it from any other,
+    and returns the device's id) in one transaction, one registration of a token at a
+    time; TokenGone if the gateway declared the token gone."""
+    async with pool.acquire() as conn, conn.transaction():
+        # Registrations of one token queue here, so release-then-write never races
+        # (the unique index would refuse the loser; deadlocks between two releases
+        # can't happen either).
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
+                           f"geopush:token:{platform}:{token}")
+        if await conn.fetchval(_GONE, platform, token):
+            raise TokenGone(token)
+        return await write(conn)
+
+
 async def create_device(
     pool: asyncpg.Pool, *, platform: str, token: str, timezone: str, locale: str, secret: str
 ) -> str:
-    device_id = await pool.fetchval(
-        """INSERT INTO devices (platform, token, timezone, locale, secret_hash)
-           VALUES ($1, $2, $3, $4, $5) RETURNING id""",
-        platform, token, timezone, locale, hash_device_secret(secret),
-    )
-    return str(device_id)
+    """The new device's id. The token moves here from any device that held it."""
+    device_id = uuid4()
+
+    async def insert(conn: PoolConnectionProxy[asyncpg.Record]) -> UUID:
+        await conn.execute(_RELEASE, platform, token, device_id)
+        found: UUID = await conn.fetchval(
+            """INSERT INTO devices (id, platform, token, timezone, locale, secret_hash)
+               VALUES ($1, $2, $3, $4, $5, $6) RETURNING id""",
+            device_id, platform, token, timezone, locale, hash_device_secret(secret),
+        )
+        return found
+
+    return str(await _take_token(pool, platform, token, insert))
 
 
 async def authenticate(pool: asyncpg.Pool, device_id: str, secret: str | None) -> Device | None:
@@ -106,14 +153,23 @@ async def set_preferences(
     )
 
 
-async def set_token(pool: asyncpg.Pool, device_id: str, token: str) -> None:
-    """A new token brings a device whose old token was declared gone back."""
-    await pool.execute(
-        """UPDATE devices SET token = $2, token_disabled_at = NULL,
-                              token_disabled_reason = NULL, updated_at = now()
-            WHERE id = $1""",
-        UUID(device_id), token,
-    )
+async def set_token(pool: asyncpg.Pool, device_id: str, platform: str, token: str) -> None:
+    """A new token brings a device whose old token was declared gone (or taken by
+    another device) back; the token moves here from any device that held it.
+    TokenGone when the gateway declared this very token gone."""
+    uid = UUID(device_id)
+
+    async def update(conn: PoolConnectionProxy[asyncpg.Record]) -> UUID:
+        await conn.execute(_RELEASE, platform, token, uid)
+        await conn.execute(
+            """UPDATE devices SET token = $2, token_disabled_at = NULL,
+                                  token_disabled_reason = NULL, updated_at = now()
+                WHERE id = $1""",
+            uid, token,
+        )
+        return uid
+
+    await _take_token(pool, platform, token, update)
 
 
 async def disable_token(pool: asyncpg.Pool, device_id: str, token: str, reason: str) -> None:

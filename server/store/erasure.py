@@ -40,9 +40,14 @@ async def _scrub_stream(redis: aioredis.Redis, stream: str, device_id: str,
 
 async def scrub_device(redis: aioredis.Redis, device_id: str) -> None:
     await positions.forget_device(redis, device_id)
-    await redis.delete(keys.device_rate(device_id))
-    async for key in redis.scan_iter(match=keys.PUSHED_PATTERN, count=1000):
-        await redis.srem(key, device_id)
+    # The dedup sets the device is in, from its own index: no scan of the keyspace.
+    index = keys.device_events(device_id)
+    events: set[Any] = await redis.smembers(index)
+    async with redis.pipeline(transaction=False) as pipe:
+        for event in events:
+            pipe.srem(_s(event), device_id)
+        pipe.delete(index, keys.device_rate(device_id))
+        await pipe.execute()
     for platform in PLATFORMS:
         if await redis.exists(keys.push_stream(platform)):
             await _scrub_stream(redis, keys.push_stream(platform), device_id, SENDER_GROUP)

@@ -46,7 +46,10 @@ UPDATE incidents
    SET revision = $2, status = $3, call_type = $4, category = $5, occurred_at = $6,
        received_at = $7, geom = ST_GeomFromText($8, 4326),
        public_point = ST_SetSRID(ST_MakePoint($9, $10), 4326), public_location = $11,
-       location_kind = $12, priority = $13, decision = $14, actual = $15, updated_at = now()
+       location_kind = $12, priority = $13, decision = $14, actual = $15, updated_at = now(),
+       -- a revision brings an exact geometry again: the purge must see it, retention
+       -- counting from this revision's arrival (public_geom: a trigger, sql/0005)
+       exact_purged_at = NULL
  WHERE id = $1
 """
 
@@ -70,8 +73,10 @@ async def store_incident(
 
 
 # The common case, a revision of an incident not seen before, in one statement (one
-# round trip, atomic without an explicit transaction): the incident, its outbox row
-# when it is to be pushed, its review item when it is to be reviewed.
+# round trip, atomic without an explicit transaction): the incident and its outbox row
+# when it is to be pushed. The narrative is no parameter of it: it goes to PostgreSQL
+# only in the review item's own statement (and only when there is one), so statement
+# logging of incidents never captures it.
 _INSERT_NEW = """
 WITH ins AS (
     INSERT INTO incidents (agency_id, external_id, revision, status, call_type, category,
@@ -81,9 +86,7 @@ WITH ins AS (
             ST_SetSRID(ST_MakePoint($10, $11), 4326), $12, $13, $14, $15, $16)
     ON CONFLICT (agency_id, external_id) DO NOTHING
     RETURNING id),
- ob AS (INSERT INTO outbox (incident_id) SELECT id FROM ins WHERE $17),
- rv AS (INSERT INTO review_items (incident_id, agency_id, narrative, expires_at)
-        SELECT id, $1, $18, $19 FROM ins WHERE $15 = 'review')
+ ob AS (INSERT INTO outbox (incident_id) SELECT id FROM ins WHERE $17)
 SELECT id FROM ins
 """
 
@@ -93,6 +96,21 @@ async def _insert_new(
     received_at: dt.datetime, review_until: dt.datetime | None,
 ) -> Stored | None:
     """None when the incident exists already (then the locking path decides)."""
+    if decision == REVIEW:
+        if isinstance(db, asyncpg.Pool):
+            async with db.acquire() as conn, conn.transaction():
+                return await _insert_new(conn, incident, decision, received_at, review_until)
+        stored = await _insert_incident(db, incident, decision, received_at)
+        if stored is not None:
+            await _open_review(db, stored.incident_id, incident, review_until)
+        return stored
+    return await _insert_incident(db, incident, decision, received_at)
+
+
+async def _insert_incident(
+    db: asyncpg.Pool | PoolConnectionProxy[asyncpg.Record], incident: Incident, decision: str,
+    received_at: dt.datetime,
+) -> Stored | None:
     i = incident
     kind = i.location_kind.value if i.location_kind else None
     publish = is_pushable(decision)
@@ -100,11 +118,26 @@ async def _insert_new(
         _INSERT_NEW, i.agency_id, i.external_id, i.revision, i.status.value, i.call_type,
         i.category, i.occurred_at, received_at, i.geometry_wkt, i.public_point.lon,
         i.public_point.lat, i.public_location, kind, i.priority, decision, i.actual,
-        publish, i.narrative, review_until,
+        publish,
     )
     if incident_id is None:
         return None
     return Stored(str(incident_id), decision, duplicate=False, publish=publish)
+
+
+async def _open_review(
+    conn: PoolConnectionProxy[asyncpg.Record], incident_id: object, incident: Incident,
+    review_until: dt.datetime | None,
+) -> None:
+    """(Re)open the pending review item with the revision's redacted narrative."""
+    await conn.execute(
+        """INSERT INTO review_items (incident_id, agency_id, narrative, expires_at)
+           VALUES ($1::uuid, $2, $3, $4)
+           ON CONFLICT (incident_id) DO UPDATE
+              SET narrative = EXCLUDED.narrative, expires_at = EXCLUDED.expires_at
+            WHERE review_items.state = 'pending'""",
+        str(incident_id), incident.agency_id, incident.narrative, review_until,
+    )
 
 
 def republishes(stored_decision: str, stored_category: str, decision: str,
@@ -168,14 +201,7 @@ async def _sync_review(
     its narrative. Decided items stay decided.
     """
     if decision == REVIEW:
-        await conn.execute(
-            """INSERT INTO review_items (incident_id, agency_id, narrative, expires_at)
-               VALUES ($1, $2, $3, $4)
-               ON CONFLICT (incident_id) DO UPDATE
-                  SET narrative = EXCLUDED.narrative, expires_at = EXCLUDED.expires_at
-                WHERE review_items.state = 'pending'""",
-            incident_id, incident.agency_id, incident.narrative, review_until,
-        )
+        await _open_review(conn, incident_id, incident, review_until)
     else:
         await conn.execute(
             """UPDATE review_items SET state = 'superseded', narrative = NULL,

@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 import asyncpg
@@ -15,6 +16,7 @@ import asyncpg
 from server.domain.manual_alert import CALL_TYPE, CATEGORY, ManualAlert
 from server.domain.policy import ALERT
 from server.store import audit, matching
+from server.store.positions import Nearby
 
 _INSERT_INCIDENT = """
 INSERT INTO incidents (id, agency_id, external_id, revision, status, call_type, category,
@@ -28,12 +30,13 @@ VALUES ($1, $2, $3, $4, 'active', $5, $6, $4, $4, ST_SetSRID(ST_GeomFromGeoJSON(
 
 
 async def create(pool: asyncpg.Pool, agency_id: str, alert: ManualAlert, *, sent_by: str,
-                 now: dt.datetime) -> tuple[str, int]:
-    """Store and queue the alert; (incident id, audience size when sent)."""
+                 now: dt.datetime, near: Sequence[Nearby] = ()) -> tuple[str, int]:
+    """Store and queue the alert; (incident id, audience size when sent, counting the
+    near-me positions ``near`` found in the area)."""
     incident_id = uuid.uuid4()
     expires = now + alert.expires_in
     async with pool.acquire() as conn, conn.transaction():
-        size = await matching.area_audience_size(conn, alert.area_wkt)
+        size = await matching.area_audience_size(conn, alert.area_wkt, near)
         await conn.execute(
             _INSERT_INCIDENT, incident_id, agency_id, f"manual:{incident_id}", now, CALL_TYPE,
             CATEGORY, alert.area_geojson, ALERT, expires, alert.title, alert.body)

@@ -22,6 +22,9 @@ _INCIDENT = """
 SELECT i.id, i.agency_id, i.category, i.status, i.decision, i.actual, i.occurred_at,
        i.received_at, i.public_location, i.location_kind, i.geom::text AS geom,
        ST_Y(i.public_point) AS lat, ST_X(i.public_point) AS lon,
+       GeometryType(i.public_geom) <> 'POINT' AS is_area,
+       ST_XMin(i.public_geom) AS west, ST_YMin(i.public_geom) AS south,
+       ST_XMax(i.public_geom) AS east, ST_YMax(i.public_geom) AS north,
        ST_Y(ST_PointOnSurface(i.geom)) AS exact_lat, ST_X(ST_PointOnSurface(i.geom)) AS exact_lon,
        i.title_override, i.body_override, a.responder_radius_m,
        i.source, i.expires_at, m.severity, m.area::text AS area, i.revision,
@@ -33,7 +36,7 @@ SELECT i.id, i.agency_id, i.category, i.status, i.decision, i.actual, i.occurred
 
 
 def _reached(target: str, ids: int, categories: str) -> str:
-    """Devices with a zone meeting $1 (the zone test runs on the GiST index of
+    """Devices with a zone meeting ``target`` (the zone test runs on the GiST index of
     zones.geom: ST_Intersects adds the && box check itself; boundary points count as
     inside), and devices with "near me" whose current position (parameters ``ids`` to
     ``ids + 2``: device ids, longitudes, latitudes, from one GEO search in Redis) is
@@ -45,7 +48,7 @@ SELECT DISTINCT ON (d.id) d.id, d.platform, d.token, d.locale, d.timezone,
        d.quiet_start, d.quiet_end
   FROM (
       SELECT z.device_id FROM zones z
-       WHERE ST_Intersects(z.geom, ST_SetSRID($1::text::geometry, 4326))
+       WHERE ST_Intersects(z.geom, {target})
       UNION ALL
       SELECT p.device_id
         FROM unnest(${ids}::uuid[], ${ids + 1}::float8[], ${ids + 2}::float8[])
@@ -61,22 +64,28 @@ SELECT DISTINCT ON (d.id) d.id, d.platform, d.token, d.locale, d.timezone,
 """  # noqa: S608
 
 
-# An incident: near-me positions are matched against its public point ($6, $7), or its
-# area for an incident given as one, never its exact point; only devices that take its
-# category ($2).
+# An incident is matched, by zone and by near-me position alike, against its public
+# geometry, never the exact one: who is alerted is a function of what the push says,
+# so a grid of cheap devices can't locate an incident more precisely than the push
+# does (the exact point serves CPR responders and the agency's editors only). The
+# public geometry comes from the exact one ($1) and the public point ($6 lon, $7 lat):
+# the point for a point, an area's box widened to the public grid (geopush_public_geom,
+# sql/0005; stored incidents keep it in public_geom). Only devices that take the
+# incident's category ($2).
 _NEIGHBOURS = _reached(
-    """CASE WHEN GeometryType(ST_SetSRID($1::text::geometry, 4326)) IN ('POLYGON', 'MULTIPOLYGON')
-            THEN ST_SetSRID($1::text::geometry, 4326)
-            ELSE ST_SetSRID(ST_MakePoint($6, $7), 4326) END""",
+    """geopush_public_geom(ST_SetSRID($1::text::geometry, 4326),
+                           ST_SetSRID(ST_MakePoint($6::float8, $7::float8), 4326))""",
     ids=3, categories="(d.categories IS NULL OR $2 = ANY (d.categories))")
 
-# How far an incident's area reaches from its public point (0 for a point): near-me
-# positions are searched that much further out.
+# How far an incident's public area reaches from its public point (0 for a point):
+# near-me positions are searched that much further out.
 _EXTENT = """
 SELECT CASE WHEN GeometryType(g) IN ('POLYGON', 'MULTIPOLYGON')
             THEN ST_Length(ST_LongestLine(ST_SetSRID(ST_MakePoint($3, $2), 4326), g)::geography)
             ELSE 0 END
-  FROM (SELECT ST_SetSRID($1::text::geometry, 4326) AS g) x
+  FROM (SELECT geopush_public_geom(ST_SetSRID($1::text::geometry, 4326),
+                                   ST_SetSRID(ST_MakePoint($3::float8, $2::float8), 4326))
+               AS g) x
 """
 
 # A manual alert's area is public by nature (an agency drew it to be announced), so it
@@ -112,7 +121,10 @@ SELECT o.id
    AND ($5::uuid IS NULL OR (o.received_at, o.id) < ($4::timestamptz, $5::uuid))
    AND o.received_at <= $4
    AND o.decision = 'alert' AND o.actual
-   AND ST_DWithin(o.geom::geography, ST_SetSRID($6::text::geometry, 4326)::geography, $8)
+   AND ST_DWithin(o.public_geom::geography,
+                  geopush_public_geom(ST_SetSRID($6::text::geometry, 4326),
+                                      ST_SetSRID(ST_MakePoint($10::float8, $9::float8), 4326)
+                                      )::geography, $8)
  ORDER BY o.received_at, o.id
  LIMIT 1
 """
@@ -124,11 +136,12 @@ SELECT ST_Y(p) AS lat, ST_X(p) AS lon
 
 
 async def neighbours(db: asyncpg.Pool, geometry: str, category: str,
-                     near: Sequence[Nearby] = (),
-                     public_point: tuple[float, float] | None = None) -> list[asyncpg.Record]:
-    """Devices that take ``category`` with a zone meeting ``geometry``, or with "near
-    me" and a position in ``near`` within their radius of ``public_point`` (lat, lon)."""
-    lat, lon = public_point if public_point else (None, None)
+                     public_point: tuple[float, float], near: Sequence[Nearby] = (),
+                     ) -> list[asyncpg.Record]:
+    """Devices that take ``category`` with a zone meeting the incident's public
+    geometry (from its exact ``geometry`` and ``public_point``, lat and lon), or with
+    "near me" and a position in ``near`` within their radius of it."""
+    lat, lon = public_point
     return await db.fetch(_NEIGHBOURS, geometry, category, [n.device_id for n in near],
                           [n.lon for n in near], [n.lat for n in near], lon, lat)
 
@@ -148,10 +161,11 @@ async def area_neighbours(db: asyncpg.Pool, area: str, near: Sequence[Nearby] = 
 
 
 async def area_audience_size(db: asyncpg.Pool | PoolConnectionProxy[asyncpg.Record],
-                             area: str) -> int:
-    """How many devices ``area_neighbours`` would return (the alert's preview)."""
-    # Zones only: where near-me phones are is in Redis, and changes by the minute.
-    size: int = await db.fetchval(_AREA_AUDIENCE_SIZE, area, [], [], [])
+                             area: str, near: Sequence[Nearby] = ()) -> int:
+    """How many devices ``area_neighbours`` would return for the same ``near``
+    positions (the alert's preview)."""
+    size: int = await db.fetchval(_AREA_AUDIENCE_SIZE, area, [n.device_id for n in near],
+                                  [n.lon for n in near], [n.lat for n in near])
     return size
 
 
@@ -164,11 +178,13 @@ async def responders(db: asyncpg.Pool, device_ids: list[str], *, public_place: b
 async def same_event(
     db: asyncpg.Pool, *, category: str, agency_id: str, occurred_at: dt.datetime,
     received_at: dt.datetime, incident_id: object | None, geometry: str,
+    public_point: tuple[float, float],
 ) -> object | None:
-    """The earliest incident of another agency that is the same event, if any."""
+    """The earliest incident of another agency that is the same event, if any (near
+    on public geometries: which pushes a device gets tells nothing finer either)."""
     event_id: object | None = await db.fetchval(
         _SAME_EVENT, category, agency_id, occurred_at, received_at, incident_id, geometry,
-        SAME_EVENT_WINDOW, SAME_EVENT_DISTANCE_M)
+        SAME_EVENT_WINDOW, SAME_EVENT_DISTANCE_M, public_point[0], public_point[1])
     return event_id
 
 

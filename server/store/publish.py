@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import logging
 
 import asyncpg
@@ -107,3 +108,10 @@ async def relay_outbox(pool: asyncpg.Pool, redis: aioredis.Redis, *, limit: int,
             await conn.execute("DELETE FROM outbox WHERE id = ANY($1::bigint[])",
                                [r["id"] for r in rows])
     return len(rows)
+
+
+async def republish_later(pool: asyncpg.Pool, incident_id: object, delay: dt.timedelta) -> None:
+    """An outbox row due ``delay`` from now: the relay publishes the incident again then."""
+    await pool.execute(
+        "INSERT INTO outbox (incident_id, created_at) VALUES ($1, now() + $2::interval)",
+        incident_id, delay)

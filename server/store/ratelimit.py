@@ -1,8 +1,11 @@
-"""Per-agency rate limit in Redis (GCRA: smooth, with a burst of one minute's budget).
+"""Rate limits in Redis (GCRA: smooth, with a burst of one period's budget).
 
-Only authenticated requests count, so nobody can spend an agency's budget for it. If
-Redis is unreachable the limit is not enforced: refusing incidents because the
-limiter is down would trade a safety feature for an outage.
+Webhooks: an agency's authenticated requests count against its own budget; requests
+that fail verification count against a budget of their own for the agency id they
+name (known or not, alike), so forgeries are limited without spending the agency's
+budget for it. Device registrations: a budget per client address. If Redis is
+unreachable no limit is enforced: refusing incidents because the limiter is down
+would trade a safety feature for an outage.
 """
 
 from __future__ import annotations
@@ -57,9 +60,14 @@ class RateLimiter:
         """GCRA on any key: ``per_minute`` steady, a minute's budget as burst."""
         if per_minute <= 0:
             return Verdict(False, 60)
-        interval_ms = 60_000 / per_minute
+        return await self.allow(key, per_minute, 60)
+
+    async def allow(self, key: str, count: int, period_s: int) -> Verdict:
+        """One more request under ``key``, limited to ``count`` per ``period_s``."""
+        period_ms = period_s * 1000
         try:
-            allowed, retry_ms = await self._script(keys=[key], args=[interval_ms, 60_000])
+            allowed, retry_ms = await self._script(
+                keys=[key], args=[period_ms / count, period_ms])
         except (RedisError, OSError) as exc:
             log.warning("rate limiter unavailable, not enforcing: %s", exc)
             return Verdict(True)

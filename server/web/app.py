@@ -26,11 +26,13 @@ from server.web.appkeys import (
     POOL,
     PUBLIC_CACHE,
     REDIS,
+    REGISTRATION_CHECK,
     REVIEW_FEED,
     SETTINGS,
 )
 from server.web.problems import problem_middleware
 from server.web.public_cache import PublicCache
+from server.web.registration import RegistrationCheck, load_check
 from server.web.review_feed import ReviewFeed
 from server.web.routes import (
     admin,
@@ -84,9 +86,15 @@ async def _end_event_streams(app: web.Application) -> None:
     app[REVIEW_FEED].close_streams()
 
 
-def create_app(settings: Settings) -> web.Application:
+def create_app(settings: Settings,
+               registration_check: RegistrationCheck | None = None) -> web.Application:
+    """``registration_check`` may refuse device registrations (App Attest, Play
+    Integrity); GEOPUSH_REGISTRATION_CHECK names one when none is given."""
     app = web.Application(middlewares=[problem_middleware], client_max_size=settings.max_body_bytes)
     app[SETTINGS] = settings
+    if registration_check is None and settings.registration_check:
+        registration_check = load_check(settings.registration_check)
+    app[REGISTRATION_CHECK] = registration_check
     app.cleanup_ctx.append(_postgres)
     app.cleanup_ctx.append(_redis)
     app.cleanup_ctx.append(_review_feed)

@@ -11,6 +11,7 @@ from server.store.publish import OutboxCleaner
 from server.store.ratelimit import LoginLimiter, RateLimiter
 from server.web.agency_cache import AgencyCache
 from server.web.public_cache import PublicCache
+from server.web.registration import RegistrationCheck
 from server.web.review_feed import ReviewFeed
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -22,3 +23,4 @@ OUTBOX = web.AppKey("outbox", OutboxCleaner)
 LOGINS = web.AppKey("logins", LoginLimiter)
 REVIEW_FEED = web.AppKey("review_feed", ReviewFeed)
 PUBLIC_CACHE = web.AppKey("public_cache", PublicCache)
+REGISTRATION_CHECK: web.AppKey[RegistrationCheck | None] = web.AppKey("registration_check")

@@ -32,7 +32,13 @@ from server.store.audience import DEFAULT_LOCATION_TTL, Target, count_would_aler
 from server.store.incidents import OUTDATED, republishes, stored_revision
 from server.store.ratelimit import RateLimiter
 from server.web.agency_cache import AgencyCache
-from server.web.ingest import Parser, authenticate, check_rate, read_incident
+from server.web.ingest import (
+    Parser,
+    authenticate,
+    check_rate,
+    name_the_neighbourhood,
+    read_incident,
+)
 
 log = logging.getLogger(__name__)
 
@@ -113,15 +119,17 @@ async def dry_run(
     pool: asyncpg.Pool, redis: aioredis.Redis, agencies: AgencyCache,
     limiter: RateLimiter | None, *, agency_id: str, fmt: str, parser: Parser, body: bytes,
     signature: str | None, tolerance_s: int, dry_runs_per_minute: int,
-    device_pushes_per_hour: int, now: dt.datetime,
+    device_pushes_per_hour: int, now: dt.datetime, rejected_per_minute: int = 0,
     location_ttl: dt.timedelta = DEFAULT_LOCATION_TTL,
 ) -> DryRunResult:
     """The webhook's answer to ``?dry_run=true``: refused exactly as the real call
     would be, or what it would do."""
     agency = await authenticate(agencies, agency_id, body, signature,
-                                tolerance_s=tolerance_s, now=now)
+                                tolerance_s=tolerance_s, now=now, limiter=limiter,
+                                rejected_per_minute=rejected_per_minute)
     await check_rate(limiter, agency, per_minute=dry_runs_per_minute, dry_run=True)
     raw, incident = read_incident(agency, parser, body, now)
+    incident = await name_the_neighbourhood(pool, incident)
     result = analyse(fmt, body, raw, incident, agency.policy(), now,
                      signed_at=_signed_at(signature))
     stored = await stored_revision(pool, agency.id, incident.external_id)

@@ -118,8 +118,10 @@ OPERATIONS = [
        "alerts", responses={200: None}, errors=(404,)),
     Op("get", "/v1/incidents", "The last hour's alerted incidents in ?bbox= (public points)",
        "public", responses={200: None}, errors=(422, 429)),
-    Op("post", "/v1/devices", "Register a device (its secret is shown once)", "devices",
-       request=devices.DeviceCreate, responses={201: devices.DeviceCreated}, errors=(422,)),
+    Op("post", "/v1/devices", "Register a device (its secret is shown once; a token "
+       "another device holds moves here)", "devices",
+       request=devices.DeviceCreate, responses={201: devices.DeviceCreated},
+       errors=(403, 422, 429)),
     Op("put", "/v1/devices/{device}/zones", "Replace the device's zones", "devices",
        auth="device", request=devices.ZonesPut, responses={200: None}, errors=(401, 422)),
     Op("put", "/v1/devices/{device}/preferences", "Categories, quiet hours, responder",
@@ -141,6 +143,9 @@ OPERATIONS = [
     Op("get", "/v1/admin/incidents/{incident}/responders",
        "Responders alerted to an incident and their answers (operator, or the agency's "
        "admins)", "admin", auth="admin", responses={200: None}, errors=(401, 403, 404)),
+    Op("get", "/v1/admin/agencies/{agency}/responder-answers",
+       "The agency's CPR calls of the last day: responders alerted and their answers",
+       "admin", auth="agency_admin", responses={200: None}, errors=(401, 403, 404)),
     Op("get", "/v1/neighbourhoods", "Neighbourhoods containing ?lat=&lon=", "neighbourhoods",
        responses={200: None}, errors=(422,)),
     Op("get", "/v1/neighbourhoods/{id}", "One neighbourhood and its polygon", "neighbourhoods",

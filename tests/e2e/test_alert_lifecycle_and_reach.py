@@ -22,7 +22,9 @@ from tests.helpers import (
     circle,
     create_agency,
     create_device,
+    create_responder,
     create_user,
+    fcm_token,
     fresh_times,
     incident,
     iso,
@@ -30,6 +32,12 @@ from tests.helpers import (
     signed,
 )
 from tests.helpers import post_incident as post
+
+# FCM-shaped tokens (registration refuses any other), one per scenario.
+TOKEN_FCM_LIFECYCLE_ANDROID = fcm_token()
+TOKEN_FCM_SEVERITY = fcm_token()
+TOKEN_FCM_RESPONDER = fcm_token()
+TOKEN_FCM_MANUAL = fcm_token()
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 SEATTLE_MCPP = Path(__file__).parents[2] / "examples" / "seattle-police-mcpp-areas.geojson"
@@ -66,7 +74,7 @@ async def test_clear_sends_one_passive_update_to_exactly_the_devices_alerted(
 ) -> None:
     secret = await create_agency(stack.client)
     iphone = secrets.token_hex(32)
-    android = "fcm-lifecycle-android"
+    android = TOKEN_FCM_LIFECYCLE_ANDROID
     not_subscribed = secrets.token_hex(32)
     await create_device(stack.client, "apns", iphone, circle(*POINT, 1000))
     await create_device(stack.client, "fcm", android, circle(*POINT, 1000))
@@ -176,7 +184,7 @@ async def test_severity_fields_per_category_on_both_platforms(stack: Stack) -> N
         "459": "burglary"})
     iphone = secrets.token_hex(32)
     await create_device(stack.client, "apns", iphone, circle(*POINT, 3000))
-    await create_device(stack.client, "fcm", "fcm-severity", circle(*POINT, 3000))
+    await create_device(stack.client, "fcm", TOKEN_FCM_SEVERITY, circle(*POINT, 3000))
     for n, call_type in enumerate(("Scenes Of Violence 7", "Fire in Building", "459")):
         await post(stack.client, secret,
                    incident(f"SV{n}", call_type=call_type, lat=POINT[0] + 0.003 * n))
@@ -186,7 +194,7 @@ async def test_severity_fields_per_category_on_both_platforms(stack: Stack) -> N
     assert {c: (a["interruption-level"], a["relevance-score"]) for c, a in apns.items()} == {
         "shooting": ("time-sensitive", 0.9), "structure_fire": ("active", 0.6),
         "burglary": ("active", 0.4)}
-    fcm = {m["data"]["category"]: m["android"] for m in _fcm_to(stack, "fcm-severity")}
+    fcm = {m["data"]["category"]: m["android"] for m in _fcm_to(stack, TOKEN_FCM_SEVERITY)}
     assert {c: (a["notification"]["channel_id"], a["priority"]) for c, a in fcm.items()} == {
         "shooting": ("geopush_severe", "HIGH"), "structure_fire": ("geopush_alerts", "HIGH"),
         "burglary": ("geopush_alerts", "HIGH")}
@@ -307,14 +315,10 @@ async def test_responders_answers_are_counted_and_their_push_carries_the_actions
 ) -> None:
     secret = await create_agency(stack.client, call_types={"Cardiac Arrest": "cardiac_arrest"})
     devices = []
-    for platform, token in (("apns", secrets.token_hex(32)), ("fcm", "fcm-responder"),
+    for platform, token in (("apns", secrets.token_hex(32)), ("fcm", TOKEN_FCM_RESPONDER),
                             ("apns", secrets.token_hex(32))):
-        device, key = await create_device(stack.client, platform, token)
-        await stack.client.put(f"/v1/devices/{device}/preferences", headers=auth(key),
-                               json={"responder": True})
-        r = await stack.client.put(f"/v1/devices/{device}/location", headers=auth(key),
-                                   json={"lat": POINT[0] + 0.001, "lon": POINT[1]})
-        assert r.status == 204
+        device, key = await create_responder(stack.client, platform, token,
+                                             (POINT[0] + 0.001, POINT[1]))
         devices.append((device, key, token))
     bystander, bystander_key = await create_device(stack.client, "apns", secrets.token_hex(32),
                                                    circle(*POINT, 1000))
@@ -329,7 +333,7 @@ async def test_responders_answers_are_counted_and_their_push_carries_the_actions
     assert ios["aps"]["category"] == "GEOPUSH_RESPONDER"
     assert ios["aps"]["interruption-level"] == "time-sensitive"
     assert ios["incident"]["actions"] == ["responding", "on_scene", "declined"]
-    [android] = _fcm_to(stack, "fcm-responder")
+    [android] = _fcm_to(stack, TOKEN_FCM_RESPONDER)
     assert android["data"]["actions"] == "responding,on_scene,declined"
     assert android["android"]["notification"]["channel_id"] == "geopush_severe"
 
@@ -370,7 +374,19 @@ async def test_responders_answers_are_counted_and_their_push_carries_the_actions
         await sign_in(stack.client, username)
         r = await stack.client.get(f"/v1/admin/incidents/{incident_id}/responders")
         assert r.status == expected, (username, await r.text())
+        listed = await stack.client.get(
+            f"/v1/admin/agencies/{agency}/responder-answers")
+        assert listed.status == (200 if role == "agency_admin" else 403)
     assert (await r.json())["on_scene"] == 1
+    # The console's Responders page: the agency's CPR calls of the day, public place only.
+    [row] = (await listed.json())["incidents"]
+    assert row == {"incident_id": incident_id, "category": "cardiac_arrest",
+                   "public_location": row["public_location"],
+                   "received_at": row["received_at"], "alerted": 3, "responding": 1,
+                   "on_scene": 1, "declined": 1}
+    assert "5312" not in json.dumps(row)
+    r = await stack.client.get("/v1/admin/agencies/seattle-police/responder-answers")
+    assert r.status == 404
 
 
 async def _post_as(stack: Stack, secret: str, body: str, content_type: str
@@ -435,13 +451,18 @@ async def test_an_extreme_manual_alert_is_critical_with_the_entitlement_and_reac
     inside, _ = await _near_me_device(stack, secrets.token_hex(32), 300,
                                       (POINT[0] + 0.0085, POINT[1] + 0.0128))
     await _near_me_device(stack, secrets.token_hex(32), 300, (POINT[0] + 0.02, POINT[1]))
-    await create_device(stack.client, "fcm", "fcm-manual", circle(*POINT, 500))
+    await create_device(stack.client, "fcm", TOKEN_FCM_MANUAL, circle(*POINT, 500))
+    # The editor's preview counts the phone inside by where it is, as delivery reaches it.
+    r = await stack.client.post("/v1/admin/agencies/seattle-fire/alerts/preview",
+                                headers=ADMIN, json={"area": SQUARE})
+    assert (await r.json()) == {"devices": 2}
     for severity, n in (("extreme", 2), ("moderate", 4)):
         r = await stack.client.post("/v1/admin/agencies/seattle-fire/alerts", headers=ADMIN,
                                     json={"title": "Gas leak", "body": "Leave the area now.",
                                           "area": SQUARE, "severity": severity,
                                           "expires_in_minutes": 60})
         assert r.status == 201, await r.text()
+        assert (await r.json())["audience"] == 2
         await wait_for(lambda n=n: len(stack.apns.deliveries) + len(stack.fcm.deliveries) == n,
                        what=f"the {severity} alert on both phones")
     await stack.drained()

@@ -11,7 +11,15 @@ from typing import Any
 from server.domain.signing import HEADER, sign
 from tests.cad_fixtures import SEATTLE_MAP, fixtures
 from tests.e2e.conftest import Stack, wait_for
-from tests.helpers import POINT, circle, create_agency, create_device, incident, post_incident
+from tests.helpers import (
+    POINT,
+    circle,
+    create_agency,
+    create_device,
+    fcm_token,
+    incident,
+    post_incident,
+)
 
 
 async def _post(stack: Stack, secret: str, content_type: str, body: bytes, *, dry_run: bool,
@@ -32,7 +40,7 @@ async def test_dry_runs_push_nothing_and_the_real_call_pushes_what_they_showed(
 ) -> None:
     secret = await create_agency(stack.client, call_types=json.loads(SEATTLE_MAP.read_text()))
     await create_device(stack.client, "apns", secrets.token_hex(32), circle(*POINT, 1500))
-    await create_device(stack.client, "fcm", "fcm-" + secrets.token_hex(20),
+    await create_device(stack.client, "fcm", fcm_token(),
                         circle(*POINT, 1500), locale="es-MX")
     base = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=10)
     shown: dict[str, dict[str, Any]] = {}

@@ -17,7 +17,7 @@ from server.dev.devenv import free_port
 from server.settings import Settings
 from server.web.app import create_app
 from tests.e2e.conftest import Stack, wait_for
-from tests.helpers import POINT, circle, create_agency, create_device, incident
+from tests.helpers import POINT, circle, create_agency, create_device, fcm_token, incident
 from tests.helpers import post_incident as post
 
 
@@ -94,7 +94,7 @@ async def test_personal_data_reaches_no_phone_table_key_or_log(
     public_secret = await create_agency(stack.client)
     review_secret = await create_agency(stack.client, "reviewed", review=True)
     await create_device(stack.client, "apns", secrets.token_hex(32), circle(*POINT, 1000))
-    await create_device(stack.client, "fcm", "fcm-" + secrets.token_hex(8), circle(*POINT, 1000))
+    await create_device(stack.client, "fcm", fcm_token(), circle(*POINT, 1000))
 
     await post(stack.client, public_secret, _personal_incident("PII-1"))
     # 550 m away: not the same event as PII-1, so it alerts the phones again.

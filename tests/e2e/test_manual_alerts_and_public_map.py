@@ -55,7 +55,7 @@ async def test_a_manual_alert_reaches_every_zone_meeting_its_area_and_no_other(
     # A small zone just inside the square's north-east corner: ~1.3 km from the centre,
     # far past any rounding of a public point; a matcher that used a point instead of
     # the drawn area would miss it.
-    corner = await _phone(stack, LAT + 0.0085, LON + 0.0128, 100)
+    corner = await _phone(stack, LAT + 0.0085, LON + 0.0128, 150)
     outside = await _phone(stack, *FAR_POINT)
     near_outside = await _phone(stack, LAT + 0.02, LON, 150)   # ~2.2 km north
 

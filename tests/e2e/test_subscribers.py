@@ -13,7 +13,7 @@ from server import keys
 from tests.conftest import ADMIN_TOKEN
 from tests.e2e.conftest import Stack, wait_for
 from tests.e2e.test_failures_and_privacy import _every_key, _every_table
-from tests.helpers import POINT, circle, create_agency, create_device, incident, iso
+from tests.helpers import POINT, circle, create_agency, create_device, fcm_token, incident, iso
 from tests.helpers import post_incident as post
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -25,7 +25,7 @@ def auth(secret: str) -> dict[str, str]:
 
 async def test_feed_shows_recent_alerts_with_current_status_paginated(stack: Stack) -> None:
     secret = await create_agency(stack.client)
-    device, key = await create_device(stack.client, "fcm", "fcm-feed", circle(*POINT, 2000))
+    device, key = await create_device(stack.client, "fcm", fcm_token(), circle(*POINT, 2000))
     docs = [incident(f"F{i}", lat=POINT[0] + 0.004 * i) for i in range(3)]
     for doc in docs:
         await post(stack.client, secret, doc)
@@ -174,7 +174,7 @@ async def test_cardiac_arrest_alerts_nearby_responders_with_three_nearest_aeds(
 
 
 async def test_responder_positions_expire_and_need_opt_in(stack: Stack) -> None:
-    device, key = await create_device(stack.client, "fcm", "fcm-not-responder")
+    device, key = await create_device(stack.client, "fcm", fcm_token())
     r = await stack.client.put(f"/v1/devices/{device}/location", headers=auth(key),
                                json={"lat": POINT[0], "lon": POINT[1]})
     assert r.status == 409

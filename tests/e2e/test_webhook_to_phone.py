@@ -7,7 +7,15 @@ import json
 import secrets
 
 from tests.e2e.conftest import Stack, wait_for
-from tests.helpers import FAR_POINT, POINT, circle, create_agency, create_device, incident
+from tests.helpers import (
+    FAR_POINT,
+    POINT,
+    circle,
+    create_agency,
+    create_device,
+    fcm_token,
+    incident,
+)
 from tests.helpers import post_incident as post
 
 PRIVATE = ("5312", "Apt 4B", "John Q Caller", "555 0147", "Jane Roe", "smoke", "elderly")
@@ -16,10 +24,9 @@ PRIVATE = ("5312", "Apt 4B", "John Q Caller", "555 0147", "Jane Roe", "smoke", "
 async def test_alert_reaches_devices_in_zone_once_and_nothing_else(stack: Stack) -> None:
     client = stack.client
     secret = await create_agency(client)
-    apns_token, fcm_token, far_token = secrets.token_hex(32), "fcm-" + secrets.token_hex(20), \
-        secrets.token_hex(32)
+    apns_token, fcm_tok, far_token = secrets.token_hex(32), fcm_token(), secrets.token_hex(32)
     apns_dev, _ = await create_device(client, "apns", apns_token, circle(*POINT, 800))
-    fcm_dev, _ = await create_device(client, "fcm", fcm_token,
+    fcm_dev, _ = await create_device(client, "fcm", fcm_tok,
                                      circle(POINT[0] + 0.004, POINT[1], 1000))
     await create_device(client, "apns", far_token, circle(*FAR_POINT, 1000))
 
@@ -53,7 +60,7 @@ async def test_alert_reaches_devices_in_zone_once_and_nothing_else(stack: Stack)
     # FCM v1: the same content, high priority, collapse key, TTL to the same expiry.
     [fcm] = stack.fcm.deliveries
     message = fcm.message
-    assert message["token"] == fcm_token
+    assert message["token"] == fcm_tok
     assert message["notification"] == {"title": "Structure fire nearby",
                                        "body": "3 min. ago · 5300 block of 24th Ave NE"}
     assert message["android"]["priority"] == "HIGH"

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from server.settings import Settings
 from tests.conftest import Services
+from tests.helpers import fcm_token
 from tests.live import live_app
 
 
@@ -26,7 +27,7 @@ def device(services: Services) -> Iterator[tuple[str, str, str, str]]:
     settings = Settings(database_url=services.database_url, redis_url=services.redis_url)
     with live_app(settings) as app:
         status, created = _call("POST", f"{app.url}/v1/devices",
-                                json.dumps({"platform": "fcm", "token": "fuzz-token"}).encode(),
+                                json.dumps({"platform": "fcm", "token": fcm_token()}).encode(),
                                 "")
         assert status == 201
         yield app.url, created["id"], created["secret"], services.database_url

@@ -11,7 +11,7 @@ from aiohttp.test_utils import TestClient
 
 from server.store.migrate import discover, migrate
 from tests.conftest import Services
-from tests.helpers import POINT, circle, create_device
+from tests.helpers import POINT, circle, create_device, fcm_token
 
 Client = TestClient[Any, Any]
 
@@ -31,7 +31,7 @@ async def test_register_device_and_zones(client: Client, pool: asyncpg.Pool) -> 
 
 async def test_device_auth_is_per_device_and_uniform(client: Client) -> None:
     a, a_secret = await create_device(client, "apns", secrets.token_hex(32))
-    b, _ = await create_device(client, "fcm", "fcm-token-b")
+    b, _ = await create_device(client, "fcm", fcm_token())
     zones = {"zones": [circle(*POINT)]}
     answers = []
     for device, key in [(b, a_secret), (a, "dsec_wrong"), ("not-a-uuid", a_secret),
@@ -64,7 +64,7 @@ async def test_zone_errors_name_the_field(client: Client) -> None:
 
 
 async def test_preferences_validate_categories(client: Client) -> None:
-    device_id, secret = await create_device(client, "fcm", "fcm-token")
+    device_id, secret = await create_device(client, "fcm", fcm_token())
     auth = {"Authorization": f"Bearer {secret}"}
     r = await client.put(f"/v1/devices/{device_id}/preferences",
                          json={"categories": ["burglary", "bike_theft"]}, headers=auth)
@@ -115,7 +115,7 @@ async def test_matching_uses_the_gist_index_and_counts_the_boundary(
     assert "zones_geom" in plan, plan
 
     # A point exactly on a zone's boundary is inside.
-    device_id, _ = await create_device(client, "fcm", "edge-device", {
+    device_id, _ = await create_device(client, "fcm", fcm_token(), {
         "name": "square", "geometry": {"type": "Polygon", "coordinates": [
             [[-122.31, 47.66], [-122.30, 47.66], [-122.30, 47.67], [-122.31, 47.67],
              [-122.31, 47.66]]]}})

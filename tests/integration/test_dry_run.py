@@ -29,13 +29,14 @@ from server.web.appkeys import POOL
 from server.web.dryrun import DryRunResult, validate
 from server.web.ingest import parser_for
 from tests.cad_fixtures import SEATTLE_MAP, Fixture, fixtures
-from tests.conftest import Services
+from tests.conftest import ADMIN_TOKEN, Services
 from tests.helpers import (
     FAR_POINT,
     POINT,
     circle,
     create_agency,
     create_device,
+    fcm_token,
     incident,
     post_incident,
 )
@@ -88,7 +89,7 @@ async def _state(pool: asyncpg.Pool, redis: aioredis.Redis) -> dict[str, Any]:
 async def _neighbourhood(client: Client, redis: aioredis.Redis) -> None:
     """Phones around the fixtures' incident, and some the matcher must leave out."""
     await create_device(client, "apns", secrets.token_hex(32), circle(*POINT, 1500))
-    await create_device(client, "fcm", "fcm-" + secrets.token_hex(20), circle(*POINT, 1500),
+    await create_device(client, "fcm", fcm_token(), circle(*POINT, 1500),
                         locale="es-US")
     await create_device(client, "apns", secrets.token_hex(32), circle(*FAR_POINT, 1000))
     picky, key = await create_device(client, "apns", secrets.token_hex(32),
@@ -265,7 +266,11 @@ async def test_dry_runs_have_a_rate_limit_of_their_own(
     strict_client: Client, redis: aioredis.Redis,
 ) -> None:
     client = strict_client
-    secret = await create_agency(client, call_types=SEATTLE, rate_limit_per_minute=2)
+    secret = await create_agency(client, call_types=SEATTLE)
+    # The agency's own budget is as small as the dry runs': still they don't spend it.
+    r = await client.patch("/v1/admin/agencies/seattle-fire", json={"rate_limit_per_minute": 2},
+                           headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+    assert r.status == 200, await r.text()
     fx = fixtures("accept", "json")[0]
     body = fx.body(dt.datetime.now(dt.UTC) - dt.timedelta(minutes=10))
     # The burst is a minute's worth: two dry runs pass, the third waits.

@@ -24,7 +24,15 @@ from server.store import neighbourhoods
 from server.web.problems import ValidationFailed
 from tests.conftest import _TABLES as TABLES
 from tests.conftest import ADMIN_TOKEN, Services
-from tests.helpers import POINT, circle, create_agency, create_device, incident, post_incident
+from tests.helpers import (
+    POINT,
+    circle,
+    create_agency,
+    create_device,
+    fcm_token,
+    incident,
+    post_incident,
+)
 from tests.live import live_app
 from workers.matcher import ALERT_LIFETIME, Matcher
 
@@ -90,7 +98,7 @@ async def test_a_reimport_moves_the_zones_that_are_that_neighbourhood(
     headers = {**ADMIN, "Content-Type": "application/geo+json"}
     r = await client.post(url, data=_collection(feature), headers=headers)
     [hood] = (await r.json())["neighbourhoods"]
-    await create_device(client, "fcm", "fcm-hood", {"name": "Home", "neighbourhood": hood["id"]})
+    await create_device(client, "fcm", fcm_token(), {"name": "Home", "neighbourhood": hood["id"]})
     moved = json.loads(json.dumps(SQUARE))
     for point in moved["coordinates"][0]:
         point[1] -= 0.1

@@ -55,3 +55,22 @@ def test_a_malformed_entry_is_a_value_or_key_error(fields: dict[str, str]) -> No
     """The sender drops (and acknowledges) such an entry rather than crash on it."""
     with pytest.raises((ValueError, KeyError)):
         Push.from_fields(fields)
+
+
+def test_an_area_push_carries_the_public_area_it_was_matched_on() -> None:
+    import datetime as dt
+    import json
+
+    import msgspec
+
+    from workers.apns import build_payload
+    from workers.fcm import build_message
+
+    area = msgspec.structs.replace(PUSH, bbox=(-122.331, 47.609, -122.329, 47.611))
+    assert Push.from_fields(area.to_fields()) == area
+    now = dt.datetime.fromtimestamp(1_700_000_100, dt.UTC)
+    box = [-122.331, 47.609, -122.329, 47.611]
+    assert build_payload(area, now)["incident"]["area"]["bbox"] == box
+    assert json.loads(build_message(area, now)["data"]["area"])["bbox"] == box
+    # A point incident's push has none.
+    assert "bbox" not in build_payload(PUSH, now)["incident"]["area"]

@@ -49,3 +49,27 @@ def test_garbage_headers_never_verify_or_raise(header: str) -> None:
 
 def test_no_secrets_means_no_verification() -> None:
     assert not verify(sign("k", b"{}", NOW), b"{}", [], now=NOW, tolerance_s=300)
+
+
+MALFORMED_PARTS = st.one_of(
+    st.integers(-10**30, 10**30).map(lambda t: f"t={t}"),
+    st.just("t=" + "9" * 5000), st.just("t="), st.just("t=1e9"), st.just("t=١٢٣"),
+    st.text(max_size=70).map(lambda v: f"v1={v}"),
+    st.just("v1=" + "é" * 64), st.just("v1=" + "a" * 63), st.just("v1=" + "a" * 65),
+    st.just("v1=" + "g" * 64), st.just("v1="), st.just("v1"), st.just("=="), st.just(""),
+    st.text(max_size=20),
+)
+
+
+@given(st.lists(MALFORMED_PARTS, max_size=6), st.booleans())
+def test_malformed_headers_never_raise_and_only_verify_when_well_formed(
+    parts: list[str], with_secret: bool
+) -> None:
+    """Huge or non-numeric t, non-ASCII or odd-length v1, missing parts: a bad
+    signature, for a known agency (a secret) exactly as for an unknown one (none)."""
+    header = ",".join(parts)
+    secrets_ = ["k"] if with_secret else []
+    assert verify(header, b"{}", secrets_, now=NOW, tolerance_s=300) is False
+    good = sign("k", b"{}", NOW)
+    assert verify(f"{good},{header}", b"{}", secrets_, now=NOW, tolerance_s=300) in (
+        False, with_secret)

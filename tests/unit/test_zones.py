@@ -9,7 +9,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from shapely.geometry import shape
 
-from server.domain.zones import MAX_VERTICES, Area, ZoneError, area, circle
+from server.domain.zones import (
+    MAX_VERTICES,
+    MIN_AREA_M2,
+    Area,
+    ZoneError,
+    area,
+    circle,
+    geodesic_area_km2,
+)
 
 
 def square(lon: float, lat: float, d: float) -> dict[str, Any]:
@@ -48,8 +56,8 @@ def test_too_many_vertices_too_large_and_antimeridian_are_refused() -> None:
 
 
 def test_circle_radius_bounds() -> None:
-    assert circle("z", "x", 47.6, -122.3, 100).radius_m == 100
-    for bad in (99, 20_001, float("nan"), "5", True):
+    assert circle("z", "x", 47.6, -122.3, 150).radius_m == 150
+    for bad in (149.9, 100, 20_001, float("nan"), "5", True):
         with pytest.raises(ZoneError) as err:
             circle("z", "x", 47.6, -122.3, bad)
         assert err.value.error.field == "z.radius_m"
@@ -98,3 +106,38 @@ def test_random_closed_rings_near_seattle(points: list[tuple[float, float]]) -> 
         assert exc.error.field.startswith("z.geometry")
         return
     assert shapely.from_geojson(zone.geojson).is_valid
+
+
+def test_a_square_around_one_house_is_refused_naming_the_zone() -> None:
+    """The issue's 6 m square: too small to be anyone's neighbourhood."""
+    with pytest.raises(ZoneError) as err:
+        area("zones[2]", "Next door", square(-122.30195, 47.66707, 0.00006))
+    assert err.value.error.field == "zones[2].geometry"
+    assert "'Next door'" in err.value.error.message
+    assert "150 m circle" in err.value.error.message
+
+
+def test_a_polygon_as_large_as_a_150_m_circle_is_accepted() -> None:
+    import math
+
+    # A square of side sqrt(pi) * 150 m, a little over the minimum, at 47.6°N.
+    side_m = math.sqrt(MIN_AREA_M2) * 1.01
+    dlat = side_m / 111_195
+    dlon = dlat / math.cos(math.radians(47.6))
+    ring = [[-122.3, 47.6], [-122.3 + dlon, 47.6], [-122.3 + dlon, 47.6 + dlat],
+            [-122.3, 47.6 + dlat], [-122.3, 47.6]]
+    area("z", "x", {"type": "Polygon", "coordinates": [ring]})
+
+
+@settings(max_examples=200)
+@given(st.floats(-122.5, -122.2), st.floats(47.4, 47.8), st.floats(0.00001, 0.01),
+       st.floats(0.00001, 0.01))
+def test_no_accepted_zone_is_smaller_than_a_150_m_circle(lon: float, lat: float, w: float,
+                                                         h: float) -> None:
+    ring = [[lon, lat], [lon + w, lat], [lon + w, lat + h], [lon, lat + h], [lon, lat]]
+    try:
+        zone = area("z", "x", {"type": "Polygon", "coordinates": [ring]})
+    except ZoneError as exc:
+        assert "150 m circle" in exc.error.message
+        return
+    assert geodesic_area_km2(shape(json.loads(zone.geojson))) * 1e6 >= MIN_AREA_M2

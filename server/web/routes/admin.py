@@ -18,6 +18,7 @@ from server.domain.agency_spec import validate_agency, validate_call_types
 from server.domain.categories import ALL_CATEGORIES, normalize_call_type
 from server.domain.errors import FieldError, ValidationFailed
 from server.domain.policy import DEFAULT_ALERTABLE
+from server.domain.text import SINGLE_LINE, Line
 from server.store import aeds, answers, audit, neighbourhoods
 from server.store.agencies import (
     AgencyExists,
@@ -37,14 +38,16 @@ from server.web.routes.body import decode_json, json_response, read_bounded
 log = logging.getLogger(__name__)
 routes = web.RouteTableDef()
 
-Name = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+# Every text field is one line without NUL (a NUL can't be stored; CR or LF would forge
+# log lines), and bodies refuse fields they don't know: a typo must not do nothing.
+Name = Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=SINGLE_LINE)]
 
 
-class AgencyCreate(msgspec.Struct, frozen=True):
-    id: Annotated[str, msgspec.Meta(min_length=1, max_length=63)]
+class AgencyCreate(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    id: Annotated[str, msgspec.Meta(min_length=1, max_length=63, pattern=SINGLE_LINE)]
     name: Name
-    timezone: str = "UTC"
-    call_types: dict[str, str] = {}
+    timezone: Line = "UTC"
+    call_types: dict[Line, Line] = {}
     review: bool = False
 
 
@@ -58,11 +61,11 @@ class AgencyPatch(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     in ``call_types`` a null value removes that call type."""
 
     name: Name | msgspec.UnsetType = msgspec.UNSET
-    timezone: str | msgspec.UnsetType = msgspec.UNSET
-    call_types: dict[str, str | None] | msgspec.UnsetType = msgspec.UNSET
+    timezone: Line | msgspec.UnsetType = msgspec.UNSET
+    call_types: dict[Line, Line | None] | msgspec.UnsetType = msgspec.UNSET
     review: bool | msgspec.UnsetType = msgspec.UNSET
-    review_categories: list[str] | msgspec.UnsetType = msgspec.UNSET
-    alertable_categories: list[str] | msgspec.UnsetType | None = msgspec.UNSET
+    review_categories: list[Line] | msgspec.UnsetType = msgspec.UNSET
+    alertable_categories: list[Line] | msgspec.UnsetType | None = msgspec.UNSET
     staleness_minutes: Annotated[int, msgspec.Meta(ge=1, le=1440)] | msgspec.UnsetType = (
         msgspec.UNSET)
     rate_limit_per_minute: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] | \
@@ -205,8 +208,8 @@ async def post_aeds(request: web.Request) -> web.Response:
     return json_response({"imported": count})
 
 
-class ResponderRegistration(msgspec.Struct, frozen=True):
-    device_id: str
+class ResponderRegistration(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    device_id: Line
 
 
 @routes.post("/v1/admin/agencies/{agency}/responders")
@@ -283,3 +286,18 @@ async def get_incident_responders(request: web.Request) -> web.Response:
     if not who.administers(found["agency_id"]):
         raise Forbidden("Only the agency's admins may see responders' answers")
     return json_response({"incident_id": incident_id, **found})
+
+
+# How far back the console's responder view reaches: a CPR call is over within the hour,
+# the day covers a shift's handover.
+ANSWERS_WINDOW_HOURS = 24
+
+
+@routes.get("/v1/admin/agencies/{agency}/responder-answers")
+async def get_responder_answers(request: web.Request) -> web.Response:
+    """The agency's CPR calls of the last day with responders alerted and their answers
+    (operator, or the agency's admins): what the console's Responders page shows."""
+    agency_id = request.match_info["agency"]
+    await require_agency_admin(request, agency_id)
+    return json_response({"hours": ANSWERS_WINDOW_HOURS, "incidents": await answers.recent(
+        request.app[POOL], agency_id, hours=ANSWERS_WINDOW_HOURS)})

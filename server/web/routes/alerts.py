@@ -19,11 +19,12 @@ import msgspec
 from aiohttp import web
 
 from server.domain import manual_alert
+from server.domain.text import NO_NUL, SINGLE_LINE, Line
 from server.formats import cap_feed
-from server.store import manual_alerts, matching
+from server.store import audience, manual_alerts
 from server.store.agencies import get_agency
 from server.store.publish import publish_incident
-from server.web.appkeys import OUTBOX, POOL, REDIS
+from server.web.appkeys import OUTBOX, POOL, REDIS, SETTINGS
 from server.web.principal import require_agency_admin
 from server.web.problems import NotFound
 from server.web.routes.body import decode_json, json_response
@@ -34,15 +35,15 @@ routes = web.RouteTableDef()
 FEED_ENTRIES = 50
 
 
-class AlertPreview(msgspec.Struct, frozen=True):
+class AlertPreview(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     area: Any
 
 
-class AlertCreate(msgspec.Struct, frozen=True):
-    title: Annotated[str, msgspec.Meta(max_length=1000)]
-    body: Annotated[str, msgspec.Meta(max_length=4000)]
+class AlertCreate(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    title: Annotated[str, msgspec.Meta(max_length=1000, pattern=SINGLE_LINE)]
+    body: Annotated[str, msgspec.Meta(max_length=4000, pattern=NO_NUL)]
     area: Any
-    severity: str
+    severity: Line
     expires_in_minutes: int = 60
 
 
@@ -57,8 +58,9 @@ async def post_preview(request: web.Request) -> web.Response:
     await require_agency_admin(request, request.match_info["agency"])
     body = await decode_json(request, AlertPreview, limit=256 * 1024)
     area = manual_alert.area_wkt(manual_alert.validate_area(body.area))
-    return json_response({"devices": await matching.area_audience_size(request.app[POOL],
-                                                                        area)})
+    return json_response({"devices": await audience.area_audience_size(
+        request.app[POOL], request.app[REDIS], area,
+        location_ttl=request.app[SETTINGS].location_ttl)})
 
 
 @routes.post("/v1/admin/agencies/{agency}/alerts")
@@ -71,12 +73,15 @@ async def post_alert(request: web.Request) -> web.Response:
     alert = manual_alert.validate(title=body.title, body=body.body, severity=body.severity,
                                   area=body.area, expires_in_minutes=body.expires_in_minutes)
     now = dt.datetime.now(dt.UTC)
-    incident_id, audience = await manual_alerts.create(request.app[POOL], agency_id, alert,
-                                                       sent_by=who.name, now=now)
+    near = await audience.area_near_positions(request.app[POOL], request.app[REDIS],
+                                              alert.area_wkt,
+                                              location_ttl=request.app[SETTINGS].location_ttl)
+    incident_id, reached = await manual_alerts.create(request.app[POOL], agency_id, alert,
+                                                      sent_by=who.name, now=now, near=near)
     await publish_incident(request.app[REDIS], request.app[OUTBOX], incident_id)
     log.info("manual alert sent agency=%s incident=%s severity=%s audience=%d by=%s",
-             agency_id, incident_id, alert.severity, audience, who.name)
-    return json_response(AlertSent(incident_id, audience,
+             agency_id, incident_id, alert.severity, reached, who.name)
+    return json_response(AlertSent(incident_id, reached,
                                    (now + alert.expires_in).isoformat()), status=201)
 
 

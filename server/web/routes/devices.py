@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 from aiohttp import web
 
+from server import keys
 from server.domain import zones as zone_rules
 from server.domain.agency_spec import valid_timezone
 from server.domain.categories import NEIGHBOUR_ALERTABLE, RESPONDER_ONLY
@@ -17,28 +18,38 @@ from server.domain.credentials import new_device_secret
 from server.domain.errors import FieldError, ValidationFailed
 from server.domain.pushtext import title_and_body
 from server.domain.responses import ResponseStatus
+from server.domain.text import SINGLE_LINE, Line
+from server.domain.tokens import token_problem
 from server.settings import Settings
 from server.store import answers, neighbourhoods, positions
 from server.store import devices as store
 from server.store.erasure import scrub_device
-from server.web.appkeys import POOL, REDIS, SETTINGS
+from server.web.appkeys import LIMITER, POOL, REDIS, REGISTRATION_CHECK, SETTINGS
 from server.web.auth import bearer
 from server.web.problems import Problem, Unauthorized
+from server.web.registration import (
+    Registration,
+    RegistrationRefused,
+    client_address,
+    limit_bucket,
+)
 from server.web.routes.body import decode_json, json_response
 
 routes = web.RouteTableDef()
 
 SUBSCRIBABLE = NEIGHBOUR_ALERTABLE | RESPONDER_ONLY
-_APNS_TOKEN = re.compile(r"^[0-9a-fA-F]{64,200}$")
-_FCM_TOKEN = re.compile(r"^[\x21-\x7e]{1,4096}$")
 _LOCALE = re.compile(r"^[a-zA-Z]{2,3}(?:[-_][a-zA-Z0-9]{2,8})*$")
 _HHMM = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
 
 
-class DeviceCreate(msgspec.Struct, frozen=True):
+# Request bodies refuse fields they don't know (a typo must not silently do nothing)
+# and text with NUL, CR or LF.
+
+
+class DeviceCreate(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     platform: Literal["apns", "fcm"]
     token: Annotated[str, msgspec.Meta(min_length=1, max_length=4096)]
-    timezone: str = "UTC"
+    timezone: Annotated[str, msgspec.Meta(max_length=64, pattern=SINGLE_LINE)] = "UTC"
     locale: Annotated[str, msgspec.Meta(max_length=35)] = "en"
 
 
@@ -47,46 +58,46 @@ class DeviceCreated(msgspec.Struct, frozen=True):
     secret: str
 
 
-class Center(msgspec.Struct, frozen=True):
+class Center(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     lat: float
     lon: float
 
 
-class ZoneIn(msgspec.Struct, frozen=True):
+class ZoneIn(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # Shown in the app; no control characters (PostgreSQL text can't even hold NUL).
     name: Annotated[str, msgspec.Meta(min_length=1, max_length=100,
-                                      pattern=r"^[^\x00-\x1f\x7f]+$")]
+                                      pattern=r"^[^\x00-\x1f\x7f]+\Z")]
     center: Center | None = None
     radius_m: float | None = None
     geometry: dict[str, Any] | None = None
     neighbourhood: str | None = None    # an imported neighbourhood's id
 
 
-class ZonesPut(msgspec.Struct, frozen=True):
+class ZonesPut(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     zones: list[ZoneIn]
 
 
-class QuietHours(msgspec.Struct, frozen=True):
-    start: str
-    end: str
+class QuietHours(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    start: Line
+    end: Line
 
 
-class NearMe(msgspec.Struct, frozen=True):
+class NearMe(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     radius_m: Annotated[int, msgspec.Meta(ge=zone_rules.MIN_NEAR_ME_RADIUS_M,
                                           le=zone_rules.MAX_NEAR_ME_RADIUS_M)]
 
 
-class PreferencesPut(msgspec.Struct, frozen=True):
-    categories: list[str] | None = None
+class PreferencesPut(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    categories: list[Line] | None = None
     # Alerts around where the phone is now (PUT .../location); null: off.
     near_me: NearMe | None = None
     quiet_hours: QuietHours | None = None
     responder: bool = False
-    timezone: str | None = None   # IANA name; quiet hours are in this zone
+    timezone: Line | None = None   # IANA name; quiet hours are in this zone
     locale: Annotated[str, msgspec.Meta(max_length=35)] | None = None
 
 
-class LocationPut(msgspec.Struct, frozen=True):
+class LocationPut(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     lat: Annotated[float, msgspec.Meta(ge=-90, le=90)]
     lon: Annotated[float, msgspec.Meta(ge=-180, le=180)]
 
@@ -106,19 +117,41 @@ class AlertFeed(msgspec.Struct, frozen=True):
     next: str | None
 
 
-class ResponsePost(msgspec.Struct, frozen=True):
+class ResponsePost(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     status: ResponseStatus
 
 
-class TokenPut(msgspec.Struct, frozen=True):
+class TokenPut(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     token: Annotated[str, msgspec.Meta(min_length=1, max_length=4096)]
 
 
 def _check_token(platform: str, token: str, field: str = "token") -> None:
-    pattern = _APNS_TOKEN if platform == "apns" else _FCM_TOKEN
-    if not pattern.match(token):
-        what = "64+ hex characters" if platform == "apns" else "printable, without spaces"
-        raise ValidationFailed([FieldError(field, f"is not a valid {platform} token ({what})")])
+    problem = token_problem(platform, token)
+    if problem is not None:
+        raise ValidationFailed([FieldError(field, problem)])
+
+
+def _token_gone() -> ValidationFailed:
+    return ValidationFailed([FieldError(
+        "token", "was reported gone by the push gateway and can't be registered again; "
+                 "send the new token the operating system gives the app")])
+
+
+async def _limit_registrations(request: web.Request) -> str:
+    """The client's address, once its registration budget allows one more (429 if not)."""
+    settings = request.app[SETTINGS]
+    address = client_address(request.remote, request.headers.get("X-Forwarded-For"),
+                             settings.trusted_proxies)
+    per_hour = settings.device_registrations_per_hour_per_ip
+    if per_hour > 0:
+        verdict = await request.app[LIMITER].allow(
+            keys.registration_rate(limit_bucket(address)), per_hour, 3600)
+        if not verdict.allowed:
+            raise Problem(429, "Too many requests",
+                          f"At most {per_hour} device registrations an hour from one address",
+                          slug="rate-limited",
+                          headers={"Retry-After": str(verdict.retry_after_s)})
+    return address
 
 
 async def _device(request: web.Request) -> store.Device:
@@ -132,6 +165,9 @@ async def _device(request: web.Request) -> store.Device:
 
 @routes.post("/v1/devices")
 async def post_device(request: web.Request) -> web.Response:
+    # Every attempt counts, malformed ones too: the budget bounds what one address can
+    # try, not only what it achieves.
+    address = await _limit_registrations(request)
     body = await decode_json(request, DeviceCreate)
     errors = []
     if not valid_timezone(body.timezone):
@@ -141,11 +177,21 @@ async def post_device(request: web.Request) -> web.Response:
     if errors:
         raise ValidationFailed(errors)
     _check_token(body.platform, body.token)
+    check = request.app[REGISTRATION_CHECK]
+    if check is not None:
+        try:
+            await check(Registration(body.platform, body.token, address, request.headers))
+        except RegistrationRefused as exc:
+            raise Problem(exc.status, "Registration refused", exc.detail,
+                          slug="registration-refused") from None
     secret = new_device_secret()
-    device_id = await store.create_device(
-        request.app[POOL], platform=body.platform, token=body.token,
-        timezone=body.timezone, locale=body.locale, secret=secret,
-    )
+    try:
+        device_id = await store.create_device(
+            request.app[POOL], platform=body.platform, token=body.token,
+            timezone=body.timezone, locale=body.locale, secret=secret,
+        )
+    except store.TokenGone:
+        raise _token_gone() from None
     return json_response(DeviceCreated(device_id, secret), status=201)
 
 
@@ -250,7 +296,10 @@ async def put_token(request: web.Request) -> web.Response:
     device = await _device(request)
     body = await decode_json(request, TokenPut)
     _check_token(device.platform, body.token)
-    await store.set_token(request.app[POOL], device.id, body.token)
+    try:
+        await store.set_token(request.app[POOL], device.id, device.platform, body.token)
+    except store.TokenGone:
+        raise _token_gone() from None
     return web.Response(status=204)
 
 

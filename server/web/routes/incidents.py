@@ -49,6 +49,7 @@ async def post_incident(request: web.Request) -> web.Response:
             dry_runs_per_minute=settings.dry_runs_per_minute,
             device_pushes_per_hour=settings.device_pushes_per_hour,
             now=dt.datetime.now(dt.UTC), location_ttl=settings.location_ttl,
+            rejected_per_minute=settings.rejected_webhooks_per_minute,
         )
         return json_response(result)
     accepted = await ingest(
@@ -63,6 +64,7 @@ async def post_incident(request: web.Request) -> web.Response:
         tolerance_s=settings.signature_tolerance_s,
         now=dt.datetime.now(dt.UTC),
         limiter=request.app[LIMITER],
+        rejected_per_minute=settings.rejected_webhooks_per_minute,
     )
     return json_response(
         IncidentAccepted(accepted.incident_id, accepted.decision, accepted.duplicate),

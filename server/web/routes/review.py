@@ -20,6 +20,7 @@ import msgspec
 from aiohttp import web
 
 from server.domain.accounts import Principal
+from server.domain.text import NO_NUL, SINGLE_LINE
 from server.store import accounts, review
 from server.store.publish import publish_incident
 from server.web.appkeys import OUTBOX, POOL, REDIS, REVIEW_FEED
@@ -35,9 +36,11 @@ routes = web.RouteTableDef()
 KEEPALIVE_S = 15.0
 
 
-class ReviewDecision(msgspec.Struct, frozen=True):
-    title: Annotated[str, msgspec.Meta(min_length=1, max_length=120)] | None = None
-    body: Annotated[str, msgspec.Meta(min_length=1, max_length=240)] | None = None
+class ReviewDecision(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    title: Annotated[str, msgspec.Meta(min_length=1, max_length=120,
+                                       pattern=SINGLE_LINE)] | None = None
+    body: Annotated[str, msgspec.Meta(min_length=1, max_length=240,
+                                      pattern=NO_NUL)] | None = None
 
 
 def _scope(who: Principal, request: web.Request) -> str | None:

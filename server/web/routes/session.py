@@ -18,6 +18,7 @@ import msgspec
 from aiohttp import web
 
 from server.domain.accounts import normalize_username, verify_password
+from server.domain.text import NO_NUL, SINGLE_LINE
 from server.store import accounts
 from server.web.appkeys import LOGINS, POOL, SETTINGS
 from server.web.principal import SESSION_COOKIE, Forbidden, principal
@@ -28,9 +29,9 @@ log = logging.getLogger(__name__)
 routes = web.RouteTableDef()
 
 
-class SignIn(msgspec.Struct, frozen=True):
-    username: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
-    password: Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+class SignIn(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    username: Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=SINGLE_LINE)]
+    password: Annotated[str, msgspec.Meta(min_length=1, max_length=256, pattern=NO_NUL)]
 
 
 class SessionInfo(msgspec.Struct, frozen=True):

@@ -24,6 +24,7 @@ from server.domain.accounts import (
     normalize_username,
     validate_new_account,
 )
+from server.domain.text import NO_NUL, SINGLE_LINE, Line
 from server.store import accounts, audit
 from server.store.db import create_pool
 from server.web.appkeys import POOL
@@ -35,10 +36,10 @@ log = logging.getLogger(__name__)
 routes = web.RouteTableDef()
 
 
-class UserCreate(msgspec.Struct, frozen=True):
-    username: Annotated[str, msgspec.Meta(max_length=200)]
-    password: Annotated[str, msgspec.Meta(max_length=1024)]
-    role: str = EDITOR
+class UserCreate(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    username: Annotated[str, msgspec.Meta(max_length=200, pattern=SINGLE_LINE)]
+    password: Annotated[str, msgspec.Meta(max_length=1024, pattern=NO_NUL)]
+    role: Line = EDITOR
 
 
 class UserCreated(msgspec.Struct, frozen=True):
