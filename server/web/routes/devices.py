@@ -26,13 +26,9 @@ from server.store import devices as store
 from server.store.erasure import scrub_device
 from server.web.appkeys import LIMITER, POOL, REDIS, REGISTRATION_CHECK, SETTINGS
 from server.web.auth import bearer
+from server.web.client import limit_bucket, request_address
 from server.web.problems import Problem, Unauthorized
-from server.web.registration import (
-    Registration,
-    RegistrationRefused,
-    client_address,
-    limit_bucket,
-)
+from server.web.registration import Registration, RegistrationRefused
 from server.web.routes.body import decode_json, json_response
 
 routes = web.RouteTableDef()
@@ -140,8 +136,7 @@ def _token_gone() -> ValidationFailed:
 async def _limit_registrations(request: web.Request) -> str:
     """The client's address, once its registration budget allows one more (429 if not)."""
     settings = request.app[SETTINGS]
-    address = client_address(request.remote, request.headers.get("X-Forwarded-For"),
-                             settings.trusted_proxies)
+    address = request_address(request)
     per_hour = settings.device_registrations_per_hour_per_ip
     if per_hour > 0:
         verdict = await request.app[LIMITER].allow(
