@@ -329,3 +329,22 @@ def serve_hello(host: str, port: int) -> None:
     app.router.add_post("/v1/agencies/{agency}/incidents", incidents)
     app.router.add_get("/healthz", healthz)
     web.run_app(app, host=host, port=port, print=None, access_log=None)
+
+
+def http_json(url: str, method: str = "GET", data: bytes | None = None,
+              headers: dict[str, str] | None = None, timeout: float = 60.0) -> Any:
+    req = urllib.request.Request(url, data=data, method=method, headers=headers or {})  # noqa: S310
+    with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 (local URLs)
+        body = resp.read()
+    return json.loads(body) if body else None
+
+
+def wait_until(check: Any, what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        with contextlib.suppress(OSError, urllib.error.URLError, ValueError):
+            if check():
+                return
+        if time.monotonic() > deadline:
+            raise BenchError(f"timed out waiting for {what}")
+        time.sleep(0.1)

@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=2, help="alternations of the variants")
     args = parser.parse_args(argv)
 
-    from loadtest.bench_delivery import seed_fanout
+    from loadtest.delivery.seeding import seed_fanout
 
     WORKDIR.mkdir(parents=True, exist_ok=True)
     services = start_services(WORKDIR, "geopush_bench_record")

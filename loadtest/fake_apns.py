@@ -34,6 +34,7 @@ from aiohttp import web
 from h2.settings import SettingCodes
 
 from loadtest.apns_rules import ProviderTokens, Rejection, check_aps, check_request, device_token
+from loadtest.fake_control import DEFAULT_FAULT_STATUS, FakeControl, bad_request, json_body
 from loadtest.h2server import H2Request, H2ServerConnection, arrived_after, close_connections
 from server.dev.devkeys import (
     DEV_APNS_KEY_ID,
@@ -57,6 +58,11 @@ class Delivery:
     payload: dict[str, Any]
     arrived_at: float
     apns_id: str
+
+
+# APNs' reason for a status, when a fault names none.
+_DEFAULT_REASONS = {500: "InternalServerError", 503: "ServiceUnavailable",
+                    429: "TooManyRequests"}
 
 
 @dataclass(frozen=True)
@@ -108,7 +114,7 @@ class _ApnsConnection(H2ServerConnection):
             )
 
 
-class FakeApns:
+class FakeApns(FakeControl):
     def __init__(
         self, *, tls: TlsFiles, provider_keys: dict[str, bytes], team_id: str, topic: str,
         max_concurrent_streams: int = 1000, clock: Callable[[], float] = time.time,
@@ -170,7 +176,7 @@ class FakeApns:
         self.deliveries.clear()
 
     def set_faults(
-        self, *, rate: float, status: int = 500, reason: str = "InternalServerError",
+        self, *, rate: float, status: int = DEFAULT_FAULT_STATUS, reason: str | None = None,
         latency_ms: int = 0, tokens: Iterable[str] | None = None, reset: bool = False,
     ) -> None:
         """Answer a share ``rate`` of requests (optionally only for ``tokens``) after
@@ -183,6 +189,8 @@ class FakeApns:
         if rate == 0:
             self._faults = None
             return
+        if reason is None:
+            reason = _DEFAULT_REASONS.get(status, "InternalServerError")
         self._faults = _Faults(
             rate, status, reason, latency_ms, None if tokens is None else frozenset(tokens),
             reset,
@@ -260,84 +268,56 @@ class FakeApns:
         connection.reply(stream_id, status, apns_id, json.dumps(body).encode())
         connection.flush()
 
-    # control API
+    # control API (loadtest.fake_control), plus GOAWAY
     def _control_app(self) -> web.Application:
         app = web.Application()
-        app.router.add_get("/_fake/deliveries", self._get_deliveries)
-        app.router.add_delete("/_fake/deliveries", self._delete_deliveries)
-        app.router.add_post("/_fake/unregistered", self._post_unregistered)
-        app.router.add_post("/_fake/faults", self._post_faults)
-        app.router.add_get("/_fake/stats", self._get_stats)
+        self.add_control_routes(app)
         app.router.add_post("/_fake/goaway", self._post_goaway)
         return app
 
-    async def _get_deliveries(self, request: web.Request) -> web.Response:
-        token = request.query.get("token")
-        items = [asdict(d) for d in arrived_after(self.deliveries, request.query)
-                 if token is None or d.token == token]
-        return web.json_response(items)
+    def delivered(self, token: str | None, since: float | None = None
+                  ) -> Iterable[dict[str, Any]]:
+        return [asdict(d) for d in arrived_after(self.deliveries, since)
+                if token is None or d.token == token]
 
-    async def _delete_deliveries(self, request: web.Request) -> web.Response:
-        self.clear()
-        return web.Response(status=204)
-
-    async def _post_unregistered(self, request: web.Request) -> web.Response:
-        body = await _json_body(request)
-        tokens = body.get("tokens")
+    def unregister(self, tokens: list[str], body: dict[str, Any]) -> int:
         stamp = body.get("timestamp_ms")
-        if not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens):
-            raise _bad_request("tokens must be a list of strings")
         if stamp is not None and not isinstance(stamp, int):
-            raise _bad_request("timestamp_ms must be an integer")
+            raise bad_request("timestamp_ms must be an integer")
         self.mark_unregistered(tokens, stamp)
-        return web.json_response({"unregistered": len(tokens)})
+        return len(self._unregistered)
 
-    async def _post_faults(self, request: web.Request) -> web.Response:
-        body = await _json_body(request)
-        try:
-            tokens = body.get("tokens")
-            self.set_faults(
-                rate=float(body.get("rate", 0)),
-                status=int(body.get("status", 500)),
-                reason=str(body.get("reason", "InternalServerError")),
-                latency_ms=int(body.get("latency_ms", 0)),
-                tokens=None if tokens is None else [str(t) for t in tokens],
-                reset=bool(body.get("reset", False)),
-            )
-        except (TypeError, ValueError) as exc:
-            raise _bad_request(str(exc)) from None
-        return web.json_response({"faults": None if self._faults is None else body})
+    def faults_from(self, body: dict[str, Any]) -> dict[str, Any] | None:
+        tokens = body.get("tokens")
+        self.set_faults(
+            rate=float(body.get("rate", 0)),
+            status=int(body.get("status", DEFAULT_FAULT_STATUS)),
+            reason=None if body.get("reason") is None else str(body["reason"]),
+            latency_ms=int(body.get("latency_ms", 0)),
+            tokens=None if tokens is None else [str(t) for t in tokens],
+            reset=bool(body.get("reset", False)),
+        )
+        faults = self._faults
+        if faults is None:
+            return None
+        return {"rate": faults.rate, "status": faults.status, "reason": faults.reason,
+                "latency_ms": faults.latency_ms, "reset": faults.reset,
+                "tokens": None if faults.tokens is None else sorted(faults.tokens)}
 
-    async def _get_stats(self, request: web.Request) -> web.Response:
+    def control_stats(self) -> dict[str, Any]:
         responses = {k: v for k, v in self.stats.items() if k.isdigit()}
-        return web.json_response({
+        return {
             "responses": responses, "connections": self.stats["connections"],
             "client_resets": self.stats["client_resets"],
             "open_connections": len(self._connections), "deliveries": len(self.deliveries),
-        })
+        }
 
     async def _post_goaway(self, request: web.Request) -> web.Response:
-        body = await _json_body(request) if request.can_read_body else {}
+        body = await json_body(request) if request.can_read_body else {}
         reason = str(body.get("reason", "Shutdown"))
         count = len(self._connections)
         self.goaway(reason)
         return web.json_response({"closed": count})
-
-
-async def _json_body(request: web.Request) -> dict[str, Any]:
-    try:
-        body = await request.json()
-    except ValueError:
-        raise _bad_request("body must be JSON") from None
-    if not isinstance(body, dict):
-        raise _bad_request("body must be a JSON object")
-    return body
-
-
-def _bad_request(message: str) -> web.HTTPBadRequest:
-    return web.HTTPBadRequest(
-        text=json.dumps({"error": message}), content_type="application/json"
-    )
 
 
 # command line

@@ -1,11 +1,13 @@
 """A fake FCM HTTP v1 gateway: Google's OAuth token endpoint plus ``messages:send``.
 
 It speaks the same protocol as Google so that geopush's real FCM client (google-auth
-service-account credentials, HTTP/2 or HTTP/1.1) runs against it unchanged. One port
-serves both HTTP/1.1 and HTTP/2 with prior knowledge (h2c, RFC 9113 §3.3; what
-``h2load http://…`` and geopush's client send to a plain-TCP endpoint): a connection
+service-account credentials, HTTP/2) runs against it unchanged. One port serves both
+HTTP/1.1 (the token endpoint, the control API) and HTTP/2: over TLS (``tls``, ALPN
+``h2`` as Google serves it, the client's default ``https://`` path) or cleartext with
+prior knowledge (h2c, RFC 9113 §3.3; what ``h2load http://…`` sends). A connection
 that opens with the HTTP/2 preface is HTTP/2, with ``max_concurrent_streams`` streams
-(FCM's ~100), anything else goes to the aiohttp application.
+(FCM's ~100), anything else goes to the aiohttp application. Google's rules (the
+assertion checks, the message validation, the error shapes) are ``loadtest.fcm_rules``.
 
 - ``POST /token`` takes the OAuth 2.0 JWT-bearer grant google-auth posts (an RS256
   assertion signed with the service account's key) and issues opaque bearer tokens.
@@ -33,21 +35,42 @@ import json
 import logging
 import math
 import random
-import re
 import secrets
 import signal
+import ssl
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 from urllib.parse import parse_qs, unquote
 
-import jwt
 from aiohttp import web
-from cryptography.hazmat.primitives import serialization
 
+from loadtest.fake_control import DEFAULT_FAULT_STATUS, FakeControl, bad_request, json_body
+from loadtest.fcm_rules import (
+    CLOUD_PLATFORM_SCOPE,
+    ERROR_CODE_TO_HTTP,
+    ERROR_MESSAGES,
+    FCM_SCOPE,
+    HTTP_TO_ERROR_CODE,
+    HTTP_TO_STATUS,
+    JWT_BEARER_GRANT,
+    MAX_BODY_BYTES,
+    SEND_PATH,
+    GrantError,
+    InvalidMessage,
+    Reply,
+    abbrev,
+    check_fields,
+    google_error,
+    json_reply,
+    load_public_key,
+    oauth_error,
+    validate_message,
+    verify_assertion,
+)
 from loadtest.h2server import (
     H2Request,
     H2ServerConnection,
@@ -55,135 +78,15 @@ from loadtest.h2server import (
     close_connections,
     sniffing_factory,
 )
-from server.dev.devkeys import DEV_FCM_PROJECT, ensure_fcm_service_account, public_key_pem
+from server.dev.devkeys import (
+    DEV_FCM_PROJECT,
+    TlsFiles,
+    ensure_fcm_service_account,
+    ensure_tls,
+    public_key_pem,
+)
 
 logger = logging.getLogger(__name__)
-
-FCM_SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
-CLOUD_PLATFORM_SCOPE = "https://www.googleapis.com/auth/cloud-platform"
-JWT_BEARER_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
-# Audiences Google's token endpoint accepts; google-auth always signs for the first one,
-# whatever token_uri the key file names. The fake's own /token URL is accepted too.
-GOOGLE_TOKEN_AUDIENCES = frozenset(
-    {
-        "https://oauth2.googleapis.com/token",
-        "https://www.googleapis.com/oauth2/v4/token",
-        "https://accounts.google.com/o/oauth2/token",
-    }
-)
-FCM_ERROR_TYPE = "type.googleapis.com/google.firebase.fcm.v1.FcmError"
-BAD_REQUEST_TYPE = "type.googleapis.com/google.rpc.BadRequest"
-MAX_ASSERTION_LIFETIME_S = 3600
-CLOCK_SKEW_S = 300
-MAX_DATA_BYTES = 4096
-MAX_TTL_S = 28 * 24 * 3600
-MAX_BODY_BYTES = 1024 * 1024  # a request body, over either protocol
-JSON_CONTENT_TYPE = "application/json; charset=UTF-8"
-
-# HTTP status -> google.rpc canonical status name.
-HTTP_TO_STATUS = {
-    400: "INVALID_ARGUMENT",
-    401: "UNAUTHENTICATED",
-    403: "PERMISSION_DENIED",
-    404: "NOT_FOUND",
-    405: "UNIMPLEMENTED",
-    409: "ABORTED",
-    413: "INVALID_ARGUMENT",
-    429: "RESOURCE_EXHAUSTED",
-    500: "INTERNAL",
-    501: "NOT_IMPLEMENTED",
-    503: "UNAVAILABLE",
-    504: "DEADLINE_EXCEEDED",
-}
-# FCM errorCode -> the HTTP status FCM answers it with.
-ERROR_CODE_TO_HTTP = {
-    "UNSPECIFIED_ERROR": 500,
-    "INVALID_ARGUMENT": 400,
-    "UNREGISTERED": 404,
-    "SENDER_ID_MISMATCH": 403,
-    "QUOTA_EXCEEDED": 429,
-    "UNAVAILABLE": 503,
-    "INTERNAL": 500,
-    "THIRD_PARTY_AUTH_ERROR": 401,
-}
-HTTP_TO_ERROR_CODE = {
-    400: "INVALID_ARGUMENT",
-    401: "THIRD_PARTY_AUTH_ERROR",
-    403: "SENDER_ID_MISMATCH",
-    404: "UNREGISTERED",
-    429: "QUOTA_EXCEEDED",
-    500: "INTERNAL",
-    503: "UNAVAILABLE",
-}
-ERROR_MESSAGES = {
-    "UNREGISTERED": "Requested entity was not found.",
-    "SENDER_ID_MISMATCH": "SenderId mismatch",
-    "QUOTA_EXCEEDED": "Quota exceeded for quota metric 'Messages' and limit "
-    "'Messages per minute' of service 'fcm.googleapis.com'.",
-    "UNAVAILABLE": "The service is currently unavailable.",
-    "INTERNAL": "Internal error encountered.",
-    "THIRD_PARTY_AUTH_ERROR": "Auth error from APNS or Web Push Service",
-    "INVALID_ARGUMENT": "Request contains an invalid argument.",
-}
-
-_DURATION = re.compile(r"^(\d+)(\.\d{1,9})?s$")
-_MESSAGE_FIELDS = {
-    "name", "data", "notification", "android", "webpush", "apns", "fcm_options",
-    "fcmOptions", "token", "topic", "condition",
-}
-_NOTIFICATION_FIELDS = {"title", "body", "image"}
-_ANDROID_FIELDS = {
-    "collapse_key", "collapseKey", "priority", "ttl", "restricted_package_name",
-    "restrictedPackageName", "data", "notification", "fcm_options", "fcmOptions",
-    "direct_boot_ok", "directBootOk", "bandwidth_constrained_ok", "restricted_satellite_ok",
-}
-_APNS_FIELDS = {"headers", "payload", "fcm_options", "fcmOptions", "live_activity_token"}
-_WEBPUSH_FIELDS = {"headers", "data", "notification", "fcm_options", "fcmOptions"}
-_ANDROID_PRIORITIES = {"NORMAL", "HIGH"}
-
-
-def _camel(name: str) -> str:
-    head, *rest = name.split("_")
-    return head + "".join(w.title() for w in rest)
-
-
-# AndroidNotification (FCM v1); proto3 JSON accepts each name in snake and camel case.
-_ANDROID_NOTIFICATION_STRINGS = (
-    "title", "body", "icon", "color", "sound", "tag", "click_action", "body_loc_key",
-    "title_loc_key", "channel_id", "ticker", "event_time", "image",
-)
-_ANDROID_NOTIFICATION_FIELDS = {
-    f for name in (*_ANDROID_NOTIFICATION_STRINGS, "body_loc_args", "title_loc_args", "sticky",
-                   "local_only", "notification_priority", "default_sound",
-                   "default_vibrate_timings", "default_light_settings", "vibrate_timings",
-                   "visibility", "notification_count", "light_settings",
-                   "bypass_proxy_notification", "proxy")
-    for f in (name, _camel(name))
-}
-_NOTIFICATION_PRIORITIES = {"PRIORITY_UNSPECIFIED", "PRIORITY_MIN", "PRIORITY_LOW",
-                            "PRIORITY_DEFAULT", "PRIORITY_HIGH", "PRIORITY_MAX"}
-_VISIBILITIES = {"VISIBILITY_UNSPECIFIED", "PRIVATE", "PUBLIC", "SECRET"}
-_TOPIC = re.compile(r"^(/topics/)?[a-zA-Z0-9\-_.~%]{1,900}$")
-_SEND_PATH = re.compile(r"/v1/projects/([^/]+)/messages:send")
-_JSON_HEADERS = {"Content-Type": JSON_CONTENT_TYPE}
-
-
-class Reply(NamedTuple):
-    """An answer, whichever protocol carries it (header names in HTTP/1.1 spelling)."""
-
-    status: int
-    headers: Mapping[str, str]
-    body: bytes
-
-
-def json_reply(
-    obj: Any, status: int = 200, headers: Mapping[str, str] | None = None
-) -> Reply:
-    return Reply(
-        status, _JSON_HEADERS if headers is None else {**_JSON_HEADERS, **headers},
-        json.dumps(obj).encode(),
-    )
-
 
 def _web_response(reply: Reply) -> web.Response:
     return web.Response(status=reply.status, headers=reply.headers, body=reply.body)
@@ -231,231 +134,7 @@ class _Stats:
     errors: Counter[str] = field(default_factory=Counter)
 
 
-class InvalidMessage(Exception):
-    """A message FCM would reject with 400 INVALID_ARGUMENT."""
-
-    def __init__(self, field_path: str, description: str, *, fcm_error: bool = True) -> None:
-        super().__init__(description)
-        self.field_path = field_path
-        self.description = description
-        # Protobuf-level problems (unknown field, wrong JSON type) carry only a
-        # google.rpc.BadRequest detail; FCM-level ones also carry an FcmError.
-        self.fcm_error = fcm_error
-
-
-def _abbrev(token: str | None) -> str:
-    if token is None:
-        return "-"
-    return token if len(token) <= 12 else f"{token[:6]}…{token[-4:]}"
-
-
-def _oauth_error(error: str, description: str, status: int = 400) -> Reply:
-    return json_reply({"error": error, "error_description": description}, status)
-
-
-def google_error(
-    http_status: int,
-    message: str,
-    *,
-    error_code: str | None = None,
-    field_violation: tuple[str, str] | None = None,
-    reason: str | None = None,
-    headers: Mapping[str, str] | None = None,
-) -> Reply:
-    """An error in Google's JSON shape, with FCM's ``details`` when given."""
-    details: list[dict[str, Any]] = []
-    if error_code is not None:
-        details.append({"@type": FCM_ERROR_TYPE, "errorCode": error_code})
-    if field_violation is not None:
-        details.append(
-            {
-                "@type": BAD_REQUEST_TYPE,
-                "fieldViolations": [
-                    {"field": field_violation[0], "description": field_violation[1]}
-                ],
-            }
-        )
-    if reason is not None:
-        details.append(
-            {
-                "@type": "type.googleapis.com/google.rpc.ErrorInfo",
-                "reason": reason,
-                "domain": "googleapis.com",
-            }
-        )
-    error: dict[str, Any] = {
-        "code": http_status,
-        "message": message,
-        "status": HTTP_TO_STATUS.get(http_status, "UNKNOWN"),
-    }
-    if details:
-        error["details"] = details
-    return json_reply({"error": error}, http_status, headers)
-
-
-def _check_fields(obj: Any, allowed: set[str], path: str) -> dict[str, Any]:
-    if not isinstance(obj, dict):
-        raise InvalidMessage(
-            path, f"Invalid value at '{path}' (type.googleapis.com/...), "
-            f"{json.dumps(obj)}", fcm_error=False,
-        )
-    for key in obj:
-        if key not in allowed:
-            raise InvalidMessage(
-                path,
-                f"Invalid JSON payload received. Unknown name \"{key}\" at '{path}': "
-                "Cannot find field.",
-                fcm_error=False,
-            )
-    return obj
-
-
-def _check_string_map(obj: Any, path: str) -> dict[str, Any]:
-    if not isinstance(obj, dict):
-        raise InvalidMessage(
-            path, f"Invalid value at '{path}' (map<string, string>), {json.dumps(obj)}",
-            fcm_error=False,
-        )
-    for i, (key, value) in enumerate(obj.items()):
-        if not isinstance(value, str):
-            raise InvalidMessage(
-                f"{path}[{i}].value",
-                f"Invalid value at '{path}[{i}].value' (TYPE_STRING), {json.dumps(value)} "
-                f"(key \"{key}\": data values must be strings)",
-                fcm_error=False,
-            )
-    return obj
-
-
-def _check_string(obj: Mapping[str, Any], key: str, path: str) -> str | None:
-    value = obj.get(key)
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise InvalidMessage(
-            f"{path}.{key}", f"Invalid value at '{path}.{key}' (TYPE_STRING), "
-            f"{json.dumps(value)}", fcm_error=False,
-        )
-    return value
-
-
-def _check_ttl(value: Any, path: str) -> None:
-    match = _DURATION.match(value) if isinstance(value, str) else None
-    if match is None:
-        raise InvalidMessage(
-            path,
-            f"Invalid value at '{path}' (type.googleapis.com/google.protobuf.Duration), "
-            f"{json.dumps(value)}",
-            fcm_error=False,
-        )
-    if int(match.group(1)) > MAX_TTL_S:
-        raise InvalidMessage(path, "TTL must not exceed 4 weeks (2419200s).")
-
-
-def _check_android(android: Any) -> None:
-    android = _check_fields(android, _ANDROID_FIELDS, "message.android")
-    priority = android.get("priority")
-    if priority is not None and priority not in _ANDROID_PRIORITIES:
-        raise InvalidMessage(
-            "message.android.priority",
-            "Invalid value at 'message.android.priority' "
-            f"(type.googleapis.com/google.firebase.fcm.v1.AndroidMessagePriority), "
-            f"{json.dumps(priority)}",
-            fcm_error=False,
-        )
-    if "ttl" in android:
-        _check_ttl(android["ttl"], "message.android.ttl")
-    for key in ("collapse_key", "collapseKey", "restricted_package_name"):
-        _check_string(android, key, "message.android")
-    if "data" in android:
-        _check_string_map(android["data"], "message.android.data")
-    if "notification" in android:
-        _check_android_notification(android["notification"])
-
-
-def _check_enum(obj: Mapping[str, Any], key: str, allowed: set[str], path: str,
-                proto: str) -> None:
-    for name in (key, _camel(key)):
-        value = obj.get(name)
-        if value is not None and value not in allowed:
-            raise InvalidMessage(
-                f"{path}.{name}", f"Invalid value at '{path}.{name}' ({proto}), "
-                f"{json.dumps(value)}", fcm_error=False)
-
-
-def _check_android_notification(notification: Any) -> None:
-    """AndroidNotification as FCM checks it: known fields only, strings where strings
-    belong (``channel_id`` among them), enums from their lists."""
-    path = "message.android.notification"
-    notification = _check_fields(notification, _ANDROID_NOTIFICATION_FIELDS, path)
-    for name in _ANDROID_NOTIFICATION_STRINGS:
-        _check_string(notification, name, path)
-        _check_string(notification, _camel(name), path)
-    _check_enum(notification, "notification_priority", _NOTIFICATION_PRIORITIES, path,
-                "type.googleapis.com/google.firebase.fcm.v1.AndroidNotification.Priority")
-    _check_enum(notification, "visibility", _VISIBILITIES, path,
-                "type.googleapis.com/google.firebase.fcm.v1.AndroidNotification.Visibility")
-    color = notification.get("color")
-    if color is not None and not re.fullmatch(r"#[0-9a-fA-F]{6}", color):
-        raise InvalidMessage(f"{path}.color", "Color must be in the form #RRGGBB.")
-
-
-def _check_content(message: Mapping[str, Any]) -> None:
-    if "data" in message:
-        data = _check_string_map(message["data"], "message.data")
-        if len(json.dumps(data)) > MAX_DATA_BYTES:
-            raise InvalidMessage("message.data", "Android message is too big")
-    if "notification" in message:
-        notification = _check_fields(
-            message["notification"], _NOTIFICATION_FIELDS, "message.notification"
-        )
-        for key in _NOTIFICATION_FIELDS:
-            _check_string(notification, key, "message.notification")
-    if "android" in message:
-        _check_android(message["android"])
-    if "apns" in message:
-        apns = _check_fields(message["apns"], _APNS_FIELDS, "message.apns")
-        if "headers" in apns:
-            _check_string_map(apns["headers"], "message.apns.headers")
-        if "payload" in apns and not isinstance(apns["payload"], dict):
-            raise InvalidMessage("message.apns.payload", "payload must be an object",
-                                 fcm_error=False)
-    if "webpush" in message:
-        webpush = _check_fields(message["webpush"], _WEBPUSH_FIELDS, "message.webpush")
-        for key in ("headers", "data"):
-            if key in webpush:
-                _check_string_map(webpush[key], f"message.webpush.{key}")
-
-
-def validate_message(message: Any) -> str | None:
-    """Checks a v1 ``Message`` as FCM would; returns the registration token, if any."""
-    message = _check_fields(message, _MESSAGE_FIELDS, "message")
-    targets = [k for k in ("token", "topic", "condition") if message.get(k) is not None]
-    if not targets:
-        raise InvalidMessage("message", "Recipient of the message is not set.")
-    if len(targets) > 1:
-        raise InvalidMessage(
-            "message", f"Exactly one of token, topic or condition must be set (got "
-            f"{', '.join(targets)})."
-        )
-    token = _check_string(message, "token", "message")
-    if token is not None and (not token or any(c.isspace() for c in token)):
-        raise InvalidMessage(
-            "message.token", "The registration token is not a valid FCM registration token"
-        )
-    topic = _check_string(message, "topic", "message")
-    if topic is not None and not _TOPIC.match(topic):
-        raise InvalidMessage("message.topic", "Invalid topic name")
-    _check_string(message, "condition", "message")
-    _check_content(message)
-    return token
-
-
-def _load_public_key(pem: bytes) -> Any:
-    return serialization.load_pem_public_key(pem)
-
-
-class FakeFcm:
+class FakeFcm(FakeControl):
     """The fake gateway; start it in-process or run ``python -m loadtest.fake_fcm``."""
 
     def __init__(
@@ -468,8 +147,12 @@ class FakeFcm:
         clock: Callable[[], float] = time.time,
         max_deliveries: int | None = 200_000,
         max_concurrent_streams: int = 100,
+        tls: TlsFiles | None = None,
     ) -> None:
         self.project_id = project_id
+        # TLS with ALPN h2 (and http/1.1 for the token endpoint), as Google serves it;
+        # None: cleartext, HTTP/1.1 and h2c with prior knowledge.
+        self.tls = tls
         # SETTINGS_MAX_CONCURRENT_STREAMS of an HTTP/2 connection (FCM reports 100)
         self.max_concurrent_streams = max_concurrent_streams
         self.quota_per_minute = quota_per_minute
@@ -484,7 +167,7 @@ class FakeFcm:
         self.port = 0
         self._accept_any = service_account_public_keys is None
         self._keys: dict[str, Any] = {
-            email: _load_public_key(pem)
+            email: load_public_key(pem)
             for email, pem in (service_account_public_keys or {}).items()
         }
         self._grants: dict[str, _Grant] = {}
@@ -504,7 +187,7 @@ class FakeFcm:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"{'https' if self.tls else 'http'}://{self.host}:{self.port}"
 
     @property
     def token_uri(self) -> str:
@@ -512,7 +195,7 @@ class FakeFcm:
 
     def trust(self, client_email: str, public_key: bytes) -> None:
         """Accepts assertions signed by this service account from now on."""
-        self._keys[client_email] = _load_public_key(public_key)
+        self._keys[client_email] = load_public_key(public_key)
         self._accept_any = False
 
     def mark_unregistered(self, tokens: Iterable[str]) -> None:
@@ -523,7 +206,8 @@ class FakeFcm:
         self.deliveries.clear()
 
     def set_faults(
-        self, *, rate: float, status: int = 503, reason: str | None = None, latency_ms: int = 0
+        self, *, rate: float, status: int = DEFAULT_FAULT_STATUS, reason: str | None = None,
+        latency_ms: int = 0,
     ) -> None:
         """Fails a ``rate`` share of sends with ``status``/``reason`` (an FCM errorCode);
         delays every send by ``latency_ms``. ``rate=0, latency_ms=0`` clears both."""
@@ -585,10 +269,16 @@ class FakeFcm:
         await runner.setup()
         assert runner.server is not None
         loop = asyncio.get_running_loop()
+        context = None
+        if self.tls is not None:
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            context.load_cert_chain(self.tls.server_cert, self.tls.server_key)
+            context.set_alpn_protocols(["h2", "http/1.1"])
         try:
+            # Over TLS too, the connection's first bytes tell HTTP/2 from HTTP/1.1.
             server = await loop.create_server(
                 self.protocol_factory(runner.server), host, port, backlog=1024,
-                reuse_address=True,
+                reuse_address=True, ssl=context,
             )
         except BaseException:
             await runner.cleanup()
@@ -619,13 +309,9 @@ class FakeFcm:
         app = web.Application(client_max_size=MAX_BODY_BYTES)
         app.router.add_post("/token", self._token)
         app.router.add_post("/v1/projects/{project}/messages:send", self._send)
-        app.router.add_get("/_fake/deliveries", self._get_deliveries)
-        app.router.add_delete("/_fake/deliveries", self._delete_deliveries)
-        app.router.add_post("/_fake/unregistered", self._post_unregistered)
-        app.router.add_post("/_fake/faults", self._post_faults)
+        self.add_control_routes(app)
         app.router.add_post("/_fake/quota", self._post_quota)
         app.router.add_post("/_fake/revoke", self._post_revoke)
-        app.router.add_get("/_fake/stats", self._get_stats)
         return app
 
     async def _token(self, request: web.Request) -> web.Response:
@@ -640,15 +326,16 @@ class FakeFcm:
         assertion = form.get("assertion")
         if grant_type != JWT_BEARER_GRANT:
             self._stats.token_errors += 1
-            return _oauth_error("unsupported_grant_type", f"Invalid grant_type: {grant_type!r}")
+            return oauth_error("unsupported_grant_type", f"Invalid grant_type: {grant_type!r}")
         if not isinstance(assertion, str) or not assertion:
             self._stats.token_errors += 1
-            return _oauth_error("invalid_request", "Missing required parameter: assertion")
+            return oauth_error("invalid_request", "Missing required parameter: assertion")
         try:
-            claims = self._verify_assertion(assertion, own_url)
-        except _GrantError as e:
+            claims = verify_assertion(assertion, keys=self._keys, accept_any=self._accept_any,
+                                      own_url=own_url, now=self.clock())
+        except GrantError as e:
             self._stats.token_errors += 1
-            return _oauth_error(e.error, e.description)
+            return oauth_error(e.error, e.description)
         scopes = set(str(claims.get("scope", "")).split())
         access_token = f"ya29.fake-{secrets.token_urlsafe(32)}"
         now = self.clock()
@@ -670,50 +357,6 @@ class FakeFcm:
         if len(self._grants) > 64:
             for token in [t for t, g in self._grants.items() if g.expires_at <= now]:
                 del self._grants[token]
-
-    def _verify_assertion(self, assertion: str, own_url: str) -> dict[str, Any]:
-        try:
-            header = jwt.get_unverified_header(assertion)
-            unverified = jwt.decode(assertion, options={"verify_signature": False})
-        except jwt.PyJWTError as e:
-            raise _GrantError("invalid_grant", f"Invalid JWT: {e}") from e
-        if header.get("alg") != "RS256":
-            raise _GrantError("invalid_grant", "Invalid JWT: algorithm must be RS256.")
-        iss = unverified.get("iss")
-        if not isinstance(iss, str) or not iss:
-            raise _GrantError("invalid_grant", "Invalid JWT: missing iss claim.")
-        key = self._keys.get(iss)
-        if key is None and not self._accept_any:
-            raise _GrantError("invalid_grant", "Invalid grant: account not found")
-        if key is not None:
-            try:
-                jwt.decode(
-                    assertion, key, algorithms=["RS256"],
-                    options={"verify_aud": False, "verify_exp": False, "verify_iat": False},
-                )
-            except jwt.PyJWTError as e:
-                raise _GrantError("invalid_grant", "Invalid JWT Signature.") from e
-        aud = unverified.get("aud")
-        if aud not in GOOGLE_TOKEN_AUDIENCES and aud != own_url:
-            raise _GrantError("invalid_grant", f"Invalid JWT: audience {aud!r} is not accepted.")
-        iat, exp = unverified.get("iat"), unverified.get("exp")
-        now = self.clock()
-        if (
-            not isinstance(iat, int | float)
-            or not isinstance(exp, int | float)
-            or exp <= iat
-            or exp - iat > MAX_ASSERTION_LIFETIME_S
-            or iat > now + CLOCK_SKEW_S
-            or exp < now - CLOCK_SKEW_S
-        ):
-            raise _GrantError(
-                "invalid_grant",
-                "Invalid JWT: Token must be a short-lived token (60 minutes) and in a "
-                "reasonable timeframe. Check your iat and exp values in the JWT claim.",
-            )
-        if not str(unverified.get("scope", "")).split():
-            raise _GrantError("invalid_scope", "Empty or missing scope not allowed.")
-        return unverified
 
     def _authenticate(self, auth: str) -> _Grant | Reply:
         if not auth.startswith("Bearer "):
@@ -801,7 +444,7 @@ class FakeFcm:
             return google_error(400, "Invalid JSON payload received.",
                                 field_violation=("", "Invalid JSON payload received."))
         try:
-            request = _check_fields(request, {"message", "validate_only", "validateOnly"}, "")
+            request = check_fields(request, {"message", "validate_only", "validateOnly"}, "")
             if "message" not in request:
                 raise InvalidMessage("message", "Message must be set.", fcm_error=False)
             token = validate_message(request["message"])
@@ -829,7 +472,7 @@ class FakeFcm:
         if self.max_deliveries is not None and len(self.deliveries) > self.max_deliveries:
             del self.deliveries[: max(1, self.max_deliveries // 10)]
         self._stats.delivered += 1
-        logger.info("delivered %s to %s", name, _abbrev(token))
+        logger.info("delivered %s to %s", name, abbrev(token))
         return json_reply({"name": name})
 
     # ---- HTTP/2 ----
@@ -838,7 +481,7 @@ class FakeFcm:
         headers = request.headers
         method = headers.get(":method")
         path = headers.get(":path", "").partition("?")[0]
-        match = _SEND_PATH.fullmatch(path)
+        match = SEND_PATH.fullmatch(path)
         if match is not None and method == "POST":
             latency_ms = self._faults.latency_ms
             if latency_ms:
@@ -872,67 +515,45 @@ class FakeFcm:
             None if request.too_large else bytes(request.body), regular,
         ))
 
-    # ---- control API ----
+    # ---- control API (loadtest.fake_control), plus quota and revocation ----
 
-    async def _get_deliveries(self, request: web.Request) -> web.Response:
-        token = request.query.get("token")
-        return web.json_response(
-            [d.as_json() for d in arrived_after(self.deliveries, request.query)
-             if token is None or d.token == token]
-        )
+    def delivered(self, token: str | None, since: float | None = None
+                  ) -> Iterable[dict[str, Any]]:
+        return [d.as_json() for d in arrived_after(self.deliveries, since)
+                if token is None or d.token == token]
 
-    async def _delete_deliveries(self, request: web.Request) -> web.Response:
-        self.clear()
-        return web.Response(status=204)
-
-    async def _json_body(self, request: web.Request) -> dict[str, Any]:
-        try:
-            body = await request.json()
-        except ValueError as e:
-            raise web.HTTPBadRequest(text="body must be JSON") from e
-        if not isinstance(body, dict):
-            raise web.HTTPBadRequest(text="body must be a JSON object")
-        return body
-
-    async def _post_unregistered(self, request: web.Request) -> web.Response:
-        body = await self._json_body(request)
-        tokens = body.get("tokens")
-        if not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens):
-            raise web.HTTPBadRequest(text="tokens must be a list of strings")
+    def unregister(self, tokens: list[str], body: dict[str, Any]) -> int:
         self.mark_unregistered(tokens)
-        return web.json_response({"unregistered": len(self._unregistered)})
+        return len(self._unregistered)
 
-    async def _post_faults(self, request: web.Request) -> web.Response:
-        body = await self._json_body(request)
-        try:
-            self.set_faults(
-                rate=float(body.get("rate", 0)),
-                status=int(body.get("status", 503)),
-                reason=body.get("reason"),
-                latency_ms=int(body.get("latency_ms", 0)),
-            )
-        except (TypeError, ValueError) as e:
-            raise web.HTTPBadRequest(text=str(e)) from e
-        return web.json_response(self.stats()["faults"])
+    def faults_from(self, body: dict[str, Any]) -> dict[str, Any] | None:
+        self.set_faults(
+            rate=float(body.get("rate", 0)),
+            status=int(body.get("status", DEFAULT_FAULT_STATUS)),
+            reason=body.get("reason"),
+            latency_ms=int(body.get("latency_ms", 0)),
+        )
+        faults: dict[str, Any] = self.stats()["faults"]
+        return faults if faults["rate"] or faults["latency_ms"] else None
+
+    def control_stats(self) -> dict[str, Any]:
+        return self.stats()
 
     async def _post_quota(self, request: web.Request) -> web.Response:
-        body = await self._json_body(request)
+        body = await json_body(request)
         per_minute = body.get("per_minute")
         if per_minute is not None and (isinstance(per_minute, bool)
                                        or not isinstance(per_minute, int)):
-            raise web.HTTPBadRequest(text="per_minute must be an integer or null")
+            raise bad_request("per_minute must be an integer or null")
         try:
             self.set_quota(per_minute)
         except ValueError as e:
-            raise web.HTTPBadRequest(text=str(e)) from e
+            raise bad_request(str(e)) from e
         return web.json_response({"per_minute": self.quota_per_minute})
 
     async def _post_revoke(self, request: web.Request) -> web.Response:
         self.revoke_tokens()
         return web.Response(status=204)
-
-    async def _get_stats(self, request: web.Request) -> web.Response:
-        return web.json_response(self.stats())
 
 
 def _too_large() -> Reply:
@@ -959,13 +580,6 @@ class _FcmConnection(H2ServerConnection):
         self.respond(stream_id, headers, reply.body)
 
 
-class _GrantError(Exception):
-    def __init__(self, error: str, description: str) -> None:
-        super().__init__(description)
-        self.error = error
-        self.description = description
-
-
 def _service_account_key(path: Path) -> tuple[str, bytes]:
     info = json.loads(path.read_text())
     return str(info["client_email"]), public_key_pem(str(info["private_key"]).encode())
@@ -979,6 +593,7 @@ async def _serve(args: argparse.Namespace) -> None:
         quota_per_minute=args.quota_per_minute,
         max_deliveries=args.max_deliveries,
         max_concurrent_streams=args.max_concurrent_streams,
+        tls=ensure_tls(Path(args.certs_dir)) if args.tls else None,
     )
     await fake.start(args.host, args.port)
     try:
@@ -1017,6 +632,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--max-concurrent-streams", type=int, default=100,
         help="SETTINGS_MAX_CONCURRENT_STREAMS of an HTTP/2 connection (FCM's is ~100)",
+    )
+    parser.add_argument(
+        "--tls", action="store_true",
+        help="serve TLS with ALPN h2 (certificate and CA in --certs-dir), as Google does",
     )
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)

@@ -12,20 +12,21 @@ abort, GOAWAY and a ``closed`` future. A gateway subclasses it and answers reque
 §3.3) on one listening port: a connection that opens with the HTTP/2 client preface
 goes to one protocol, anything else to the other.
 
-Importing this module makes hpack remember the Huffman-coded strings it decoded
-(``remember_huffman_strings``): the benchmarks' ceiling is h2load, and nghttp2 never
-indexes ``authorization``, so every h2load request carries its ~200-byte token as a
-Huffman-coded literal that hpack would decode again in pure Python, some 13 % of a
-fake's CPU per request. geopush's client indexes it (one byte); without this, the
-fakes would be slower for the load generator than for the sender, and the ceiling
-lower than the fake can do.
+``remember_huffman_strings`` makes hpack remember the Huffman-coded strings it
+decoded. Only the benchmark's fake processes turn it on (it patches hpack for the
+whole process, so never in a process that runs geopush's own client): the benchmarks'
+ceiling is h2load, and nghttp2 never indexes ``authorization``, so every h2load
+request carries its ~200-byte token as a Huffman-coded literal that hpack would
+decode again in pure Python (its cost: docs/BENCHMARKS.md). geopush's client indexes
+it (one byte); without this, the fakes would be slower for the load generator than
+for the sender, and the ceiling lower than the fake can do.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -57,15 +58,16 @@ __all__ = [
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
 
-def remember_huffman_strings(size: int = 4096) -> None:
+def remember_huffman_strings(size: int = 4096) -> Callable[[], None]:
     """Let hpack's decoder look up the Huffman-coded strings it has seen (up to
-    ``size``, then it starts over) instead of decoding them again."""
+    ``size``, then it starts over) instead of decoding them again; returns what
+    undoes it."""
     import hpack.hpack
 
     module: Any = hpack.hpack           # the name it calls, not an exported one
     decode = module.decode_huffman
     if getattr(decode, "remembers", False):
-        return
+        return lambda: None
     seen: dict[bytes, bytes] = {}
 
     def decode_huffman(data: bytes | bytearray | memoryview | None) -> bytes:
@@ -83,20 +85,21 @@ def remember_huffman_strings(size: int = 4096) -> None:
     decode_huffman.remembers = True     # type: ignore[attr-defined]
     module.decode_huffman = decode_huffman
 
+    def undo() -> None:
+        module.decode_huffman = decode
 
-remember_huffman_strings()
+    return undo
+
 
 Headers = list[tuple[bytes, bytes]]
 
 
-def arrived_after(items: Sequence[Any], query: Mapping[str, str]) -> Sequence[Any]:
+def arrived_after(items: Sequence[Any], since: float | None) -> Sequence[Any]:
     """The control API's ``?since=<unix seconds>``: deliveries that arrived after it
     (newest are last, so this reads back only as far as it must), so a load test can
     poll a long run's deliveries without reading them all each time."""
-    raw = query.get("since")
-    if not raw:
+    if since is None:
         return items
-    since = float(raw)
     start = len(items)
     while start > 0 and items[start - 1].arrived_at > since:
         start -= 1
@@ -127,8 +130,8 @@ class H2ServerConnection(asyncio.Protocol):
         self.max_concurrent_streams = max_concurrent_streams
         self.max_body_size = max_body_size
         # What is received is checked (a faithful peer for the clients under test);
-        # what is sent is the fakes' own fixed headers, not checked again (some 7 % of
-        # an FCM fake's HTTP/2 throughput)
+        # what is sent is the fakes' own fixed headers, not checked again (it costs
+        # the fake throughput: docs/BENCHMARKS.md)
         self.h2 = H2Connection(H2Configuration(
             client_side=False, header_encoding=None,
             validate_outbound_headers=False, normalize_outbound_headers=False,

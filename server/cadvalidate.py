@@ -22,7 +22,7 @@ from server.store.agencies import Agency, get_agency
 from server.store.db import create_pool
 from server.web.dryrun import offline_agency, validate
 from server.web.ingest import parser_for
-from server.web.problems import Problem
+from server.web.problems import Problem, ValidationFailed, as_problem
 
 # Exit codes: accepted, refused (as the webhook would refuse it).
 ACCEPTED, REFUSED = 0, 1
@@ -76,7 +76,7 @@ def _agency(agency_id: str | None, call_types_file: Path | None) -> Agency:
         raise ValueError(f"{call_types_file}: a JSON object of call type -> category expected")
     try:
         return offline_agency(validate_call_types(mapping))
-    except Problem as exc:
+    except ValidationFailed as exc:
         raise ValueError(f"{call_types_file}: " + "; ".join(
             f"{e.field}: {e.message}" for e in exc.errors)) from None
 
@@ -91,6 +91,6 @@ def validate_file(path: Path, *, fmt: str | None = None, agency_id: str | None =
     when = _parse_now(now)
     try:
         result = validate(agency, fmt, parser_for(CONTENT_TYPE_OF_FORMAT[fmt]), body, when)
-    except Problem as problem:
-        return REFUSED, json.dumps(problem.body(), indent=2, ensure_ascii=False)
+    except (Problem, ValidationFailed) as refused:
+        return REFUSED, json.dumps(as_problem(refused).body(), indent=2, ensure_ascii=False)
     return ACCEPTED, json.dumps(msgspec.to_builtins(result), indent=2, ensure_ascii=False)

@@ -56,7 +56,7 @@ def cmd_worker(args: argparse.Namespace) -> None:
 
 def cmd_agency_create(args: argparse.Namespace) -> None:
     from server.agencies import create_agency_with_secret
-    from server.web.problems import ValidationFailed
+    from server.domain.errors import ValidationFailed
 
     call_types = json.loads(Path(args.call_types).read_text()) if args.call_types else {}
     try:
@@ -135,7 +135,10 @@ def cmd_cad_validate(args: argparse.Namespace) -> None:
 
 
 def cmd_dev(_: argparse.Namespace) -> None:
-    from server.dev.devrun import run
+    try:
+        from server.dev.devrun import run
+    except ImportError as exc:   # a production install has no development tools
+        sys.exit(f"geopush dev needs the development extras (pip install 'geopush[dev]'): {exc}")
 
     sys.exit(run(Path.cwd()))
 

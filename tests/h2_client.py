@@ -20,6 +20,7 @@ from h2.connection import H2Connection
 from h2.events import (
     ConnectionTerminated,
     DataReceived,
+    PingAckReceived,
     RemoteSettingsChanged,
     ResponseReceived,
     StreamEnded,
@@ -65,6 +66,7 @@ class H2Client(asyncio.Protocol):
         self.open_streams = 0
         self.peak_streams = 0
         self._changed = asyncio.Event()  # a stream ended, a window or the settings grew
+        self._pings: dict[bytes, asyncio.Future[None]] = {}
 
     @classmethod
     async def connect(cls, host: str, port: int, **options: Any) -> H2Client:
@@ -128,9 +130,25 @@ class H2Client(asyncio.Protocol):
                 self._changed.set()
             elif isinstance(event, WindowUpdated):
                 self._changed.set()
-            elif isinstance(event, ConnectionTerminated):
-                self.terminated = event
+            else:
+                self._connection_event(event)
         self.flush()
+
+    def _connection_event(self, event: object) -> None:
+        if isinstance(event, ConnectionTerminated):
+            self.terminated = event
+        elif isinstance(event, PingAckReceived):
+            waiter = self._pings.pop(bytes(event.ping_data or b""), None)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+
+    async def ping(self) -> None:
+        """A PING round trip: whatever the server sent before its ACK has arrived."""
+        data = len(self._pings).to_bytes(8, "big")
+        self._pings[data] = asyncio.get_running_loop().create_future()
+        self.h2.ping(data)
+        self.flush()
+        await asyncio.wait_for(self._pings[data], 5)
 
     def _finish(self, stream: _Stream, outcome: H2Response | Exception) -> None:
         if stream.done.done():

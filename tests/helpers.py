@@ -111,6 +111,20 @@ async def create_device(
     return created["id"], created["secret"]
 
 
+async def create_responder(client: TestClient[Any, Any], platform: str, token: str,
+                           at: tuple[float, float]) -> tuple[str, str]:
+    """A device in CPR-responder mode that reported its position ``at`` (lat, lon)."""
+    device, key = await create_device(client, platform, token)
+    headers = {"Authorization": f"Bearer {key}"}
+    r = await client.put(f"/v1/devices/{device}/preferences", headers=headers,
+                         json={"responder": True})
+    assert r.status == 200, await r.text()
+    r = await client.put(f"/v1/devices/{device}/location", headers=headers,
+                         json={"lat": at[0], "lon": at[1]})
+    assert r.status == 204, await r.text()
+    return device, key
+
+
 def circle(lat: float, lon: float, radius_m: float = 1000, name: str = "Home") -> dict[str, Any]:
     return {"name": name, "center": {"lat": lat, "lon": lon}, "radius_m": radius_m}
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import logging
-from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -14,6 +13,7 @@ from redis.exceptions import RedisError
 from server.domain.responses import IOS_RESPONDER_CATEGORY
 from workers.gateways.apns_client import ApnsClient, ApnsResponse, ApnsTransportError
 from workers.push import (
+    Done,
     Failed,
     Outcome,
     PayloadCache,
@@ -22,6 +22,7 @@ from workers.push import (
     Sent,
     TokenGone,
     push_text_key,
+    report,
 )
 
 # Reasons that mean the token itself is unusable for this app, for good.
@@ -109,17 +110,6 @@ def _unanswered(exc: Exception) -> Retry | None:
     return None
 
 
-def _settle(done: Callable[[Outcome], None], answer: ApnsResponse | Exception) -> None:
-    if isinstance(answer, ApnsResponse):
-        done(classify(answer))
-        return
-    outcome = _unanswered(answer)
-    if outcome is None:   # logged, and retried as the sender does a send that raised
-        log.error("APNs send failed unexpectedly", exc_info=answer)
-        outcome = Retry(type(answer).__name__)
-    done(outcome)
-
-
 class ApnsGateway:
     platform = "apns"
 
@@ -127,6 +117,7 @@ class ApnsGateway:
         self.client = client
         self.critical_alerts = critical_alerts
         self._payloads: PayloadCache[bytes] = PayloadCache()
+        self._report = functools.partial(report, classify, _unanswered, "APNs")
 
     def payload(self, push: Push, now: float) -> bytes:
         """The encoded payload: the same for every device of a fan-out (same incident,
@@ -139,26 +130,12 @@ class ApnsGateway:
             self._payloads.put(key, payload)
         return payload
 
-    async def send(self, push: Push, now: float) -> Outcome:
-        payload = self.payload(push, now)
-        try:
-            response = await self.client.send(
-                push.token, payload, collapse_id=push.incident_id,
-                expiration=int(push.expires_at), priority=priority(push), push_type="alert",
-            )
-        except Exception as exc:
-            outcome = _unanswered(exc)
-            if outcome is None:
-                raise
-            return outcome
-        return classify(response)
-
-    def start(self, push: Push, now: float, done: Callable[[Outcome], None]) -> None:
-        """``send`` without a coroutine (the sender's hot path): ``done`` gets the
-        outcome from the client's callback."""
-        self.client.start(push.token, self.payload(push, now), functools.partial(_settle, done),
-                          collapse_id=push.incident_id, expiration=int(push.expires_at),
-                          priority=priority(push), push_type="alert")
+    def start(self, push: Push, now: float, done: Done) -> None:
+        """Send ``push``; ``done`` gets its outcome from the client's callback."""
+        self.client.start(push.token, self.payload(push, now),
+                          functools.partial(self._report, done), collapse_id=push.incident_id,
+                          expiration=int(push.expires_at), priority=priority(push),
+                          push_type="alert")
 
     async def close(self) -> None:
         await self.client.close()

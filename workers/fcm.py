@@ -5,14 +5,14 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import logging
-from collections.abc import Callable
 from typing import Any
 
 import msgspec
 from msgspec.structs import replace
 
-from workers.gateways.fcm_client import FcmAnswer, FcmClient, FcmResponse, FcmTransportError
+from workers.gateways.fcm_client import FcmClient, FcmResponse, FcmTransportError
 from workers.push import (
+    Done,
     Failed,
     Outcome,
     PayloadCache,
@@ -21,6 +21,7 @@ from workers.push import (
     Sent,
     TokenGone,
     push_text_key,
+    report,
 )
 
 log = logging.getLogger(__name__)
@@ -76,18 +77,12 @@ def classify(response: FcmResponse) -> Outcome:
                   response.status)
 
 
-def _transport_retry(exc: FcmTransportError) -> Retry:
-    return Retry(f"transport: {exc}" if str(exc) else "transport error")
-
-
-def _settle(done: Callable[[Outcome], None], answer: FcmAnswer) -> None:
-    if isinstance(answer, FcmResponse):
-        done(classify(answer))
-    elif isinstance(answer, FcmTransportError):
-        done(_transport_retry(answer))
-    else:   # FcmAuthError, a bug: logged, and retried as an unforeseen failure is
-        log.error("FCM send failed unexpectedly", exc_info=answer)
-        done(Retry(type(answer).__name__))
+def _unanswered(exc: Exception) -> Retry | None:
+    """The outcome of a send that got no answer from FCM; None for anything else
+    (FcmAuthError, a bug)."""
+    if isinstance(exc, FcmTransportError):
+        return Retry(f"transport: {exc}" if str(exc) else "transport error")
+    return None
 
 
 _STAND_IN = "\u2063geopush-device-token\u2063"   # where the token goes; no real text has it
@@ -100,6 +95,7 @@ class FcmGateway:
     def __init__(self, client: FcmClient) -> None:
         self.client = client
         self._bodies: PayloadCache[tuple[bytes, bytes]] = PayloadCache()
+        self._report = functools.partial(report, classify, _unanswered, "FCM")
 
     def body(self, push: Push, now: float) -> bytes:
         """The encoded request: the same for every device of a fan-out but for the
@@ -117,17 +113,9 @@ class FcmGateway:
             self._bodies.put(key, parts)
         return parts[0] + _encode(push.token) + parts[1]
 
-    async def send(self, push: Push, now: float) -> Outcome:
-        try:
-            response = await self.client.send_body(self.body(push, now))
-        except FcmTransportError as exc:
-            return _transport_retry(exc)
-        return classify(response)
-
-    def start(self, push: Push, now: float, done: Callable[[Outcome], None]) -> None:
-        """``send`` without a coroutine (the sender's hot path): ``done`` gets the
-        outcome from the client's callback."""
-        self.client.start_body(self.body(push, now), functools.partial(_settle, done))
+    def start(self, push: Push, now: float, done: Done) -> None:
+        """Send ``push``; ``done`` gets its outcome from the client's callback."""
+        self.client.start_body(self.body(push, now), functools.partial(self._report, done))
 
     async def close(self) -> None:
         await self.client.close()

@@ -20,24 +20,10 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from server import metrics
-from server.store import accounts, positions, review, transparency
+from server.store import accounts, housekeeping, positions, review, transparency
 from server.store.db import STORE_UNAVAILABLE
 
 log = logging.getLogger(__name__)
-
-
-async def purge_exact_locations(pool: asyncpg.Pool, older_than: dt.timedelta,
-                                now: dt.datetime) -> int:
-    """Replace exact geometries by the public ones (the rounded point, an area's box on
-    the public grid) once responders and editors can no longer need them. A revision
-    arriving later brings an exact geometry back and clears exact_purged_at (see
-    store.incidents), so it is purged in its turn, ``older_than`` after it arrived."""
-    status = await pool.execute(
-        """UPDATE incidents SET geom = public_geom, exact_purged_at = $2
-            WHERE exact_purged_at IS NULL AND received_at < $1""",
-        now - older_than, now,
-    )
-    return int(status.split()[-1])
 
 
 @dataclass(frozen=True)
@@ -79,7 +65,7 @@ async def maintain_once(pool: asyncpg.Pool, retention: Retention,
                         redis: aioredis.Redis | None = None) -> None:
     now = dt.datetime.now(dt.UTC)
     expired = await review.expire(pool, now)
-    purged = await purge_exact_locations(pool, retention.exact_location, now)
+    purged = await housekeeping.purge_exact_locations(pool, retention.exact_location, now)
     sessions = await accounts.purge_expired_sessions(pool, now)
     # Positions are also dropped when a cardiac arrest looks for responders; this
     # forgets them on time when none happens.

@@ -23,7 +23,7 @@ import redis.asyncio as aioredis
 from server import keys, metrics
 from server.domain.policy import ALERT
 from server.domain.severity import MODERATE
-from server.store import aeds, matching, positions
+from server.store import aeds, matching, positions, publish
 from server.store.audience import (
     ALERT_LIFETIME,
     DEFAULT_LOCATION_TTL,
@@ -68,31 +68,6 @@ redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', unpack(ARGV, 5))
 return 1
 """
 
-_INCIDENT = """
-SELECT i.id, i.agency_id, i.category, i.status, i.decision, i.actual, i.occurred_at,
-       i.received_at, i.public_location, i.location_kind, i.geom::text AS geom,
-       ST_Y(i.public_point) AS lat, ST_X(i.public_point) AS lon,
-       GeometryType(i.public_geom) <> 'POINT' AS is_area,
-       ST_XMin(i.public_geom) AS west, ST_YMin(i.public_geom) AS south,
-       ST_XMax(i.public_geom) AS east, ST_YMax(i.public_geom) AS north,
-       ST_Y(ST_PointOnSurface(i.geom)) AS exact_lat, ST_X(ST_PointOnSurface(i.geom)) AS exact_lon,
-       i.title_override, i.body_override, a.responder_radius_m,
-       i.source, i.expires_at, m.severity, m.area::text AS area, i.revision,
-       i.category = ANY (a.no_update_categories) AS updates_off
-  FROM incidents i JOIN agencies a ON a.id = i.agency_id
-  LEFT JOIN manual_alerts m ON m.incident_id = i.id
- WHERE i.id = $1
-"""
-
-# Who gets the update when an alerted incident ends: the devices its alert reached,
-# by the delivery records (not who would match now), with their current token.
-_ALERTED = """
-SELECT DISTINCT ON (d.id) d.id, d.platform, d.token, d.locale
-  FROM deliveries del JOIN devices d ON d.id = del.device_id
- WHERE del.incident_id = $1 AND del.outcome = 'sent' AND del.kind = 'alert'
-   AND d.token_disabled_at IS NULL
-"""
-
 # Alerts still in flight when the incident ended are recorded as delivered shortly
 # after (a send's timeout, then the sender's recording); a second pass this much later
 # gives those devices their update too. The dedup set keeps it to one per device.
@@ -121,7 +96,7 @@ class Matcher:
         self._enqueue = redis.register_script(_ENQUEUE)
 
     async def match_incident(self, incident_id: str, now: dt.datetime) -> MatchResult:
-        incident = await self.pool.fetchrow(_INCIDENT, incident_id)
+        incident = await matching.incident(self.pool, incident_id)
         if incident is None or not incident["actual"]:
             return MatchResult(incident_id, 0, 0)
         expires = incident["expires_at"] or incident["occurred_at"] + ALERT_LIFETIME
@@ -226,10 +201,8 @@ class Matcher:
         if await self.redis.set(keys.update_second_pass(incident_id), 1, nx=True,
                                 ex=keys.PUSHED_TTL_S):
             # A delayed outbox row: the relay republishes the incident then.
-            await self.pool.execute(
-                "INSERT INTO outbox (incident_id, created_at) VALUES ($1, now() + $2::interval)",
-                incident["id"], UPDATE_SECOND_PASS)
-        rows = await self.pool.fetch(_ALERTED, incident["id"])
+            await publish.republish_later(self.pool, incident["id"], UPDATE_SECOND_PASS)
+        rows = await matching.alerted(self.pool, incident["id"])
         ended_at = max(incident["revision"], incident["occurred_at"])
         pushes = [Push(
             incident_id=incident_id, device_id=str(row["id"]), platform=row["platform"],

@@ -15,7 +15,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from server.store.db import STORE_UNAVAILABLE
-from server.store.publish import xadd_incident
+from server.store.publish import relay_outbox
 
 log = logging.getLogger(__name__)
 
@@ -25,21 +25,10 @@ _TRANSIENT: tuple[type[BaseException], ...] = (RedisError, *STORE_UNAVAILABLE)
 
 async def relay_once(pool: asyncpg.Pool, redis: aioredis.Redis, *, limit: int = 500,
                      grace_s: float = GRACE_S) -> int:
-    async with pool.acquire() as conn, conn.transaction():
-        rows = await conn.fetch(
-            """SELECT id, incident_id FROM outbox
-                WHERE created_at < now() - make_interval(secs => $1)
-                ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED""",
-            grace_s, limit,
-        )
-        for row in rows:
-            await xadd_incident(redis, str(row["incident_id"]))
-        if rows:
-            await conn.execute("DELETE FROM outbox WHERE id = ANY($1::bigint[])",
-                               [r["id"] for r in rows])
-    if rows:
-        log.info("outbox relay published %d incidents", len(rows))
-    return len(rows)
+    published = await relay_outbox(pool, redis, limit=limit, grace_s=grace_s)
+    if published:
+        log.info("outbox relay published %d incidents", published)
+    return published
 
 
 async def run_relay(pool: asyncpg.Pool, redis: aioredis.Redis, stop: asyncio.Event,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
+from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
 import msgspec
@@ -52,29 +54,12 @@ class Push(msgspec.Struct, frozen=True):
 
     @classmethod
     def from_fields(cls, data: dict[str, str]) -> Push:
-        """A stream entry's fields back as a Push; ValueError or KeyError if malformed.
-        Entries of the earlier one-field-per-attribute form are still read, so pushes
-        queued before an upgrade are sent after it."""
-        encoded = data.get("push")
-        if encoded is None:
-            return cls._from_legacy_fields(data)
+        """A stream entry's fields back as a Push; ValueError or KeyError if malformed."""
+        encoded = data["push"]
         try:
             return _decode(encoded)
         except msgspec.MsgspecError as exc:
             raise ValueError(f"malformed push: {exc}") from None
-
-    @classmethod
-    def _from_legacy_fields(cls, data: dict[str, str]) -> Push:
-        return cls(
-            incident_id=data["incident_id"], device_id=data["device_id"],
-            platform=data["platform"], token=data["token"], locale=data["locale"],
-            category=data["category"], public_location=data["public_location"],
-            lat=float(data["lat"]), lon=float(data["lon"]),
-            occurred_at=float(data["occurred_at"]), received_at=float(data["received_at"]),
-            expires_at=float(data["expires_at"]), attempt=int(data.get("attempt", "1")),
-            title=data.get("title", ""), body=data.get("body", ""),
-            audience=data.get("audience", "neighbour"), aeds=data.get("aeds", ""),
-        )
 
     def next_attempt(self) -> Push:
         return msgspec.structs.replace(self, attempt=self.attempt + 1)
@@ -191,3 +176,27 @@ class Failed(msgspec.Struct, frozen=True):
 
 
 Outcome = Sent | TokenGone | Retry | Failed | Withdrawn
+
+Done = Callable[[Outcome], None]
+
+log = logging.getLogger(__name__)
+
+A = TypeVar("A")
+
+
+def report(classify: Callable[[A], Outcome], unanswered: Callable[[Exception], Outcome | None],
+           platform: str, done: Done, answer: A | Exception) -> None:
+    """``done`` with the outcome of a gateway's ``answer`` (its response, or the
+    exception that stands for it), exactly once, whatever happens: a response the
+    classification chokes on, or an exception no send should raise, is a bug, logged
+    and retried, never a send slot the sender waits for forever. A gateway binds the
+    first three once (``functools.partial``), then ``done`` per push."""
+    try:
+        outcome = (unanswered(answer) if isinstance(answer, Exception)
+                   else classify(answer))
+        if outcome is None:
+            raise answer if isinstance(answer, Exception) else TypeError(answer)
+    except Exception as exc:
+        log.error("%s send failed unexpectedly", platform, exc_info=exc)
+        outcome = Retry(type(exc).__name__)
+    done(outcome)

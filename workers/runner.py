@@ -20,7 +20,7 @@ import redis.asyncio as aioredis
 
 from server import keys
 from server.metrics import bound_port, serve_metrics
-from server.settings import ConfigError, Settings
+from server.settings import FCM_STREAMS, ConfigError, Settings
 from server.store.db import create_pool
 from workers import backlog
 from workers.apns import ApnsGateway
@@ -62,7 +62,8 @@ def build_gateway(settings: Settings, platform: str, redis: aioredis.Redis) -> G
     return FcmGateway(FcmClient(
         service_account_file=str(fcm.service_account_file), project_id=fcm.project_id,
         endpoint=fcm.endpoint, timeout=fcm.request_timeout, max_connections=fcm.max_connections,
-        http2=fcm.http2,
+        initial_stream_limit=FCM_STREAMS,
+        ca_file=None if fcm.ca_file is None else str(fcm.ca_file),
     ))
 
 
@@ -199,8 +200,8 @@ def tune_gc_for_sending(concurrency: int) -> None:
     """Each send in flight holds a few objects the cyclic collector tracks (the push,
     its request, the callbacks), so with hundreds in flight CPython's default
     young-generation threshold (700 more allocations than frees) starts a collection
-    every few dozen pushes that finds nothing to free: 6 % of an FCM sender's CPU
-    (docs/BENCHMARKS.md). The threshold is put above what the sends in flight hold,
+    every few dozen pushes that finds nothing to free (its cost: docs/BENCHMARKS.md).
+    The threshold is put above what the sends in flight hold,
     and what start-up made is frozen out of the collector's way."""
     gc.freeze()
     _, older, oldest = gc.get_threshold()

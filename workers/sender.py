@@ -1,13 +1,12 @@
 """The sender loop shared by APNs and FCM: read pushes, send, record, then acknowledge.
 
 ``Sender.run`` streams: up to ``concurrency`` sends in flight, the next batch read as
-soon as it fits, and finished sends recorded in groups by a task of their own: every
+soon as it fits, and sends recorded in groups by a task of their own: every
 outcome written to ``deliveries`` in one statement, tokens the gateway declared gone
 disabled, retries scheduled (exponential backoff with jitter, never past the alert's
 expiry) or dead-lettered, and only then XACK. A sender that dies leaves its entries
 pending; another sender reclaims them (at worst a device gets the same push twice,
-and the collapse id makes the phone show it once). ``Sender.handle`` does one batch
-from start to finish, the same way.
+and the collapse id makes the phone show it once).
 """
 
 from __future__ import annotations
@@ -19,7 +18,7 @@ import json
 import logging
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 import asyncpg
@@ -28,8 +27,9 @@ import redis.asyncio as aioredis
 
 from server import keys
 from server.metrics import PushMetrics
+from server.store import deliveries
 from server.store.devices import disable_token
-from workers.push import Failed, Outcome, Push, Retry, Sent, TokenGone, Withdrawn
+from workers.push import Done, Failed, Outcome, Push, Retry, Sent, TokenGone, Withdrawn
 from workers.streams import TRANSIENT, Entry, StreamConsumer, batches, sleep_unless
 
 log = logging.getLogger(__name__)
@@ -38,19 +38,21 @@ MAX_BACKOFF_S = 300.0
 
 
 class Gateway(Protocol):
-    """A push platform. A gateway may also offer ``start(push, now, done)``: ``send``
-    without a coroutine, ``done`` called once with the outcome (see ``Starts``); the
-    streaming sender uses it when it is there, and a task per ``send`` otherwise."""
+    """A push platform: ``start`` sends a push and calls ``done`` once with its
+    outcome, from the gateway's own callbacks (no task or future per push)."""
 
     platform: str
 
-    async def send(self, push: Push, now: float) -> Outcome: ...
+    def start(self, push: Push, now: float, done: Done) -> None: ...
 
     async def close(self) -> None: ...
 
 
-Done = Callable[[Outcome], None]
-Starts = Callable[[Push, float, Done], None]
+async def send(gateway: Gateway, push: Push, now: float) -> Outcome:
+    """``gateway.start`` as a coroutine, for whoever needs one push's outcome."""
+    outcome: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+    gateway.start(push, now, outcome.set_result)
+    return await outcome
 
 
 def backoff_delay(attempt: int, retry_after: float | None, rng: random.Random) -> float:
@@ -77,15 +79,11 @@ return #due
 """
 
 
-_DELIVERY_COLUMNS = ["incident_id", "device_id", "platform", "outcome", "reason", "status_code",
-                     "gateway_id", "attempt", "latency_ms", "kind"]
-
-
 class Result(msgspec.Struct, frozen=True):
     entry_id: str
     push: Push
     outcome: Outcome
-    finished_at: float
+    done_at: float
 
 
 class Sender:
@@ -100,7 +98,6 @@ class Sender:
         self.stream = keys.push_stream(gateway.platform)
         self.schedule = keys.retry_schedule(gateway.platform)
         self.concurrency = max(1, concurrency)
-        self._limit = asyncio.Semaphore(self.concurrency)
         self._rng = rng or random.Random()
         self._promote = redis.register_script(_PROMOTE_DUE)
         self.metrics = metrics or PushMetrics(gateway.platform)
@@ -108,32 +105,12 @@ class Sender:
     async def _withdrawn(self, pushes: list[Push]) -> set[str]:
         """Incidents of this batch that were cleared, cancelled or re-decided since they
         were matched: their pending pushes are dropped."""
-        ids = sorted({p.incident_id for p in pushes})
-        rows = await self.pool.fetch(
-            """SELECT id::text FROM incidents
-                WHERE id = ANY($1::uuid[]) AND (status <> 'active' OR decision <> 'alert')""",
-            ids,
-        )
-        return {r["id"] for r in rows}
-
-    async def _send(self, entry_id: str, push: Push, withdrawn: bool) -> Result:
-        now = time.time()
-        outcome = _settled_unsent(push, withdrawn, now)
-        if outcome is None:
-            try:
-                outcome = await self.gateway.send(push, now)
-            except Exception as exc:
-                outcome = self._unforeseen(exc)
-        return Result(entry_id, push, outcome, time.time())
+        return await deliveries.withdrawn(self.pool, {p.incident_id for p in pushes})
 
     def _unforeseen(self, exc: BaseException) -> Outcome:
         """A send that raised (a bug or an unforeseen transport error): retried."""
         log.error("send to %s failed unexpectedly", self.gateway.platform, exc_info=exc)
         return Retry(type(exc).__name__)
-
-    async def _send_one(self, entry_id: str, push: Push, withdrawn: bool) -> Result:
-        async with self._limit:
-            return await self._send(entry_id, push, withdrawn)
 
     async def _prepare(self, entries: list[Entry]) -> tuple[list[tuple[str, Push, bool]],
                                                              list[str]]:
@@ -153,18 +130,10 @@ class Sender:
         return [(eid, p, p.kind == "alert" and p.incident_id in withdrawn)
                 for eid, p in readable], unreadable
 
-    async def handle(self, consumer: StreamConsumer, entries: list[Entry]) -> None:
-        """One batch from start to finish: send, record, acknowledge."""
-        sends, unreadable = await self._prepare(entries)
-        pending = [asyncio.create_task(self._send_one(*send)) for send in sends]
-        results = list(await asyncio.gather(*pending)) if pending else []
-        await self.record(results)
-        await consumer.ack([r.entry_id for r in results] + unreadable)
-
     async def run(self, consumer: StreamConsumer, stop: asyncio.Event, *,
                   flush_size: int = 100, flush_interval_s: float = 0.02) -> None:
         """The sender's main loop, streaming: up to ``concurrency`` sends in flight all
-        the time, new entries read as room frees up, and finished sends recorded and
+        the time, new entries read as room frees up, and the outcomes of sends recorded and
         acknowledged in groups (every ``flush_size`` results or ``flush_interval_s``)
         by a task of their own, so neither reading nor recording holds the gateway
         connections idle. An entry is acknowledged only after its outcome is recorded.
@@ -184,7 +153,7 @@ class Sender:
         for r in results:
             outcome_name, reason, status, gateway_id, latency = _describe(r)
             if isinstance(r.outcome, Retry):
-                due = r.finished_at + backoff_delay(r.push.attempt, r.outcome.after, self._rng)
+                due = r.done_at + backoff_delay(r.push.attempt, r.outcome.after, self._rng)
                 if due < r.push.expires_at:
                     retries.append((r.push.next_attempt(), due))
                 else:
@@ -192,7 +161,7 @@ class Sender:
                     dead.append((r.push, reason or "retries exhausted"))
             rows.append((r.push.incident_id, r.push.device_id, r.push.platform, outcome_name,
                          reason, status, gateway_id, r.push.attempt, latency, r.push.kind))
-        await self._write_deliveries(rows)
+        await deliveries.record(self.pool, rows)
         self.metrics.recorded((row[3], row[8]) for row in rows)
         for r in results:
             if isinstance(r.outcome, TokenGone):
@@ -210,33 +179,6 @@ class Sender:
                     pipe.xadd(keys.DEAD_STREAM, entry, maxlen=100_000, approximate=True)
                 await pipe.execute()
 
-    async def _write_deliveries(self, rows: list[tuple[Any, ...]]) -> None:
-        """The batch's rows in one binary COPY (a third of the CPU of an INSERT of
-        arrays, on both sides: see docs/BENCHMARKS.md). When a device was erased, or an
-        incident deleted, since its push was queued, the foreign keys refuse the COPY:
-        then one INSERT records the rows of erased devices unlinked (NULL), as their
-        older rows are, and drops those of deleted incidents, as their older rows were."""
-        try:
-            await self.pool.copy_records_to_table(
-                "deliveries", records=rows, columns=_DELIVERY_COLUMNS)
-            return
-        except asyncpg.ForeignKeyViolationError:
-            pass
-        columns = list(zip(*rows, strict=True))
-        await self.pool.execute(
-            """INSERT INTO deliveries (incident_id, device_id, platform, outcome, reason,
-                                       status_code, gateway_id, attempt, latency_ms, kind)
-               SELECT r.incident_id, d.id, r.platform, r.outcome, r.reason, r.status_code,
-                      r.gateway_id, r.attempt, r.latency_ms, r.kind
-                 FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[],
-                             $6::int[], $7::text[], $8::int[], $9::int[], $10::text[])
-                      AS r(incident_id, device_id, platform, outcome, reason, status_code,
-                           gateway_id, attempt, latency_ms, kind)
-                 JOIN incidents i ON i.id = r.incident_id
-                 LEFT JOIN devices d ON d.id = r.device_id""",
-            *(list(c) for c in columns),
-        )
-
     async def promote_due_retries(self, now: float | None = None, limit: int = 500) -> int:
         """Move retries that are due back onto the push stream."""
         moved = await self._promote(
@@ -248,8 +190,9 @@ class Sender:
 class _Streaming:
     """One run of ``Sender.run``: a reader task and a recorder task around the sends.
 
-    Sends are started from the reader and finish in callbacks (``_sent``): through the
-    gateway's ``start`` when it has one, else a task per ``send``."""
+    Sends are started from the reader with the gateway's ``start`` and are done in
+    its callbacks (``_done``). Each send's slot is held until its outcome arrives,
+    which arrives once: a second call for the same entry is ignored."""
 
     def __init__(self, sender: Sender, consumer: StreamConsumer, stop: asyncio.Event,
                  flush_size: int, flush_interval_s: float) -> None:
@@ -258,16 +201,13 @@ class _Streaming:
         self.stop = stop
         self.flush_size = flush_size
         self.flush_interval_s = flush_interval_s
-        self.sending = 0                # started, outcome not yet known
-        self.tasks: set[asyncio.Task[Outcome]] = set()   # for a gateway without start()
-        self.finished: list[Result] = []
+        self.in_flight: set[str] = set()   # entries started, outcome not yet known
+        self.results: list[Result] = []
         self.unreadable: list[str] = []
-        self.room = asyncio.Event()     # a send finished: the reader may read again
+        self.room = asyncio.Event()     # a send is done: the reader may read again
         self.flush = asyncio.Event()    # enough results to record now
         self.reading = True
         self.over = False               # run() returned: outcomes coming now are dropped
-        start = getattr(sender.gateway, "start", None)
-        self.start_send: Starts = start if callable(start) else self._send_in_task
 
     async def run(self) -> None:
         reader = asyncio.create_task(self.read())
@@ -280,8 +220,6 @@ class _Streaming:
             self.over = True
             reader.cancel()
             waker.cancel()
-            for task in list(self.tasks):
-                task.cancel()
 
     async def _wake_on_stop(self) -> None:
         await self.stop.wait()
@@ -289,49 +227,37 @@ class _Streaming:
 
     def _launch(self, entry_id: str, push: Push, withdrawn: bool) -> None:
         now = time.time()
-        outcome = _settled_unsent(push, withdrawn, now)
+        outcome = _unsent_outcome(push, withdrawn, now)
         if outcome is not None:
-            self._finished(entry_id, push, outcome)
+            self._add_result(entry_id, push, outcome)
             return
-        self.sending += 1
-        done = functools.partial(self._sent, entry_id, push)
+        self.in_flight.add(entry_id)
+        done = functools.partial(self._done, entry_id, push)
         try:
-            self.start_send(push, now, done)
+            self.sender.gateway.start(push, now, done)
         except Exception as exc:
             done(self.sender._unforeseen(exc))
 
-    def _send_in_task(self, push: Push, now: float, done: Done) -> None:
-        task = asyncio.create_task(self.sender.gateway.send(push, now))
-        self.tasks.add(task)
-        task.add_done_callback(functools.partial(self._task_done, done))
-
-    def _task_done(self, done: Done, task: asyncio.Task[Outcome]) -> None:
-        self.tasks.discard(task)
-        if task.cancelled():
+    def _done(self, entry_id: str, push: Push, outcome: Outcome) -> None:
+        if self.over or entry_id not in self.in_flight:
             return
-        error = task.exception()
-        done(task.result() if error is None else self.sender._unforeseen(error))
-
-    def _sent(self, entry_id: str, push: Push, outcome: Outcome) -> None:
-        if self.over:
-            return
-        self.sending -= 1
+        self.in_flight.discard(entry_id)
         self.room.set()
-        self._finished(entry_id, push, outcome)
+        self._add_result(entry_id, push, outcome)
 
-    def _finished(self, entry_id: str, push: Push, outcome: Outcome) -> None:
-        self.finished.append(Result(entry_id, push, outcome, time.time()))
-        if len(self.finished) >= self.flush_size:
+    def _add_result(self, entry_id: str, push: Push, outcome: Outcome) -> None:
+        self.results.append(Result(entry_id, push, outcome, time.time()))
+        if len(self.results) >= self.flush_size:
             self.flush.set()
 
     async def _capacity(self) -> int:
         """How many entries to read: waits until a whole batch fits."""
         limit = self.sender.concurrency
         want = min(self.consumer.batch, limit)
-        while limit - self.sending < want and not self.stop.is_set():
+        while limit - len(self.in_flight) < want and not self.stop.is_set():
             self.room.clear()
             await self.room.wait()
-        return limit - self.sending
+        return limit - len(self.in_flight)
 
     async def read(self) -> None:
         backoff = 0.5
@@ -355,9 +281,9 @@ class _Streaming:
 
     async def record(self) -> None:
         backoff = 0.5
-        while self.reading or self.sending or self.finished or self.unreadable:
+        while self.reading or self.in_flight or self.results or self.unreadable:
             await self._wait_for_results()
-            results, self.finished = self.finished, []
+            results, self.results = self.results, []
             ids = [r.entry_id for r in results] + self.unreadable
             self.unreadable = []
             if not ids:
@@ -377,13 +303,13 @@ class _Streaming:
     async def _wait_for_results(self) -> None:
         """Until a group is full, ``flush_interval_s`` has passed, or (no more to read
         or send) at once."""
-        if len(self.finished) < self.flush_size and (self.reading or self.sending):
+        if len(self.results) < self.flush_size and (self.reading or self.in_flight):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.flush.wait(), self.flush_interval_s)
         self.flush.clear()
 
 
-def _settled_unsent(push: Push, withdrawn: bool, now: float) -> Outcome | None:
+def _unsent_outcome(push: Push, withdrawn: bool, now: float) -> Outcome | None:
     """The outcome of a push that is not to be sent at all, else None."""
     if withdrawn:
         return Withdrawn("Incident no longer active")
@@ -395,7 +321,7 @@ def _settled_unsent(push: Push, withdrawn: bool, now: float) -> Outcome | None:
 def _describe(r: Result) -> tuple[str, str | None, int | None, str | None, int | None]:
     o = r.outcome
     if isinstance(o, Sent):
-        latency = int(max(0.0, r.finished_at - r.push.received_at) * 1000)
+        latency = int(max(0.0, r.done_at - r.push.received_at) * 1000)
         return "sent", None, o.status, o.gateway_id, latency
     if isinstance(o, TokenGone):
         return "token_gone", o.reason, o.status, None, None

@@ -120,8 +120,8 @@ class StreamConsumer:
         """Acknowledge and delete: a handled entry's record is in PostgreSQL, so the
         stream keeps only work in progress (bounded memory, and a device's erasure
         finds its pending pushes by scanning a short stream). One script call, atomic
-        as MULTI/XACK/XDEL/EXEC was, with the ids sent once (a third less of the
-        client's CPU per entry)."""
+        as MULTI/XACK/XDEL/EXEC was, with the ids sent once (cheaper for the client:
+        docs/BENCHMARKS.md)."""
         for start in range(0, len(ids), _ACK_CHUNK):
             chunk = ids[start:start + _ACK_CHUNK]
             await self._ack_and_delete(keys=[self.stream], args=[self.group, *chunk])

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
-from server.web.problems import FieldError, ValidationFailed
+from server.domain.errors import FieldError, ValidationFailed
 
 EDITOR = "editor"
 AGENCY_ADMIN = "agency_admin"

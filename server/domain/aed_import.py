@@ -5,15 +5,24 @@ from __future__ import annotations
 import csv
 import io
 import math
+from dataclasses import dataclass
 from typing import Any
 
 from server.domain import geojson
-from server.store.aeds import Aed
-from server.web.problems import FieldError, ValidationFailed
+from server.domain.errors import FieldError, ValidationFailed
 
 MAX_AEDS = 50_000
 _LAT = ("lat", "latitude", "y")
 _LON = ("lon", "lng", "long", "longitude", "x")
+
+
+@dataclass(frozen=True)
+class Aed:
+    source_id: str | None
+    name: str
+    description: str | None
+    lat: float
+    lon: float
 
 
 def _text(value: Any, limit: int) -> str | None:

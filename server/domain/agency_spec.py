@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from server.domain.categories import ALL_CATEGORIES, normalize_call_type
-from server.web.problems import FieldError, ValidationFailed
+from server.domain.errors import FieldError, ValidationFailed
 
 _AGENCY_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from server.web.problems import FieldError, ValidationFailed
+from server.domain.errors import FieldError, ValidationFailed
 
 
 def features(body: bytes) -> list[Any]:

@@ -11,8 +11,8 @@ from typing import Any
 import shapely
 
 from server.domain import zones
+from server.domain.errors import FieldError, ValidationFailed
 from server.domain.severity import SEVERITIES
-from server.web.problems import FieldError, ValidationFailed
 
 CATEGORY = "agency_alert"     # no call-type map can produce it (not in ALL_CATEGORIES)
 CALL_TYPE = "Manual alert"

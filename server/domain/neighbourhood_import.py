@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from server.domain import geojson, zones
-from server.web.problems import FieldError, ValidationFailed
+from server.domain.errors import FieldError, ValidationFailed
 
 MAX_NEIGHBOURHOODS = 5_000
 MAX_NAME = 100

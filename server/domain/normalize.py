@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 
 from server.domain.categories import categorize
+from server.domain.errors import FieldError, ValidationFailed
 from server.domain.incident import Incident, RawIncident
 from server.domain.privacy import (
     redact,
@@ -12,7 +13,6 @@ from server.domain.privacy import (
     street_location,
 )
 from server.domain.text import free_text_problem, single_line_problem
-from server.web.problems import FieldError, ValidationFailed
 
 MAX_CLOCK_SKEW = dt.timedelta(minutes=5)
 

@@ -16,7 +16,7 @@ import shapely
 from shapely.geometry import MultiPolygon, Polygon, shape
 from shapely.validation import explain_validity
 
-from server.web.problems import FieldError
+from server.domain.errors import FieldError
 
 # Every zone, of any shape, covers at least the area of a 150 m circle: a smaller one
 # (a square around one house) would tell its owner which side of a street the public

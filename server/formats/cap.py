@@ -57,9 +57,9 @@ from typing import TYPE_CHECKING
 import shapely
 from shapely.geometry import MultiPolygon, Polygon
 
+from server.domain.errors import FieldError, ValidationFailed
 from server.domain.incident import Point, RawIncident, Status
 from server.formats.safexml import child, children, parse_xml, split_tag, text_of
-from server.web.problems import FieldError, ValidationFailed
 
 if TYPE_CHECKING:
     from xml.etree.ElementTree import Element

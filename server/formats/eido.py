@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING, Any
 
 from shapely.geometry import Polygon
 
+from server.domain.errors import FieldError, ValidationFailed
 from server.domain.incident import Point, RawIncident, Status
 from server.formats.cap import (
     MIN_RADIUS_KM,
@@ -57,7 +58,6 @@ from server.formats.cap import (
 )
 from server.formats.jsondecode import decode
 from server.formats.safexml import child, descendants, parse_xml, text_of
-from server.web.problems import FieldError, ValidationFailed
 
 if TYPE_CHECKING:
     from xml.etree.ElementTree import Element

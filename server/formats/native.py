@@ -7,9 +7,9 @@ from typing import Annotated, Literal
 
 import msgspec
 
+from server.domain.errors import FieldError, ValidationFailed
 from server.domain.incident import LocationKind, Point, RawIncident, Status
 from server.formats.jsondecode import decode
-from server.web.problems import FieldError, ValidationFailed
 
 CONTENT_TYPES = ("application/json",)
 

@@ -27,7 +27,7 @@ from defusedxml import (
     ExternalReferenceForbidden,
 )
 
-from server.web.problems import FieldError, ValidationFailed
+from server.domain.errors import FieldError, ValidationFailed
 
 if TYPE_CHECKING:
     from xml.etree.ElementTree import Element

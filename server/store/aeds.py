@@ -3,22 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
 
+from server.domain.aed_import import Aed
+
 NEAREST_WITHIN_M = 1000
 NEAREST_COUNT = 3
-
-
-@dataclass(frozen=True)
-class Aed:
-    source_id: str | None
-    name: str
-    description: str | None
-    lat: float
-    lon: float
 
 
 async def import_aeds(pool: asyncpg.Pool, aeds: Sequence[Aed]) -> int:

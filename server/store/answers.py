@@ -52,3 +52,29 @@ async def counts(pool: asyncpg.Pool, incident_id: str) -> dict[str, Any] | None:
     answers = row["answers"]
     return {"agency_id": row["agency_id"], "alerted": row["alerted"],
             **{status: int(answers.get(status, 0)) for status in RESPONSE_STATUSES}}
+
+
+async def recent(pool: asyncpg.Pool, agency_id: str, *, hours: int) -> list[dict[str, Any]]:
+    """The agency's CPR calls received in the last ``hours``, newest first: when, where
+    (the public location only), how many responders were alerted and what they answered.
+    """
+    rows = await pool.fetch(
+        """SELECT i.id, i.category, i.public_location, i.received_at,
+                  (SELECT count(DISTINCT del.device_id) FROM deliveries del
+                    WHERE del.incident_id = i.id AND del.outcome = 'sent'
+                      AND del.kind = 'alert') AS alerted,
+                  (SELECT coalesce(jsonb_object_agg(status, n), '{}'::jsonb)
+                     FROM (SELECT status, count(*) AS n FROM responder_answers
+                            WHERE incident_id = i.id GROUP BY status) a) AS answers
+             FROM incidents i
+            WHERE i.agency_id = $1 AND i.category = ANY ($2::text[])
+              AND i.received_at > now() - make_interval(hours => $3)
+            ORDER BY i.received_at DESC, i.id
+            LIMIT 200""",
+        agency_id, sorted(RESPONDER_ONLY), hours,
+    )
+    return [{"incident_id": str(r["id"]), "category": r["category"],
+             "public_location": r["public_location"],
+             "received_at": r["received_at"].isoformat(), "alerted": r["alerted"],
+             **{status: int(r["answers"].get(status, 0)) for status in RESPONSE_STATUSES}}
+            for r in rows]

@@ -46,3 +46,8 @@ STORE_UNAVAILABLE: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.TooManyConnectionsError,
     TimeoutError,
 )
+
+
+async def ping(pool: Pool) -> None:
+    """A round trip to PostgreSQL (readiness)."""
+    await pool.fetchval("SELECT 1")

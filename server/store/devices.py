@@ -11,8 +11,8 @@ from uuid import UUID, uuid4
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
+from server.domain.credentials import hash_device_secret
 from server.domain.zones import Area, Circle, NeighbourhoodZone, Zone
-from server.web.auth import hash_device_secret
 
 # A secret hash that matches nothing, compared against when the device doesn't exist,
 # so an unknown device and a wrong secret cost the same and answer the same.

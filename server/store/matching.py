@@ -17,6 +17,23 @@ from asyncpg.pool import PoolConnectionProxy
 
 from server.store.positions import Nearby
 
+# The incident the matcher matches: what its pushes say, and its geometry.
+_INCIDENT = """
+SELECT i.id, i.agency_id, i.category, i.status, i.decision, i.actual, i.occurred_at,
+       i.received_at, i.public_location, i.location_kind, i.geom::text AS geom,
+       ST_Y(i.public_point) AS lat, ST_X(i.public_point) AS lon,
+       GeometryType(i.public_geom) <> 'POINT' AS is_area,
+       ST_XMin(i.public_geom) AS west, ST_YMin(i.public_geom) AS south,
+       ST_XMax(i.public_geom) AS east, ST_YMax(i.public_geom) AS north,
+       ST_Y(ST_PointOnSurface(i.geom)) AS exact_lat, ST_X(ST_PointOnSurface(i.geom)) AS exact_lon,
+       i.title_override, i.body_override, a.responder_radius_m,
+       i.source, i.expires_at, m.severity, m.area::text AS area, i.revision,
+       i.category = ANY (a.no_update_categories) AS updates_off
+  FROM incidents i JOIN agencies a ON a.id = i.agency_id
+  LEFT JOIN manual_alerts m ON m.incident_id = i.id
+ WHERE i.id = $1
+"""
+
 
 def _reached(target: str, ids: int, categories: str) -> str:
     """Devices with a zone meeting ``target`` (the zone test runs on the GiST index of
@@ -177,3 +194,23 @@ async def point_on_surface(db: asyncpg.Pool, geometry: str) -> tuple[float, floa
     row = await db.fetchrow(_POINT_ON_SURFACE, geometry)
     assert row is not None  # a function call in FROM always yields a row
     return float(row["lat"]), float(row["lon"])
+
+
+async def incident(db: asyncpg.Pool, incident_id: str) -> asyncpg.Record | None:
+    """The stored incident to match, with its agency's responder radius."""
+    return await db.fetchrow(_INCIDENT, incident_id)
+
+
+# Who gets the update when an alerted incident ends: the devices its alert reached,
+# by the delivery records (not who would match now), with their current token.
+_ALERTED = """
+SELECT DISTINCT ON (d.id) d.id, d.platform, d.token, d.locale
+  FROM deliveries del JOIN devices d ON d.id = del.device_id
+ WHERE del.incident_id = $1 AND del.outcome = 'sent' AND del.kind = 'alert'
+   AND d.token_disabled_at IS NULL
+"""
+
+
+async def alerted(db: asyncpg.Pool, incident_id: object) -> list[asyncpg.Record]:
+    """The devices an ended incident's alert reached, with their current token."""
+    return await db.fetch(_ALERTED, incident_id)

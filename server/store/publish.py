@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import logging
 
 import asyncpg
@@ -87,3 +88,30 @@ async def publish_incident(redis: aioredis.Redis, cleaner: OutboxCleaner,
         return False
     cleaner.published(incident_id)
     return True
+
+
+async def relay_outbox(pool: asyncpg.Pool, redis: aioredis.Redis, *, limit: int,
+                       grace_s: float) -> int:
+    """Outbox rows older than ``grace_s`` (younger ones are the writer's own business),
+    locked so that several relays share the work, XADDed, then deleted, in one
+    transaction: a row is deleted only once its incident is on the stream."""
+    async with pool.acquire() as conn, conn.transaction():
+        rows = await conn.fetch(
+            """SELECT id, incident_id FROM outbox
+                WHERE created_at < now() - make_interval(secs => $1)
+                ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED""",
+            grace_s, limit,
+        )
+        for row in rows:
+            await xadd_incident(redis, str(row["incident_id"]))
+        if rows:
+            await conn.execute("DELETE FROM outbox WHERE id = ANY($1::bigint[])",
+                               [r["id"] for r in rows])
+    return len(rows)
+
+
+async def republish_later(pool: asyncpg.Pool, incident_id: object, delay: dt.timedelta) -> None:
+    """An outbox row due ``delay`` from now: the relay publishes the incident again then."""
+    await pool.execute(
+        "INSERT INTO outbox (incident_id, created_at) VALUES ($1, now() + $2::interval)",
+        incident_id, delay)

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import hashlib
 import hmac
-import secrets
 
 from aiohttp import web
 
@@ -26,13 +24,3 @@ def require_admin(request: web.Request, admin_token: str | None) -> None:
         presented.encode(), admin_token.encode()
     ):
         raise Unauthorized("Admin bearer token required")
-
-
-def new_device_secret() -> str:
-    return "dsec_" + secrets.token_urlsafe(32)
-
-
-def hash_device_secret(secret: str) -> bytes:
-    # The secret is 256 random bits: a plain SHA-256 is not brute-forceable and keeps
-    # the per-request check cheap (no password-hashing work factor needed).
-    return hashlib.sha256(secret.encode()).digest()

@@ -1,33 +1,28 @@
 """Errors as RFC 9457 ``application/problem+json``, in one place.
 
-Domain and handler code raise ``Problem`` (or a subclass); one middleware turns it,
-and everything else that escapes a handler, into a problem document. No traceback
-and no request data ever go into a response.
+Handlers raise ``Problem`` (or a subclass); the domain and the parsers raise their own
+``server.domain.errors.ValidationFailed``, which is a 422 here. One middleware turns
+both, and everything else that escapes a handler, into a problem document. No
+traceback and no request data ever go into a response.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
 
 import msgspec
 from aiohttp import web
 
-from server.domain.text import NO_NUL, SINGLE_LINE
+# Re-exported: handlers raise the domain's 422 like any other problem.
+from server.domain.errors import FieldError as FieldError
+from server.domain.errors import ValidationFailed as ValidationFailed
 from server.store.db import STORE_UNAVAILABLE
 
 log = logging.getLogger(__name__)
 
 PROBLEM_JSON = "application/problem+json"
 TYPE_BASE = "https://geopush.org/problems/"
-
-
-@dataclass(frozen=True)
-class FieldError:
-    field: str
-    message: str
 
 
 class Problem(Exception):
@@ -62,16 +57,16 @@ class Problem(Exception):
         return doc
 
 
-class ValidationFailed(Problem):
-    def __init__(self, errors: Sequence[FieldError], detail: str | None = None) -> None:
-        first = errors[0] if errors else None
-        super().__init__(
-            422,
-            "Request body is invalid",
-            detail or (f"{first.field}: {first.message}" if first else None),
-            slug="validation",
-            errors=errors,
-        )
+def as_problem(error: Problem | ValidationFailed) -> Problem:
+    """What the client is told: a problem as it is, the domain's refusal as a 422."""
+    return error if isinstance(error, Problem) else invalid(error.errors, error.detail)
+
+
+def invalid(errors: Sequence[FieldError], detail: str | None = None) -> Problem:
+    """A 422 naming the fields (what ``ValidationFailed`` becomes at the edge)."""
+    failed = ValidationFailed(errors, detail)
+    return Problem(422, "Request body is invalid", failed.detail, slug="validation",
+                   errors=failed.errors)
 
 
 class Unauthorized(Problem):
@@ -94,47 +89,6 @@ def problem_response(problem: Problem) -> web.Response:
     )
 
 
-_MSGSPEC_PATH = re.compile(
-    r"^(?P<msg>.*?)(?: - at (?P<key>`key` in )?`\$(?P<path>[^`]*)`)?$", re.DOTALL)
-_MISSING = re.compile(r"^Object missing required field `(?P<name>[^`]+)`$")
-
-
-def _dotted(path: str) -> str:
-    # "$.location.lat" -> "location.lat", "$.zones[0].name" -> "zones[0].name"
-    return path.lstrip(".")
-
-
-_UNKNOWN = re.compile(r"^Object contains unknown field `(?P<name>[^`]*)`$")
-
-
-def field_error_from_msgspec(exc: msgspec.ValidationError | msgspec.DecodeError) -> FieldError:
-    """Turn msgspec's message ("Expected `float`, got `str` - at `$.location.lat`")
-    into a field name and a message."""
-    text = str(exc)
-    if isinstance(exc, msgspec.DecodeError) and not isinstance(exc, msgspec.ValidationError):
-        return FieldError("body", text.replace("JSON is malformed: ", "malformed JSON: "))
-    m = _MSGSPEC_PATH.match(text)
-    msg, path = (m.group("msg"), m.group("path") or "") if m else (text, "")
-    if SINGLE_LINE in msg.encode().decode("unicode_escape"):
-        msg = "must not contain NUL, CR or LF characters"
-    elif NO_NUL in msg.encode().decode("unicode_escape"):
-        msg = "must not contain NUL characters"
-    if m and m.group("key"):
-        msg = f"a key {msg}" if msg.startswith("must") else f"a key: {msg}"
-    missing = _MISSING.match(msg)
-    if missing:
-        name = missing.group("name")
-        return FieldError(_dotted(f"{path}.{name}") if path else name, "is required")
-    unknown = _UNKNOWN.match(msg)
-    if unknown:
-        name = unknown.group("name")
-        if not name:
-            return FieldError(_dotted(path) or "body", "has a field with an empty name")
-        return FieldError(_dotted(f"{path}.{name}") if path else name,
-                          "is not a field of this request")
-    return FieldError(_dotted(path) or "body", msg)
-
-
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -153,6 +107,8 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
         return await handler(request)
     except Problem as problem:
         return problem_response(problem)
+    except ValidationFailed as failed:
+        return problem_response(as_problem(failed))
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

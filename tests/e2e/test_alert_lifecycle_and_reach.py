@@ -22,6 +22,7 @@ from tests.helpers import (
     circle,
     create_agency,
     create_device,
+    create_responder,
     create_user,
     fcm_token,
     fresh_times,
@@ -317,12 +318,8 @@ async def test_responders_answers_are_counted_and_their_push_carries_the_actions
     devices = []
     for platform, token in (("apns", secrets.token_hex(32)), ("fcm", TOKEN_FCM_RESPONDER),
                             ("apns", secrets.token_hex(32))):
-        device, key = await create_device(stack.client, platform, token)
-        await stack.client.put(f"/v1/devices/{device}/preferences", headers=auth(key),
-                               json={"responder": True})
-        r = await stack.client.put(f"/v1/devices/{device}/location", headers=auth(key),
-                                   json={"lat": POINT[0] + 0.001, "lon": POINT[1]})
-        assert r.status == 204
+        device, key = await create_responder(stack.client, platform, token,
+                                             (POINT[0] + 0.001, POINT[1]))
         devices.append((device, key, token))
     bystander, bystander_key = await create_device(stack.client, "apns", secrets.token_hex(32),
                                                    circle(*POINT, 1000))
@@ -378,7 +375,19 @@ async def test_responders_answers_are_counted_and_their_push_carries_the_actions
         await sign_in(stack.client, username)
         r = await stack.client.get(f"/v1/admin/incidents/{incident_id}/responders")
         assert r.status == expected, (username, await r.text())
+        listed = await stack.client.get(
+            f"/v1/admin/agencies/{agency}/responder-answers")
+        assert listed.status == (200 if role == "agency_admin" else 403)
     assert (await r.json())["on_scene"] == 1
+    # The console's Responders page: the agency's CPR calls of the day, public place only.
+    [row] = (await listed.json())["incidents"]
+    assert row == {"incident_id": incident_id, "category": "cardiac_arrest",
+                   "public_location": row["public_location"],
+                   "received_at": row["received_at"], "alerted": 3, "responding": 1,
+                   "on_scene": 1, "declined": 1}
+    assert "5312" not in json.dumps(row)
+    r = await stack.client.get("/v1/admin/agencies/seattle-police/responder-answers")
+    assert r.status == 404
 
 
 async def _post_as(stack: Stack, secret: str, body: str, content_type: str

@@ -27,6 +27,7 @@ from tests.helpers import (
     circle,
     create_agency,
     create_device,
+    create_responder,
     create_user,
     incident,
     post_incident,
@@ -237,6 +238,35 @@ async def test_an_agency_admin_draws_an_area_and_only_phones_in_it_are_alerted(
     await page.get_by_role("button", name="Audit log").click()
     await expect(page.locator("#audit-table tbody tr").first).to_contain_text("alert.send")
     await _screenshot(page, "console-audit-log.png")
+    assert console.errors == []
+
+
+async def test_an_agency_admin_sees_what_alerted_responders_answered(
+        stack: Stack, browser: Browser) -> None:
+    secret = await create_agency(stack.client, call_types={"Cardiac Arrest": "cardiac_arrest"})
+    await create_user(stack.client, "seattle-fire", "chief", "agency_admin")
+    responders = [await create_responder(stack.client, "apns", secrets.token_hex(32),
+                                         (LAT + 0.001, LON)) for _ in range(2)]
+    doc = incident("CPR1", call_type="Cardiac Arrest")
+    doc["location"]["kind"] = "public"
+    status, body = await post_incident(stack.client, secret, doc)
+    assert status == 202
+    await wait_for(lambda: len(stack.apns.deliveries) == 2, what="both responders' pushes")
+    await stack.drained()
+    device, key = responders[0]
+    r = await stack.client.post(f"/v1/devices/{device}/alerts/{body['incident_id']}/response",
+                                headers={"Authorization": f"Bearer {key}"},
+                                json={"status": "on_scene"})
+    assert r.status == 200, await r.text()
+
+    console = await _sign_in(stack, browser, "chief")
+    page = console.page
+    await page.get_by_role("button", name="Responders").click()
+    await expect(page.locator("#responders-status")).to_have_text(
+        "1 CPR call in the last 24 hours.")
+    cells = page.locator("#responders-table tbody tr").first.locator("td")
+    await expect(cells).to_have_text([re.compile("."), "CPR needed",
+                                      "5300 block of 24th Ave NE", "2", "0", "1", "0"])
     assert console.errors == []
 
 

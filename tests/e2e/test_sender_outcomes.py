@@ -1,4 +1,5 @@
-"""What a sender does with each kind of answer, against the fake gateways."""
+"""What a sender does with each kind of answer, against the fake gateways: always
+through ``Sender.run``, the streaming loop production runs."""
 
 from __future__ import annotations
 
@@ -46,21 +47,31 @@ def _push(incident_id: str, platform: str, token: str, expires_in: float = 3600)
 
 
 @contextlib.asynccontextmanager
-async def _sender(stack: Stack, platform: str) -> AsyncIterator[Sender]:
+async def _sender(stack: Stack, platform: str, concurrency: int = 200
+                  ) -> AsyncIterator[Sender]:
     """A sender on the stack's fake gateway, with seeded jitter."""
     gateway = build_gateway(stack.settings, platform, stack.redis)
     try:
-        yield Sender(stack.pool, stack.redis, gateway, rng=random.Random(1))
+        yield Sender(stack.pool, stack.redis, gateway, concurrency=concurrency,
+                     rng=random.Random(1))
     finally:
         await gateway.close()
 
 
 async def _run_batch(stack: Stack, sender: Sender, platform: str) -> None:
+    """``Sender.run`` until every entry on the push stream is sent, recorded and
+    acknowledged; then stopped."""
     consumer = StreamConsumer(stack.redis, keys.push_stream(platform), keys.SENDER_GROUP, "t",
-                              block_ms=100)
+                              batch=10, block_ms=50)
     await consumer.setup()
-    entries = await consumer.read()
-    await sender.handle(consumer, entries)
+    stop = asyncio.Event()
+    run = asyncio.create_task(sender.run(consumer, stop, flush_size=10))
+    try:
+        await wait_for(lambda: stream_drained(stack, platform), within=15,
+                       what="the push stream sent, recorded and acknowledged")
+    finally:
+        stop.set()
+        await asyncio.wait_for(run, 5)
 
 
 async def _outcomes(stack: Stack) -> list[tuple[str, str | None, int]]:
@@ -127,11 +138,15 @@ async def test_payload_errors_fail_without_retry_and_gone_tokens_are_not_retried
 
 
 @pytest.mark.workers()
-async def test_fcm_quota_retry_after_is_honoured(stack: Stack) -> None:
+async def test_fcm_quota_retry_after_is_honoured(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
     async with _sender(stack, "fcm") as sender:
         incident = await _incident(stack)
-        if time.time() % 60 > 57:   # keep both sends inside one of the fake's minutes
-            await asyncio.sleep(60 - time.time() % 60 + 0.1)
+        # The fake's clock stands at the first second of a minute, so both sends fall in
+        # one of its quota windows and the second one waits 59 s for the next.
+        minute = time.time() // 60 * 60
+        monkeypatch.setattr(stack.fcm, "clock", lambda: minute + 1)
         stack.fcm.set_quota(1)   # one message a minute: the second gets QUOTA_EXCEEDED
         for token in ("fcm-token-a", "fcm-token-b"):
             await stack.redis.xadd(keys.push_stream("fcm"),
@@ -141,9 +156,8 @@ async def test_fcm_quota_retry_after_is_honoured(stack: Stack) -> None:
         assert outcomes == ["retry", "sent"]
         [(_, due)] = await stack.redis.zrange(keys.retry_schedule("fcm"), 0, -1,
                                               withscores=True)
-        # The fake's Retry-After is the seconds to its next minute window (at least 1).
-        retry_after = max(1, int(60 - time.time() % 60))
-        assert due - time.time() >= retry_after - 1.5
+        # The fake's Retry-After (59 s to its next window) is the floor of the backoff.
+        assert due - time.time() >= 59 - 1.5
 
 
 @pytest.mark.workers()
@@ -178,7 +192,8 @@ async def test_streaming_sender_sends_again_what_it_could_not_record_and_loses_n
 
         try:
             await wait_for(all_recorded, within=15, what="every outcome recorded")
-            await wait_for(lambda: stream_drained(stack), within=5, what="the stream drained")
+            await wait_for(lambda: stream_drained(stack, "apns"), within=5,
+                           what="the stream drained")
         finally:
             stop.set()
             await asyncio.wait_for(run, 5)
@@ -192,10 +207,10 @@ async def test_streaming_sender_sends_again_what_it_could_not_record_and_loses_n
     assert [o for o, _, _ in outcomes] == ["sent"] * len(tokens)
 
 
-async def stream_drained(stack: Stack) -> bool:
-    [group] = await stack.redis.xinfo_groups(keys.push_stream("apns"))
+async def stream_drained(stack: Stack, platform: str) -> bool:
+    [group] = await stack.redis.xinfo_groups(keys.push_stream(platform))
     return bool(group["pending"] == 0 and group.get("lag") == 0
-                and await stack.redis.xlen(keys.push_stream("apns")) == 0)
+                and await stack.redis.xlen(keys.push_stream(platform)) == 0)
 
 
 @pytest.mark.workers()
@@ -248,11 +263,11 @@ async def _stream_all(stack: Stack, sender: Sender, platform: str, count: int) -
 
 @pytest.mark.workers()
 @pytest.mark.parametrize("platform", ["apns", "fcm"])
-async def test_streaming_sender_sends_through_start_and_a_start_that_raises_is_retried(
+async def test_a_start_that_raises_is_retried(
     stack: Stack, monkeypatch: pytest.MonkeyPatch, platform: str,
 ) -> None:
-    """Both gateways' start() (no task per push) carries the streaming sender's sends;
-    a start() that raises (a bug) ends in a retry, as a send() that raises does."""
+    """Both gateways' start() carries the sends; a start() that raises (a bug) ends in
+    a retry, and the sender carries on."""
     incident = await _incident(stack)
     tokens = [f"{n:064x}" if platform == "apns" else f"fcm-token-{n}" for n in range(30)]
     fake = stack.apns if platform == "apns" else stack.fcm
@@ -260,11 +275,7 @@ async def test_streaming_sender_sends_through_start_and_a_start_that_raises_is_r
         await stack.redis.xadd(keys.push_stream(platform),
                                _push(incident, platform, token).to_fields())
     async with _sender(stack, platform) as sender:
-        async def no_send(*_: object) -> None:
-            raise AssertionError("the streaming sender should use start()")
-
-        monkeypatch.setattr(sender.gateway, "send", no_send)
-        await _stream_all(stack, sender, platform, len(tokens))
+        await _run_batch(stack, sender, platform)
         assert sorted(d.token for d in fake.deliveries) == sorted(tokens)
 
         def broken(*_: object) -> None:
@@ -273,8 +284,32 @@ async def test_streaming_sender_sends_through_start_and_a_start_that_raises_is_r
         monkeypatch.setattr(sender.gateway, "start", broken)
         await stack.redis.xadd(keys.push_stream(platform),
                                _push(incident, platform, "f" * 64).to_fields())
-        await _stream_all(stack, sender, platform, len(tokens) + 1)
+        await _run_batch(stack, sender, platform)
     outcomes = await _outcomes(stack)
     assert outcomes[:-1] == [("sent", None, 1)] * len(tokens)
     assert outcomes[-1] == ("retry", "RuntimeError", 1)
     assert await stack.redis.zcard(keys.retry_schedule(platform)) == 1
+
+
+@pytest.mark.workers()
+@pytest.mark.parametrize("platform", ["apns", "fcm"])
+async def test_a_response_callback_that_raises_leaks_no_send_slot(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch, platform: str,
+) -> None:
+    """The gateway's answer reaches code that raises (a bug in classifying it): the
+    push is retried and its send slot freed. With two slots and ten pushes, a leaked
+    slot would stop the sender after the second."""
+    incident = await _incident(stack)
+    for n in range(10):
+        token = f"{n:064x}" if platform == "apns" else f"fcm-token-{n}"
+        await stack.redis.xadd(keys.push_stream(platform),
+                               _push(incident, platform, token).to_fields())
+
+    def choke(response: object) -> None:
+        raise RuntimeError("a bug in classify")
+
+    monkeypatch.setattr(f"workers.{platform}.classify", choke)
+    async with _sender(stack, platform, concurrency=2) as sender:
+        await _run_batch(stack, sender, platform)
+    assert await _outcomes(stack) == [("retry", "RuntimeError", 1)] * 10
+    assert await stack.redis.zcard(keys.retry_schedule(platform)) == 10

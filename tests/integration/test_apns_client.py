@@ -1,22 +1,22 @@
-"""workers.gateways.apns_client against the fake APNs, with stock aioapns 4.0 kept as the
-counter-proof: the two bug scenarios run against both, and the stock variant is
-expected to fail (``xfail(strict=True)``), so the suite keeps showing why we patch."""
+"""workers.gateways.apns_client against the fake APNs over TLS. The first two tests are
+the scenarios where stock aioapns 4.0 fails (docs/adr/0001-own-http2-client.md has the
+recorded evidence): 5,000 error responses over one connection, and a timed-out send
+among others on the same connection."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import json
 import socket
 import ssl
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import pytest
-from aioapns import APNs, NotificationRequest
-from aioapns.connection import APNsProductionClientProtocol
-from aioapns.exceptions import ConnectionClosed, MaxAttemptsExceeded
 
 from loadtest.fake_apns import FakeApns
 from server.dev.devkeys import (
@@ -29,6 +29,7 @@ from server.dev.devkeys import (
     public_key_pem,
 )
 from workers.gateways.apns_client import ApnsClient, ApnsResponse, ApnsTransportError
+from workers.gateways.waiting import result_of
 
 GOOD = "a1" * 32
 PAYLOAD = {"aps": {"alert": {"title": "Structure fire nearby"}}}
@@ -62,9 +63,13 @@ def _context(keys: Keys) -> ssl.SSLContext:
     return ssl.create_default_context(cafile=str(keys.tls.ca_cert))
 
 
-class Sender(Protocol):
-    async def send(self, token: str) -> ApnsResponse: ...
-    async def close(self) -> None: ...
+async def send(client: ApnsClient, token: str, payload: dict[str, Any] = PAYLOAD,
+               **options: Any) -> ApnsResponse:
+    """``client.start`` awaited; an ApnsTransportError is raised."""
+    options.setdefault("collapse_id", None)
+    options.setdefault("expiration", None)
+    return await result_of(functools.partial(client.start, token, json.dumps(payload).encode(),
+                                             **options))
 
 
 class Ours:
@@ -77,70 +82,16 @@ class Ours:
         )
 
     async def send(self, token: str) -> ApnsResponse:
-        return await self.client.send(token, PAYLOAD, collapse_id=None, expiration=None)
+        return await send(self.client, token)
 
     async def close(self) -> None:
         await self.client.close()
 
 
-class Stock:
-    """Stock aioapns 4.0, aimed at the fake the way FACTS.md says (protocol subclass)."""
-
-    def __init__(self, fake: FakeApns, keys: Keys, *, max_connections: int,
-                 timeout: float) -> None:
-        closed: list[asyncio.Future[None]] = []
-        self.closed = closed
-
-        class Protocol(APNsProductionClientProtocol):
-            APNS_SERVER = "127.0.0.1"
-            APNS_PORT = fake.port
-
-            def connection_made(self, transport: asyncio.BaseTransport) -> None:
-                self.lost_future = asyncio.get_running_loop().create_future()
-                closed.append(self.lost_future)
-                super().connection_made(transport)
-
-            def connection_lost(self, exc: Exception | None) -> None:
-                try:
-                    super().connection_lost(exc)
-                finally:
-                    self.lost_future.set_result(None)
-
-        self.apns = APNs(
-            key=keys.private_pem, key_id=DEV_APNS_KEY_ID, team_id=DEV_APNS_TEAM_ID,
-            topic=DEV_APNS_TOPIC, ssl_context=_context(keys), max_connections=max_connections,
-        )
-        self.apns.pool.protocol_class = Protocol
-        self.timeout = timeout
-
-    async def send(self, token: str) -> ApnsResponse:
-        request = NotificationRequest(token, PAYLOAD)
-        try:
-            result = await asyncio.wait_for(
-                self.apns.pool.send_notification(request), self.timeout
-            )
-        except (TimeoutError, ConnectionClosed, MaxAttemptsExceeded) as exc:
-            raise ApnsTransportError(repr(exc)) from exc
-        return ApnsResponse(int(result.status), result.description, result.timestamp,
-                            result.notification_id)
-
-    async def close(self) -> None:
-        self.apns.pool.close()
-        if self.closed:
-            await asyncio.wait(self.closed, timeout=5)
-
-
-VARIANTS = [
-    pytest.param(Ours, id="geopush"),
-    pytest.param(Stock, id="stock-aioapns", marks=pytest.mark.xfail(
-        strict=True, reason="aioapns 4.0 bug, fixed in workers.gateways.apns_client")),
-]
-
-
 @contextlib.asynccontextmanager
-async def sender(kind: type[Ours | Stock], fake: FakeApns, keys: Keys, *,
-                 max_connections: int = 1, request_timeout: float = 10.0) -> AsyncIterator[Sender]:
-    s = kind(fake, keys, max_connections=max_connections, timeout=request_timeout)
+async def sender(fake: FakeApns, keys: Keys, *, max_connections: int = 1,
+                 request_timeout: float = 10.0) -> AsyncIterator[Ours]:
+    s = Ours(fake, keys, max_connections=max_connections, timeout=request_timeout)
     try:
         yield s
     finally:
@@ -153,13 +104,10 @@ async def _cancel(tasks: list[asyncio.Task[Any]]) -> None:
     await asyncio.gather(*tasks, return_exceptions=True)
 
 
-@pytest.mark.parametrize("kind", VARIANTS)
-async def test_5000_error_responses_over_one_connection(
-    kind: type[Ours | Stock], fake: FakeApns, keys: Keys
-) -> None:
-    """Stock aioapns never acknowledges DATA: ~2,400 error bodies fill its 64 KB
-    receive window and the connection stalls for good."""
-    async with sender(kind, fake, keys, max_connections=1) as s:
+async def test_5000_error_responses_over_one_connection(fake: FakeApns, keys: Keys) -> None:
+    """The receive window is credited back: error bodies never stall the connection
+    (stock aioapns never acknowledges DATA, and stalls after ~2,300)."""
+    async with sender(fake, keys, max_connections=1) as s:
         assert (await s.send(GOOD)).status == 200  # lifts the one-stream limit
         done = 0
         progress = asyncio.Event()
@@ -188,16 +136,13 @@ async def test_5000_error_responses_over_one_connection(
         assert fake.stats["connections"] == 1
 
 
-@pytest.mark.parametrize("kind", VARIANTS)
-async def test_timed_out_send_leaves_the_connection_alone(
-    kind: type[Ours | Stock], fake: FakeApns, keys: Keys
-) -> None:
-    """Stock aioapns: the late response of a cancelled send raises InvalidStateError in
-    data_received, the connection dies, and every in-flight send on it is lost (then
-    retried on a new connection: duplicates)."""
+async def test_timed_out_send_leaves_the_connection_alone(fake: FakeApns, keys: Keys) -> None:
+    """A timed-out send's stream is reset and its late answer dropped; the other sends
+    on the connection carry on (stock aioapns: its connection dies, and every send in
+    flight on it is lost, then retried on a new connection: duplicates)."""
     slow = "5e" * 32
     fake.set_faults(rate=1.0, status=200, reason="", latency_ms=500, tokens=[slow])
-    async with sender(kind, fake, keys, max_connections=1, request_timeout=0.25) as s:
+    async with sender(fake, keys, max_connections=1, request_timeout=0.25) as s:
         assert (await s.send(GOOD)).status == 200
         slow_send = asyncio.create_task(s.send(slow))
         sent: list[str] = []
@@ -238,8 +183,8 @@ async def client(fake: FakeApns, keys: Keys) -> AsyncIterator[ApnsClient]:
 
 async def test_headers_and_absolute_expiration(client: ApnsClient, fake: FakeApns) -> None:
     expires = int(time.time()) + 3600
-    response = await client.send(
-        GOOD, PAYLOAD, collapse_id="F220009060", expiration=expires, priority=5,
+    response = await send(
+        client, GOOD, PAYLOAD, collapse_id="F220009060", expiration=expires, priority=5,
         push_type="alert", apns_id="2f6a3d52-1c7e-4a4e-9c55-0b1c6f5c0a11",
     )
     assert response == ApnsResponse(200, None, None, "2f6a3d52-1c7e-4a4e-9c55-0b1c6f5c0a11")
@@ -250,7 +195,7 @@ async def test_headers_and_absolute_expiration(client: ApnsClient, fake: FakeApn
     assert delivery.headers["apns-priority"] == "5"
     assert delivery.headers["apns-push-type"] == "alert"
     assert delivery.headers["apns-topic"] == DEV_APNS_TOPIC
-    await client.send(GOOD, PAYLOAD, collapse_id=None, expiration=0)
+    await send(client, GOOD, PAYLOAD, collapse_id=None, expiration=0)
     assert fake.deliveries[1].headers["apns-expiration"] == "0"
     assert "apns-collapse-id" not in fake.deliveries[1].headers
 
@@ -259,7 +204,7 @@ async def test_one_jwt_across_connections_and_sends(client: ApnsClient, fake: Fa
     fake.set_faults(rate=1.0, status=200, reason="", latency_ms=50)
     tokens = [f"{i:064x}" for i in range(40)]
     results = await asyncio.gather(
-        *(client.send(t, PAYLOAD, collapse_id=None, expiration=None) for t in tokens)
+        *(send(client, t) for t in tokens)
     )
     assert {r.status for r in results} == {200}
     assert fake.stats["connections"] > 1
@@ -268,7 +213,7 @@ async def test_one_jwt_across_connections_and_sends(client: ApnsClient, fake: Fa
 
 async def test_unregistered_returns_timestamp(client: ApnsClient, fake: FakeApns) -> None:
     fake.mark_unregistered([GOOD], timestamp_ms=1_764_300_000_000)
-    response = await client.send(GOOD, PAYLOAD, collapse_id=None, expiration=None)
+    response = await send(client, GOOD)
     assert (response.status, response.reason, response.timestamp_ms) == (
         410, "Unregistered", 1_764_300_000_000)
 
@@ -276,13 +221,13 @@ async def test_unregistered_returns_timestamp(client: ApnsClient, fake: FakeApns
 async def test_error_body_split_across_frames(client: ApnsClient, fake: FakeApns) -> None:
     reason = "R" * 20_000  # > one 16 KB DATA frame
     fake.set_faults(rate=1.0, status=500, reason=reason, latency_ms=0)
-    response = await client.send(GOOD, PAYLOAD, collapse_id=None, expiration=None)
+    response = await send(client, GOOD)
     assert (response.status, response.reason) == (500, reason)
 
 
 async def test_timeout_is_a_transport_error(fake: FakeApns, keys: Keys) -> None:
     fake.set_faults(rate=1.0, status=200, reason="", latency_ms=400)
-    async with sender(Ours, fake, keys, request_timeout=0.1) as s:
+    async with sender(fake, keys, request_timeout=0.1) as s:
         with pytest.raises(ApnsTransportError):
             await s.send(GOOD)
 
@@ -297,37 +242,37 @@ async def test_connection_refused_is_a_transport_error(keys: Keys) -> None:
     )
     try:
         with pytest.raises(ApnsTransportError):
-            await client.send(GOOD, PAYLOAD, collapse_id=None, expiration=None)
+            await send(client, GOOD)
     finally:
         await client.close()
 
 
 async def test_reconnects_after_goaway(client: ApnsClient, fake: FakeApns) -> None:
-    assert (await client.send(GOOD, PAYLOAD, collapse_id=None, expiration=None)).status == 200
+    assert (await send(client, GOOD)).status == 200
     [connection] = client.connections
     fake.goaway("Shutdown")
     await asyncio.wait_for(connection.closed, 5)
-    assert (await client.send(GOOD, PAYLOAD, collapse_id=None, expiration=None)).status == 200
+    assert (await send(client, GOOD)).status == 200
     assert fake.stats["connections"] == 2
 
 
 async def test_connection_reset_fails_in_flight_sends_and_the_next_one_reconnects(
     client: ApnsClient, fake: FakeApns
 ) -> None:
-    assert (await client.send(GOOD, PAYLOAD, collapse_id=None, expiration=None)).status == 200
+    assert (await send(client, GOOD)).status == 200
     fake.set_faults(rate=1.0, reset=True)
     with pytest.raises(ApnsTransportError):
-        await client.send(GOOD, PAYLOAD, collapse_id=None, expiration=None)
+        await send(client, GOOD)
     assert fake.stats["resets"] == 1
     fake.set_faults(rate=0)
-    assert (await client.send(GOOD, PAYLOAD, collapse_id=None, expiration=None)).status == 200
+    assert (await send(client, GOOD)).status == 200
     assert fake.stats["connections"] == 2
 
 
 async def test_start_answers_through_a_callback(client: ApnsClient, fake: FakeApns) -> None:
-    """``start`` is ``send`` without a coroutine: the first push (no provider token yet)
-    goes the long way, in a task; then they are written at once and answered from the
-    connection's callback; refusals and timeouts arrive the same way."""
+    """The first push (no provider token yet) goes the long way, in a task; then they
+    are written at once and answered from the connection's callback; refusals and
+    timeouts arrive the same way."""
     loop = asyncio.get_running_loop()
 
     async def started(token: str, **options: Any) -> ApnsResponse | Exception:
@@ -353,13 +298,11 @@ async def test_start_hands_over_timeouts(fake: FakeApns, keys: Keys) -> None:
         topic=DEV_APNS_TOPIC, host="127.0.0.1", port=fake.port, ssl_context=_context(keys),
         request_timeout=0.3)
     loop = asyncio.get_running_loop()
-    assert (await client.send(GOOD, PAYLOAD, collapse_id=None, expiration=None)).status == 200
+    assert (await send(client, GOOD)).status == 200
     fake.set_faults(rate=1.0, status=200, reason="", latency_ms=2000)
-    started = loop.time()
     answer: asyncio.Future[ApnsResponse | Exception] = loop.create_future()
     client.start(GOOD, b'{"aps":{}}', answer.set_result, collapse_id=None, expiration=None)
     late = await asyncio.wait_for(answer, 5)
     assert isinstance(late, ApnsTransportError) and "within 0.3 s" in str(late)
-    assert loop.time() - started < 1.0            # the sweep: at most 1/8 of 0.3 s late
     fake.set_faults(rate=0.0, status=200, reason="", latency_ms=0)
     await client.close()

@@ -17,12 +17,11 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from server.settings import ConfigError, Settings
 from server.web.app import create_app
+from server.web.client import client_address, limit_bucket
 from server.web.registration import (
     Registration,
     RegistrationCheck,
     RegistrationRefused,
-    client_address,
-    limit_bucket,
     load_check,
 )
 from tests.conftest import with_settings

@@ -14,6 +14,7 @@ from aiohttp.test_utils import TestClient
 
 from server import keys
 from server.store import positions
+from server.store.housekeeping import purge_exact_locations
 from tests.helpers import (
     POINT,
     apns_token,
@@ -24,7 +25,7 @@ from tests.helpers import (
     post_incident,
     signed,
 )
-from workers.maintenance import Retention, maintain_once, purge_exact_locations
+from workers.maintenance import Retention, maintain_once
 from workers.matcher import Matcher
 
 Client = TestClient[Any, Any]

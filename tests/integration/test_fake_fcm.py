@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import io
 import json
 import os
@@ -26,7 +27,8 @@ from h2.settings import SettingCodes
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from loadtest.fake_fcm import FCM_SCOPE, JWT_BEARER_GRANT, MAX_BODY_BYTES, FakeFcm
+from loadtest.fake_fcm import FakeFcm
+from loadtest.fcm_rules import FCM_SCOPE, JWT_BEARER_GRANT, MAX_BODY_BYTES
 from loadtest.h2server import PREFACE
 from tests.fake_fcm_fixtures import PROJECT
 from tests.h2_client import H2Client, H2Response
@@ -441,6 +443,7 @@ async def test_control_api(
 
 async def test_cli_starts_with_a_dev_service_account(tmp_path: Path) -> None:
     from workers.gateways.fcm_client import FcmClient
+    from workers.gateways.waiting import result_of
 
     certs = tmp_path / "certs"
     with (tmp_path / "stderr.log").open("wb") as stderr:
@@ -462,7 +465,8 @@ async def test_cli_starts_with_a_dev_service_account(tmp_path: Path) -> None:
             sa_file = certs / "fcm-service-account.json"
             assert json.loads(sa_file.read_text())["token_uri"] == f"{url}/token"
             async with FcmClient(service_account_file=str(sa_file), endpoint=url) as client:
-                response = await client.send({"token": "cli-device", "data": {"k": "v"}})
+                body = json.dumps({"message": {"token": "cli-device", "data": {"k": "v"}}})
+                response = await result_of(functools.partial(client.start_body, body.encode()))
             assert response.status == 200, response
             assert response.name is not None
             assert response.name.startswith("projects/cli-project/messages/")
@@ -682,7 +686,7 @@ async def test_h2_body_waits_for_window_update(
         length = int(stream.headers["content-length"])
         assert stream.status == 404 and length > 16
         await asyncio.wait_for(stream.data_arrived.wait(), 5)
-        await asyncio.sleep(0.1)
+        await client.ping()   # what the fake sent before answering it has arrived
         assert len(stream.body) == 16  # the window's worth, then nothing until credit
         assert not stream.done.done()
         client.credit(stream_id, length - 16)

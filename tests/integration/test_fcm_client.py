@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import functools
 import json
 import sys
 import time
@@ -15,7 +16,7 @@ import pytest
 
 from loadtest.fake_fcm import FakeFcm
 from server.dev.devenv import free_port
-from server.dev.devkeys import ensure_fcm_service_account, public_key_pem
+from server.dev.devkeys import ensure_fcm_service_account, ensure_tls, public_key_pem
 from tests.fake_fcm_fixtures import PROJECT
 from workers.gateways.fcm_client import (
     FcmAuthError,
@@ -25,6 +26,7 @@ from workers.gateways.fcm_client import (
     parse_response,
     parse_retry_after,
 )
+from workers.gateways.waiting import result_of
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -36,15 +38,15 @@ def sa_file(fake: FakeFcm, key_dir: Path) -> str:
     return str(path)
 
 
-@pytest.fixture(params=[True, False], ids=["http2", "http1.1"])
-def http2(request: pytest.FixtureRequest) -> bool:
-    """Every test that talks to the fake runs over both of the client's transports."""
-    return bool(request.param)
+async def send(client: FcmClient, message: dict[str, Any]) -> FcmResponse:
+    """``client.start_body`` awaited; the exception it hands on is raised."""
+    body = json.dumps({"message": message}).encode()
+    return await result_of(functools.partial(client.start_body, body))
 
 
 @pytest.fixture
-async def client(fake: FakeFcm, sa_file: str, http2: bool) -> AsyncIterator[FcmClient]:
-    fcm = FcmClient(service_account_file=sa_file, endpoint=fake.url, timeout=5.0, http2=http2)
+async def client(fake: FakeFcm, sa_file: str) -> AsyncIterator[FcmClient]:
+    fcm = FcmClient(service_account_file=sa_file, endpoint=fake.url, timeout=5.0)
     try:
         yield fcm
     finally:
@@ -61,7 +63,7 @@ def _message(device: str = "device-1") -> dict[str, Any]:
 
 
 async def test_send_succeeds_and_is_recorded(client: FcmClient, fake: FakeFcm) -> None:
-    response = await client.send(_message("abc"))
+    response = await send(client, _message("abc"))
     assert response.ok
     assert response.status == 200
     assert response.error_code is None
@@ -79,37 +81,37 @@ async def test_constructor_does_no_io() -> None:
     fcm = FcmClient(service_account_file="/nonexistent/key.json")
     await fcm.close()
     with pytest.raises(RuntimeError):
-        await fcm.send(_message())
+        await send(fcm, _message())
 
 
 async def test_token_fetched_once_for_concurrent_sends(client: FcmClient, fake: FakeFcm) -> None:
-    responses = await asyncio.gather(*(client.send(_message(f"d{i}")) for i in range(200)))
+    responses = await asyncio.gather(*(send(client, _message(f"d{i}")) for i in range(200)))
     assert all(r.ok for r in responses)
     assert len(fake.deliveries) == 200
     assert fake.stats()["tokens_issued"] == 1
     assert client.token_refreshes == 1
-    await client.send(_message())
+    await send(client, _message())
     assert fake.stats()["tokens_issued"] == 1
 
 
 async def test_token_refreshed_when_near_expiry(client: FcmClient, fake: FakeFcm) -> None:
     # tokens that live exactly the client's 5-minute margin are stale on arrival
     fake.token_lifetime_s = 300
-    await client.send(_message())
-    await client.send(_message())
+    await send(client, _message())
+    await send(client, _message())
     assert fake.stats()["tokens_issued"] == 2
     fake.token_lifetime_s = 3600
-    await client.send(_message())  # refreshes once more, then keeps the long-lived one
-    await client.send(_message())
+    await send(client, _message())  # refreshes once more, then keeps the long-lived one
+    await send(client, _message())
     assert fake.stats()["tokens_issued"] == 3
     tokens = {d.headers["authorization"] for d in fake.deliveries}
     assert len(tokens) == 3
 
 
 async def test_401_refreshes_and_retries_once(client: FcmClient, fake: FakeFcm) -> None:
-    assert (await client.send(_message())).ok
+    assert (await send(client, _message())).ok
     fake.revoke_tokens()
-    results = await asyncio.gather(*(client.send(_message(f"r{i}")) for i in range(20)))
+    results = await asyncio.gather(*(send(client, _message(f"r{i}")) for i in range(20)))
     assert all(r.ok for r in results)
     stats = fake.stats()
     assert stats["tokens_issued"] == 2  # one refresh shared by all twenty 401s
@@ -120,7 +122,7 @@ async def test_persistent_401_is_returned_after_one_retry(
     client: FcmClient, fake: FakeFcm
 ) -> None:
     fake.set_faults(rate=1.0, status=401, reason="THIRD_PARTY_AUTH_ERROR")
-    response = await client.send(_message())
+    response = await send(client, _message())
     assert response.status == 401
     assert response.error_code == "THIRD_PARTY_AUTH_ERROR"
     assert not response.retryable
@@ -130,18 +132,18 @@ async def test_persistent_401_is_returned_after_one_retry(
 
 async def test_error_parsing(client: FcmClient, fake: FakeFcm) -> None:
     fake.mark_unregistered(["gone"])
-    gone = await client.send(_message("gone"))
+    gone = await send(client, _message("gone"))
     assert (gone.status, gone.error_code) == (404, "UNREGISTERED")
     assert gone.message == "Requested entity was not found."
     assert not gone.retryable
 
     # a protobuf-level rejection has no FcmError detail: error.status is the fallback
-    bad = await client.send({**_message(), "colour": "red"})
+    bad = await send(client, {**_message(), "colour": "red"})
     assert (bad.status, bad.error_code) == (400, "INVALID_ARGUMENT")
     assert bad.message is not None and "colour" in bad.message
 
     fake.set_quota(0)
-    quota = await client.send(_message())
+    quota = await send(client, _message())
     assert (quota.status, quota.error_code) == (429, "QUOTA_EXCEEDED")
     assert quota.retry_after is not None and 1 <= quota.retry_after <= 60
     assert quota.retryable
@@ -149,10 +151,10 @@ async def test_error_parsing(client: FcmClient, fake: FakeFcm) -> None:
 
     for status, code in ((503, "UNAVAILABLE"), (500, "INTERNAL")):
         fake.set_faults(rate=1.0, status=status, reason=code)
-        failed = await client.send(_message())
+        failed = await send(client, _message())
         assert (failed.status, failed.error_code, failed.retryable) == (status, code, True)
     fake.set_faults(rate=0.0)
-    assert (await client.send(_message())).ok
+    assert (await send(client, _message())).ok
 
 
 def test_parse_response_shapes() -> None:
@@ -184,23 +186,22 @@ def test_parse_retry_after() -> None:
     assert parse_retry_after(email.utils.formatdate(now - 60, usegmt=True), now=now) == 0.0
 
 
-async def test_explicit_project_is_used(fake: FakeFcm, sa_file: str, http2: bool) -> None:
+async def test_explicit_project_is_used(fake: FakeFcm, sa_file: str) -> None:
     async with FcmClient(
         service_account_file=sa_file, project_id="another-project", endpoint=fake.url,
-        http2=http2,
     ) as fcm:
-        response = await fcm.send(_message())
+        response = await send(fcm, _message())
     assert (response.status, response.error_code) == (403, "PERMISSION_DENIED")
 
 
 async def test_connection_refused_is_transport_error(
-    fake: FakeFcm, sa_file: str, http2: bool
+    fake: FakeFcm, sa_file: str
 ) -> None:
     async with FcmClient(
-        service_account_file=sa_file, endpoint=f"http://127.0.0.1:{free_port()}", http2=http2
+        service_account_file=sa_file, endpoint=f"http://127.0.0.1:{free_port()}"
     ) as fcm:
         with pytest.raises(FcmTransportError):
-            await fcm.send(_message())
+            await send(fcm, _message())
 
 
 async def test_token_endpoint_down_is_transport_error(fake: FakeFcm, sa_file: str) -> None:
@@ -208,16 +209,15 @@ async def test_token_endpoint_down_is_transport_error(fake: FakeFcm, sa_file: st
     await fake.stop()
     async with FcmClient(service_account_file=sa_file, endpoint=endpoint, timeout=2) as fcm:
         with pytest.raises(FcmTransportError):
-            await fcm.send(_message())
+            await send(fcm, _message())
 
 
-async def test_timeout_is_transport_error(fake: FakeFcm, sa_file: str, http2: bool) -> None:
+async def test_timeout_is_transport_error(fake: FakeFcm, sa_file: str) -> None:
     fake.set_faults(rate=0.0, latency_ms=600)
-    async with FcmClient(service_account_file=sa_file, endpoint=fake.url, timeout=0.2,
-                         http2=http2) as fcm:
+    async with FcmClient(service_account_file=sa_file, endpoint=fake.url, timeout=0.2) as fcm:
         started = time.monotonic()
         with pytest.raises(FcmTransportError):
-            await fcm.send(_message())
+            await send(fcm, _message())
         assert time.monotonic() - started < 0.5
     fake.set_faults(rate=0.0)
 
@@ -227,14 +227,14 @@ async def test_untrusted_key_is_auth_error(fake: FakeFcm, key_dir: Path, tmp_pat
     other = ensure_fcm_service_account(tmp_path, fake.token_uri, PROJECT)
     async with FcmClient(service_account_file=str(other), endpoint=fake.url) as fcm:
         with pytest.raises(FcmAuthError, match="invalid_grant"):
-            await fcm.send(_message())
+            await send(fcm, _message())
 
 
 async def test_cancelled_sender_does_not_break_the_shared_refresh(
     client: FcmClient, fake: FakeFcm
 ) -> None:
-    first = asyncio.create_task(client.send(_message("a")))
-    others = [asyncio.create_task(client.send(_message(f"b{i}"))) for i in range(5)]
+    first = asyncio.create_task(send(client, _message("a")))
+    others = [asyncio.create_task(send(client, _message(f"b{i}"))) for i in range(5)]
     await asyncio.sleep(0)
     first.cancel()
     results = await asyncio.gather(*others)
@@ -248,9 +248,10 @@ _WITHOUT_REQUESTS = """
 import asyncio, json, sys
 sys.modules["requests"] = None  # as if requests were not installed
 from pathlib import Path
-from server.dev.devkeys import ensure_fcm_service_account, public_key_pem
+from server.dev.devkeys import ensure_fcm_service_account, ensure_tls, public_key_pem
 from loadtest.fake_fcm import FakeFcm
 from workers.gateways.fcm_client import FcmClient
+from workers.gateways.waiting import result_of
 
 async def main():
     fake = FakeFcm(project_id="p", service_account_public_keys={})
@@ -260,7 +261,8 @@ async def main():
     fake.trust(info["client_email"], public_key_pem(info["private_key"].encode()))
     try:
         async with FcmClient(service_account_file=str(path), endpoint=fake.url) as fcm:
-            assert (await fcm.send({"token": "t"})).ok
+            body = json.dumps({"message": {"token": "t"}}).encode()
+            assert (await result_of(lambda done: fcm.start_body(body, done))).ok
     finally:
         await fake.stop()
     print("ok")
@@ -313,10 +315,9 @@ async def test_start_body_answers_through_its_callback(client: FcmClient, fake: 
         [f"a{i}" for i in range(5)] + [f"b{i}" for i in range(50)] + [f"c{i}" for i in range(10)])
 
 
-async def test_start_body_hands_over_failures(fake: FakeFcm, sa_file: str, http2: bool) -> None:
+async def test_start_body_hands_over_failures(fake: FakeFcm, sa_file: str) -> None:
     fake.set_faults(rate=0.0, latency_ms=600)
-    async with FcmClient(service_account_file=sa_file, endpoint=fake.url, timeout=0.2,
-                         http2=http2) as fcm:
+    async with FcmClient(service_account_file=sa_file, endpoint=fake.url, timeout=0.2) as fcm:
         [slow] = await _started(fcm, [_body("x")])      # the token, then a timeout
         assert isinstance(slow, FcmTransportError)
         assert "within 0.2 s" in str(slow)
@@ -332,7 +333,7 @@ async def test_http2_carries_a_hundred_sends_a_connection(fake: FakeFcm, sa_file
     300, and a connection's stream limit queues sends rather than failing them."""
     async with FcmClient(service_account_file=sa_file, endpoint=fake.url,
                          max_connections=5) as fcm:
-        results = await asyncio.gather(*(fcm.send(_message(f"m{i}")) for i in range(300)))
+        results = await asyncio.gather(*(send(fcm, _message(f"m{i}")) for i in range(300)))
         assert all(r.ok for r in results)
         assert 1 <= fcm.open_connections <= 3
         bodies = [_body(f"s{i}") for i in range(300)]
@@ -352,11 +353,52 @@ async def test_http2_waits_for_the_servers_stream_limit(key_dir: Path) -> None:
     try:
         async with FcmClient(service_account_file=str(path), endpoint=server.url,
                              max_connections=1) as fcm:
-            assert (await fcm.send(_message("first"))).ok   # SETTINGS received
+            assert (await send(fcm, _message("first"))).ok   # SETTINGS received
             server.set_faults(rate=0.0, latency_ms=20)
-            results = await asyncio.gather(*(fcm.send(_message(f"q{i}")) for i in range(60)))
+            results = await asyncio.gather(*(send(fcm, _message(f"q{i}")) for i in range(60)))
             assert all(r.ok for r in results)
             assert fcm.open_connections == 1
     finally:
         await server.stop()
     assert len(server.deliveries) == 61
+
+
+async def test_the_default_https_path_over_tls_and_alpn_h2(key_dir: Path, tmp_path: Path) -> None:
+    """The production default: ``https://``, TLS with ALPN ``h2``, the token endpoint
+    over TLS too (HTTP/1.1, as google-auth's request goes)."""
+    tls = ensure_tls(tmp_path / "certs")
+    fake = FakeFcm(project_id=PROJECT, service_account_public_keys={}, tls=tls)
+    await fake.start(port=0)
+    try:
+        assert fake.url.startswith("https://")
+        path = ensure_fcm_service_account(key_dir, fake.token_uri, PROJECT)
+        info = json.loads(path.read_text())
+        fake.trust(info["client_email"], public_key_pem(info["private_key"].encode()))
+        async with FcmClient(service_account_file=str(path), endpoint=fake.url,
+                             ca_file=str(tls.ca_cert)) as fcm:
+            responses = await asyncio.gather(*(send(fcm, _message(f"t{i}")) for i in range(20)))
+            assert {r.status for r in responses} == {200}
+            assert fcm.open_connections == 1
+            [connection] = fcm._pool.connections
+            assert connection.transport is not None
+            assert connection.transport.get_extra_info("ssl_object").selected_alpn_protocol() \
+                == "h2"
+        assert fake.stats()["tokens_issued"] == 1
+        assert sorted(d.token or "" for d in fake.deliveries) == sorted(f"t{i}" for i in range(20))
+    finally:
+        await fake.stop()
+
+
+async def test_an_untrusted_certificate_is_a_transport_error(
+    key_dir: Path, tmp_path: Path
+) -> None:
+    tls = ensure_tls(tmp_path / "certs")
+    fake = FakeFcm(project_id=PROJECT, service_account_public_keys={}, tls=tls)
+    await fake.start(port=0)
+    try:
+        path = ensure_fcm_service_account(key_dir, fake.token_uri, PROJECT)
+        async with FcmClient(service_account_file=str(path), endpoint=fake.url) as fcm:
+            with pytest.raises(FcmTransportError):
+                await send(fcm, _message())
+    finally:
+        await fake.stop()

@@ -7,8 +7,8 @@ from typing import Any
 
 import asyncpg
 
+from server.store.housekeeping import purge_exact_locations
 from tests.helpers import create_agency, incident, post_incident
-from workers.maintenance import purge_exact_locations
 
 
 async def test_exact_points_are_replaced_by_the_public_point_after_retention(

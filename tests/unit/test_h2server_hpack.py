@@ -1,14 +1,28 @@
-"""The fakes' hpack remembers Huffman-coded strings: the same answers, errors included."""
+"""The benchmark fakes' hpack remembers Huffman-coded strings: the same answers, errors
+included; and turning it off restores the library as it was (the memo is opt-in, for
+the benchmark's fake processes only)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import hpack
+import hpack.hpack
 import pytest
 from hpack import Decoder, Encoder, NeverIndexedHeaderTuple
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from loadtest import h2server
+
+
+@pytest.fixture(autouse=True)
+def remembering() -> Iterator[None]:
+    undo = h2server.remember_huffman_strings()
+    try:
+        yield
+    finally:
+        undo()
 
 
 def _never_indexed_block(value: bytes) -> bytes:
@@ -19,7 +33,6 @@ def _never_indexed_block(value: bytes) -> bytes:
 @settings(max_examples=50, deadline=None)
 @given(st.binary(min_size=1, max_size=300))
 def test_repeated_huffman_literals_decode_as_before(value: bytes) -> None:
-    h2server.remember_huffman_strings()
     decoder = Decoder()
     block = _never_indexed_block(value)
     for _ in range(3):
@@ -27,10 +40,16 @@ def test_repeated_huffman_literals_decode_as_before(value: bytes) -> None:
 
 
 def test_invalid_huffman_strings_are_still_refused_every_time() -> None:
-    h2server.remember_huffman_strings()
     # a literal without indexing, new name "x", value flagged Huffman: 0xff 0xff 0xff
     # is an EOS prefix longer than 7 bits, which RFC 7541 §5.2 makes an error
     block = b"\x00\x01x\x83\xff\xff\xff"
     for _ in range(2):
         with pytest.raises(hpack.HPACKDecodingError):
             Decoder().decode(block)
+
+
+def test_the_memo_is_opt_in_and_undone() -> None:
+    assert getattr(hpack.hpack.decode_huffman, "remembers", False)   # (the fixture's)
+    original = hpack.hpack.decode_huffman
+    h2server.remember_huffman_strings()()     # already on: a no-op, undone as a no-op
+    assert hpack.hpack.decode_huffman is original

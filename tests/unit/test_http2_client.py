@@ -1,6 +1,7 @@
-"""workers.gateways.http2 against h2's server side in memory: the peer is a real, strict HTTP/2
-implementation, so HPACK, flow control, SETTINGS, GOAWAY, RST_STREAM, CONTINUATION
-and padding are checked frame by frame. (Against the fake APNs over TLS:
+"""workers.gateways.http2 against h2's server side in memory: the peer is a real, strict
+HTTP/2 implementation, so HPACK, flow control, SETTINGS, GOAWAY, RST_STREAM,
+CONTINUATION and padding are checked frame by frame. (Against a hostile server over a
+real socket: tests/integration/test_http2_hostile.py; against the fake APNs over TLS:
 tests/integration/test_apns_client.py.)"""
 
 from __future__ import annotations
@@ -23,18 +24,19 @@ from workers.gateways.http2 import (
     END_STREAM,
     HEADERS,
     PADDED,
+    Fields,
     HeaderEncoder,
     Http2Connection,
     Response,
     StreamError,
+    _request_head,
     frame,
-    never_indexed,
-    path_literal,
 )
+from workers.gateways.waiting import Done, result_of
 
-HEAD = b"\x83\x87" + path_literal(b"/3/device/" + b"ab" * 32)
-FIELDS = ((b":authority", b"api.example"), (b"apns-topic", b"org.example"),
-          (b"authorization", b"bearer " + b"j" * 200))
+PATH = b"/3/device/" + b"ab" * 32
+HEAD = _request_head(b"POST", True, PATH)
+FIELDS = ((b"apns-topic", b"org.example"), (b"authorization", b"bearer " + b"j" * 200))
 
 
 def _deadline(seconds: float = 10.0) -> float:
@@ -61,9 +63,11 @@ class Wire:
 class Peer:
     """An h2 server wired to one Http2Connection."""
 
-    def __init__(self, response_table_size: int = 0, **local_settings: int) -> None:
-        self.client = Http2Connection(initial_stream_limit=100,
-                                      response_table_size=response_table_size)
+    def __init__(self, response_table_size: int = 0, max_body: int = 65_536,
+                 **local_settings: int) -> None:
+        self.client = Http2Connection(authority=b"api.example", initial_stream_limit=100,
+                                      response_table_size=response_table_size,
+                                      max_body=max_body)
         self.wire = Wire()
         self.client.connection_made(self.wire)  # type: ignore[arg-type]
         self.h2 = h2.connection.H2Connection(
@@ -105,8 +109,19 @@ class Peer:
         self.to_client(self.h2.data_to_send())
 
 
-async def _start(peer: Peer, fields: Any = FIELDS, body: bytes = b"{}") -> asyncio.Task[Response]:
-    task = asyncio.create_task(peer.client.request(HEAD, fields, b"", body, _deadline()))
+async def send(client: Http2Connection, headers: Fields = FIELDS, sensitive: Fields = (),
+                  body: bytes = b"{}", deadline: float | None = None) -> Response:
+    """One request on a connection, awaited; StreamError when no stream is free."""
+    def start(done: Done[Response]) -> None:
+        if not client.start(b"POST", PATH, headers, sensitive, body,
+                            deadline or _deadline(), done):
+            done(StreamError("no free stream"))
+    return await result_of(start)
+
+
+async def _start(peer: Peer, fields: Any = FIELDS, body: bytes = b"{}",
+                 deadline: float | None = None) -> asyncio.Task[Response]:
+    task = asyncio.create_task(send(peer.client, fields, body=body, deadline=deadline))
     await peer.exchange()
     return task
 
@@ -117,9 +132,9 @@ async def test_round_trip_and_repeated_headers_go_out_indexed() -> None:
     sizes = []
     for n in range(5):
         before = len(peer.wire.data)
-        apns_id = never_indexed(b"apns-id", f"id-{n}".encode())
+        apns_id = ((b"apns-id", f"id-{n}".encode()),)
         task = asyncio.create_task(
-            peer.client.request(HEAD, FIELDS, apns_id, b'{"n":%d}' % n, _deadline()))
+            send(peer.client, FIELDS, apns_id, b'{"n":%d}' % n))
         for _ in range(3):   # the request, then its flush
             await asyncio.sleep(0)
         sizes.append(len(peer.wire.data) - before)
@@ -129,8 +144,9 @@ async def test_round_trip_and_repeated_headers_go_out_indexed() -> None:
         request["done"] = True
         headers = dict(request["headers"])
         assert headers[b":path"] == b"/3/device/" + b"ab" * 32
-        assert headers[b":method"] == b"POST"
-        assert headers[b"authorization"] == FIELDS[2][1]
+        assert headers[b":method"] == b"POST" and headers[b":scheme"] == b"https"
+        assert headers[b":authority"] == b"api.example"
+        assert headers[b"authorization"] == FIELDS[1][1]
         assert headers[b"apns-id"] == f"id-{n}".encode()
         assert request["body"] == b'{"n":%d}' % n
         peer.respond(stream_id, 200, extra=[(b"apns-id", f"id-{n}".encode())])
@@ -142,7 +158,7 @@ async def test_round_trip_and_repeated_headers_go_out_indexed() -> None:
 
 
 async def test_receive_window_is_credited_back_for_large_and_many_bodies() -> None:
-    peer = Peer()
+    peer = Peer(max_body=200_000)
     await peer.exchange()
     body = b"E" * 100_000   # more than the 65,535-byte stream and connection windows
     task = await _start(peer)
@@ -211,19 +227,20 @@ async def test_goaway_fails_only_the_streams_past_the_last_one() -> None:
         await tasks[2]
     assert peer.client.closing and peer.wire.closed
     with pytest.raises(StreamError):
-        await peer.client.request(HEAD, FIELDS, b"", b"{}", _deadline())
+        await send(peer.client)
 
 
-async def test_reset_and_cancelled_streams_leave_the_others_alone() -> None:
+async def test_reset_and_timed_out_streams_leave_the_others_alone() -> None:
     peer = Peer()
     await peer.exchange()
-    tasks = [await _start(peer) for _ in range(3)]
+    tasks = [await _start(peer, deadline=_deadline(0.05 if n == 1 else 10)) for n in range(3)]
     a, b, c = sorted(peer.requests)
     peer.h2.reset_stream(a)
     peer.to_client(peer.h2.data_to_send())
     with pytest.raises(StreamError, match="reset"):
         await tasks[0]
-    tasks[1].cancel()                       # a timed-out send
+    with pytest.raises(TimeoutError):       # the client gives up on b, and resets it
+        await tasks[1]
     await peer.exchange()
     assert any(isinstance(e, h2.events.StreamReset) and e.stream_id == b for e in peer.events)
     # its late answer (a header block the table must still follow) is dropped
@@ -292,14 +309,14 @@ def test_header_encoder_stays_in_step_with_a_real_decoder(
         assert sum(len(k) + len(v) + 32 for k, v in table.dynamic_entries) == encoder.size
 
 
-async def test_deadline_covers_the_answer_and_the_wait_for_a_stream() -> None:
+async def test_deadline_covers_the_answer_and_a_busy_connection_says_so() -> None:
     peer = Peer()
     await peer.exchange()
     peer.client.slots.set_limit(1)
-    first = asyncio.create_task(peer.client.request(HEAD, FIELDS, b"", b"{}", _deadline(0.1)))
+    first = asyncio.create_task(send(peer.client, deadline=_deadline(0.1)))
     await peer.exchange()
-    with pytest.raises(TimeoutError):   # waits for the only stream, then gives up
-        await peer.client.request(HEAD, FIELDS, b"", b"{}", _deadline(0.05))
+    with pytest.raises(StreamError):    # no free stream: the pool would wait for one
+        await send(peer.client)
     with pytest.raises(TimeoutError):   # never answered
         await first
     await peer.exchange()
@@ -311,37 +328,45 @@ async def test_deadline_covers_the_answer_and_the_wait_for_a_stream() -> None:
 
 
 async def test_start_answers_through_its_callback_and_resets_what_timed_out() -> None:
-    """``start`` is ``request`` without a coroutine: the same frames, the answer or the
-    exception handed to a callback, a timed-out stream reset, and nothing sent (False)
-    when no stream is free."""
+    """``start`` hands the answer or the exception to its callback, resets a timed-out
+    stream, and sends nothing (False) when no stream is free."""
     peer = Peer()
     await peer.exchange()
     peer.client.slots.set_limit(2)
     answers: list[Response | Exception] = []
-    assert peer.client.start(HEAD, FIELDS, b"", b'{"a":1}', _deadline(), answers.append)
-    assert peer.client.start(HEAD, FIELDS, b"", b'{"b":2}', _deadline(0.05), answers.append)
-    assert not peer.client.start(HEAD, FIELDS, b"", b"{}", _deadline(), answers.append)
+    two = asyncio.Event()
+
+    def answered(answer: Response | Exception) -> None:
+        answers.append(answer)
+        if len(answers) == 2:
+            two.set()
+
+    def start(body: bytes, deadline: float) -> bool:
+        return peer.client.start(b"POST", PATH, FIELDS, (), body, deadline, answered)
+
+    assert start(b'{"a":1}', _deadline())
+    assert start(b'{"b":2}', _deadline(0.05))
+    assert not start(b"{}", _deadline())
     await peer.exchange()
     first, second = sorted(peer.requests)
     assert peer.requests[first]["body"] == b'{"a":1}'
-    assert dict(peer.requests[first]["headers"])[b"authorization"] == FIELDS[2][1]
+    assert dict(peer.requests[first]["headers"])[b"authorization"] == FIELDS[1][1]
     peer.respond(first, 200, b'{"ok":true}')
     await asyncio.sleep(0)
     [answer] = answers
     assert isinstance(answer, Response)
     assert (answer.status, answer.body) == (200, b'{"ok":true}')
-    await asyncio.sleep(0.1)                 # the second one times out
+    await two.wait()                         # the second one times out
     assert isinstance(answers[1], TimeoutError)
     await peer.exchange()
     assert [e.stream_id for e in peer.events if isinstance(e, h2.events.StreamReset)] == [second]
     assert peer.client.slots.in_use == 0 and not peer.client.streams
     assert len(answers) == 2
-    assert peer.client.start(HEAD, FIELDS, b"", b"{}", _deadline(), answers.append)
+    assert start(b"{}", _deadline())
     await peer.exchange()
     peer.client.connection_lost(None)        # a lost connection fails what is in flight
-    await asyncio.sleep(0)
     assert isinstance(answers[2], StreamError)
-    assert not peer.client.start(HEAD, FIELDS, b"", b"{}", _deadline(), answers.append)
+    assert not start(b"{}", _deadline())
 
 
 async def test_indexed_response_blocks_are_decoded_once_while_the_table_stands() -> None:
@@ -385,3 +410,13 @@ def test_remembered_header_blocks_mean_what_a_fresh_decoder_says(
             assert response.headers == expected
 
     asyncio.run(run())
+
+
+async def test_a_malformed_header_name_is_refused_before_anything_is_sent() -> None:
+    peer = Peer()
+    await peer.exchange()
+    for name in (b":authority", b"Upper", b""):
+        with pytest.raises(ValueError, match="not a request header name"):
+            peer.client.start(b"POST", PATH, ((name, b"x"),), (), b"{}", _deadline(),
+                              lambda _: None)
+    assert peer.client.slots.in_use == 0 and not peer.client.streams

@@ -39,19 +39,6 @@ def test_every_push_comes_back_from_its_entry_unchanged(push: Push) -> None:
     assert Push.from_fields(fields) == push
 
 
-def test_entries_of_the_earlier_form_are_still_read() -> None:
-    """Pushes queued (or waiting for a retry) before an upgrade: one field each."""
-    legacy = {
-        "incident_id": PUSH.incident_id, "device_id": PUSH.device_id, "platform": "fcm",
-        "token": "tok", "locale": "en", "category": "structure_fire",
-        "public_location": "1200 block of Pine St", "lat": "47.61", "lon": "-122.33",
-        "occurred_at": "1700000000.5", "received_at": "1700000010.25",
-        "expires_at": "1700003600.0", "attempt": "1", "title": "", "body": "",
-        "audience": "neighbour", "aeds": "",
-    }
-    assert Push.from_fields(legacy) == PUSH
-
-
 def test_a_retry_is_the_same_push_one_attempt_later() -> None:
     again = PUSH.next_attempt()
     assert again.attempt == 2 and Push.from_fields(again.to_fields()) == again
@@ -62,10 +49,7 @@ def test_a_retry_is_the_same_push_one_attempt_later() -> None:
     {"device_id": "d", "push": json.dumps({"incident_id": "i"})},            # fields missing
     {"device_id": "d", "push": json.dumps({**json.loads(PUSH.to_fields()["push"]),
                                           "lat": "north"})},               # wrong type
-    {"device_id": "d"},                                                    # neither form
-    {"device_id": "d", "incident_id": "i", "platform": "fcm", "token": "t", "locale": "en",
-     "category": "c", "public_location": "", "lat": "x", "lon": "0", "occurred_at": "0",
-     "received_at": "0", "expires_at": "0"},                              # legacy, bad float
+    {"device_id": "d"},                                                    # no push
 ])
 def test_a_malformed_entry_is_a_value_or_key_error(fields: dict[str, str]) -> None:
     """The sender drops (and acknowledges) such an entry rather than crash on it."""

@@ -1,4 +1,5 @@
-"""FCM settings: HTTP/2 unless told otherwise, and a pool sized to the sends in flight."""
+"""FCM settings: a pool sized to the sends in flight, and the retired HTTP/1.1 switch
+refused by name rather than silently ignored."""
 
 from __future__ import annotations
 
@@ -10,27 +11,25 @@ BASE = {"GEOPUSH_DATABASE_URL": "postgresql://x/y", "GEOPUSH_REDIS_URL": "redis:
         "GEOPUSH_FCM_SERVICE_ACCOUNT_FILE": "/keys/sa.json"}
 
 
-def _fcm(**env: str) -> tuple[bool, int]:
+def _connections(**env: str) -> int:
     fcm = Settings.from_env({**BASE, **env}).fcm
     assert fcm is not None
-    return fcm.http2, fcm.max_connections
+    return fcm.max_connections
 
 
-def test_http2_by_default_with_a_connection_per_hundred_sends_in_flight() -> None:
+def test_a_connection_per_hundred_sends_in_flight() -> None:
     assert FCM_STREAMS == 100
-    assert _fcm() == (True, 5)                                  # 500 sends in flight
-    assert _fcm(GEOPUSH_SEND_CONCURRENCY="501") == (True, 6)
-    assert _fcm(GEOPUSH_SEND_CONCURRENCY="1") == (True, 1)
-    assert _fcm(GEOPUSH_FCM_MAX_CONNECTIONS="2") == (True, 2)
+    assert _connections() == 5                                  # 500 sends in flight
+    assert _connections(GEOPUSH_SEND_CONCURRENCY="501") == 6
+    assert _connections(GEOPUSH_SEND_CONCURRENCY="1") == 1
+    assert _connections(GEOPUSH_FCM_MAX_CONNECTIONS="2") == 2
 
 
-def test_http11_takes_a_connection_per_send_in_flight() -> None:
-    assert _fcm(GEOPUSH_FCM_HTTP_VERSION="1.1") == (False, 500)
-    assert _fcm(GEOPUSH_FCM_HTTP_VERSION="1.1", GEOPUSH_SEND_CONCURRENCY="64") == (False, 64)
-    assert _fcm(GEOPUSH_FCM_HTTP_VERSION="1.1", GEOPUSH_FCM_MAX_CONNECTIONS="32") == (False, 32)
+def test_http2_may_still_be_named() -> None:
+    assert _connections(GEOPUSH_FCM_HTTP_VERSION="2") == 5
 
 
-@pytest.mark.parametrize("value", ["3", "h2", "http/1.1", "1"])
-def test_other_versions_are_refused_by_name(value: str) -> None:
+@pytest.mark.parametrize("value", ["1.1", "3", "h2"])
+def test_the_http11_switch_is_refused_by_name(value: str) -> None:
     with pytest.raises(ConfigError, match="GEOPUSH_FCM_HTTP_VERSION"):
         Settings.from_env({**BASE, "GEOPUSH_FCM_HTTP_VERSION": value})

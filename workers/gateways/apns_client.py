@@ -1,14 +1,6 @@
-"""geopush's APNs client: a small pool of lean HTTP/2 connections (``workers.gateways.http2``).
-
-It replaces aioapns 4.0, whose two bugs the suite still demonstrates against the fake
-gateway (``tests/integration/test_apns_client.py``): it never returns flow-control
-credit, so a connection stalls after ~2,300 error responses, and a cancelled send
-kills the connection for every other send on it. We fixed both in a subclass first;
-the profile then showed h2's generic machinery underneath (validation, per-stream
-state, HPACK with Huffman, an event per frame) as half of the sender's CPU per push,
-so the connection is now ours, and the aioapns dependency is gone from the server.
-
-What the client does:
+"""geopush's APNs client: provider tokens, APNs headers and answers, over a small pool
+of connections of geopush's HTTP/2 client (``workers.gateways.http2``; why not aioapns:
+docs/adr/0001-own-http2-client.md).
 
 - one provider token (ES256 JWT) for all connections, from a ``TokenSource`` shared
   across processes (``workers.apns_token``) or minted here and kept 40 minutes (Apple:
@@ -21,9 +13,9 @@ What the client does:
   least loaded connection once all are open;
 - each send makes one attempt within ``request_timeout`` (retrying is the caller's
   business) and every transport failure surfaces as ``ApnsTransportError``;
-- ``send`` is a coroutine; ``start`` takes a callback and, with the provider token at
-  hand (``TokenSource.current``), costs no task or future (the APNs sender's hot
-  path); the headers a fan-out repeats are built once for all its devices.
+- ``start`` answers through a callback; with the provider token at hand
+  (``TokenSource.current``) it costs no task or future; the headers a fan-out repeats
+  are built once for all its devices.
 """
 
 from __future__ import annotations
@@ -34,23 +26,13 @@ import json
 import logging
 import ssl
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import jwt
-import msgspec
 
-from workers.gateways.http2 import (
-    Fields,
-    Http2Connection,
-    Http2Pool,
-    Response,
-    StreamError,
-    never_indexed,
-    path_literal,
-)
-from workers.gateways.waiting import finish_in_task
+from workers.gateways.http2 import Fields, Http2Connection, Http2Pool, Response, StreamError
+from workers.gateways.waiting import Done
 
 logger = logging.getLogger(__name__)
 
@@ -60,8 +42,6 @@ TOKEN_TTL_S = 40 * 60
 # Streams in flight on a connection before the pool opens another (up to its maximum).
 SPREAD_STREAMS = 100
 
-_METHOD_SCHEME = b"\x83\x87"     # :method POST, :scheme https (static table 3 and 7)
-_encode_json = msgspec.json.Encoder().encode
 
 
 @dataclass(frozen=True)
@@ -129,58 +109,58 @@ class ApnsClient:
                                name="APNs")
         self._timeout = request_timeout
         self._fields_cache: dict[tuple[Any, ...], Fields] = {}
-        self._tasks: set[asyncio.Task[ApnsResponse]] = set()
         self._topic = topic.encode()
-        self._authority = host.encode() if port == 443 else f"{host}:{port}".encode()
-
-    async def send(
-        self, token: str, payload: dict[str, Any] | bytes, *, collapse_id: str | None,
-        expiration: int | None, priority: int = 10, push_type: str = "alert",
-        apns_id: str | None = None,
-    ) -> ApnsResponse:
-        """``payload``: the aps dictionary, or its JSON already encoded."""
-        body = payload if isinstance(payload, bytes) else _encode_json(payload)
-        authorization = await self._tokens.header()
-        fields = self._fields(authorization, push_type, priority, expiration, collapse_id)
-        head, tail = self._head_and_tail(token, apns_id)
-        deadline = asyncio.get_running_loop().time() + self._timeout
-        try:
-            response = await self._pool.request(head, fields, tail, body, deadline)
-        except (TimeoutError, StreamError, OSError) as exc:
-            raise self._transport_error(exc) from exc
-        return _response(response, apns_id)
 
     def start(
-        self, token: str, payload: bytes, finish: Callable[[ApnsResponse | Exception], None],
-        *, collapse_id: str | None, expiration: int | None, priority: int = 10,
+        self, token: str, payload: bytes, done: Done[ApnsResponse], *,
+        collapse_id: str | None, expiration: int | None, priority: int = 10,
         push_type: str = "alert", apns_id: str | None = None,
     ) -> None:
-        """``send`` without a coroutine: ``finish`` is called once with the response or
-        the exception ``send`` would raise. With the provider token at hand (the usual
-        case) and a free stream, it costs no task or future; else ``send`` runs in a
-        task."""
+        """Send one push (``payload``: the encoded JSON); ``done`` is called once with
+        APNs' response or an ``ApnsTransportError``. With the provider token at hand
+        (the usual case) and a free stream, it costs no task or future."""
         authorization = self._tokens.current()
         if authorization is None:
-            finish_in_task(
-                self.send(token, payload, collapse_id=collapse_id, expiration=expiration,
-                          priority=priority, push_type=push_type, apns_id=apns_id),
-                self._tasks, finish, ApnsTransportError, "cancelled: the client is closing")
+            self._pool.in_task(self._start_with_token(
+                token, payload, done, collapse_id, expiration, priority, push_type,
+                apns_id), functools.partial(self._response_done, apns_id, done))
             return
-        fields = self._fields(authorization, push_type, priority, expiration, collapse_id)
-        head, tail = self._head_and_tail(token, apns_id)
-        deadline = asyncio.get_running_loop().time() + self._timeout
-        self._pool.start(head, fields, tail, payload, deadline,
-                         functools.partial(self._answered, apns_id, finish))
+        self._send(authorization, token, payload, done, collapse_id, expiration, priority,
+                   push_type, apns_id)
 
-    def _answered(self, apns_id: str | None,
-                  finish: Callable[[ApnsResponse | Exception], None],
+    async def _start_with_token(
+        self, token: str, payload: bytes, done: Done[ApnsResponse],
+        collapse_id: str | None, expiration: int | None, priority: int, push_type: str,
+        apns_id: str | None,
+    ) -> None:
+        authorization = await self._tokens.header()
+        self._send(authorization, token, payload, done, collapse_id, expiration, priority,
+                   push_type, apns_id)
+
+    def _send(
+        self, authorization: str, token: str, payload: bytes, done: Done[ApnsResponse],
+        collapse_id: str | None, expiration: int | None, priority: int, push_type: str,
+        apns_id: str | None,
+    ) -> None:
+        fields = self._fields(authorization, push_type, priority, expiration, collapse_id)
+        sensitive = () if apns_id is None else ((b"apns-id", apns_id.encode()),)
+        deadline = asyncio.get_running_loop().time() + self._timeout
+        self._pool.start(b"POST", b"/3/device/" + token.encode(), fields, sensitive, payload,
+                         deadline, functools.partial(self._response_done, apns_id, done))
+
+    def _response_done(self, apns_id: str | None, done: Done[ApnsResponse],
                   answer: Response | Exception) -> None:
+        result: ApnsResponse | Exception
         if isinstance(answer, Response):
-            finish(_response(answer, apns_id))
+            try:
+                result = _response(answer, apns_id)
+            except Exception as exc:   # e.g. a broken apns-id header: not a push's fault
+                result = ApnsTransportError(f"unreadable APNs response: {exc!r}")
         elif isinstance(answer, TimeoutError | StreamError | OSError):
-            finish(self._transport_error(answer))
+            result = self._transport_error(answer)
         else:
-            finish(answer)
+            result = answer
+        done(result)
 
     def _fields(self, authorization: str, push_type: str, priority: int,
                 expiration: int | None, collapse_id: str | None) -> Fields:
@@ -190,7 +170,6 @@ class ApnsClient:
         fields = self._fields_cache.get(key)
         if fields is None:
             built = [
-                (b":authority", self._authority),
                 (b"apns-topic", self._topic),
                 (b"apns-push-type", push_type.encode()),
                 (b"apns-priority", str(priority).encode()),
@@ -206,13 +185,6 @@ class ApnsClient:
             self._fields_cache[key] = fields
         return fields
 
-    @staticmethod
-    def _head_and_tail(token: str, apns_id: str | None) -> tuple[bytes, bytes]:
-        """The per-push headers, never indexed: the device's path and the apns-id."""
-        head = _METHOD_SCHEME + path_literal(b"/3/device/" + token.encode())
-        tail = b"" if apns_id is None else never_indexed(b"apns-id", apns_id.encode())
-        return head, tail
-
     def _transport_error(self, exc: BaseException) -> ApnsTransportError:
         if isinstance(exc, TimeoutError):
             return ApnsTransportError(f"no APNs response within {self._timeout} s")
@@ -223,8 +195,6 @@ class ApnsClient:
         return self._pool.connections
 
     async def close(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
         await self._pool.close()
 
 

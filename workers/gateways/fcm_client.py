@@ -1,13 +1,10 @@
-"""geopush's FCM HTTP v1 client: ``messages:send`` over HTTP/2 (``workers.gateways.http2``, the
-default) or a keep-alive HTTP/1.1 pool (``workers.gateways.http1``), plus google-auth for the
-access token.
+"""geopush's FCM HTTP v1 client: ``messages:send`` over geopush's HTTP/2 client
+(``workers.gateways.http2``), plus google-auth for the access token.
 
-HTTP/2 is what Google's own Admin SDKs send with (Node since 12.3, Java since 9.4; the
-HTTP/1.1 "legacy transport" is deprecated there): FCM allows about 100 concurrent
-streams per connection, so 500 sends in flight take 5 connections instead of 500, the
-repeated headers (path, authorization) go as one-byte HPACK indexes, and the requests
-of one event-loop turn leave in one write. ``http2=False`` keeps HTTP/1.1, for a proxy
-or gateway in between that only speaks that.
+HTTP/2 is what Google's own Admin SDKs send with (Node since 12.3, Java since 9.4):
+FCM allows about 100 concurrent streams per connection, so 500 sends in flight take 5
+connections, the repeated headers (authorization, content type) go as one-byte HPACK
+indexes, and the requests of one event-loop turn leave in one write.
 
 The OAuth access token comes from google-auth's ordinary service-account credentials
 (the ``token_uri`` in the key file decides where the JWT-bearer grant goes, which is how
@@ -20,8 +17,8 @@ small ``google.auth.transport.Request`` adapter. Nothing blocks the loop, and
 Only one refresh runs at a time; concurrent senders await the same one. A token is
 refreshed ``REFRESH_MARGIN_S`` before it expires, and once more after a 401.
 
-Two ways to send: ``send``/``send_body`` are coroutines; ``start_body`` takes a
-callback and, in the usual case, costs no task (the FCM sender's hot path).
+``start_body`` answers through a callback and, in the usual case, costs no task
+(the FCM sender's hot path).
 """
 
 from __future__ import annotations
@@ -36,7 +33,7 @@ import logging
 import ssl
 import time
 import urllib.parse
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
 from typing import Any
 
 import aiohttp
@@ -45,11 +42,8 @@ import google.auth.transport
 import msgspec
 from google.oauth2 import service_account
 
-from server.settings import FCM_STREAMS
-from workers.gateways import http2
-from workers.gateways.http1 import Answer, ConnectionFailed, Http1Pool, ProtocolError, Response
-from workers.gateways.http2 import Http2Pool, StreamError
-from workers.gateways.waiting import finish_in_task
+from workers.gateways.http2 import Http2Pool, Response, StreamError
+from workers.gateways.waiting import Done
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +51,6 @@ _encode_json = msgspec.json.Encoder().encode
 
 FCM_SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
 REFRESH_MARGIN_S = 300.0
-_POST_HTTP, _POST_HTTPS = b"\x83\x86", b"\x83\x87"   # :method POST, :scheme (static table)
 FCM_ERROR_TYPE = "type.googleapis.com/google.firebase.fcm.v1.FcmError"
 _STATUS_NAMES = {
     400: "INVALID_ARGUMENT",
@@ -98,7 +91,7 @@ class FcmAuthError(Exception):
 
 
 FcmAnswer = FcmResponse | Exception
-"""What ``start_body`` hands its callback: FCM's response, or why there is none
+"""What ``start_body`` hands ``done``: FCM's response, or why there is none
 (``FcmTransportError``, ``FcmAuthError``, or a setup error such as a closed client)."""
 
 
@@ -253,38 +246,38 @@ class FcmClient:
         project_id: str | None = None,
         endpoint: str = "https://fcm.googleapis.com",
         timeout: float = 10.0,
-        max_connections: int = 100,
-        http2: bool = True,
+        max_connections: int = 5,
+        initial_stream_limit: int = 100,
+        ca_file: str | None = None,
     ) -> None:
         self._service_account_file = service_account_file
         self._project_id = project_id
-        self._endpoint = endpoint.rstrip("/")
-        self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._timeout_s = timeout
-        self._max_connections = max_connections
-        self._http2 = http2
-        endpoint_url = urllib.parse.urlsplit(self._endpoint)
+        endpoint_url = urllib.parse.urlsplit(endpoint.rstrip("/"))
         if endpoint_url.scheme not in ("http", "https") or not endpoint_url.hostname:
             raise ValueError(f"FCM endpoint must be an http(s) URL, not {endpoint!r}")
-        self._tls = endpoint_url.scheme == "https"
-        self._host = endpoint_url.hostname
-        self._port = endpoint_url.port or (443 if self._tls else 80)
-        self._host_header = endpoint_url.netloc
-        self._base_path = endpoint_url.path.rstrip("/")
-        self._path = ""
-        self._head = b""
-        self._head_token: str | None = None
-        self._h2_head = _POST_HTTPS if self._tls else _POST_HTTP
-        self._h2_fields: tuple[tuple[bytes, bytes], ...] = ()
-        self._h2_fields_token: str | None = None
+        self._base_path = endpoint_url.path
+        self._ca_file = ca_file   # a CA to trust besides the system's (the fake's)
+        context = None
+        if endpoint_url.scheme == "https":
+            context = ssl.create_default_context(cafile=ca_file)
+            context.set_alpn_protocols(["h2"])
+        # ``http://`` is cleartext HTTP/2 with prior knowledge (the fake, in tests).
+        # Until FCM's SETTINGS arrive, assume its usual stream limit.
+        self._pool = Http2Pool(
+            endpoint_url.hostname, endpoint_url.port or (443 if context else 80),
+            ssl_context=context, max_connections=max_connections,
+            initial_stream_limit=initial_stream_limit, spread_streams=initial_stream_limit,
+            response_table_size=4096, name="FCM", authority=endpoint_url.netloc)
+        self._path = b""
+        self._fields: tuple[tuple[bytes, bytes], ...] = ()
+        self._fields_token: str | None = None
         self._session: aiohttp.ClientSession | None = None
-        self._pool: Http1Pool | Http2Pool | None = None
         self._credentials: Any = None
         self._setup_lock: asyncio.Lock | None = None
         self._token: str | None = None
         self._token_expires_at = 0.0  # unix seconds
         self._refresh_task: asyncio.Task[str] | None = None
-        self._tasks: set[asyncio.Task[FcmResponse]] = set()
         self._closed = False
         self.token_refreshes = 0
 
@@ -296,79 +289,70 @@ class FcmClient:
     @property
     def open_connections(self) -> int:
         """Connections to FCM open now (for tests and diagnostics)."""
-        pool = self._pool
-        if pool is None:
-            return 0
-        return len(pool.connections) if isinstance(pool, Http2Pool) else pool.open
+        return len(self._pool.connections)
 
-    async def send(self, message: dict[str, Any]) -> FcmResponse:
-        """POSTs ``{"message": message}``; FCM's rejections come back as responses,
-        unanswered requests raise ``FcmTransportError``."""
-        return await self.send_body(_encode_json({"message": message}))
-
-    async def send_body(self, body: bytes) -> FcmResponse:
-        """``send`` with the request body (``{"message": …}``) already encoded."""
-        await self._ready()
-        token = await self._access_token()
-        response = await self._post(body, token)
-        if response.status == 401:
-            response = await self._after_401(body, token, response)
-        return response
-
-    def start_body(self, body: bytes, finish: Callable[[FcmAnswer], None]) -> None:
-        """``send_body`` without a coroutine: ``finish`` is called once with the
-        response or the exception ``send_body`` would raise.
+    def start_body(self, body: bytes, done: Done[FcmResponse]) -> None:
+        """POST ``body`` (``{"message": …}``, encoded); ``done`` is called once with
+        FCM's response (its refusals included) or the exception standing for it
+        (``FcmTransportError`` when unanswered, ``FcmAuthError`` when the grant is
+        refused, RuntimeError once closed).
 
         The usual case (the client set up, its access token fresh) writes the request
         at once and answers from the connection's callback, which spares a task, a
         future and a chain of coroutines per message: the FCM sender's hot path. The
-        rest (first use, a token to refresh, a 401) goes through ``send_body`` in a
-        task."""
-        pool, token = self._pool, self._token
-        if (pool is None or token is None or self._closed
+        rest (first use, a token to refresh, a 401) waits in a task first."""
+        token = self._token
+        if (token is None or self._closed
                 or time.time() >= self._token_expires_at - REFRESH_MARGIN_S):
-            self._in_task(self.send_body(body), finish)
+            self._in_task(self._start_when_ready(body, done), done)
             return
-        answered = functools.partial(self._answered, body, token, finish)
-        if isinstance(pool, Http2Pool):
-            deadline = asyncio.get_running_loop().time() + self._timeout_s
-            pool.start(self._h2_head, self._fields(token), b"", body, deadline, answered)
+        self._post(body, token, functools.partial(self._response_done, body, token, done))
+
+    def _post(self, body: bytes, token: str, done: Done[Response]) -> None:
+        deadline = asyncio.get_running_loop().time() + self._timeout_s
+        self._pool.start(b"POST", self._path, self._headers(token), (), body, deadline, done)
+
+    def _response_done(self, body: bytes, token: str, done: Done[FcmResponse],
+                  answer: Response | Exception) -> None:
+        if isinstance(answer, Response) and answer.status == 401:
+            self._in_task(self._after_401(body, token, answer, done), done)
         else:
-            pool.start(self._request(body, token), answered)
+            self._final(done, answer)
 
-    def _answered(self, body: bytes, token: str, finish: Callable[[FcmAnswer], None],
-                  answer: Answer | http2.Response | Exception) -> None:
-        if not isinstance(answer, Response | http2.Response):
-            finish(_transport_failure(answer, self._timeout_s))
-            return
-        response = _fcm_response(answer)
-        if response.status == 401:
-            self._in_task(self._after_401(body, token, response), finish)
+    def _final(self, done: Done[FcmResponse], answer: Response | Exception) -> None:
+        result: FcmResponse | Exception
+        if isinstance(answer, Response):
+            try:
+                result = _fcm_response(answer)
+            except Exception as exc:   # an answer we cannot read is one we did not get
+                result = FcmTransportError(f"unreadable FCM response: {exc!r}")
         else:
-            finish(response)
+            result = _transport_failure(answer, self._timeout_s)
+        done(result)
 
-    def _in_task(self, work: Coroutine[Any, Any, FcmResponse],
-                 finish: Callable[[FcmAnswer], None]) -> None:
-        finish_in_task(work, self._tasks, finish, FcmTransportError,
-                       "the send was cancelled (client closing)")
+    def _in_task(self, work: Coroutine[Any, Any, None], done: Done[FcmResponse]) -> None:
+        self._pool.in_task(work, functools.partial(self._final, done))
 
-    async def _after_401(self, body: bytes, token: str, response: FcmResponse) -> FcmResponse:
+    async def _start_when_ready(self, body: bytes, done: Done[FcmResponse]) -> None:
+        await self._ready()
+        token = await self._access_token()
+        self._post(body, token, functools.partial(self._response_done, body, token, done))
+
+    async def _after_401(self, body: bytes, token: str, response: Response,
+                         done: Done[FcmResponse]) -> None:
         """A 401: the token was revoked or expired early; one more try with a new one."""
-        logger.info("FCM answered 401 (%s); refreshing the access token", response.message)
+        logger.info("FCM answered 401 (%s); refreshing the access token",
+                    _fcm_response(response).message)
         token = await self._access_token(stale=token)
-        return await self._post(body, token)
+        self._post(body, token, functools.partial(self._final, done))
 
     async def close(self) -> None:
         self._closed = True
-        for pending in list(self._tasks):
-            pending.cancel()
         task = self._refresh_task
         if task is not None and not task.done():
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await task
-        if self._pool is not None:
-            pool, self._pool = self._pool, None
-            await pool.close()
+        await self._pool.close()
         if self._session is not None:
             session, self._session = self._session, None
             await session.close()
@@ -382,10 +366,10 @@ class FcmClient:
     # ---- internals ----
 
     async def _ready(self) -> aiohttp.ClientSession:
-        """The session for token requests; the message pool and path are set up too."""
+        """The session for token requests; the credentials and the path are set up too."""
         if self._closed:
             raise RuntimeError("FcmClient is closed")
-        if self._session is not None and self._pool is not None:
+        if self._session is not None:
             return self._session
         if self._setup_lock is None:
             self._setup_lock = asyncio.Lock()
@@ -402,25 +386,14 @@ class FcmClient:
                     raise ValueError(
                         f"{self._service_account_file} names no project_id; pass project_id"
                     )
-            self._path = f"{self._base_path}/v1/projects/{self._project_id}/messages:send"
+            self._path = (
+                f"{self._base_path}/v1/projects/{self._project_id}/messages:send".encode())
             if self._session is None:
                 # google-auth's token requests only (rare): aiohttp is fine there
-                self._session = aiohttp.ClientSession(timeout=self._timeout)
-            if self._pool is None:
-                context = ssl.create_default_context() if self._tls else None
-                if self._http2:
-                    if context is not None:
-                        context.set_alpn_protocols(["h2"])
-                    self._pool = Http2Pool(
-                        self._host, self._port, ssl_context=context,
-                        max_connections=self._max_connections,
-                        # until FCM's SETTINGS arrive, assume its usual limit
-                        initial_stream_limit=FCM_STREAMS, spread_streams=FCM_STREAMS,
-                        response_table_size=4096, name="FCM")
-                else:
-                    self._pool = Http1Pool(
-                        self._host, self._port, max_connections=self._max_connections,
-                        request_timeout=self._timeout_s, ssl_context=context)
+                tls = ssl.create_default_context(cafile=self._ca_file)   # no ALPN h2 here
+                self._session = aiohttp.ClientSession(
+                    timeout=aiohttp.ClientTimeout(total=self._timeout_s),
+                    connector=aiohttp.TCPConnector(ssl=tls))
             return self._session
 
     async def _access_token(self, *, stale: str | None = None) -> str:
@@ -467,55 +440,30 @@ class FcmClient:
         logger.debug("FCM access token refreshed, valid for %.0f s", expires_at - time.time())
         return token
 
-    def _request(self, body: bytes, token: str) -> bytes:
-        if token != self._head_token:
-            self._head = (
-                f"POST {self._path} HTTP/1.1\r\nHost: {self._host_header}\r\n"
-                f"User-Agent: geopush\r\nAuthorization: Bearer {token}\r\n"
-                "Content-Type: application/json; charset=UTF-8\r\nContent-Length: "
-            ).encode("latin-1")
-            self._head_token = token
-        return b"%s%d\r\n\r\n%s" % (self._head, len(body), body)
-
-    def _fields(self, token: str) -> tuple[tuple[bytes, bytes], ...]:
-        """The HTTP/2 request's headers but :method and :scheme: the same for every
-        message until the token changes, so all of them HPACK indexes after the first."""
-        if token != self._h2_fields_token:
-            self._h2_fields = (
-                (b":authority", self._host_header.encode()),
-                (b":path", self._path.encode()),
+    def _headers(self, token: str) -> tuple[tuple[bytes, bytes], ...]:
+        """The request's headers: the same for every message until the token changes,
+        so all of them HPACK indexes after the first."""
+        if token != self._fields_token:
+            self._fields = (
                 (b"content-type", b"application/json; charset=UTF-8"),
                 (b"user-agent", b"geopush"),
                 (b"authorization", f"Bearer {token}".encode()),
             )
-            self._h2_fields_token = token
-        return self._h2_fields
-
-    async def _post(self, body: bytes, token: str) -> FcmResponse:
-        pool = self._pool
-        assert pool is not None
-        try:
-            if isinstance(pool, Http2Pool):
-                deadline = asyncio.get_running_loop().time() + self._timeout_s
-                return _fcm_response(await pool.request(self._h2_head, self._fields(token),
-                                                        b"", body, deadline))
-            return _fcm_response(await pool.request(self._request(body, token)))
-        except (TimeoutError, ConnectionFailed, ProtocolError, StreamError, OSError) as e:
-            raise _transport_failure(e, self._timeout_s) from e
+            self._fields_token = token
+        return self._fields
 
 
-def _fcm_response(answer: Response | http2.Response) -> FcmResponse:
-    if isinstance(answer, Response):
-        return parse_response(answer.status, answer.body, answer.headers.get("retry-after"))
+def _fcm_response(answer: Response) -> FcmResponse:
     retry_after = answer.headers.get(b"retry-after")
     return parse_response(answer.status, answer.body,
                           None if retry_after is None else retry_after.decode("latin-1"))
 
 
 def _transport_failure(error: BaseException, timeout_s: float) -> Exception:
-    """Why a ``messages:send`` request got no answer, as FcmTransportError (retryable)."""
+    """Why a ``messages:send`` request got no answer, as FcmTransportError (retryable),
+    or the error itself when it is not the transport's (FcmAuthError, a closed client)."""
     if isinstance(error, TimeoutError):
         return FcmTransportError(f"no FCM response within {timeout_s} s")
-    if isinstance(error, ConnectionFailed | ProtocolError | StreamError | OSError):
+    if isinstance(error, StreamError | OSError):
         return FcmTransportError(f"FCM request failed: {error!r}")
     return error if isinstance(error, Exception) else FcmTransportError(repr(error))

@@ -1,41 +1,37 @@
-"""A lean HTTP/2 client for APNs and FCM: the frames a push needs, nothing else.
+"""geopush's HTTP/2 client for APNs and FCM: the frames a push needs, nothing else.
 
-Why not aioapns (or h2 underneath it): aioapns 4.0 never returns flow-control credit
-and breaks when a send is cancelled, and even with both fixed in a subclass, h2's
-generic machinery (header validation and normalization, a per-stream state machine,
-HPACK with Huffman, an event object per frame) was about half of a sender's CPU per
-push (profiles in docs/BENCHMARKS.md). A push is one HEADERS and one DATA frame out,
-one HEADERS (and, for errors, one DATA) frame back; this module does exactly that:
+Why our own client rather than aioapns or h2: docs/adr/0001-own-http2-client.md.
 
-- requests: HPACK without Huffman, with the headers a fan-out repeats (authority,
-  topic, push type, priority, expiration, collapse id, authorization) added to the
-  dynamic table once and then sent as one-byte indexes; per-push values (``:path``,
-  ``apns-id``) are literals that are never indexed. Indexing ``authorization`` is
-  safe here, though RFC 7541 §7.1.3 suggests not indexing it (nghttp2 never does):
-  the risk is an attacker who adds chosen headers to the same compression context
-  and watches sizes, which needs a guess of the whole value; the JWT has ~256 bits
-  of signature, and the only value phones influence (the token in ``:path``) is
-  never indexed;
-- SETTINGS_HEADER_TABLE_SIZE for responses: 0 for APNs (a status and a unique
-  apns-id, nothing that repeats, so neither side keeps a table for them), 4096 for
-  FCM, whose answers repeat several headers;
-- responses: decoded with ``hpack.Decoder`` (every header block, in order, so the
-  table stays in sync even for streams we gave up on), except that a block made only
-  of one-byte indexes, which cannot change the table, is decoded once and remembered
-  until a block that may change the table arrives;
-- answers handed to a callback (``start``) without a task or future per request, or
-  to an awaiting ``request``; one deadline sweep per connection, not a timer each;
-- flow control both ways: DATA received is credited back (connection and stream), and
-  DATA sent waits for the peer's windows;
-- the peer's SETTINGS (stream limit, initial window, frame size, header table size),
-  PING, RST_STREAM and GOAWAY (streams past the last one processed fail as retryable);
-- a cancelled request resets its stream (RST_STREAM CANCEL); its late response is
-  decoded and dropped, and the other streams carry on.
+The API is one request: ``Http2Pool.start(method, path, headers, sensitive, body,
+deadline, done)``; ``done`` is called once with the ``Response`` or the exception
+that stands for it (``StreamError`` when the stream or its connection failed,
+``TimeoutError`` at the deadline, ``OSError`` when connecting failed). ``request``
+is the same as a coroutine. HPACK stays inside:
 
-Everything a single response needs is parsed in ``data_received`` without an event
-object per frame, and frames written in one loop iteration go out in one write.
+- ``headers`` are the fields a fan-out repeats (topic, priority, authorization, ...):
+  added to the dynamic table once, then sent as one-byte indexes. Indexing
+  ``authorization`` is safe here although RFC 7541 §7.1.3 suggests not to: the attack
+  needs chosen headers in the same compression context and a guess of the whole
+  value, and the JWT carries ~256 bits of signature;
+- ``sensitive`` fields (per-request values) and ``:path`` (it carries the APNs device
+  token) are literals that never enter the table;
+- responses are decoded with ``hpack.Decoder`` (every block, in order, so the table
+  stays in step even for streams we gave up on); a block made only of one-byte
+  indexes, which cannot change the table, is decoded once and remembered until a
+  block that may change the table arrives.
 
-``Http2Pool`` keeps a few such connections to one origin (TLS with ALPN ``h2``, or
+What it does for a peer that is slow, broken or hostile (a TLS-terminating proxy, a
+misconfigured endpoint): flow control both ways; SETTINGS validated (RFC 9113 §6.5.2:
+a bad MAX_FRAME_SIZE, INITIAL_WINDOW_SIZE or ENABLE_PUSH is a connection error, never
+a hang); frame sizes checked; header blocks and CONTINUATION frames capped; response
+bodies capped (the stream is reset); HEADERS split into CONTINUATION frames at the
+peer's frame size; PING sent when nothing was read for ``read_idle_timeout`` and the
+connection closed when it is not answered within ``ping_timeout`` (its streams fail
+as retryable); ALPN must have chosen ``h2`` over TLS. One deadline sweep per
+connection, not a timer per request; GOAWAY fails only the streams past the last one
+processed.
+
+``Http2Pool`` keeps a few connections to one origin (TLS with ALPN ``h2``, or
 cleartext with prior knowledge, RFC 9113 §3.3): opened lazily, a new one once every
 open one carries ``spread_streams`` requests, the least loaded one once all are open.
 """
@@ -48,13 +44,13 @@ import functools
 import logging
 import ssl
 import struct
-from collections.abc import Callable
-from typing import cast
+from collections.abc import Callable, Coroutine
+from typing import Any, cast
 
 from hpack import Decoder
 from hpack.exceptions import HPACKError
 
-from workers.gateways.waiting import finish_in_task, wait_in_line
+from workers.gateways.waiting import Done, in_task, result_of, wait_in_line
 
 logger = logging.getLogger(__name__)
 
@@ -67,20 +63,32 @@ WINDOW_UPDATE, CONTINUATION = 8, 9
 END_STREAM, ACK, END_HEADERS, PADDED, PRIORITY_FLAG = 0x1, 0x1, 0x4, 0x8, 0x20
 # settings
 HEADER_TABLE_SIZE, ENABLE_PUSH, MAX_CONCURRENT_STREAMS = 0x1, 0x2, 0x3
-INITIAL_WINDOW_SIZE, MAX_FRAME_SIZE = 0x4, 0x5
+INITIAL_WINDOW_SIZE, MAX_FRAME_SIZE, MAX_HEADER_LIST_SIZE = 0x4, 0x5, 0x6
 # error codes
-NO_ERROR, PROTOCOL_ERROR, FLOW_CONTROL_ERROR, CANCEL = 0x0, 0x1, 0x3, 0x8
+NO_ERROR, PROTOCOL_ERROR, FLOW_CONTROL_ERROR, FRAME_SIZE_ERROR = 0x0, 0x1, 0x3, 0x6
+CANCEL, COMPRESSION_ERROR = 0x8, 0x9
 
 DEFAULT_WINDOW = 65_535
-MAX_STREAM_ID = 2**31 - 1
+MAX_WINDOW = MAX_STREAM_ID = 2**31 - 1
+MIN_FRAME_SIZE, MAX_FRAME_SIZE_LIMIT = 2**14, 2**24 - 1
+# What we accept (our SETTINGS_MAX_FRAME_SIZE stays the default).
+RECEIVE_FRAME_SIZE = MIN_FRAME_SIZE
 # Credit is given back once this much of a window has been consumed.
 CREDIT_THRESHOLD = 32_768
+# A response header block (HEADERS and its CONTINUATIONs), compressed and decoded,
+# and the CONTINUATION frames it may take: far above what APNs or FCM send, far
+# below what would let a peer make us buffer or decode without end.
+MAX_HEADER_BLOCK = 64 * 1024
+MAX_CONTINUATIONS = 32
+# A response body: APNs and FCM answer with a few hundred bytes.
+MAX_RESPONSE_BODY = 64 * 1024
 
 Fields = tuple[tuple[bytes, bytes], ...]
 
 # The bytes of a header block made only of one-byte indexed fields (RFC 7541 §6.1:
 # 1xxxxxxx, index 1-126; 0xFF would start a longer index).
 _ONE_BYTE_INDEXES = bytes(range(0x81, 0xFF))
+_METHODS = {b"GET": b"\x82", b"POST": b"\x83"}   # static table 2 and 3
 
 _HEADER = struct.Struct(">IBI")   # (length << 8 | type), flags, stream id
 _U32 = struct.Struct(">I")
@@ -114,9 +122,11 @@ def never_indexed(name: bytes, value: bytes) -> bytes:
     return b"\x10" + _string(name) + _string(value)
 
 
-def path_literal(path: bytes) -> bytes:
-    """``:path`` (static name index 4), literal without indexing (§6.2.2)."""
-    return b"\x04" + _string(path)
+def _request_head(method: bytes, tls: bool, path: bytes) -> bytes:
+    """:method and :scheme (static table when it has them), :path as a literal without
+    indexing (static name 4, §6.2.2)."""
+    return (_METHODS.get(method) or b"\x02" + _string(method)) + (
+        b"\x87" if tls else b"\x86") + b"\x04" + _string(path)
 
 
 class HeaderEncoder:
@@ -176,7 +186,16 @@ class HeaderEncoder:
 
 
 class StreamError(Exception):
-    """The request on this stream failed before a response (reset, GOAWAY, lost)."""
+    """The request on this stream failed before a response (reset, GOAWAY, lost,
+    refused connection): retryable."""
+
+
+class ConnectionFault(Exception):
+    """The peer broke the protocol: the connection ends with GOAWAY ``code``."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class Response:
@@ -188,15 +207,12 @@ class Response:
         self.body = body
 
 
-Finish = Callable[[Response | Exception], None]
-
-
 class _Stream:
-    __slots__ = ("body", "deadline", "finish", "headers", "pending", "received",
+    __slots__ = ("body", "deadline", "done", "headers", "pending", "received",
                  "send_window")
 
-    def __init__(self, finish: Finish, deadline: float, send_window: int) -> None:
-        self.finish = finish       # called once: the response, or why there is none
+    def __init__(self, done: Done[Response], deadline: float, send_window: int) -> None:
+        self.done = done           # called once: the response, or why there is none
         self.deadline = deadline   # loop time
         self.headers: list[tuple[bytes, bytes]] = []
         self.body = bytearray()
@@ -265,47 +281,52 @@ class StreamSlots:
                 free -= 1
 
 
-def _settle_future(future: asyncio.Future[Response], answer: Response | Exception) -> None:
-    if future.done():           # cancelled meanwhile
-        return
-    if isinstance(answer, Exception):
-        future.set_exception(answer)
-    else:
-        future.set_result(answer)
-
-
 class Http2Connection(asyncio.Protocol):
-    """One client connection. ``request`` sends a header block and a body and returns
-    the response; everything else is the protocol's own housekeeping."""
+    """One client connection. ``start`` sends a request when a stream is free;
+    everything else is the protocol's own housekeeping."""
 
-    def __init__(self, *, initial_stream_limit: int = 1, idle_timeout: float = 60.0,
-                 response_table_size: int = 0) -> None:
+    def __init__(self, *, authority: bytes = b"localhost", tls: bool = True,
+                 initial_stream_limit: int = 1, idle_timeout: float = 60.0,
+                 response_table_size: int = 0, read_idle_timeout: float = 15.0,
+                 ping_timeout: float = 5.0, max_body: int = MAX_RESPONSE_BODY) -> None:
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
+        self.authority = authority
+        self.tls = tls
         self.encoder = HeaderEncoder()
-        self.decoder = Decoder()   # the peer resizes its table to ours once it applies it
+        # The peer resizes its table to ours once it applies our SETTINGS.
+        self.decoder = Decoder(max_header_list_size=MAX_HEADER_BLOCK)
         self._response_table_size = response_table_size
         self.slots = StreamSlots(initial_stream_limit)
         self.streams: dict[int, _Stream] = {}
         self.next_stream_id = 1
         self.send_window = DEFAULT_WINDOW          # connection-level, peer's credit
         self.initial_send_window = DEFAULT_WINDOW  # peer's SETTINGS_INITIAL_WINDOW_SIZE
-        self.max_frame_size = 16_384
+        self.max_frame_size = MIN_FRAME_SIZE       # peer's SETTINGS_MAX_FRAME_SIZE
+        self.receive_window = DEFAULT_WINDOW       # ours, as the peer sees it
         self.received = 0                          # DATA consumed since the last credit
+        self.max_body = max_body
         self.blocked: collections.deque[int] = collections.deque()
         self.closing = False
         self.lost = False
+        self.refused: str | None = None            # why the connection was not usable
         self.goaway_reason: str | None = None
         self.closed: asyncio.Future[None] = self.loop.create_future()
-        self.last_used = self.loop.time()
+        self.last_used = self.last_read = self.loop.time()
         self._idle_timeout = idle_timeout
-        self._idle_timer: asyncio.TimerHandle | None = None
+        self._read_idle_timeout = read_idle_timeout
+        self._ping_timeout = ping_timeout
+        self._ping: bytes | None = None            # our PING awaiting its ACK
+        self._pings_sent = 0
+        self._timers: list[asyncio.TimerHandle] = []
+        self._ping_timer: asyncio.TimerHandle | None = None
         self._sweep: asyncio.TimerHandle | None = None    # for streams past their deadline
         self._sweep_at = 0.0
         self._buffer = bytearray()
         self._out: list[bytes] = []
         self._flush_scheduled = False
-        self._header_block: tuple[int, bytearray, bool] | None = None  # continuation
+        # A header block being received: stream id, bytes so far, END_STREAM, frames.
+        self._header_block: tuple[int, bytearray, bool, int] | None = None
         self._encoded: dict[Fields, bytes] = {}    # fields already in the table
         # Response header blocks made only of table indexes (the usual answer once the
         # peer has indexed its repeated headers), decoded once while the table stands.
@@ -322,35 +343,49 @@ class Http2Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass
+        ssl_object = transport.get_extra_info("ssl_object")
+        if ssl_object is not None:
+            protocol = ssl_object.selected_alpn_protocol()
+            if protocol != "h2":
+                # An HTTP/1.1 endpoint (or a proxy that does not offer h2) would read
+                # our preface as garbage: refuse before writing anything.
+                self.refused = f"the server chose ALPN {protocol!r}, not 'h2'"
+                self.closing = True
+                self.transport.abort()
+                return
         # No push. The responses' dynamic table: none for APNs, whose answers are a
         # status and a unique apns-id, nothing worth indexing, so neither side keeps a
         # table; FCM's answers repeat several headers (content-type, vary, ...), which
         # a table turns from Huffman-coded literals, decoded in Python, into indexes.
         settings = (_SETTING.pack(ENABLE_PUSH, 0)
-                    + _SETTING.pack(HEADER_TABLE_SIZE, self._response_table_size))
+                    + _SETTING.pack(HEADER_TABLE_SIZE, self._response_table_size)
+                    + _SETTING.pack(MAX_HEADER_LIST_SIZE, MAX_HEADER_BLOCK))
         self.transport.write(PREFACE + frame(SETTINGS, 0, 0, settings))
-        self._idle_timer = self.loop.call_later(self._idle_timeout, self._check_idle)
+        self._timers.append(self.loop.call_later(self._idle_timeout, self._check_idle))
+        self._timers.append(
+            self.loop.call_later(self._read_idle_timeout, self._check_read_idle))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = self.closing = True
         self.transport = None
-        if self._idle_timer is not None:
-            self._idle_timer.cancel()
-        if self._sweep is not None:
-            self._sweep.cancel()
-            self._sweep = None
-        reason = self.goaway_reason or f"connection lost: {exc}"
+        for timer in (*self._timers, self._sweep, self._ping_timer):
+            if timer is not None:
+                timer.cancel()
+        self._timers.clear()
+        self._sweep = self._ping_timer = None
+        reason = self.refused or self.goaway_reason or f"connection lost: {exc}"
         error = StreamError(reason)
         streams = list(self.streams.values())
         self.streams.clear()
         for stream in streams:
-            self._answer(stream, error)
+            self._call_done(stream, error)
         self.blocked.clear()
         self.slots.fail(error)
         if not self.closed.done():
             self.closed.set_result(None)
 
     def data_received(self, data: bytes) -> None:
+        self.last_read = self.loop.time()
         buffer = self._buffer
         buffer += data
         pos = 0
@@ -359,6 +394,8 @@ class Http2Connection(asyncio.Protocol):
             while size - pos >= 9:
                 length_type, flags, stream_id = _HEADER.unpack_from(buffer, pos)
                 length = length_type >> 8
+                if length > RECEIVE_FRAME_SIZE:
+                    raise ConnectionFault(FRAME_SIZE_ERROR, f"a frame of {length} bytes")
                 end = pos + 9 + length
                 if end > size:
                     break
@@ -367,9 +404,14 @@ class Http2Connection(asyncio.Protocol):
                 self._frame(length_type & 0xFF, flags, stream_id & MAX_STREAM_ID, payload)
                 if self.transport is None:
                     return
-        except (HPACKError, ValueError, IndexError, struct.error) as exc:
-            logger.warning("HTTP/2 protocol error from %s: %s", self._peer(), exc)
-            self._goaway(PROTOCOL_ERROR)
+        except ConnectionFault as exc:
+            self._protocol_error(exc.code, exc)
+            return
+        except HPACKError as exc:
+            self._protocol_error(COMPRESSION_ERROR, exc)
+            return
+        except (ValueError, IndexError, struct.error) as exc:
+            self._protocol_error(PROTOCOL_ERROR, exc)
             return
         finally:
             del buffer[:pos]
@@ -381,69 +423,69 @@ class Http2Connection(asyncio.Protocol):
     def is_busy(self) -> bool:
         return self.closing or self.slots.is_busy
 
-    async def request(self, head: bytes, fields: Fields, tail: bytes, body: bytes,
-                      deadline: float) -> Response:
-        """Send one request and wait for its response. The header block is ``head``
-        (pre-encoded fields that never touch the table: :method, :scheme, :path), then
-        ``fields`` through the dynamic table, then ``tail`` (never-indexed literals).
-        It is encoded only once the request has its stream, right before it is
-        written: header blocks must reach the peer in the order they were encoded.
-        TimeoutError at ``deadline`` (loop time; the sweep may be up to 1/8 of the time
-        that was left late, 1 s at most), waiting for a stream included."""
-        if not self.slots.try_acquire():
-            async with asyncio.timeout_at(deadline):
-                await self.slots.acquire()
-        if self.closing or self.transport is None:
-            self.slots.release()
-            raise StreamError(self.goaway_reason or "connection is closing")
-        answer: asyncio.Future[Response] = self.loop.create_future()
-        stream_id, stream = self._open(head, fields, tail, body, deadline,
-                                       functools.partial(_settle_future, answer))
-        try:
-            return await answer
-        finally:
-            self._end(stream_id, stream)   # cancelled: reset the stream
-
-    def start(self, head: bytes, fields: Fields, tail: bytes, body: bytes, deadline: float,
-              finish: Finish) -> bool:
-        """``request`` without a coroutine or a future, when a stream is free now (else
-        False, and nothing was sent): ``finish`` is called once, from the connection's
-        own callbacks, with the response or the exception ``request`` would raise."""
+    def start(self, method: bytes, path: bytes, headers: Fields, sensitive: Fields,
+              body: bytes, deadline: float, done: Done[Response]) -> bool:
+        """Send a request now if a stream is free (else False, and nothing was sent):
+        ``done`` is called once, from the connection's own callbacks, with the
+        response or the exception that stands for it (TimeoutError at ``deadline``,
+        loop time; the sweep may be up to 1/8 of the time that was left late, 1 s at
+        most)."""
         if self.closing or self.transport is None or not self.slots.try_acquire():
             return False
-        self._open(head, fields, tail, body, deadline, finish)
+        self._open(method, path, headers, sensitive, body, deadline, done)
         return True
 
-    def _open(self, head: bytes, fields: Fields, tail: bytes, body: bytes, deadline: float,
-              finish: Finish) -> tuple[int, _Stream]:
-        """Write a request's frames on a new stream (its slot taken)."""
-        header_block = self._encode(head, fields, tail)
+    def _open(self, method: bytes, path: bytes, headers: Fields, sensitive: Fields,
+              body: bytes, deadline: float, done: Done[Response]) -> None:
+        """Write a request's frames on a new stream (its slot taken). The header block
+        is encoded right before it is written: blocks must reach the peer in the order
+        they were encoded."""
+        try:
+            block = self._encode(method, path, headers, sensitive)
+        except ValueError:   # a header name the caller got wrong: no stream, no slot
+            self.slots.release()
+            raise
         stream_id = self.next_stream_id
         self.next_stream_id += 2
         if self.next_stream_id > MAX_STREAM_ID:
             self.closing = True       # no ids left: the pool opens a new connection
-        stream = _Stream(finish, deadline, self.initial_send_window)
+        stream = _Stream(done, deadline, self.initial_send_window)
         self.streams[stream_id] = stream
         now = self.last_used = self.loop.time()
         if self._sweep is None or deadline < self._sweep_at:
             self._schedule_sweep(now, deadline)
+        if not body:
+            self._write(self._header_frames(stream_id, block, END_STREAM))
+            return
         n = len(body)
         if (not self.blocked and n <= self.send_window and n <= stream.send_window
                 and n <= self.max_frame_size):
             self.send_window -= n
             stream.send_window -= n
-            self._write(frame(HEADERS, END_HEADERS, stream_id, header_block)
+            self._write(self._header_frames(stream_id, block, 0)
                         + frame(DATA, END_STREAM, stream_id, body))
         else:
-            self._write(frame(HEADERS, END_HEADERS, stream_id, header_block))
+            self._write(self._header_frames(stream_id, block, 0))
             stream.pending = body
             self.blocked.append(stream_id)
             self._send_blocked()
-        return stream_id, stream
 
-    def _end(self, stream_id: int, stream: _Stream) -> bool:
-        """A stream given up (timed out or cancelled) while still open is reset, so
-        that its late response is dropped; False if it had ended already."""
+    def _header_frames(self, stream_id: int, block: bytes, end_stream: int) -> bytes:
+        """HEADERS, and CONTINUATION frames when the block exceeds the peer's frame
+        size; written together, so that nothing comes between them."""
+        size = self.max_frame_size
+        if len(block) <= size:
+            return frame(HEADERS, END_HEADERS | end_stream, stream_id, block)
+        frames = [frame(HEADERS, end_stream, stream_id, block[:size])]
+        for offset in range(size, len(block), size):
+            last = offset + size >= len(block)
+            frames.append(frame(CONTINUATION, END_HEADERS if last else 0, stream_id,
+                                block[offset:offset + size]))
+        return b"".join(frames)
+
+    def _end(self, stream_id: int, stream: _Stream, code: int = CANCEL) -> bool:
+        """A stream given up (timed out, or its response refused) while still open is
+        reset, so that its late response is dropped; False if it had ended already."""
         if self.streams.get(stream_id) is not stream:
             return False
         del self.streams[stream_id]
@@ -451,7 +493,7 @@ class Http2Connection(asyncio.Protocol):
         if stream.pending and stream_id in self.blocked:
             self.blocked.remove(stream_id)
         if self.transport is not None:
-            self._write(frame(RST_STREAM, 0, stream_id, _U32.pack(CANCEL)))
+            self._write(frame(RST_STREAM, 0, stream_id, _U32.pack(code)))
         return True
 
     def _schedule_sweep(self, now: float, deadline: float) -> None:
@@ -470,34 +512,39 @@ class Http2Connection(asyncio.Protocol):
         expired = [(sid, s) for sid, s in self.streams.items() if s.deadline <= now]
         for stream_id, stream in expired:
             if self._end(stream_id, stream):
-                self._answer(stream, TimeoutError())
+                self._call_done(stream, TimeoutError())
         if self.streams:
             self._schedule_sweep(now, min(s.deadline for s in self.streams.values()))
 
-    def _answer(self, stream: _Stream, answer: Response | Exception) -> None:
+    def _call_done(self, stream: _Stream, result: Response | Exception) -> None:
         try:
-            stream.finish(answer)
+            stream.done(result)
         except Exception:   # a caller's bug must not break the connection's parsing
             logger.exception("an HTTP/2 request's callback failed")
 
-    def _encode(self, head: bytes, fields: Fields, tail: bytes) -> bytes:
+    def _encode(self, method: bytes, path: bytes, headers: Fields, sensitive: Fields) -> bytes:
         encoder = self.encoder
         if self._encoded_generation != encoder.generation:
             self._encoded.clear()
             self._encoded_generation = encoder.generation
-        middle = self._encoded.get(fields)
+        middle = self._encoded.get(headers)
         if middle is None:
+            for name, _ in headers:
+                if not name or name.startswith(b":") or name != name.lower():
+                    raise ValueError(f"not a request header name: {name!r}")
             before = encoder.generation
-            middle = b"".join([encoder.field(name, value) for name, value in fields])
+            middle = encoder.field(b":authority", self.authority) + b"".join(
+                [encoder.field(name, value) for name, value in headers])
             if encoder.generation == before:
                 # All indexed: the same bytes until the table changes.
                 if len(self._encoded) >= 64:
                     self._encoded.clear()
-                self._encoded[fields] = middle
+                self._encoded[headers] = middle
             else:
                 self._encoded.clear()
                 self._encoded_generation = encoder.generation
-        return encoder.prefix() + head + middle + tail
+        tail = b"".join([never_indexed(name, value) for name, value in sensitive])
+        return encoder.prefix() + _request_head(method, self.tls, path) + middle + tail
 
     def close(self) -> None:
         """Stop taking requests; close once the streams in flight have finished."""
@@ -509,42 +556,74 @@ class Http2Connection(asyncio.Protocol):
 
     def _frame(self, ftype: int, flags: int, stream_id: int, payload: bytes) -> None:
         if self._header_block is not None and ftype != CONTINUATION:
-            raise ValueError("frame inside a header block")
+            raise ConnectionFault(PROTOCOL_ERROR, "frame inside a header block")
         handler = self._handlers.get(ftype)
         if handler is not None:   # PRIORITY and unknown types are ignored (RFC 9113 §5.5)
             handler(flags, stream_id, payload)
 
     def _on_continuation(self, flags: int, stream_id: int, payload: bytes) -> None:
         if self._header_block is None or self._header_block[0] != stream_id:
-            raise ValueError("unexpected CONTINUATION")
-        self._header_block[1].extend(payload)
+            raise ConnectionFault(PROTOCOL_ERROR, "unexpected CONTINUATION")
+        _, block, end_stream, frames = self._header_block
+        block.extend(payload)
+        if len(block) > MAX_HEADER_BLOCK or frames >= MAX_CONTINUATIONS:
+            raise ConnectionFault(PROTOCOL_ERROR, "response header block too large")
+        self._header_block = (stream_id, block, end_stream, frames + 1)
         if flags & END_HEADERS:
-            _, block, end_stream = self._header_block
             self._header_block = None
             self._on_header_block(stream_id, bytes(block), end_stream)
 
     def _on_rst_stream(self, flags: int, stream_id: int, payload: bytes) -> None:
+        if stream_id == 0:
+            raise ConnectionFault(PROTOCOL_ERROR, "RST_STREAM on stream 0")
+        if len(payload) != 4:
+            raise ConnectionFault(FRAME_SIZE_ERROR, "RST_STREAM of the wrong size")
         code = _U32.unpack(payload)[0]
         self._fail(stream_id, StreamError(f"stream reset by the server (code {code})"))
 
     def _on_ping(self, flags: int, stream_id: int, payload: bytes) -> None:
+        if stream_id != 0:
+            raise ConnectionFault(PROTOCOL_ERROR, "PING on a stream")
+        if len(payload) != 8:
+            raise ConnectionFault(FRAME_SIZE_ERROR, "PING of the wrong size")
         if not flags & ACK:
             self._write(frame(PING, ACK, 0, payload))
+        elif payload == self._ping:
+            self._ping = None
+            if self._ping_timer is not None:
+                self._ping_timer.cancel()
+                self._ping_timer = None
 
     def _on_push_promise(self, flags: int, stream_id: int, payload: bytes) -> None:
-        raise ValueError("PUSH_PROMISE although push is disabled")
+        raise ConnectionFault(PROTOCOL_ERROR, "PUSH_PROMISE although push is disabled")
 
-    def _on_headers(self, flags: int, stream_id: int, payload: bytes) -> None:
+    def _check_stream_id(self, stream_id: int, what: str) -> None:
+        # Only streams we opened: odd, and not past the last one.
+        if stream_id == 0 or stream_id % 2 == 0 or stream_id >= self.next_stream_id:
+            raise ConnectionFault(PROTOCOL_ERROR, f"{what} on stream {stream_id}")
+
+    @staticmethod
+    def _unpad(flags: int, payload: bytes) -> tuple[int, int]:
         start, end = 0, len(payload)
         if flags & PADDED:
+            if not payload or payload[0] >= end:
+                raise ConnectionFault(PROTOCOL_ERROR, "padding longer than the frame")
             start, end = 1, end - payload[0]
+        return start, end
+
+    def _on_headers(self, flags: int, stream_id: int, payload: bytes) -> None:
+        if stream_id not in self.streams:
+            self._check_stream_id(stream_id, "HEADERS")
+        start, end = self._unpad(flags, payload) if flags & PADDED else (0, len(payload))
         if flags & PRIORITY_FLAG:
             start += 5
+            if start > end:
+                raise ConnectionFault(FRAME_SIZE_ERROR, "HEADERS too short for its priority")
         block = payload[start:end]
         if flags & END_HEADERS:
             self._on_header_block(stream_id, block, bool(flags & END_STREAM))
         else:
-            self._header_block = (stream_id, bytearray(block), bool(flags & END_STREAM))
+            self._header_block = (stream_id, bytearray(block), bool(flags & END_STREAM), 0)
 
     def _on_header_block(self, stream_id: int, block: bytes, end_stream: bool) -> None:
         headers = self._decoded.get(block)
@@ -563,22 +642,41 @@ class Http2Connection(asyncio.Protocol):
         if stream is None:
             return
         if not stream.headers:
-            stream.headers = headers
+            # RFC 9113 §8.3: pseudo-headers first, and :status is a response's only one.
+            name, status = headers[0] if headers else (b"", b"")
+            if name != b":status" or not (len(status) == 3 and status.isdigit()):
+                if self._end(stream_id, stream, PROTOCOL_ERROR):
+                    self._call_done(stream, StreamError(f"malformed response: :status {status!r}"))
+                return
+            if status[:1] != b"1":       # a 1xx interim response precedes the real one
+                stream.headers = headers
         if end_stream:
             self._finish(stream_id, stream)
 
     def _on_data(self, flags: int, stream_id: int, payload: bytes) -> None:
+        if stream_id not in self.streams:   # (a stream of ours is valid by construction)
+            self._check_stream_id(stream_id, "DATA")
         length = len(payload)   # flow control counts the padding too
+        self.receive_window -= length
+        if self.receive_window < 0:
+            raise ConnectionFault(FLOW_CONTROL_ERROR, "DATA beyond the connection window")
         self.received += length
         if self.received >= CREDIT_THRESHOLD:
             self._write(frame(WINDOW_UPDATE, 0, 0, _U32.pack(self.received)))
+            self.receive_window += self.received
             self.received = 0
         stream = self.streams.get(stream_id)
         if stream is None:
             return
         if flags & PADDED:
-            payload = payload[1:length - payload[0]]
+            start, end = self._unpad(flags, payload)
+            payload = payload[start:end]
         stream.body += payload
+        if len(stream.body) > self.max_body:
+            if self._end(stream_id, stream):
+                self._call_done(stream, StreamError(
+                    f"response body over {self.max_body} bytes: stream reset"))
+            return
         if flags & END_STREAM:
             self._finish(stream_id, stream)
             return
@@ -588,42 +686,72 @@ class Http2Connection(asyncio.Protocol):
             stream.received = 0
 
     def _on_settings(self, flags: int, stream_id: int, payload: bytes) -> None:
+        if stream_id != 0:
+            raise ConnectionFault(PROTOCOL_ERROR, "SETTINGS on a stream")
         if flags & ACK:
+            if payload:
+                raise ConnectionFault(FRAME_SIZE_ERROR, "SETTINGS ACK with a payload")
             return
-        for offset in range(0, len(payload) - len(payload) % 6, 6):
-            code, value = _SETTING.unpack_from(payload, offset)
-            if code == MAX_CONCURRENT_STREAMS:
-                self.slots.set_limit(value)
-            elif code == INITIAL_WINDOW_SIZE:
-                if value > MAX_STREAM_ID:
-                    raise ValueError("SETTINGS_INITIAL_WINDOW_SIZE too large")
-                delta = value - self.initial_send_window
-                self.initial_send_window = value
-                for stream in self.streams.values():
-                    stream.send_window += delta
-            elif code == MAX_FRAME_SIZE:
-                self.max_frame_size = value
-            elif code == HEADER_TABLE_SIZE:
-                self.encoder.resize(value)
+        if len(payload) % 6:
+            raise ConnectionFault(FRAME_SIZE_ERROR, "SETTINGS of a size not a multiple of 6")
+        for offset in range(0, len(payload), 6):
+            self._apply_setting(*_SETTING.unpack_from(payload, offset))
         self._write(frame(SETTINGS, ACK, 0))
         self._send_blocked()
 
+    def _apply_setting(self, code: int, value: int) -> None:
+        if code == MAX_CONCURRENT_STREAMS:
+            self.slots.set_limit(value)
+        elif code == INITIAL_WINDOW_SIZE:
+            if value > MAX_WINDOW:
+                raise ConnectionFault(FLOW_CONTROL_ERROR, f"SETTINGS_INITIAL_WINDOW_SIZE {value}")
+            delta = value - self.initial_send_window
+            self.initial_send_window = value
+            for stream in self.streams.values():
+                stream.send_window += delta
+                if stream.send_window > MAX_WINDOW:
+                    raise ConnectionFault(FLOW_CONTROL_ERROR, "a stream window overflowed")
+        elif code == MAX_FRAME_SIZE:
+            if not MIN_FRAME_SIZE <= value <= MAX_FRAME_SIZE_LIMIT:
+                raise ConnectionFault(PROTOCOL_ERROR, f"SETTINGS_MAX_FRAME_SIZE {value}")
+            self.max_frame_size = value
+        elif code == ENABLE_PUSH:
+            if value != 0:
+                raise ConnectionFault(PROTOCOL_ERROR, f"SETTINGS_ENABLE_PUSH {value}")
+        elif code == HEADER_TABLE_SIZE:
+            self.encoder.resize(value)
+
     def _on_window_update(self, flags: int, stream_id: int, payload: bytes) -> None:
+        if len(payload) != 4:
+            raise ConnectionFault(FRAME_SIZE_ERROR, "WINDOW_UPDATE of the wrong size")
         increment = _U32.unpack(payload)[0] & MAX_STREAM_ID
         if stream_id == 0:
+            if increment == 0:
+                raise ConnectionFault(PROTOCOL_ERROR, "WINDOW_UPDATE of 0")
             self.send_window += increment
+            if self.send_window > MAX_WINDOW:
+                raise ConnectionFault(FLOW_CONTROL_ERROR, "the connection window overflowed")
         else:
             stream = self.streams.get(stream_id)
             if stream is None:
                 return
             stream.send_window += increment
+            if increment == 0 or stream.send_window > MAX_WINDOW:
+                code = PROTOCOL_ERROR if increment == 0 else FLOW_CONTROL_ERROR
+                if self._end(stream_id, stream, code):
+                    self._call_done(stream, StreamError(f"bad WINDOW_UPDATE ({increment})"))
+                return
         if self.blocked:
             self._send_blocked()
 
     def _on_goaway(self, flags: int, stream_id: int, payload: bytes) -> None:
+        if stream_id != 0:
+            raise ConnectionFault(PROTOCOL_ERROR, "GOAWAY on a stream")
+        if len(payload) < 8:
+            raise ConnectionFault(FRAME_SIZE_ERROR, "GOAWAY too short")
         last_stream_id = _U32.unpack_from(payload, 0)[0] & MAX_STREAM_ID
         code = _U32.unpack_from(payload, 4)[0]
-        debug = payload[8:].decode("utf-8", "replace")
+        debug = payload[8:200].decode("utf-8", "replace")
         logger.warning("%s sent GOAWAY: code=%s last_stream_id=%s data=%s",
                        self._peer(), code, last_stream_id, debug)
         self.goaway_reason = f"GOAWAY {debug or code}"
@@ -666,11 +794,11 @@ class Http2Connection(asyncio.Protocol):
         del self.streams[stream_id]
         self.slots.release()
         headers = dict(stream.headers)
-        try:
-            status = int(headers.get(b":status", b"0"))
-        except ValueError:
-            status = 0
-        self._answer(stream, Response(status, headers, bytes(stream.body)))
+        if not headers:   # only interim (1xx) responses, then the stream ended
+            self._call_done(stream, StreamError("the stream ended without a response"))
+        else:
+            self._call_done(stream, Response(int(headers[b":status"]), headers,
+                                          bytes(stream.body)))
         if self.closing and not self.streams and self.transport is not None:
             self._goaway(NO_ERROR)
 
@@ -679,7 +807,12 @@ class Http2Connection(asyncio.Protocol):
         if stream is None:
             return
         self.slots.release()
-        self._answer(stream, error)
+        self._call_done(stream, error)
+
+    def _protocol_error(self, code: int, exc: Exception) -> None:
+        logger.warning("HTTP/2 protocol error from %s: %s", self._peer(), exc)
+        self.goaway_reason = f"HTTP/2 protocol error from the server: {exc}"
+        self._goaway(code)
 
     def _goaway(self, code: int) -> None:
         self.closing = True
@@ -698,7 +831,33 @@ class Http2Connection(asyncio.Protocol):
             self.close()
         else:
             delay = max(1.0, self._idle_timeout - idle)
-            self._idle_timer = self.loop.call_later(delay, self._check_idle)
+            self._timers[0] = self.loop.call_later(delay, self._check_idle)
+
+    def _check_read_idle(self) -> None:
+        """Nothing read for ``read_idle_timeout``: PING, and expect the ACK within
+        ``ping_timeout`` (a connection silently dropped by a middlebox would otherwise
+        hold its streams until their deadlines, and new ones forever)."""
+        if self.transport is None:
+            return
+        idle = self.loop.time() - self.last_read
+        if idle >= self._read_idle_timeout and self._ping is None:
+            self._pings_sent += 1
+            self._ping = _U32.pack(0) + _U32.pack(self._pings_sent & 0xFFFFFFFF)
+            self._write(frame(PING, 0, 0, self._ping))
+            self._ping_timer = self.loop.call_later(self._ping_timeout, self._ping_unanswered)
+            idle = 0.0
+        delay = max(0.001, self._read_idle_timeout - idle)
+        self._timers[1] = self.loop.call_later(delay, self._check_read_idle)
+
+    def _ping_unanswered(self) -> None:
+        self._ping_timer = None
+        if self.transport is None or self._ping is None:
+            return
+        logger.warning("%s did not answer a PING within %s s: closing the connection",
+                       self._peer(), self._ping_timeout)
+        self.goaway_reason = f"no PING answer within {self._ping_timeout} s"
+        self.closing = True
+        self.transport.abort()
 
     def _write(self, data: bytes) -> None:
         self._out.append(data)
@@ -725,48 +884,71 @@ class Http2Pool:
     (so that load spreads over several connections, and so over the gateway's front
     ends), else to a new connection while there is room, else to the least loaded one,
     where it waits for a stream. ``ssl_context`` None is cleartext HTTP/2 with prior
-    knowledge; a context should offer ALPN ``h2``."""
+    knowledge; a context must offer ALPN ``h2``."""
 
     def __init__(
         self, host: str, port: int, *, ssl_context: ssl.SSLContext | None,
         max_connections: int, initial_stream_limit: int = 1, spread_streams: int = 100,
-        response_table_size: int = 0,
-        name: str = "HTTP/2",
+        response_table_size: int = 0, name: str = "HTTP/2", authority: str | None = None,
+        read_idle_timeout: float = 15.0, ping_timeout: float = 5.0,
+        max_body: int = MAX_RESPONSE_BODY,
     ) -> None:
         self.host = host
         self.port = port
         self.name = name
         self.connections: list[Http2Connection] = []
         self._ssl = ssl_context
+        default_port = 443 if ssl_context is not None else 80
+        if authority is None:
+            authority = host if port == default_port else f"{host}:{port}"
+        self._options: dict[str, Any] = {
+            "authority": authority.encode(), "tls": ssl_context is not None,
+            "initial_stream_limit": initial_stream_limit,
+            "response_table_size": response_table_size,
+            "read_idle_timeout": read_idle_timeout, "ping_timeout": ping_timeout,
+            "max_body": max_body,
+        }
         self._max_connections = max(1, max_connections)
-        self._initial_stream_limit = initial_stream_limit
-        self._response_table_size = response_table_size
         self._spread_streams = spread_streams
         self._lock = asyncio.Lock()
-        self._tasks: set[asyncio.Task[Response]] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
 
-    async def request(self, head: bytes, fields: Fields, tail: bytes, body: bytes,
-                      deadline: float) -> Response:
-        """``Http2Connection.request`` on a connection of the pool. Raises TimeoutError
-        at ``deadline`` (loop time; connecting included), StreamError when the stream
-        or its connection failed, OSError when connecting failed."""
+    def start(self, method: bytes, path: bytes, headers: Fields, sensitive: Fields,
+              body: bytes, deadline: float, done: Done[Response]) -> None:
+        """One request: ``done`` gets the response, or TimeoutError at ``deadline``
+        (loop time; connecting and waiting for a stream included), StreamError when the
+        stream or its connection failed, OSError when connecting failed. On an open
+        connection with a free stream it costs no task (the usual case under load)."""
         connection = self._free_connection()
-        if connection is None:
+        if connection is not None and connection.start(method, path, headers, sensitive,
+                                                       body, deadline, done):
+            return
+        self.in_task(self._start_when_free(method, path, headers, sensitive, body, deadline,
+                                           done), done)
+
+    def in_task(self, work: Coroutine[Any, Any, None], done: Done[Any]) -> None:
+        """Run ``work`` (which hands ``done`` on when it succeeds) in a task the pool
+        cancels on close; ``done`` gets whatever it raises."""
+        in_task(work, self._tasks, done, StreamError, f"cancelled: the {self.name} pool "
+                "is closing")
+
+    async def _start_when_free(self, method: bytes, path: bytes, headers: Fields,
+                               sensitive: Fields, body: bytes, deadline: float,
+                               done: Done[Response]) -> None:
+        acquired: Http2Connection | None = None
+        try:
             async with asyncio.timeout_at(deadline):
                 connection = await self._acquire()
-        return await connection.request(head, fields, tail, body, deadline)
-
-    def start(self, head: bytes, fields: Fields, tail: bytes, body: bytes, deadline: float,
-              finish: Finish) -> None:
-        """``request`` without a coroutine: ``finish`` gets the response or the
-        exception. On an open connection with a free stream it costs no task (the
-        usual case under load); else ``request`` runs in a task."""
-        connection = self._free_connection()
-        if connection is not None and connection.start(head, fields, tail, body, deadline,
-                                                       finish):
-            return
-        finish_in_task(self.request(head, fields, tail, body, deadline), self._tasks, finish,
-                       StreamError, "cancelled: the pool is closing")
+                await connection.slots.acquire()
+                acquired = connection
+        except BaseException:
+            if acquired is not None:
+                acquired.slots.release()
+            raise
+        if acquired.closing or acquired.transport is None:
+            acquired.slots.release()
+            raise StreamError(acquired.goaway_reason or "connection is closing")
+        acquired._open(method, path, headers, sensitive, body, deadline, done)
 
     def _free_connection(self) -> Http2Connection | None:
         """A connection with a free stream, without waiting: the least loaded once the
@@ -797,11 +979,11 @@ class Http2Pool:
 
     async def _connect(self) -> Http2Connection:
         loop = asyncio.get_running_loop()
-        limit, table = self._initial_stream_limit, self._response_table_size
+        options = self._options
         _, connection = await loop.create_connection(
-            lambda: Http2Connection(initial_stream_limit=limit, response_table_size=table),
-            host=self.host, port=self.port, ssl=self._ssl,
-        )
+            lambda: Http2Connection(**options), host=self.host, port=self.port, ssl=self._ssl)
+        if connection.refused is not None:
+            raise StreamError(f"{self.name} connection refused: {connection.refused}")
         connection.closed.add_done_callback(lambda _: self._discard(connection))
         return connection
 
@@ -825,6 +1007,14 @@ class Http2Pool:
                     connection.transport.abort()
             if pending:
                 await asyncio.wait(pending, timeout=1)
+
+
+async def request(pool: Http2Pool, method: bytes, path: bytes, headers: Fields = (),
+                  sensitive: Fields = (), body: bytes = b"", *, seconds: float) -> Response:
+    """``Http2Pool.start`` as a coroutine, with ``seconds`` to answer."""
+    deadline = asyncio.get_running_loop().time() + seconds
+    return await result_of(functools.partial(pool.start, method, path, headers, sensitive,
+                                             body, deadline))
 
 
 def _in_use(connection: Http2Connection) -> int:

@@ -16,6 +16,7 @@ from server.domain import aed_import, neighbourhood_import, signing
 from server.domain.accounts import OPERATOR
 from server.domain.agency_spec import validate_agency, validate_call_types
 from server.domain.categories import ALL_CATEGORIES, normalize_call_type
+from server.domain.errors import FieldError, ValidationFailed
 from server.domain.policy import DEFAULT_ALERTABLE
 from server.domain.text import SINGLE_LINE, Line
 from server.store import aeds, answers, audit, neighbourhoods
@@ -32,7 +33,7 @@ from server.web.appkeys import AGENCIES, POOL, SETTINGS
 from server.web.auth import require_admin
 from server.web.openapi import Body, Query, doc
 from server.web.principal import Forbidden, principal, require_agency_admin
-from server.web.problems import FieldError, NotFound, Problem, ValidationFailed
+from server.web.problems import NotFound, Problem
 from server.web.routes.body import decode_json, json_response, read_bounded
 
 log = logging.getLogger(__name__)
@@ -364,3 +365,24 @@ async def get_incident_responders(request: web.Request) -> web.Response:
     if not who.administers(found["agency_id"]):
         raise Forbidden("Only the agency's admins may see responders' answers")
     return json_response({"incident_id": incident_id, **found})
+
+
+# How far back the console's responder view reaches: a CPR call is over within the hour,
+# the day covers a shift's handover.
+ANSWERS_WINDOW_HOURS = 24
+
+
+@routes.get("/v1/admin/agencies/{agency}/responder-answers")
+@doc("The agency's CPR calls of the last day, responders alerted and their answers",
+     "admin", auth="agency_admin", responses={200: Body("application/json", {
+         "type": "object", "required": ["hours", "incidents"],
+         "properties": {"hours": {"type": "integer"},
+                        "incidents": {"type": "array", "items": {"type": "object"}}}})},
+     errors=(401, 403, 404))
+async def get_responder_answers(request: web.Request) -> web.Response:
+    """The agency's CPR calls of the last day with responders alerted and their answers
+    (operator, or the agency's admins): what the console's Responders page shows."""
+    agency_id = request.match_info["agency"]
+    await require_agency_admin(request, agency_id)
+    return json_response({"hours": ANSWERS_WINDOW_HOURS, "incidents": await answers.recent(
+        request.app[POOL], agency_id, hours=ANSWERS_WINDOW_HOURS)})

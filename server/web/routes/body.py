@@ -7,8 +7,9 @@ from typing import TypeVar
 import msgspec
 from aiohttp import web
 
+from server.domain.errors import FieldError, ValidationFailed
 from server.formats.jsondecode import decode
-from server.web.problems import FieldError, Problem, ValidationFailed
+from server.web.problems import Problem
 
 T = TypeVar("T")
 

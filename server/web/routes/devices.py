@@ -14,6 +14,8 @@ from server import keys
 from server.domain import zones as zone_rules
 from server.domain.agency_spec import valid_timezone
 from server.domain.categories import NEIGHBOUR_ALERTABLE, RESPONDER_ONLY
+from server.domain.credentials import new_device_secret
+from server.domain.errors import FieldError, ValidationFailed
 from server.domain.pushtext import title_and_body
 from server.domain.responses import ResponseStatus
 from server.domain.text import SINGLE_LINE, Line
@@ -23,15 +25,11 @@ from server.store import answers, neighbourhoods, positions
 from server.store import devices as store
 from server.store.erasure import scrub_device
 from server.web.appkeys import LIMITER, POOL, REDIS, REGISTRATION_CHECK, SETTINGS
-from server.web.auth import bearer, new_device_secret
+from server.web.auth import bearer
+from server.web.client import limit_bucket, request_address
 from server.web.openapi import Body, Query, doc
-from server.web.problems import FieldError, Problem, Unauthorized, ValidationFailed
-from server.web.registration import (
-    Registration,
-    RegistrationRefused,
-    client_address,
-    limit_bucket,
-)
+from server.web.problems import Problem, Unauthorized
+from server.web.registration import Registration, RegistrationRefused
 from server.web.routes.body import decode_json, json_response
 
 routes = web.RouteTableDef()
@@ -149,8 +147,7 @@ def _token_gone() -> ValidationFailed:
 async def _limit_registrations(request: web.Request) -> str:
     """The client's address, once its registration budget allows one more (429 if not)."""
     settings = request.app[SETTINGS]
-    address = client_address(request.remote, request.headers.get("X-Forwarded-For"),
-                             settings.trusted_proxies)
+    address = request_address(request)
     per_hour = settings.device_registrations_per_hour_per_ip
     if per_hour > 0:
         verdict = await request.app[LIMITER].allow(

@@ -8,6 +8,7 @@ import logging
 import msgspec
 from aiohttp import web
 
+from server.store.db import ping
 from server.web.appkeys import POOL, REDIS
 from server.web.openapi import doc
 from server.web.problems import PROBLEM_JSON, Problem
@@ -39,7 +40,7 @@ async def readyz(request: web.Request) -> web.Response:
     checks: dict[str, str] = {}
 
     async def postgres() -> None:
-        await request.app[POOL].fetchval("SELECT 1")
+        await ping(request.app[POOL])
 
     async def redis() -> None:
         await request.app[REDIS].ping()

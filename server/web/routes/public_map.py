@@ -19,6 +19,7 @@ from server import keys
 from server.domain.categories import LABELS_EN
 from server.store import public_incidents
 from server.web.appkeys import LIMITER, POOL, PUBLIC_CACHE, SETTINGS
+from server.web.client import limit_bucket, request_address
 from server.web.openapi import Body, Query, doc
 from server.web.problems import FieldError, Problem, ValidationFailed
 from server.web.public_cache import CACHE_S
@@ -65,7 +66,8 @@ def parse_bbox(raw: str | None) -> tuple[float, float, float, float]:
 async def get_incidents(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
     verdict = await request.app[LIMITER].check_key(
-        keys.public_rate(request.remote or "unknown"), settings.public_requests_per_minute)
+        keys.public_rate(limit_bucket(request_address(request))),
+        settings.public_requests_per_minute)
     if not verdict.allowed:
         raise Problem(429, "Too many requests", slug="rate-limited",
                       headers={"Retry-After": str(verdict.retry_after_s)})

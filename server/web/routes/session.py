@@ -21,6 +21,7 @@ from server.domain.accounts import normalize_username, plausible_username, verif
 from server.domain.text import NO_NUL, SINGLE_LINE
 from server.store import accounts
 from server.web.appkeys import LOGINS, POOL, SETTINGS
+from server.web.client import limit_bucket, request_address
 from server.web.openapi import doc
 from server.web.principal import SESSION_COOKIE, Forbidden, principal
 from server.web.problems import Problem, Unauthorized
@@ -52,10 +53,6 @@ def _same_origin(request: web.Request) -> bool:
     return urlsplit(origin).netloc == request.host
 
 
-def _client_address(request: web.Request) -> str:
-    return request.remote or "unknown"
-
-
 @routes.post("/v1/session")
 @doc("Sign in (sets the session cookie)", "console", request=SignIn,
      responses={200: SessionInfo}, errors=(401, 403, 413, 422, 429))
@@ -64,7 +61,7 @@ async def post_session(request: web.Request) -> web.Response:
         raise Forbidden("Sign in from geopush's own console")
     body = await decode_json(request, SignIn, limit=4096)
     username = normalize_username(body.username)
-    address = _client_address(request)
+    address = limit_bucket(request_address(request))
     limiter = request.app[LOGINS]
     verdict = await limiter.check(username, address)
     if not verdict.allowed:

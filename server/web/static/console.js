@@ -50,13 +50,14 @@
   function announce(text) { $("announcer").textContent = text; }
 
   function show(section) {
-    for (const id of ["signin", "queue", "alert", "audit"]) $(id).hidden = id !== section;
+    for (const id of ["signin", "queue", "alert", "responders", "audit"]) $(id).hidden = id !== section;
     for (const button of document.querySelectorAll("#nav [data-section]")) {
       if (button.dataset.section === section) button.setAttribute("aria-current", "page");
       else button.removeAttribute("aria-current");
     }
     if (section === "alert") openAlertForm();
     if (section === "audit") loadAudit();
+    if (section === "responders") loadResponders();
     if (section === "queue") { unseen = 0; updateTitle(); }
   }
 
@@ -80,6 +81,7 @@
     $("nav").hidden = false;
     const admin = info.role === "agency_admin";
     $("tab-alert").hidden = !admin;
+    $("tab-responders").hidden = !admin;
     $("tab-audit").hidden = !admin;
     firstLoad = true;
     show("queue");
@@ -331,6 +333,24 @@
       body.replaceChildren(el("tr", {}, el("td", { colspan: "5", text: err.message })));
     }
   }
+
+  /* ---- responders' answers (agency admins) ---- */
+  async function loadResponders() {
+    const body = $("responders-table").tBodies[0];
+    try {
+      const data = await api("GET", `/v1/admin/agencies/${session.agency_id}/responder-answers`);
+      $("responders-status").textContent = data.incidents.length
+        ? `${data.incidents.length} CPR call${data.incidents.length === 1 ? "" : "s"} in the last ${data.hours} hours.`
+        : `No CPR calls in the last ${data.hours} hours.`;
+      body.replaceChildren(...data.incidents.map((i) => el("tr", {},
+        el("td", { text: new Date(i.received_at).toLocaleString() }),
+        el("td", { text: label(i.category) }), el("td", { text: i.public_location || "" }),
+        el("td", { text: String(i.alerted) }), el("td", { text: String(i.responding) }),
+        el("td", { text: String(i.on_scene) }), el("td", { text: String(i.declined) }))));
+    } catch (err) { $("responders-status").textContent = err.message; }
+  }
+  // Answers come in by the minute while a call runs: refresh what is on screen.
+  setInterval(() => { if (session && !$("responders").hidden) loadResponders(); }, 15000);
 
   /* ---- start ---- */
   api("GET", "/v1/session").then(signedIn, signedOut);
