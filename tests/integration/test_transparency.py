@@ -9,8 +9,12 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import asyncpg
+import msgspec
+from hypothesis import given
+from hypothesis import strategies as st
 
-from server.web.routes.transparency import MIN_COUNT, withheld
+from server.store.transparency import DayCounts
+from server.web.routes.transparency import MIN_COUNT, publish, withheld
 from tests.helpers import create_agency, incident, post_incident
 from workers.maintenance import Retention, apply_retention
 
@@ -64,7 +68,9 @@ async def test_report_counts_per_day_and_category_and_withholds_small_counts(
         ("seattle-fire", today.isoformat(), today.isoformat(), MIN_COUNT)
     rows = _by_category(report)
     fire = rows["structure_fire"]
-    assert fire["received"] == 7              # six alerted, one stale
+    # Seven received: six alerted, one stale. The one is withheld, and so is the total:
+    # 7 - 6 would give it away.
+    assert fire["received"] is None
     assert fire["alerted"] == 6
     assert fire["suppressed"] == {"category": 0, "stale": None, "test": 0, "unmapped": 0,
                                   "other": 0}
@@ -82,6 +88,30 @@ async def test_report_counts_per_day_and_category_and_withholds_small_counts(
 
 def test_small_counts_are_withheld_and_others_published() -> None:
     assert [withheld(n) for n in (0, 1, 4, 5, 17)] == [0, None, None, 5, 17]
+
+
+@given(st.lists(st.integers(0, 40), min_size=6, max_size=6),
+       st.lists(st.integers(0, 40), min_size=3, max_size=3), st.integers(0, 40))
+def test_no_withheld_count_can_be_had_by_subtraction(
+    parts: list[int], outcomes: list[int], pending: int
+) -> None:
+    """received = its five suppressed counts + alerted (here: nothing else); held =
+    approved + rejected + expired (+ still pending, 0 once a day is over). Wherever the
+    total is published with all its parts but one, that one is published too."""
+    counts = dict(zip(("suppressed_category", "suppressed_stale", "suppressed_test",
+                       "suppressed_unmapped", "suppressed_other", "alerted"), parts,
+                      strict=True))
+    counts |= dict(zip(("review_approved", "review_rejected", "review_expired"), outcomes,
+                       strict=True))
+    counts |= {"received": sum(parts), "review_held": sum(outcomes) + pending,
+               "devices_reached": 0, "latency_p50_ms": None, "latency_p95_ms": None}
+    row = publish(DayCounts(dt.date(2026, 11, 30), "structure_fire", counts))
+    for published_total, published_parts in (
+            (row.received, [*msgspec.structs.astuple(row.suppressed), row.alerted]),
+            (row.review.held, [row.review.approved, row.review.rejected,
+                               row.review.expired])):
+        if published_total is not None:
+            assert None not in published_parts
 
 
 async def test_report_rejects_bad_ranges_and_unknown_agencies(client: Any, pool: asyncpg.Pool

@@ -4,8 +4,10 @@ category, as counts only. ``GET /v1/transparency/{agency}?from=&to=`` (JSON) and
 
 No incident ids, no location finer than the agency, nothing about a device; and every
 count from 1 to ``MIN_COUNT - 1`` is withheld (null), so one incident can't be singled
-out of a day's figures. Latency percentiles are shown only over ``MIN_COUNT`` pushes or
-more, for the same reason."""
+out of a day's figures. A total is withheld too when one of its parts is (received is
+the sum of the suppressed counts, alerted and what review still holds; held for review
+of its outcomes): otherwise a withheld count would be had by subtraction. Latency
+percentiles are shown only over ``MIN_COUNT`` pushes or more, for the same reason."""
 
 from __future__ import annotations
 
@@ -29,7 +31,7 @@ MIN_COUNT = 5
 MAX_DAYS = 366
 DEFAULT_DAYS = 30
 
-Count = int | None     # None: between 1 and MIN_COUNT - 1, withheld
+Count = int | None     # None: withheld (1 to MIN_COUNT - 1, or a total with a withheld part)
 
 
 class Suppressed(msgspec.Struct, frozen=True):
@@ -75,6 +77,13 @@ def withheld(n: float | None) -> Count:
     return count if count == 0 or count >= MIN_COUNT else None
 
 
+def total(n: float | None, parts: tuple[Count, ...]) -> Count:
+    """A total as published: withheld like any count, and also whenever one of its
+    ``parts`` is (complementary suppression: the part can't be had by subtracting the
+    others from the total)."""
+    return None if None in parts else withheld(n)
+
+
 def _seconds(ms: float | None, pushes: float | None) -> float | None:
     if ms is None or int(pushes or 0) < MIN_COUNT:
         return None
@@ -83,16 +92,18 @@ def _seconds(ms: float | None, pushes: float | None) -> float | None:
 
 def publish(row: transparency.DayCounts) -> DayRow:
     c = row.counts
+    suppressed = (withheld(c["suppressed_category"]), withheld(c["suppressed_stale"]),
+                  withheld(c["suppressed_test"]), withheld(c["suppressed_unmapped"]),
+                  withheld(c["suppressed_other"]))
+    decided = (withheld(c["review_approved"]), withheld(c["review_rejected"]),
+               withheld(c["review_expired"]))
+    alerted = withheld(c["alerted"])
     return DayRow(
-        date=row.day.isoformat(), category=row.category, received=withheld(c["received"]),
-        suppressed=Suppressed(
-            category=withheld(c["suppressed_category"]), stale=withheld(c["suppressed_stale"]),
-            test=withheld(c["suppressed_test"]), unmapped=withheld(c["suppressed_unmapped"]),
-            other=withheld(c["suppressed_other"])),
-        review=Review(held=withheld(c["review_held"]), approved=withheld(c["review_approved"]),
-                      rejected=withheld(c["review_rejected"]),
-                      expired=withheld(c["review_expired"])),
-        alerted=withheld(c["alerted"]), devices_reached=withheld(c["devices_reached"]),
+        date=row.day.isoformat(), category=row.category,
+        received=total(c["received"], (*suppressed, alerted)),
+        suppressed=Suppressed(*suppressed),
+        review=Review(total(c["review_held"], decided), *decided),
+        alerted=alerted, devices_reached=withheld(c["devices_reached"]),
         latency_p50_s=_seconds(c["latency_p50_ms"], c["devices_reached"]),
         latency_p95_s=_seconds(c["latency_p95_ms"], c["devices_reached"]),
     )
@@ -119,7 +130,8 @@ def date_range(request: web.Request, today: dt.date) -> tuple[dt.date, dt.date]:
 
 
 @routes.get("/v1/transparency/{agency}")
-@doc("Public transparency report: counts per day and category (< 5 withheld)",
+@doc("Public transparency report: counts per day and category (< 5 withheld, and "
+     "totals with a withheld part)",
      "transparency", responses={200: TransparencyReport}, errors=(404, 422),
      query=(Query("from", "first day, YYYY-MM-DD (default: 29 days before to)",
                   {"type": "string", "format": "date"}),
