@@ -14,7 +14,7 @@ import contextlib
 import datetime as dt
 import logging
 import uuid
-from typing import Annotated
+from typing import Annotated, Literal
 
 import msgspec
 from aiohttp import web
@@ -92,7 +92,7 @@ class ReviewQueue(msgspec.Struct, frozen=True):
 
 class ReviewDecided(msgspec.Struct, frozen=True):
     incident_id: str
-    decision: str
+    decision: Literal["alert", "suppressed:rejected"]
 
 
 @routes.get("/v1/admin/review")
