@@ -115,6 +115,46 @@ class ResponderAdded(msgspec.Struct, frozen=True):
     device_id: str
 
 
+class ImportedNeighbourhood(msgspec.Struct, frozen=True):
+    id: str
+    source_id: str
+    name: str
+
+
+class NeighbourhoodsImported(msgspec.Struct, frozen=True):
+    imported: int
+    created: int      # of which new (the others were updated in place)
+    neighbourhoods: list[ImportedNeighbourhood]
+
+
+class IncidentResponders(msgspec.Struct, frozen=True):
+    """CPR responders alerted to an incident and how many answered what (the latest
+    answer of each)."""
+
+    incident_id: str
+    agency_id: str
+    alerted: int
+    responding: int
+    on_scene: int
+    declined: int
+
+
+class CprCall(msgspec.Struct, frozen=True):
+    incident_id: str
+    category: str
+    public_location: str | None
+    received_at: str
+    alerted: int
+    responding: int
+    on_scene: int
+    declined: int
+
+
+class ResponderAnswers(msgspec.Struct, frozen=True):
+    hours: int
+    incidents: list[CprCall]
+
+
 def _admin(request: web.Request) -> None:
     require_admin(request, request.app[SETTINGS].admin_token)
 
@@ -303,10 +343,7 @@ async def delete_responder(request: web.Request) -> web.Response:
      auth="admin",
      request_bodies=(Body("application/geo+json", {"type": "object"}),
                      Body("application/json", {"type": "object"})),
-     responses={200: Body("application/json", {
-         "type": "object", "required": ["imported", "created", "neighbourhoods"],
-         "properties": {"imported": {"type": "integer"}, "created": {"type": "integer"},
-                        "neighbourhoods": {"type": "array", "items": {"type": "object"}}}})},
+     responses={200: NeighbourhoodsImported},
      errors=(401, 413, 415, 422),
      query=(Query("name_property", "the property holding the name (default name)"),
             Query("id_property", "an id property (default: the feature's id, else its name)"),
@@ -332,12 +369,9 @@ async def post_neighbourhoods(request: web.Request) -> web.Response:
     imported = await neighbourhoods.import_neighbourhoods(request.app[POOL], parsed)
     log.info("neighbourhoods imported count=%d new=%d", len(imported),
              sum(i.created for i in imported))
-    return json_response({
-        "imported": len(imported),
-        "created": sum(i.created for i in imported),
-        "neighbourhoods": [{"id": i.id, "source_id": i.source_id, "name": i.name}
-                           for i in imported],
-    })
+    return json_response(NeighbourhoodsImported(
+        len(imported), sum(i.created for i in imported),
+        [ImportedNeighbourhood(i.id, i.source_id, i.name) for i in imported]))
 
 
 _SOURCE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -346,9 +380,7 @@ _SOURCE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 @routes.get("/v1/admin/incidents/{incident}/responders")
 @doc("Responders alerted to an incident and their answers (operator, or the agency's "
      "admins)", "admin", auth="agency_admin",
-     responses={200: Body("application/json", {
-         "type": "object", "required": ["incident_id"],
-         "properties": {"incident_id": {"type": "string"}}})}, errors=(401, 403, 404))
+     responses={200: IncidentResponders}, errors=(401, 403, 404))
 async def get_incident_responders(request: web.Request) -> web.Response:
     """How many CPR responders an incident alerted and what they answered: for the
     operator, or an admin of the incident's agency (signed in to the console); other
@@ -364,7 +396,8 @@ async def get_incident_responders(request: web.Request) -> web.Response:
         raise NotFound(f"No incident {incident_id!r}")
     if not who.administers(found["agency_id"]):
         raise Forbidden("Only the agency's admins may see responders' answers")
-    return json_response({"incident_id": incident_id, **found})
+    return json_response(msgspec.convert({"incident_id": incident_id, **found},
+                                         IncidentResponders))
 
 
 # How far back the console's responder view reaches: a CPR call is over within the hour,
@@ -374,15 +407,13 @@ ANSWERS_WINDOW_HOURS = 24
 
 @routes.get("/v1/admin/agencies/{agency}/responder-answers")
 @doc("The agency's CPR calls of the last day, responders alerted and their answers",
-     "admin", auth="agency_admin", responses={200: Body("application/json", {
-         "type": "object", "required": ["hours", "incidents"],
-         "properties": {"hours": {"type": "integer"},
-                        "incidents": {"type": "array", "items": {"type": "object"}}}})},
+     "admin", auth="agency_admin", responses={200: ResponderAnswers},
      errors=(401, 403, 404))
 async def get_responder_answers(request: web.Request) -> web.Response:
     """The agency's CPR calls of the last day with responders alerted and their answers
     (operator, or the agency's admins): what the console's Responders page shows."""
     agency_id = request.match_info["agency"]
     await require_agency_admin(request, agency_id)
-    return json_response({"hours": ANSWERS_WINDOW_HOURS, "incidents": await answers.recent(
-        request.app[POOL], agency_id, hours=ANSWERS_WINDOW_HOURS)})
+    found = await answers.recent(request.app[POOL], agency_id, hours=ANSWERS_WINDOW_HOURS)
+    return json_response(ResponderAnswers(ANSWERS_WINDOW_HOURS,
+                                          msgspec.convert(found, list[CprCall])))

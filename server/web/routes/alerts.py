@@ -25,6 +25,7 @@ from server.store import audience, manual_alerts
 from server.store.agencies import get_agency
 from server.store.publish import publish_incident
 from server.web.appkeys import OUTBOX, POOL, REDIS, SETTINGS
+from server.web.geojson import Polygon
 from server.web.openapi import Body, doc
 from server.web.principal import require_agency_admin
 from server.web.problems import NotFound
@@ -54,19 +55,38 @@ class AlertSent(msgspec.Struct, frozen=True):
     expires_at: str
 
 
+class AlertAudience(msgspec.Struct, frozen=True):
+    devices: int
+
+
+class ManualAlertView(msgspec.Struct, frozen=True):
+    id: str
+    title: str
+    body: str
+    severity: str
+    sent_at: str
+    expires_at: str
+    sent_by: str
+    audience: int     # devices whose zones met the area when it was sent
+    area: Polygon
+    agency_name: str
+
+
+class ManualAlerts(msgspec.Struct, frozen=True):
+    alerts: list[ManualAlertView]
+
+
 @routes.post("/v1/admin/agencies/{agency}/alerts/preview")
 @doc("How many devices a manual alert's area reaches", "alerts", auth="agency_admin",
-     request=AlertPreview, responses={200: Body("application/json", {
-         "type": "object", "required": ["devices"],
-         "properties": {"devices": {"type": "integer"}}})},
+     request=AlertPreview, responses={200: AlertAudience},
      errors=(401, 403, 404, 413, 422))
 async def post_preview(request: web.Request) -> web.Response:
     await require_agency_admin(request, request.match_info["agency"])
     body = await decode_json(request, AlertPreview, limit=256 * 1024)
     area = manual_alert.area_wkt(manual_alert.validate_area(body.area))
-    return json_response({"devices": await audience.area_audience_size(
+    return json_response(AlertAudience(await audience.area_audience_size(
         request.app[POOL], request.app[REDIS], area,
-        location_ttl=request.app[SETTINGS].location_ttl)})
+        location_ttl=request.app[SETTINGS].location_ttl)))
 
 
 @routes.post("/v1/admin/agencies/{agency}/alerts")
@@ -95,17 +115,15 @@ async def post_alert(request: web.Request) -> web.Response:
 
 @routes.get("/v1/admin/agencies/{agency}/alerts")
 @doc("The agency's recent manual alerts", "alerts", auth="agency_admin",
-     responses={200: Body("application/json", {
-         "type": "object", "required": ["alerts"],
-         "properties": {"alerts": {"type": "array", "items": {"type": "object"}}}})},
+     responses={200: ManualAlerts},
      errors=(401, 403, 404))
 async def get_alerts(request: web.Request) -> web.Response:
     agency_id = request.match_info["agency"]
     await require_agency_admin(request, agency_id)
     alerts = await manual_alerts.recent(request.app[POOL], agency_id)
-    return json_response({"alerts": [
-        {**a, "sent_at": a["sent_at"].isoformat(), "expires_at": a["expires_at"].isoformat()}
-        for a in alerts]})
+    return json_response(ManualAlerts(msgspec.convert(
+        [{**a, "sent_at": a["sent_at"].isoformat(), "expires_at": a["expires_at"].isoformat()}
+         for a in alerts], list[ManualAlertView])))
 
 
 def _base_url(request: web.Request) -> str:

@@ -27,7 +27,7 @@ from server.store.erasure import scrub_device
 from server.web.appkeys import LIMITER, POOL, REDIS, REGISTRATION_CHECK, SETTINGS
 from server.web.auth import bearer
 from server.web.client import limit_bucket, request_address
-from server.web.openapi import Body, Query, doc
+from server.web.openapi import Query, doc
 from server.web.problems import Problem, Unauthorized
 from server.web.registration import Registration, RegistrationRefused
 from server.web.routes.body import decode_json, json_response
@@ -99,6 +99,12 @@ class LocationPut(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     lon: Annotated[float, msgspec.Meta(ge=-180, le=180)]
 
 
+class AlertLocation(msgspec.Struct, frozen=True):
+    public: str | None   # the public location text
+    lat: float           # the public point, rounded to about 100 m
+    lon: float
+
+
 class AlertItem(msgspec.Struct, frozen=True):
     incident_id: str
     category: str
@@ -106,7 +112,7 @@ class AlertItem(msgspec.Struct, frozen=True):
     title: str
     occurred_at: str
     alerted_at: str
-    location: dict[str, Any]
+    location: AlertLocation
 
 
 class AlertFeed(msgspec.Struct, frozen=True):
@@ -125,6 +131,11 @@ class PreferencesSaved(msgspec.Struct, frozen=True):
 
 
 class ResponsePost(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    status: ResponseStatus
+
+
+class ResponseRecorded(msgspec.Struct, frozen=True):
+    incident_id: str
     status: ResponseStatus
 
 
@@ -344,9 +355,7 @@ async def put_location(request: web.Request) -> web.Response:
 
 @routes.post("/v1/devices/{device}/alerts/{incident}/response")
 @doc("A CPR responder's answer to an alert it received", "devices", auth="device",
-     request=ResponsePost, responses={200: Body("application/json", {
-         "type": "object", "required": ["incident_id", "status"],
-         "properties": {"incident_id": {"type": "string"}, "status": {"type": "string"}}})},
+     request=ResponsePost, responses={200: ResponseRecorded},
      errors=(401, 403, 413, 422))
 async def post_response(request: web.Request) -> web.Response:
     """A CPR responder's answer to the alert it received: responding, on_scene or
@@ -362,7 +371,7 @@ async def post_response(request: web.Request) -> web.Response:
         raise Problem(403, "Not alerted",
                       "This device was not alerted to that incident as a responder",
                       slug="not-alerted")
-    return json_response({"incident_id": incident_id, "status": body.status})
+    return json_response(ResponseRecorded(incident_id, body.status))
 
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
@@ -406,7 +415,7 @@ async def get_alerts(request: web.Request) -> web.Response:
         items.append(AlertItem(
             incident_id=str(r["id"]), category=r["category"], status=r["status"], title=title,
             occurred_at=r["occurred_at"].isoformat(), alerted_at=r["alerted_at"].isoformat(),
-            location={"public": r["public_location"], "lat": r["lat"], "lon": r["lon"]},
+            location=AlertLocation(r["public_location"], r["lat"], r["lon"]),
         ))
     next_cursor = None
     if len(rows) == limit:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import datetime as dt
 import math
 import time
-from typing import Any
 
 import msgspec
 from aiohttp import web
@@ -20,7 +19,7 @@ from server.domain.categories import LABELS_EN
 from server.store import public_incidents
 from server.web.appkeys import LIMITER, POOL, PUBLIC_CACHE, SETTINGS
 from server.web.client import limit_bucket, request_address
-from server.web.openapi import Body, Query, doc
+from server.web.openapi import Query, doc
 from server.web.problems import FieldError, Problem, ValidationFailed
 from server.web.public_cache import CACHE_S
 
@@ -30,6 +29,23 @@ WINDOW = dt.timedelta(hours=1)
 MAX_SPAN_DEG = 5.0
 MAX_INCIDENTS = 500
 _GRID = 100   # 0.01°
+
+
+class PublicIncident(msgspec.Struct, frozen=True):
+    category: str
+    status: str
+    location: str | None   # the public location text ("5300 block of 24th Ave NE")
+    lat: float             # the public point, rounded to about 100 m
+    lon: float
+    occurred_at: str
+    age_minutes: int
+    label: str          # the category in words (English)
+
+
+class PublicMap(msgspec.Struct, frozen=True):
+    bbox: list[float]      # as asked, rounded outwards to the 0.01° cache grid
+    generated_at: str
+    incidents: list[PublicIncident]
 
 
 def parse_bbox(raw: str | None) -> tuple[float, float, float, float]:
@@ -56,11 +72,7 @@ def parse_bbox(raw: str | None) -> tuple[float, float, float, float]:
 
 @routes.get("/v1/incidents")
 @doc("The last hour's alerted incidents in ?bbox= (public points only)", "public",
-     responses={200: Body("application/json", {
-         "type": "object", "required": ["bbox", "generated_at", "incidents"],
-         "properties": {"bbox": {"type": "array", "items": {"type": "number"}},
-                        "generated_at": {"type": "string"},
-                        "incidents": {"type": "array", "items": {"type": "object"}}}})},
+     responses={200: PublicMap},
      errors=(422, 429),
      query=(Query("bbox", "min_lon,min_lat,max_lon,max_lat", required=True),))
 async def get_incidents(request: web.Request) -> web.Response:
@@ -79,12 +91,11 @@ async def get_incidents(request: web.Request) -> web.Response:
         now = dt.datetime.now(dt.UTC)
         rows = await public_incidents.recent(request.app[POOL], bbox, since=now - WINDOW,
                                              limit=MAX_INCIDENTS)
-        doc: dict[str, Any] = {
-            "bbox": list(bbox), "generated_at": now.isoformat(),
-            "incidents": [{**public_incidents.as_public(r, now),
-                           "label": LABELS_EN.get(r["category"], r["category"])}
-                          for r in rows]}
-        body = msgspec.json.encode(doc)
+        answer = PublicMap(list(bbox), now.isoformat(), [
+            PublicIncident(**public_incidents.as_public(r, now),
+                           label=LABELS_EN.get(r["category"], r["category"]))
+            for r in rows])
+        body = msgspec.json.encode(answer)
         cache.put(bbox, body, mono)
     return web.Response(body=body, content_type="application/json",
                         headers={"Cache-Control": f"public, max-age={int(CACHE_S)}"})

@@ -14,7 +14,7 @@ import contextlib
 import datetime as dt
 import logging
 import uuid
-from typing import Annotated
+from typing import Annotated, Literal
 
 import msgspec
 from aiohttp import web
@@ -48,25 +48,62 @@ def _scope(who: Principal, request: web.Request) -> str | None:
     return request.query.get("agency") if who.is_operator else who.agency_id
 
 
-_ITEM = {"type": "object", "required": ["incident_id", "agency_id", "category", "proposed"],
-         "description": "an alert held for review: its public and exact place, the "
-                        "redacted narrative, the proposed text"}
-_DECIDED = Body("application/json", {
-    "type": "object", "required": ["incident_id", "decision"],
-    "properties": {"incident_id": {"type": "string"}, "decision": {"type": "string"}}})
+class ExactPoint(msgspec.Struct, frozen=True):
+    lat: float
+    lon: float
+
+
+class ReviewLocation(msgspec.Struct, frozen=True, omit_defaults=True):
+    public: str | None
+    lat: float
+    lon: float
+    kind: str | None
+    # The exact point: for the agency's own editors only (absent for the operator).
+    exact: ExactPoint | None = None
+
+
+class ProposedText(msgspec.Struct, frozen=True):
+    title: str
+    body: str
+
+
+class ReviewItem(msgspec.Struct, frozen=True):
+    """An alert held for review: its public (and for the agency's own editors, exact)
+    place, the redacted narrative, the proposed text."""
+
+    incident_id: str
+    agency_id: str
+    external_id: str
+    call_type: str
+    category: str
+    status: str
+    priority: int | None
+    occurred_at: str
+    location: ReviewLocation
+    narrative: str | None
+    proposed: ProposedText
+    queued_at: str
+    expires_at: str
+
+
+class ReviewQueue(msgspec.Struct, frozen=True):
+    items: list[ReviewItem]
+
+
+class ReviewDecided(msgspec.Struct, frozen=True):
+    incident_id: str
+    decision: Literal["alert", "suppressed:rejected"]
 
 
 @routes.get("/v1/admin/review")
 @doc("Alerts waiting for an editor (the caller's agency)", "review", auth="editor",
-     responses={200: Body("application/json", {
-         "type": "object", "required": ["items"],
-         "properties": {"items": {"type": "array", "items": _ITEM}}})},
+     responses={200: ReviewQueue},
      errors=(401, 403), query=(Query("agency", "the operator only: this agency's items"),))
 async def get_review(request: web.Request) -> web.Response:
     who = await principal(request)
     items = await review.pending(request.app[POOL], agency_id=_scope(who, request),
                                  now=dt.datetime.now(dt.UTC), exact=not who.is_operator)
-    return json_response({"items": items})
+    return json_response(ReviewQueue(msgspec.convert(items, list[ReviewItem])))
 
 
 @routes.get("/v1/admin/review/events")
@@ -115,7 +152,7 @@ def _incident_id(request: web.Request) -> str:
 
 @routes.get("/v1/admin/review/{incident}")
 @doc("One item waiting for an editor", "review", auth="editor",
-     responses={200: Body("application/json", _ITEM)}, errors=(401, 403, 404))
+     responses={200: ReviewItem}, errors=(401, 403, 404))
 async def get_review_item(request: web.Request) -> web.Response:
     who = await principal(request)
     incident_id = _incident_id(request)
@@ -124,7 +161,7 @@ async def get_review_item(request: web.Request) -> web.Response:
                                  exact=not who.is_operator)
     if not items:
         raise NotFound(f"No review item for incident {incident_id!r}")
-    return json_response(items[0])
+    return json_response(msgspec.convert(items[0], ReviewItem))
 
 
 def _closed(exc: review.ReviewClosed) -> Problem:
@@ -134,7 +171,7 @@ def _closed(exc: review.ReviewClosed) -> Problem:
 
 @routes.post("/v1/admin/review/{incident}/approve")
 @doc("Approve (optionally reworded; the body is optional)", "review", auth="editor",
-     request=ReviewDecision, responses={200: _DECIDED}, errors=(401, 403, 404, 409, 413, 422))
+     request=ReviewDecision, responses={200: ReviewDecided}, errors=(401, 403, 404, 409, 413, 422))
 async def post_approve(request: web.Request) -> web.Response:
     who = await principal(request)
     decision = await decode_json(request, ReviewDecision) if request.can_read_body \
@@ -153,11 +190,11 @@ async def post_approve(request: web.Request) -> web.Response:
         await publish_incident(request.app[REDIS], request.app[OUTBOX], incident_id)
     log.info("review approved incident=%s by=%s edited=%s", incident_id, who.name,
              decision.title is not None or decision.body is not None)
-    return json_response({"incident_id": incident_id, "decision": "alert"})
+    return json_response(ReviewDecided(incident_id, "alert"))
 
 
 @routes.post("/v1/admin/review/{incident}/reject")
-@doc("Reject: nothing is sent", "review", auth="editor", responses={200: _DECIDED},
+@doc("Reject: nothing is sent", "review", auth="editor", responses={200: ReviewDecided},
      errors=(401, 403, 404, 409))
 async def post_reject(request: web.Request) -> web.Response:
     who = await principal(request)
@@ -170,7 +207,7 @@ async def post_reject(request: web.Request) -> web.Response:
     except review.ReviewClosed as exc:
         raise _closed(exc) from None
     log.info("review rejected incident=%s by=%s", incident_id, who.name)
-    return json_response({"incident_id": incident_id, "decision": "suppressed:rejected"})
+    return json_response(ReviewDecided(incident_id, "suppressed:rejected"))
 
 
 async def _still_signed_in(request: web.Request) -> bool:

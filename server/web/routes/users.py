@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Annotated
+from typing import Annotated, Any
 
 import asyncpg
 import msgspec
@@ -28,7 +28,7 @@ from server.domain.text import NO_NUL, SINGLE_LINE, Line
 from server.store import accounts, audit
 from server.store.db import create_pool
 from server.web.appkeys import POOL
-from server.web.openapi import Body, Query, doc
+from server.web.openapi import Query, doc
 from server.web.principal import Forbidden, principal, require_agency_admin
 from server.web.problems import FieldError, NotFound, Problem, ValidationFailed
 from server.web.routes.body import decode_json, json_response
@@ -47,6 +47,35 @@ class UserCreated(msgspec.Struct, frozen=True):
     username: str
     role: str
     agency_id: str
+
+
+class UserView(msgspec.Struct, frozen=True):
+    username: str
+    role: str
+    agency_id: str
+    created_at: str
+    created_by: str
+
+
+class Users(msgspec.Struct, frozen=True):
+    users: list[UserView]
+
+
+class AuditEntry(msgspec.Struct, frozen=True):
+    id: int
+    at: str
+    actor: str
+    agency_id: str | None
+    action: str
+    target: str | None
+    # Free-form by design: each action records its own facts (an agency's changed
+    # fields, a manual alert's text and area, a user's role).
+    details: Annotated[dict[str, Any], msgspec.Meta(
+        description="what the action changed; its shape depends on the action")]
+
+
+class AuditLog(msgspec.Struct, frozen=True):
+    entries: list[AuditEntry]
 
 
 def _may_manage(who: Principal, role: str) -> None:
@@ -101,14 +130,13 @@ async def post_user(request: web.Request) -> web.Response:
 
 @routes.get("/v1/admin/agencies/{agency}/users")
 @doc("The agency's accounts", "console", auth="agency_admin",
-     responses={200: Body("application/json", {
-         "type": "object", "required": ["users"],
-         "properties": {"users": {"type": "array", "items": {"type": "object"}}}})},
+     responses={200: Users},
      errors=(401, 403, 404))
 async def get_users(request: web.Request) -> web.Response:
     agency_id = request.match_info["agency"]
     await require_agency_admin(request, agency_id)
-    return json_response({"users": await accounts.list_users(request.app[POOL], agency_id)})
+    found = await accounts.list_users(request.app[POOL], agency_id)
+    return json_response(Users(msgspec.convert(found, list[UserView])))
 
 
 @routes.delete("/v1/admin/agencies/{agency}/users/{username}")
@@ -146,9 +174,7 @@ def _int_param(request: web.Request, name: str, default: int | None, lo: int,
 
 @routes.get("/v1/admin/audit")
 @doc("The audit log, newest first", "console", auth="agency_admin",
-     responses={200: Body("application/json", {
-         "type": "object", "required": ["entries"],
-         "properties": {"entries": {"type": "array", "items": {"type": "object"}}}})},
+     responses={200: AuditLog},
      errors=(401, 403, 422),
      query=(Query("limit", "1-1000, default 100", {"type": "integer"}),
             Query("before", "an entry id: older entries", {"type": "integer"}),
@@ -168,4 +194,4 @@ async def get_audit(request: web.Request) -> web.Response:
     assert limit is not None
     items = await audit.entries(request.app[POOL], agency_id=agency_id, before_id=before,
                                 limit=limit)
-    return json_response({"entries": items})
+    return json_response(AuditLog(msgspec.convert(items, list[AuditEntry])))
