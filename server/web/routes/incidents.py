@@ -65,7 +65,7 @@ async def post_incident(request: web.Request) -> web.Response:
     body_format = format_of(request.content_type)
     started = time.perf_counter()
     try:
-        response = await _post_incident(request)
+        response = await _post_incident(request, body_format)
     except Problem as problem:
         # 422 and 429 come after the signature verified; anything else may name an
         # agency that doesn't exist, which must not mint a label value.
@@ -77,7 +77,7 @@ async def post_incident(request: web.Request) -> web.Response:
     return response
 
 
-async def _post_incident(request: web.Request) -> web.Response:
+async def _post_incident(request: web.Request, body_format: str) -> web.Response:
     settings = request.app[SETTINGS]
     dry = is_dry_run(request)
     parser = parser_for(request.content_type)
@@ -109,8 +109,7 @@ async def _post_incident(request: web.Request) -> web.Response:
         limiter=request.app[LIMITER],
         rejected_per_minute=settings.rejected_webhooks_per_minute,
     )
-    metrics.WEBHOOKS.labels(request.match_info["agency"], format_of(request.content_type),
-                            accepted.decision).inc()
+    metrics.WEBHOOKS.labels(request.match_info["agency"], body_format, accepted.decision).inc()
     return json_response(
         IncidentAccepted(accepted.incident_id, accepted.decision, accepted.duplicate),
         status=202,
