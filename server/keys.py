@@ -38,6 +38,14 @@ INCIDENTS_STREAM = f"{PREFIX}:incidents"
 relay. One stream, one key: no script or transaction names it with another key, so it
 needs no hash tag (its slot is its name's)."""
 
+FANOUT_WORK_STREAM = f"{PREFIX}:{{fanout}}:work"
+"""Pages of large fan-outs for any matcher to enqueue (field ``item``: a
+``workers.fanout.WorkItem`` as JSON, the devices' rows in it). One stream: an item is
+thousands of pushes, so one slot carries them easily; it is never named with another
+key in one command, and its hash tag only fixes its slot (where a deployment can see
+it). Read by the matchers' group after the incidents stream, so a new incident is
+matched before the remainder of a large one (docs/adr/0002-shared-fan-out.md)."""
+
 DEAD_STREAM = f"{PREFIX}:dead"
 """Pushes that could not be delivered before their alert expired, with the reason."""
 
