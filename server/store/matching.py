@@ -166,6 +166,15 @@ async def _pages(db: asyncpg.Pool, query: str, args: Sequence[object], first: in
     ``first`` rows first, then ``page`` at a time: the caller acts on each page while
     the rest is still to be read. Close it (``contextlib.aclosing``) if you stop early."""
     async with db.acquire() as conn, conn.transaction(readonly=True):
+        # Planned for these values, every time: the incident's geometry folds into a
+        # constant the GiST scan and the recheck use as is (a generic plan, which
+        # PostgreSQL may switch a prepared statement to, would rebuild it per row). And
+        # no bitmap scan: it reads the whole index match before its first row (for a
+        # city-wide area, half the query's time before the first push could leave),
+        # where the GiST index scan hands rows out as it finds them
+        # (docs/BENCHMARKS.md, "Streaming matcher").
+        await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan; "
+                           "SET LOCAL enable_bitmapscan = off")
         cursor = await conn.cursor(query, *args)
         size = first
         while True:
