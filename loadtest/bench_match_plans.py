@@ -17,7 +17,10 @@ For each it prints, warm, the best of ``--runs`` wall times of one round trip:
   and near-me positions, the devices joined, preferences applied), run as the
   matcher runs it, a cursor (so with a cursor's plan), every row produced but none
   sent (``MOVE ALL``); its rows, and the ratio to ``bare`` (issue 13: at most 1.5);
-- ``to client``: the same, read as the matcher reads it (``neighbour_pages``: pages
+- ``join``: the same before migration 0012, for comparison in the same run: the zones
+  found joined to ``devices`` for the device's columns (with 0009's covering index,
+  ``devices_match``, which 0012 dropped and this benchmark builds again on its copy);
+- ``to client``: the match, read as the matcher reads it (``neighbour_pages``: pages
   of 500, then 2,000 rows, decoded by asyncpg): to the first page, and to the last;
 
 and, with ``--plans``, the plans PostgreSQL chose for both (``EXPLAIN``, custom plans:
@@ -46,6 +49,36 @@ _BARE = f"SELECT count(*) FROM zones WHERE ST_Intersects(geom, {_PUBLIC})"  # no
 # What ``matching._pages`` sets for its cursor (--bitmap: without the second).
 _AS_THE_MATCHER = ("SET LOCAL plan_cache_mode = force_custom_plan; "
                    "SET LOCAL enable_bitmapscan = off")
+# The match before migration 0012 (as the matcher's cursor ran it): each zone found
+# joined to devices for the columns zones now carry.
+_JOINED = """
+SELECT d.id, d.platform, d.token, d.locale, d.timezone, d.quiet_start, d.quiet_end
+  FROM (
+      SELECT z.device_id FROM zones z
+       WHERE ST_Intersects(z.geom, geopush_public_geom(
+                 ST_SetSRID($1::text::geometry, 4326),
+                 ST_SetSRID(ST_MakePoint($6::float8, $7::float8), 4326)))
+      UNION ALL
+      SELECT p.device_id
+        FROM unnest($3::uuid[], $4::float8[], $5::float8[]) AS p(device_id, lon, lat)
+        JOIN devices nd ON nd.id = p.device_id
+       WHERE nd.near_me_radius_m IS NOT NULL
+         AND ST_DWithin(ST_SetSRID(ST_MakePoint(p.lon, p.lat), 4326)::geography,
+                        geopush_public_geom(
+                            ST_SetSRID($1::text::geometry, 4326),
+                            ST_SetSRID(ST_MakePoint($6::float8, $7::float8), 4326)
+                        )::geography, nd.near_me_radius_m)
+  ) m
+  JOIN devices d ON d.id = m.device_id
+ WHERE d.token_disabled_at IS NULL
+   AND (d.categories IS NULL OR $2 = ANY (d.categories))
+"""
+_DEVICES_MATCH = """
+CREATE INDEX IF NOT EXISTS devices_match ON devices (id)
+    INCLUDE (platform, token, locale, timezone, quiet_start, quiet_end, categories)
+    WHERE token_disabled_at IS NULL;
+ANALYZE devices
+"""
 _CIRCLE = """SELECT ST_AsText(ST_Buffer(ST_SetSRID(ST_MakePoint($2, $1), 4326)::geography,
                                         $3, 'quad_segs=8')::geometry)"""
 
@@ -115,20 +148,30 @@ async def _measure(database_url: str, runs: int, show_plans: bool, bitmap: bool)
                       (round(DOWNTOWN[0], 3), round(DOWNTOWN[1], 3)))]
             query = matching._NEIGHBOUR_ROWS
             setup = _AS_THE_MATCHER.split(";")[0] if bitmap else _AS_THE_MATCHER
+            await conn.execute(_DEVICES_MATCH)
             print(f"{'incident':28} {'zones':>7} {'bare':>9} {'match':>9} {'ratio':>6} "
-                  f"{'devices':>8} {'to client: 1st page':>19} {'all':>9}")
+                  f"{'devices':>8} {'join':>9} {'ratio':>6} {'to client: 1st page':>19} "
+                  f"{'all':>9}")
             for name, geometry, public in cases:
                 args = _match_args(geometry, public)
                 bare = [await _bare(conn, geometry, public) for _ in range(runs)]
                 match = [await _moved(conn, query, args, setup) for _ in range(runs)]
+                joined = [await _moved(conn, _JOINED, args, setup) for _ in range(runs)]
                 cursor = [await _cursor_wall(pool, geometry, public) for _ in range(runs)]
                 b, m = min(t for t, _ in bare) * 1000, min(t for t, _ in match) * 1000
+                j = min(t for t, _ in joined) * 1000
+                if joined[0][1] != match[0][1]:
+                    raise SystemExit(f"{name}: the match gives {match[0][1]} rows, "
+                                     f"the join {joined[0][1]}")
                 print(f"{name:28} {bare[0][1]:>7} {b:>6.1f} ms {m:>6.1f} ms {m / b:>6.2f} "
-                      f"{match[0][1]:>8} {min(c[0] for c in cursor) * 1000:>16.1f} ms "
+                      f"{match[0][1]:>8} {j:>6.1f} ms {j / b:>6.2f} "
+                      f"{min(c[0] for c in cursor) * 1000:>16.1f} ms "
                       f"{min(c[1] for c in cursor) * 1000:>6.1f} ms", flush=True)
                 if show_plans:
-                    for label, sql in (("bare count", _BARE), ("match, as a cursor",
-                                                               f"DECLARE c CURSOR FOR {query}")):
+                    for label, sql in (("bare count", _BARE),
+                                       ("match, as a cursor", f"DECLARE c CURSOR FOR {query}"),
+                                       ("join (before 0012), as a cursor",
+                                        f"DECLARE c CURSOR FOR {_JOINED}")):
                         params = (geometry, public[1], public[0]) if sql is _BARE else args
                         async with conn.transaction():
                             await conn.execute(setup)

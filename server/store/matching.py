@@ -41,34 +41,40 @@ def _reached(target: str, ids: int, categories: str, *, distinct: bool = True) -
     inside), and devices with "near me" whose current position (parameters ``ids`` to
     ``ids + 2``: device ids, longitudes, latitudes, from one GEO search in Redis) is
     within their radius of ``target``. A device matched both ways is one row: one push.
-    ``categories``: the SQL condition on the device's categories. (Both SQL fragments
-    are this module's constants, never input.)
+    ``categories``: the SQL condition on the device's categories, ``{t}`` standing for
+    the table read (both SQL fragments are this module's constants, never input).
+
+    The zone half reads zones only: each zone carries a copy of its device's columns
+    the match reads (migration 0012, kept in step by triggers there), on the heap row
+    the GiST scan visits anyway for the geometry's recheck, so a zone found costs no
+    lookup in devices. The near-me half (a few devices) reads devices by id.
 
     ``distinct`` false: a device matched twice (two zones, or a zone and its position)
     comes twice, and rows stream from the first one found, with no sort or hash of the
     whole match before it; whoever reads it keeps the first of each device (the
     matcher: in memory and, across processes, by the event's dedup set in Redis).
     That is the streaming matcher's form; the counting one (dry run) is distinct."""
-    select = "SELECT DISTINCT ON (d.id)" if distinct else "SELECT"
-    return f"""
-{select} d.id, d.platform, d.token, d.locale, d.timezone,
-       d.quiet_start, d.quiet_end
-  FROM (
-      SELECT z.device_id FROM zones z
-       WHERE ST_Intersects(z.geom, {target})
-      UNION ALL
-      SELECT p.device_id
-        FROM unnest(${ids}::uuid[], ${ids + 1}::float8[], ${ids + 2}::float8[])
-             AS p(device_id, lon, lat)
-        JOIN devices nd ON nd.id = p.device_id
-       WHERE nd.near_me_radius_m IS NOT NULL
-         AND ST_DWithin(ST_SetSRID(ST_MakePoint(p.lon, p.lat), 4326)::geography,
-                        ({target})::geography, nd.near_me_radius_m)
-  ) m
-  JOIN devices d ON d.id = m.device_id
- WHERE d.token_disabled_at IS NULL
-   AND {categories}
+    rows = f"""
+SELECT z.device_id AS id, z.platform, z.token, z.locale, z.timezone,
+       z.quiet_start, z.quiet_end
+  FROM zones z
+ WHERE ST_Intersects(z.geom, {target})
+   AND z.token_disabled_at IS NULL
+   AND {categories.format(t="z")}
+UNION ALL
+SELECT d.id, d.platform, d.token, d.locale, d.timezone, d.quiet_start, d.quiet_end
+  FROM unnest(${ids}::uuid[], ${ids + 1}::float8[], ${ids + 2}::float8[])
+       AS p(device_id, lon, lat)
+  JOIN devices d ON d.id = p.device_id
+ WHERE d.near_me_radius_m IS NOT NULL
+   AND d.token_disabled_at IS NULL
+   AND {categories.format(t="d")}
+   AND ST_DWithin(ST_SetSRID(ST_MakePoint(p.lon, p.lat), 4326)::geography,
+                  ({target})::geography, d.near_me_radius_m)
 """  # noqa: S608
+    if not distinct:
+        return rows
+    return f"SELECT DISTINCT ON (m.id) m.* FROM ({rows}) m"  # noqa: S608
 
 
 # An incident is matched, by zone and by near-me position alike, against its public
@@ -79,15 +85,16 @@ def _reached(target: str, ids: int, categories: str, *, distinct: bool = True) -
 # the point for a point, an area's box widened to the public grid (geopush_public_geom,
 # sql/0005; stored incidents keep it in public_geom). Only devices that take the
 # incident's category ($2).
+_TAKES_CATEGORY = "({t}.categories IS NULL OR $2 = ANY ({t}.categories))"
 _NEIGHBOURS = _reached(
     """geopush_public_geom(ST_SetSRID($1::text::geometry, 4326),
                            ST_SetSRID(ST_MakePoint($6::float8, $7::float8), 4326))""",
-    ids=3, categories="(d.categories IS NULL OR $2 = ANY (d.categories))")
+    ids=3, categories=_TAKES_CATEGORY)
 
 _NEIGHBOUR_ROWS = _reached(
     """geopush_public_geom(ST_SetSRID($1::text::geometry, 4326),
                            ST_SetSRID(ST_MakePoint($6::float8, $7::float8), 4326))""",
-    ids=3, categories="(d.categories IS NULL OR $2 = ANY (d.categories))", distinct=False)
+    ids=3, categories=_TAKES_CATEGORY, distinct=False)
 
 # How far an incident's public area reaches from its public point (0 for a point):
 # near-me positions are searched that much further out.
