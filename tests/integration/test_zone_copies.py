@@ -16,6 +16,7 @@ import json
 import secrets
 from collections.abc import Awaitable, Iterator
 from contextlib import aclosing
+from pathlib import Path
 from typing import Any, TypeVar
 
 import asyncpg
@@ -27,6 +28,7 @@ from server.domain.neighbourhood_import import Neighbourhood
 from server.domain.zones import Circle, NeighbourhoodZone, Zone
 from server.store import devices as store
 from server.store import matching
+from server.store.migrate import discover, migrate
 from server.store.neighbourhoods import import_neighbourhoods
 from server.store.positions import Nearby
 from tests.conftest import Services
@@ -303,3 +305,37 @@ def test_a_zone_written_while_its_device_changes_ends_with_the_committed_values(
     assert [r["locale"] for r in locales] == ["fr", "fr"]
     assert world.run(world.pool.fetchval(_STALE)) == 0
 
+
+
+async def test_migration_0012_fills_the_copies_of_existing_zones(
+        services: Services, tmp_path: Path) -> None:
+    """A database with devices and zones from before 0012 gets them copied."""
+    for migration in discover():
+        if migration.version < 12:
+            (tmp_path / migration.path.name).symlink_to(migration.path)
+    admin = await asyncpg.connect(services.database_url)
+    fresh = f"zone_copies_{secrets.token_hex(4)}"
+    await admin.execute(f'CREATE DATABASE "{fresh}"')
+    url = services.database_url.rsplit("/", 1)[0] + "/" + fresh
+    try:
+        await migrate(url, tmp_path)
+        conn = await asyncpg.connect(url)
+        try:
+            await conn.execute(
+                """INSERT INTO devices (platform, token, secret_hash, locale, categories,
+                                        quiet_start, quiet_end, token_disabled_at)
+                   VALUES ('apns', 'a', '\\x00', 'fr', '{medical}', '22:00', '07:00', NULL),
+                          ('fcm', 'b', '\\x00', 'en', NULL, NULL, NULL, now())""")
+            await conn.execute(
+                """INSERT INTO zones (device_id, name, geom)
+                   SELECT id, n, ST_Multi(ST_Buffer(ST_SetSRID(ST_MakePoint(0, 0), 4326), 0.01))
+                     FROM devices, (VALUES ('home'), ('work')) AS v(n)""")
+            assert [m.version for m in await migrate(url)] == [
+                m.version for m in discover() if m.version >= 12]
+            assert await conn.fetchval(_STALE) == 0
+            assert await conn.fetchval("SELECT count(*) FROM zones WHERE token IS NOT NULL") == 4
+        finally:
+            await conn.close()
+    finally:
+        await admin.execute(f'DROP DATABASE "{fresh}" WITH (FORCE)')
+        await admin.close()
