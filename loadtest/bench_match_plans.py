@@ -154,9 +154,12 @@ async def _measure(database_url: str, runs: int, show_plans: bool, bitmap: bool)
                   f"{'all':>9}")
             for name, geometry, public in cases:
                 args = _match_args(geometry, public)
-                bare = [await _bare(conn, geometry, public) for _ in range(runs)]
-                match = [await _moved(conn, query, args, setup) for _ in range(runs)]
-                joined = [await _moved(conn, _JOINED, args, setup) for _ in range(runs)]
+                # Interleaved, so a neighbour's load on the shared machine falls on all three.
+                bare, match, joined = [], [], []
+                for _ in range(runs):
+                    bare.append(await _bare(conn, geometry, public))
+                    match.append(await _moved(conn, query, args, setup))
+                    joined.append(await _moved(conn, _JOINED, args, setup))
                 cursor = [await _cursor_wall(pool, geometry, public) for _ in range(runs)]
                 b, m = min(t for t, _ in bare) * 1000, min(t for t, _ in match) * 1000
                 j = min(t for t, _ in joined) * 1000
