@@ -14,7 +14,11 @@ INCIDENTS_STREAM = f"{PREFIX}:incidents"
 """Incidents to match: fields ``incident_id`` (uuid). Written by ingest and the outbox relay."""
 
 DEAD_STREAM = f"{PREFIX}:dead"
-"""Pushes that could not be delivered before their alert expired, with the reason."""
+"""Pushes that could not be delivered before their alert expired, with the reason.
+
+One stream for every shard and platform (a record for operators, a few entries a day):
+a sender writes it in the same pipeline as its shard's retry schedule but not in one
+transaction with it (different slots); see ``Sender`` for why that is safe."""
 
 PLATFORMS = ("apns", "fcm")
 
@@ -74,21 +78,38 @@ def agency_dry_run_rate(agency_id: str) -> str:
     return f"{PREFIX}:rate:dry_run:{agency_id}"
 
 
-RESPONDERS_GEO = f"{PREFIX}:responders:geo"
+# Positions. A position set is a GEO set and a sorted set of report times, written and
+# forgotten together in one MULTI (a position never stays without its time, which would
+# make it immortal, nor a time without its position): the two keys share a hash tag.
+# Each set is one key, so one slot, by necessity: GEOSEARCH reads one key. A city's
+# phones are a few hundred thousand members at most (tens of MB), well within one node;
+# splitting a set by area would make a radius search fan out over shards.
+RESPONDERS_GEO = f"{PREFIX}:{{responders}}:geo"
 """GEO set of responders' last reported positions (member: device id)."""
 
-RESPONDERS_SEEN = f"{PREFIX}:responders:seen"
+RESPONDERS_SEEN = f"{PREFIX}:{{responders}}:seen"
 """Sorted set: when each responder last reported (unix s); older than
 RESPONDER_POSITION_TTL_S and the position is forgotten."""
 
 RESPONDER_POSITION_TTL_S = 15 * 60
 
-NEAR_ME_GEO = f"{PREFIX}:near_me:geo"
+NEAR_ME_GEO = f"{PREFIX}:{{near_me}}:geo"
 """GEO set of the last position devices with "near me" reported (member: device id)."""
 
-NEAR_ME_SEEN = f"{PREFIX}:near_me:seen"
+NEAR_ME_SEEN = f"{PREFIX}:{{near_me}}:seen"
 """Sorted set: when each device last reported (unix s); older than
 GEOPUSH_LOCATION_TTL_MINUTES and the position is forgotten."""
+
+LEGACY_POSITION_KEYS = (
+    (f"{PREFIX}:responders:geo", RESPONDERS_GEO),
+    (f"{PREFIX}:responders:seen", RESPONDERS_SEEN),
+    (f"{PREFIX}:near_me:geo", NEAR_ME_GEO),
+    (f"{PREFIX}:near_me:seen", NEAR_ME_SEEN),
+)
+"""(old name, name) of the position keys from before they had hash tags. Only a single
+Redis can hold the old names (geopush did not run on a Redis Cluster before): the
+relay's maintenance moves what they hold, so no position outlives its time-to-live
+under a name nothing reads (``positions.adopt_legacy_keys``)."""
 
 
 def update_second_pass(incident_id: str) -> str:
@@ -107,12 +128,18 @@ def apns_provider_token(team_id: str, key_id: str) -> str:
 
 
 def login_failures(username: str) -> str:
-    """Failed sign-ins for a username in the current window (fixed window counter)."""
+    """Failed sign-ins for a username in the current window (fixed window counter).
+
+    Deliberately not in the slot of :func:`login_attempts`: a sign-in names a user and an
+    address that have nothing else in common. The limiter reads and counts each counter
+    with its own single-key script (window opened and counted atomically per counter);
+    the two counters need no atomicity between them, each limit holds on its own."""
     return f"{PREFIX}:login:user:{username}"
 
 
 def login_attempts(address: str) -> str:
-    """Sign-in attempts from one client address in the current window."""
+    """Sign-in attempts from one client address in the current window (see
+    :func:`login_failures` for why the two are apart)."""
     return f"{PREFIX}:login:addr:{address}"
 
 

@@ -17,17 +17,17 @@ import time
 from collections.abc import Callable
 
 import jwt
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from server import keys
+from server.store.redisclient import RedisClient
 
 TOKEN_LIFETIME_S = 40 * 60   # within Apple's [20, 60) minutes, with margin both ways
 MAX_AGE_S = 55 * 60          # never present a token older than this
 
 
 class SharedProviderToken:
-    def __init__(self, redis: aioredis.Redis, *, key_pem: str, key_id: str, team_id: str,
+    def __init__(self, redis: RedisClient, *, key_pem: str, key_id: str, team_id: str,
                  lifetime_s: int = TOKEN_LIFETIME_S,
                  clock: Callable[[], float] = time.time) -> None:
         self._redis = redis

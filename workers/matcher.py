@@ -18,7 +18,6 @@ import logging
 from dataclasses import dataclass
 
 import asyncpg
-import redis.asyncio as aioredis
 
 from server import keys, metrics
 from server.domain.policy import ALERT
@@ -37,6 +36,7 @@ from server.store.audience import (
     near_positions,
 )
 from server.store.publish import STREAM_MAXLEN
+from server.store.redisclient import RedisClient, ScriptCall, eval_many
 from workers.push import Push
 from workers.streams import Entry, StreamConsumer
 
@@ -83,7 +83,7 @@ class MatchResult:
 
 
 class Matcher:
-    def __init__(self, pool: asyncpg.Pool, redis: aioredis.Redis, *,
+    def __init__(self, pool: asyncpg.Pool, redis: RedisClient, *,
                  device_pushes_per_hour: int = 10,
                  location_ttl: dt.timedelta = DEFAULT_LOCATION_TTL) -> None:
         self.pool = pool
@@ -179,16 +179,15 @@ class Matcher:
     async def _enqueue_all(self, pushes: list[Push], dedup_key: str, limit: int) -> list[int]:
         """Each push enqueued unless its device is in ``dedup_key`` already, or over
         ``limit`` pushes this hour (0: no limit): 1 enqueued, 0 deduplicated, -1 limited."""
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for push in pushes:
-                flat = [x for kv in push.to_fields().items() for x in kv]
-                await self._enqueue(
-                    keys=[dedup_key, keys.push_stream(push.platform),
-                          keys.device_rate(push.device_id), keys.device_events(push.device_id)],
-                    args=[push.device_id, keys.PUSHED_TTL_S, STREAM_MAXLEN, limit, *flat],
-                    client=pipe,
-                )
-            return list(await pipe.execute()) if len(pipe) else []
+        calls: list[ScriptCall] = []
+        for push in pushes:
+            flat = [x for kv in push.to_fields().items() for x in kv]
+            calls.append((
+                [dedup_key, keys.push_stream(push.platform),
+                 keys.device_rate(push.device_id), keys.device_events(push.device_id)],
+                [push.device_id, keys.PUSHED_TTL_S, STREAM_MAXLEN, limit, *flat],
+            ))
+        return [int(r) for r in await eval_many(self.redis, self._enqueue, calls)]
 
     async def _send_updates(self, incident: asyncpg.Record, expires: dt.datetime
                             ) -> MatchResult:

@@ -11,11 +11,11 @@ import contextlib
 import logging
 
 import asyncpg
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from server.store.db import STORE_UNAVAILABLE
 from server.store.publish import relay_outbox
+from server.store.redisclient import RedisClient
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +23,7 @@ GRACE_S = 2.0
 _TRANSIENT: tuple[type[BaseException], ...] = (RedisError, *STORE_UNAVAILABLE)
 
 
-async def relay_once(pool: asyncpg.Pool, redis: aioredis.Redis, *, limit: int = 500,
+async def relay_once(pool: asyncpg.Pool, redis: RedisClient, *, limit: int = 500,
                      grace_s: float = GRACE_S) -> int:
     published = await relay_outbox(pool, redis, limit=limit, grace_s=grace_s)
     if published:
@@ -31,7 +31,7 @@ async def relay_once(pool: asyncpg.Pool, redis: aioredis.Redis, *, limit: int = 
     return published
 
 
-async def run_relay(pool: asyncpg.Pool, redis: aioredis.Redis, stop: asyncio.Event,
+async def run_relay(pool: asyncpg.Pool, redis: RedisClient, stop: asyncio.Event,
                     *, interval_s: float = 1.0) -> None:
     while not stop.is_set():
         try:

@@ -16,12 +16,12 @@ import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import asyncpg
-import redis.asyncio as aioredis
 
 from server import keys
 from server.metrics import bound_port, serve_metrics
 from server.settings import FCM_STREAMS, ConfigError, Settings
 from server.store.db import create_pool
+from server.store.redisclient import RedisClient, connect
 from workers import backlog
 from workers.apns import ApnsGateway
 from workers.apns_token import SharedProviderToken
@@ -40,7 +40,7 @@ KINDS = ("matcher", "apns", "fcm", "relay")
 SHUTDOWN_GRACE_S = 20.0
 
 
-def build_gateway(settings: Settings, platform: str, redis: aioredis.Redis) -> Gateway:
+def build_gateway(settings: Settings, platform: str, redis: RedisClient) -> Gateway:
     if platform == "apns":
         apns = settings.apns
         if apns is None:
@@ -68,11 +68,11 @@ def build_gateway(settings: Settings, platform: str, redis: aioredis.Redis) -> G
 
 
 @contextlib.asynccontextmanager
-async def resources(settings: Settings) -> AsyncIterator[tuple[asyncpg.Pool, aioredis.Redis]]:
+async def resources(settings: Settings) -> AsyncIterator[tuple[asyncpg.Pool, RedisClient]]:
     pool = await create_pool(settings.database_url, min_size=1, max_size=10)
-    # Strings decoded by hiredis, in C.
-    redis = aioredis.Redis.from_url(settings.redis_url, socket_connect_timeout=5,
-                                    health_check_interval=30, decode_responses=True)
+    # Strings decoded by hiredis, in C. A single node or a Redis Cluster (redisclient).
+    redis = await connect(settings.redis_url, settings.redis_mode, socket_connect_timeout=5,
+                          health_check_interval=30, decode_responses=True)
     try:
         yield pool, redis
     finally:
@@ -82,7 +82,7 @@ async def resources(settings: Settings) -> AsyncIterator[tuple[asyncpg.Pool, aio
 
 @contextlib.asynccontextmanager
 async def exported_metrics(settings: Settings, kind: str, pool: asyncpg.Pool,
-                           redis: aioredis.Redis) -> AsyncIterator[None]:
+                           redis: RedisClient) -> AsyncIterator[None]:
     """``/metrics`` on GEOPUSH_METRICS_PORT while the worker runs (nothing when unset)."""
     if settings.metrics_port is None:
         yield

@@ -23,12 +23,12 @@ from typing import Any, Protocol
 
 import asyncpg
 import msgspec
-import redis.asyncio as aioredis
 
 from server import keys
 from server.metrics import PushMetrics
 from server.store import deliveries
 from server.store.devices import disable_token
+from server.store.redisclient import RedisClient
 from workers.push import Done, Failed, Outcome, Push, Retry, Sent, TokenGone, Withdrawn
 from workers.streams import TRANSIENT, Entry, StreamConsumer, batches, sleep_unless
 
@@ -88,7 +88,7 @@ class Result(msgspec.Struct, frozen=True):
 
 class Sender:
     def __init__(
-        self, pool: asyncpg.Pool, redis: aioredis.Redis, gateway: Gateway, *,
+        self, pool: asyncpg.Pool, redis: RedisClient, gateway: Gateway, *,
         concurrency: int = 200, rng: random.Random | None = None,
         metrics: PushMetrics | None = None,
     ) -> None:
@@ -171,7 +171,12 @@ class Sender:
                 log.warning("push failed incident=%s device=%s reason=%s", r.push.incident_id,
                             r.push.device_id, r.outcome.reason)
         if retries or dead:
-            async with self.redis.pipeline(transaction=True) as pipe:
+            # Not one transaction: the retry schedule and the dead stream are in
+            # different slots (keys.DEAD_STREAM). Nothing needs it: the batch is
+            # acknowledged only after this, and a batch handled again re-adds the same
+            # schedule members (ZADD of an equal member is a no-op); a dead push may be
+            # recorded twice, as it could be after a crash between EXEC and the ack.
+            async with self.redis.pipeline(transaction=False) as pipe:
                 for push, due in retries:
                     pipe.zadd(self.schedule, {json.dumps(push.to_fields(), sort_keys=True): due})
                 for push, reason in dead:

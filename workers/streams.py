@@ -13,10 +13,10 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
 from server.store.db import STORE_UNAVAILABLE
+from server.store.redisclient import RedisClient
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +25,7 @@ TRANSIENT: tuple[type[BaseException], ...] = (RedisError, OSError, *STORE_UNAVAI
 BatchHandler = Callable[[list[Entry]], Awaitable[None]]
 
 
-async def ensure_group(redis: aioredis.Redis, stream: str, group: str) -> None:
+async def ensure_group(redis: RedisClient, stream: str, group: str) -> None:
     try:
         await redis.xgroup_create(stream, group, id="0", mkstream=True)
     except ResponseError as exc:
@@ -46,7 +46,7 @@ class StreamConsumer:
 
     def __init__(
         self,
-        redis: aioredis.Redis,
+        redis: RedisClient,
         stream: str,
         group: str,
         consumer: str,

@@ -15,10 +15,10 @@ import datetime as dt
 import logging
 
 import asyncpg
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from server import keys
+from server.store.redisclient import RedisClient
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 STREAM_MAXLEN = 1_000_000
 
 
-async def xadd_incident(redis: aioredis.Redis, incident_id: str) -> None:
+async def xadd_incident(redis: RedisClient, incident_id: str) -> None:
     await redis.xadd(
         keys.INCIDENTS_STREAM, {"incident_id": incident_id},
         maxlen=STREAM_MAXLEN, approximate=True,
@@ -76,7 +76,7 @@ class OutboxCleaner:
         await self.flush()
 
 
-async def publish_incident(redis: aioredis.Redis, cleaner: OutboxCleaner,
+async def publish_incident(redis: RedisClient, cleaner: OutboxCleaner,
                            incident_id: str) -> bool:
     """True when the incident is on the stream (its outbox row goes with the next
     batch); False when Redis is unreachable and the relay will publish it."""
@@ -90,7 +90,7 @@ async def publish_incident(redis: aioredis.Redis, cleaner: OutboxCleaner,
     return True
 
 
-async def relay_outbox(pool: asyncpg.Pool, redis: aioredis.Redis, *, limit: int,
+async def relay_outbox(pool: asyncpg.Pool, redis: RedisClient, *, limit: int,
                        grace_s: float) -> int:
     """Outbox rows older than ``grace_s`` (younger ones are the writer's own business),
     locked so that several relays share the work, XADDed, then deleted, in one

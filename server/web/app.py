@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 
-import redis.asyncio as aioredis
 from aiohttp import web
 
 from server.metrics import http_metrics_middleware, metrics_handler
@@ -17,6 +16,7 @@ from server.settings import Settings
 from server.store.db import create_pool
 from server.store.publish import OutboxCleaner
 from server.store.ratelimit import LoginLimiter, RateLimiter
+from server.store.redisclient import connect
 from server.web import openapi
 from server.web.agency_cache import AgencyCache
 from server.web.appkeys import (
@@ -67,9 +67,9 @@ async def _postgres(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _redis(app: web.Application) -> AsyncIterator[None]:
-    app[REDIS] = aioredis.Redis.from_url(
-        app[SETTINGS].redis_url, socket_timeout=2, socket_connect_timeout=2,
-        health_check_interval=30,
+    app[REDIS] = await connect(
+        app[SETTINGS].redis_url, app[SETTINGS].redis_mode, socket_timeout=2,
+        socket_connect_timeout=2, health_check_interval=30,
     )
     app[LIMITER] = RateLimiter(app[REDIS])
     app[LOGINS] = LoginLimiter(app[REDIS])

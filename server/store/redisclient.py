@@ -1,0 +1,143 @@
+"""The one way every geopush process reaches Redis: a single node or a Redis Cluster.
+
+``GEOPUSH_REDIS_URL`` names a single Redis or any node of a Redis Cluster. With
+``GEOPUSH_REDIS_MODE=auto`` (the default) the process asks that node at start
+(``INFO cluster``: ``cluster_enabled:1``) and takes redis-py's cluster client
+(:class:`redis.asyncio.cluster.RedisCluster`, which learns the slot map from the node and
+follows MOVED/ASK and failovers) or the plain one. ``cluster`` or ``standalone`` skip the
+question, so a process can start while Redis is unreachable (the web process then keeps
+accepting incidents into the outbox); in ``auto`` mode it waits for an answer.
+
+Both clients run the same code: every script and transaction geopush sends names keys
+of one hash slot only (``server/keys.py`` says how for each), which a single node does
+not care about and a cluster requires. Two differences remain, handled here:
+
+- redis-py refuses scripts (EVALSHA) in a cluster pipeline; :func:`eval_many` sends
+  them as raw commands instead, and loads the script where a node lacks it (a node
+  that was restarted or promoted from replica has an empty script cache).
+- Commands without a key (KEYS, DBSIZE) go to one node of a cluster: geopush itself
+  never uses them; tests and tools iterate with SCAN (``scan_iter``), which visits
+  every master.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from typing import Any, TypeAlias
+
+import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
+from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError, RedisError
+from redis.typing import EncodableT
+
+log = logging.getLogger(__name__)
+
+RedisClient: TypeAlias = "aioredis.Redis | RedisCluster"
+"""What every function that talks to Redis takes: either client, the same commands."""
+
+ScriptCall = tuple[Sequence[str], Sequence[EncodableT]]
+"""One call of a script: its keys (one slot) and its arguments."""
+
+
+async def is_cluster(url: str, *, connect_timeout: float = 5.0) -> bool:
+    """Whether the Redis at ``url`` is a node of a Redis Cluster (``INFO cluster``).
+
+    Raises ``RedisError``/``OSError`` when it cannot be reached."""
+    probe = aioredis.Redis.from_url(url, socket_connect_timeout=connect_timeout,
+                                    socket_timeout=connect_timeout)
+    try:
+        info: dict[str, Any] = await probe.info("cluster")
+    finally:
+        await probe.aclose()
+    return str(info.get("cluster_enabled", "0")) == "1"
+
+
+async def detect_cluster(url: str, *, connect_timeout: float = 5.0,
+                         max_backoff: float = 5.0) -> bool:
+    """:func:`is_cluster`, asking again until the node answers (a process starting
+    while Redis is still coming up waits for it, rather than guessing)."""
+    backoff = 0.2
+    while True:
+        try:
+            return await is_cluster(url, connect_timeout=connect_timeout)
+        except (RedisError, OSError) as exc:
+            log.warning("redis at %s not reachable to tell cluster from single node "
+                        "(%s); asking again in %.1fs (GEOPUSH_REDIS_MODE=cluster or "
+                        "standalone skips the question)", _safe(url), exc, backoff)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, max_backoff)
+
+
+async def connect(
+    url: str, mode: str = "auto", *, decode_responses: bool = False,
+    socket_timeout: float | None = None, socket_connect_timeout: float = 5.0,
+    health_check_interval: float = 30, max_connections: int | None = None,
+) -> RedisClient:
+    """A client for the Redis (or Redis Cluster) at ``url``; see the module docstring.
+
+    ``max_connections``: per node of a cluster (redis-py's default, 100, if None); a
+    single node's pool grows as needed unless given."""
+    if mode not in ("auto", "cluster", "standalone"):   # settings.REDIS_MODES
+        raise ValueError(f"unknown redis mode {mode!r}")
+    cluster = mode == "cluster" or (
+        mode == "auto" and await detect_cluster(url, connect_timeout=socket_connect_timeout))
+    options: dict[str, Any] = {
+        "decode_responses": decode_responses, "socket_timeout": socket_timeout,
+        "socket_connect_timeout": socket_connect_timeout,
+        "health_check_interval": health_check_interval,
+    }
+    if max_connections is not None:
+        options["max_connections"] = max_connections
+    if cluster:
+        log.info("redis: cluster mode, entry node %s", _safe(url))
+        return RedisCluster.from_url(url, **options)
+    return aioredis.Redis.from_url(url, **options)
+
+
+def is_cluster_client(redis: RedisClient) -> bool:
+    return isinstance(redis, RedisCluster)
+
+
+async def eval_many(redis: RedisClient, script: AsyncScript,
+                    calls: Sequence[ScriptCall]) -> list[Any]:
+    """Run ``script`` once per call in one pipeline (one round trip per node), in order,
+    and return each call's reply.
+
+    Each call is atomic on its own (its keys share a slot); the calls are not atomic
+    together. A call a node answers with NOSCRIPT never ran: the script is loaded on
+    every master and those calls are sent again. Any other error is raised (the calls
+    before it may have run, as with any pipeline)."""
+    if not calls:
+        return []
+    replies = await _pipelined_evalsha(redis, script.sha, calls)
+    missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+    if missing:
+        await redis.script_load(script.script)
+        again = await _pipelined_evalsha(redis, script.sha, [calls[i] for i in missing])
+        for i, reply in zip(missing, again, strict=True):
+            replies[i] = reply
+    for reply in replies:
+        if isinstance(reply, Exception):
+            raise reply
+    return replies
+
+
+async def _pipelined_evalsha(redis: RedisClient, sha: str,
+                             calls: Sequence[ScriptCall]) -> list[Any]:
+    async with redis.pipeline(transaction=False) as pipe:
+        for call_keys, args in calls:
+            # A raw command: redis-py blocks pipe.evalsha() on a cluster pipeline, but
+            # routes a raw EVALSHA by its keys like any other command.
+            pipe.execute_command("EVALSHA", sha, len(call_keys), *call_keys, *args)
+        return list(await pipe.execute(raise_on_error=False))
+
+
+def _safe(url: str) -> str:
+    """The URL without its password, for logs."""
+    if "@" not in url:
+        return url
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
