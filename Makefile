@@ -33,8 +33,14 @@ rules: system-deps
 	promtool test rules docs/prometheus/alerts_test.yml
 	promtool check config docs/prometheus/prometheus.yml
 
+# The whole suite on a single Redis, then the end-to-end suite once more on a private
+# 3-master Redis Cluster (less the tests that bring their own Redis, a browser, a
+# wheel build or locust: nothing of Redis in them to try again).
 test: system-deps $(STAMP) lint typecheck rules
 	$(BIN)/pytest
+	GEOPUSH_TEST_REDIS_CLUSTER=1 $(BIN)/pytest tests/e2e tests/integration/test_redis_cluster.py \
+		--ignore=tests/e2e/test_redis_outage.py --ignore=tests/e2e/test_console_browser.py \
+		--ignore=tests/e2e/test_wheel.py --ignore=tests/e2e/test_locust.py
 
 unit: $(STAMP)
 	$(BIN)/pytest tests/unit

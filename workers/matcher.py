@@ -36,7 +36,13 @@ from server.store.audience import (
     near_positions,
 )
 from server.store.publish import STREAM_MAXLEN
-from server.store.redisclient import RedisClient, ScriptCall, eval_many
+from server.store.redisclient import (
+    NO_WAIT,
+    RedisClient,
+    ReplicaWait,
+    ScriptCall,
+    eval_many,
+)
 from workers.push import Push
 from workers.streams import Entry, StreamConsumer
 
@@ -85,9 +91,12 @@ class MatchResult:
 class Matcher:
     def __init__(self, pool: asyncpg.Pool, redis: RedisClient, *,
                  device_pushes_per_hour: int = 10,
-                 location_ttl: dt.timedelta = DEFAULT_LOCATION_TTL) -> None:
+                 location_ttl: dt.timedelta = DEFAULT_LOCATION_TTL,
+                 replica_wait: ReplicaWait = NO_WAIT) -> None:
         self.pool = pool
         self.redis = redis
+        # Pushes enqueued are on the replicas before the incident is acknowledged.
+        self.replica_wait = replica_wait
         self.near_me = positions.near_me(location_ttl.total_seconds())
         # A neighbourhood having a bad night must not turn a phone into a pager: past
         # this many pushes an hour a device gets only the most severe categories and
@@ -187,7 +196,8 @@ class Matcher:
                  keys.device_rate(push.device_id), keys.device_events(push.device_id)],
                 [push.device_id, keys.PUSHED_TTL_S, STREAM_MAXLEN, limit, *flat],
             ))
-        return [int(r) for r in await eval_many(self.redis, self._enqueue, calls)]
+        return [int(r) for r in await eval_many(self.redis, self._enqueue, calls,
+                                                self.replica_wait)]
 
     async def _send_updates(self, incident: asyncpg.Record, expires: dt.datetime
                             ) -> MatchResult:

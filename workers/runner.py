@@ -21,7 +21,7 @@ from server import keys
 from server.metrics import bound_port, serve_metrics
 from server.settings import FCM_STREAMS, ConfigError, Settings
 from server.store.db import create_pool
-from server.store.redisclient import RedisClient, connect
+from server.store.redisclient import RedisClient, connect, replica_wait
 from workers import backlog
 from workers.apns import ApnsGateway
 from workers.apns_token import SharedProviderToken
@@ -130,7 +130,7 @@ async def worker_main(
             if ready:
                 await ready()
             await asyncio.gather(
-                run_relay(pool, redis, stop),
+                run_relay(pool, redis, stop, wait=replica_wait(settings)),
                 run_maintenance(pool, Retention(settings.exact_location_retention,
                                                 settings.delivery_retention,
                                                 settings.incident_retention), stop,
@@ -140,7 +140,8 @@ async def worker_main(
         if kind == "matcher":
             matcher = Matcher(pool, redis,
                               device_pushes_per_hour=settings.device_pushes_per_hour,
-                              location_ttl=settings.location_ttl)
+                              location_ttl=settings.location_ttl,
+                              replica_wait=replica_wait(settings))
             consumer = StreamConsumer(redis, keys.INCIDENTS_STREAM, keys.MATCHER_GROUP,
                                       settings.consumer_name, batch=settings.stream_batch,
                                       claim_idle_ms=settings.claim_idle_ms)

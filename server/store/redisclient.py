@@ -25,13 +25,17 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, TypeAlias
 
 import redis.asyncio as aioredis
-from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError, RedisError
 from redis.typing import EncodableT
+
+from server import metrics
+from server.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -101,10 +105,74 @@ def is_cluster_client(redis: RedisClient) -> bool:
     return isinstance(redis, RedisCluster)
 
 
+@dataclass(frozen=True)
+class ReplicaWait:
+    """How a hand-off to Redis is made durable before geopush forgets its own record
+    (an incident's outbox row deleted, an incident's stream entry acknowledged once its
+    pushes are enqueued): ``WAIT replicas timeout_ms`` on the connection that wrote, to
+    every master written to (docs/adr/0011-redis-cluster.md).
+
+    Redis replicates asynchronously: without it, a master killed right after a write
+    may be replaced by a replica that never saw it. WAIT returns once ``replicas`` have
+    the write or after ``timeout_ms``; geopush goes on either way (a master without a
+    connected replica has none to fail over to, and stopping would turn a degraded
+    Redis into an outage), counting the shortfall in
+    ``geopush_redis_unreplicated_writes_total``. ``replicas=0``: no WAIT."""
+
+    replicas: int = 0
+    timeout_ms: int = 500
+
+
+NO_WAIT = ReplicaWait()
+
+
+def replica_wait(settings: Settings) -> ReplicaWait:
+    """GEOPUSH_REDIS_WAIT_REPLICAS and GEOPUSH_REDIS_WAIT_TIMEOUT_MS."""
+    return ReplicaWait(settings.redis_wait_replicas, settings.redis_wait_timeout_ms)
+
+Command = tuple[str, Sequence[EncodableT]]
+"""A raw command and the key that routes it (on a cluster: to its slot's master)."""
+
+
+async def write_all(redis: RedisClient, commands: Sequence[Command],
+                    wait: ReplicaWait = NO_WAIT) -> list[Any]:
+    """``commands`` in one pipeline (one round trip per node, in order per node), then
+    WAIT on every node written to when ``wait`` asks for replicas. Replies in order,
+    errors included (not raised)."""
+    async with redis.pipeline(transaction=False) as pipe:
+        for _key, args in commands:
+            pipe.execute_command(*args)
+        waits = 0
+        if wait.replicas and commands:
+            if isinstance(redis, RedisCluster):
+                nodes: dict[str, ClusterNode] = {}
+                for key, _args in commands:
+                    node = redis.get_node_from_key(key)
+                    if node is not None:
+                        nodes[node.name] = node
+                for node in nodes.values():
+                    # After the node's writes, on their connection (a cluster pipeline
+                    # sends a node's commands in order on one connection).
+                    pipe.execute_command("WAIT", wait.replicas, wait.timeout_ms,
+                                         target_nodes=node)
+                waits = len(nodes)
+            else:
+                pipe.execute_command("WAIT", wait.replicas, wait.timeout_ms)
+                waits = 1
+        replies = list(await pipe.execute(raise_on_error=False))
+    if waits:
+        confirmed = replies[len(commands):]
+        if any(isinstance(n, Exception) or int(n) < wait.replicas for n in confirmed):
+            metrics.UNREPLICATED_WRITES.inc(len(commands))
+            log.warning("redis: %d writes confirmed by fewer than %d replicas within %d ms "
+                        "(%s)", len(commands), wait.replicas, wait.timeout_ms, confirmed)
+    return replies[:len(commands)]
+
+
 async def eval_many(redis: RedisClient, script: AsyncScript,
-                    calls: Sequence[ScriptCall]) -> list[Any]:
+                    calls: Sequence[ScriptCall], wait: ReplicaWait = NO_WAIT) -> list[Any]:
     """Run ``script`` once per call in one pipeline (one round trip per node), in order,
-    and return each call's reply.
+    and return each call's reply; ``wait``: see :class:`ReplicaWait`.
 
     Each call is atomic on its own (its keys share a slot); the calls are not atomic
     together. A call a node answers with NOSCRIPT never ran: the script is loaded on
@@ -112,11 +180,12 @@ async def eval_many(redis: RedisClient, script: AsyncScript,
     before it may have run, as with any pipeline)."""
     if not calls:
         return []
-    replies = await _pipelined_evalsha(redis, script.sha, calls)
+    replies = await write_all(redis, _evalsha(script.sha, calls), wait)
     missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
     if missing:
         await redis.script_load(script.script)
-        again = await _pipelined_evalsha(redis, script.sha, [calls[i] for i in missing])
+        again = await write_all(redis, _evalsha(script.sha, [calls[i] for i in missing]),
+                                wait)
         for i, reply in zip(missing, again, strict=True):
             replies[i] = reply
     for reply in replies:
@@ -125,14 +194,11 @@ async def eval_many(redis: RedisClient, script: AsyncScript,
     return replies
 
 
-async def _pipelined_evalsha(redis: RedisClient, sha: str,
-                             calls: Sequence[ScriptCall]) -> list[Any]:
-    async with redis.pipeline(transaction=False) as pipe:
-        for call_keys, args in calls:
-            # A raw command: redis-py blocks pipe.evalsha() on a cluster pipeline, but
-            # routes a raw EVALSHA by its keys like any other command.
-            pipe.execute_command("EVALSHA", sha, len(call_keys), *call_keys, *args)
-        return list(await pipe.execute(raise_on_error=False))
+def _evalsha(sha: str, calls: Sequence[ScriptCall]) -> list[Command]:
+    # Raw commands: redis-py blocks pipe.evalsha() on a cluster pipeline, but routes a
+    # raw EVALSHA by its keys like any other command.
+    return [(call_keys[0] if call_keys else "", ("EVALSHA", sha, len(call_keys), *call_keys, *args))
+            for call_keys, args in calls]
 
 
 def _safe(url: str) -> str:

@@ -16,7 +16,7 @@ from server.settings import Settings
 from server.store.db import create_pool
 from server.store.publish import OutboxCleaner
 from server.store.ratelimit import LoginLimiter, RateLimiter
-from server.store.redisclient import connect
+from server.store.redisclient import connect, replica_wait
 from server.web import openapi
 from server.web.agency_cache import AgencyCache
 from server.web.appkeys import (
@@ -59,7 +59,7 @@ async def _postgres(app: web.Application) -> AsyncIterator[None]:
     # PostgreSQL is still coming up or briefly down.
     app[POOL] = await create_pool(app[SETTINGS].database_url, min_size=0, max_size=20)
     app[AGENCIES] = AgencyCache(app[POOL])
-    app[OUTBOX] = OutboxCleaner(app[POOL])
+    app[OUTBOX] = OutboxCleaner(app[POOL], replica_wait=replica_wait(app[SETTINGS]))
     app[OUTBOX].start()
     yield
     await app[OUTBOX].stop()
