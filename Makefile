@@ -39,7 +39,8 @@ rules: system-deps
 test: system-deps $(STAMP) lint typecheck rules
 	$(BIN)/pytest
 	GEOPUSH_TEST_REDIS_CLUSTER=1 $(BIN)/pytest tests/e2e tests/integration/test_redis_cluster.py \
-		--ignore=tests/e2e/test_redis_outage.py --ignore=tests/e2e/test_console_browser.py \
+		--ignore=tests/e2e/test_redis_outage.py --ignore=tests/e2e/test_redis_failover.py \
+		--ignore=tests/e2e/test_console_browser.py \
 		--ignore=tests/e2e/test_wheel.py --ignore=tests/e2e/test_locust.py
 
 unit: $(STAMP)

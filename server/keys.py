@@ -3,6 +3,27 @@
 Keeping them here makes the Redis footprint reviewable in one screen (what a device's
 erasure must delete, what a Redis Cluster deployment must hash-tag) and keeps typos
 from splitting one logical key into two.
+
+Redis Cluster (docs/adr/0002-redis-cluster.md). A cluster puts each key in one of 16,384
+hash slots, spread over its masters, and refuses a script, MULTI or multi-key command
+whose keys are in different slots (CROSSSLOT). A ``{tag}`` in a name decides its slot
+alone, so keys that must change together share a tag, and keys that need not are left
+apart so they spread over the masters. The same names on a single Redis, which ignores
+tags: one code path. What is atomic, and with what:
+
+- The push path (per device: dedup, hourly counter, its push, its retries): one tag per
+  *push shard* (``{p<k>}``, :func:`device_shard`); see the push keys below.
+- A position set's GEO set and its report times: one tag per set (``{responders}``,
+  ``{near_me}``): reported and forgotten in one MULTI.
+- Single-key scripts need no tag: the rate limiters' GCRA (one key a call), the stream
+  consumers' XACK+XDEL (one stream), a sign-in counter (one key a call).
+- Not atomic together, by design, each explained where it is defined: a sign-in's user
+  and address counters (:func:`login_failures`), a sender's retries and the dead stream
+  (:data:`DEAD_STREAM`), an erasure's steps (store/erasure.py: never one transaction,
+  each step one key or one shard's, each harmless to repeat).
+
+Durability across a failover is not a matter of slots: hand-offs wait for replicas
+(``ReplicaWait`` in store/redisclient.py).
 """
 
 from __future__ import annotations
@@ -58,7 +79,11 @@ PUSHED_TTL_S = 48 * 3600
 
 
 def agency_rate(agency_id: str) -> str:
-    """GCRA state (theoretical arrival time, ms) of an agency's webhook rate limit."""
+    """GCRA state (theoretical arrival time, ms) of an agency's webhook rate limit.
+
+    Like every rate limiter's key here, read and written by one single-key script call:
+    no hash tag, so a cluster spreads the agencies' and addresses' limits over its
+    masters."""
     return f"{PREFIX}:rate:agency:{agency_id}"
 
 
@@ -113,7 +138,8 @@ under a name nothing reads (``positions.adopt_legacy_keys``)."""
 
 
 def update_second_pass(incident_id: str) -> str:
-    """Set once the updates of an ended incident have had their second pass scheduled."""
+    """Set once the updates of an ended incident have had their second pass scheduled
+    (SET NX alone: no tag)."""
     return f"{PREFIX}:update_pass:{incident_id}"
 
 
@@ -123,7 +149,8 @@ def device_rate(device_id: str) -> str:
 
 
 def apns_provider_token(team_id: str, key_id: str) -> str:
-    """The APNs provider JWT all sender processes share (JSON: jwt, iat)."""
+    """The APNs provider JWT all sender processes share (JSON: jwt, iat). GET and
+    SET NX on this key alone: no tag."""
     return f"{PREFIX}:apns:provider_token:{team_id}:{key_id}"
 
 
