@@ -18,6 +18,7 @@ import logging
 from dataclasses import dataclass
 
 import asyncpg
+from redis.typing import EncodableT
 
 from server import keys, metrics
 from server.domain.policy import ALERT
@@ -40,7 +41,6 @@ from server.store.redisclient import (
     NO_WAIT,
     RedisClient,
     ReplicaWait,
-    ScriptCall,
     eval_many,
 )
 from workers.push import Push
@@ -48,31 +48,50 @@ from workers.streams import Entry, StreamConsumer
 
 log = logging.getLogger(__name__)
 
-# KEYS: the event's dedup set, the platform's push stream, the device's rate counter,
-# the device's index of dedup sets (what its erasure must clean).
-# ARGV: device id, dedup TTL, stream MAXLEN, hourly limit (0: none), then the entry's
-# field/value pairs. Returns 1 enqueued, 0 already pushed, -1 over the device's limit.
+# One call per (event, shard) and group of devices: every key it touches is in the
+# shard's hash slot (server/keys.py), so it runs on a Redis Cluster as on one Redis.
+# KEYS: the event's dedup set (of this shard), the shard's APNs and FCM push streams,
+# then per device its hourly counter and its index of dedup sets (what its erasure
+# must clean). ARGV: dedup TTL, stream MAXLEN, hourly limit (0: none), then per device
+# its id, the index in KEYS of its platform's stream, and the push (the entry's field).
+# A device already in the dedup set is skipped before its counter is touched, so a
+# replayed call neither pushes twice nor counts twice. Returns {enqueued, limited}.
 _ENQUEUE = """
-if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 1 then
-  return 0
-end
-local limit = tonumber(ARGV[4])
-if limit > 0 then
-  local n = redis.call('INCR', KEYS[3])
-  if n == 1 then
-    redis.call('EXPIRE', KEYS[3], 3600)
+local ttl = ARGV[1]
+local maxlen = ARGV[2]
+local limit = tonumber(ARGV[3])
+local enqueued, limited = 0, 0
+local k = 4
+for i = 4, #ARGV, 3 do
+  local device = ARGV[i]
+  if redis.call('SISMEMBER', KEYS[1], device) == 0 then
+    local over = false
+    if limit > 0 then
+      local n = redis.call('INCR', KEYS[k])
+      if n == 1 then
+        redis.call('EXPIRE', KEYS[k], 3600)
+      end
+      over = n > limit
+    end
+    if over then
+      limited = limited + 1
+    else
+      redis.call('SADD', KEYS[1], device)
+      redis.call('SADD', KEYS[k + 1], KEYS[1])
+      redis.call('EXPIRE', KEYS[k + 1], ttl)
+      redis.call('XADD', KEYS[tonumber(ARGV[i + 1])], 'MAXLEN', '~', maxlen, '*',
+                 'device_id', device, 'push', ARGV[i + 2])
+      enqueued = enqueued + 1
+    end
   end
-  if n > limit then
-    return -1
-  end
+  k = k + 2
 end
-redis.call('SADD', KEYS[1], ARGV[1])
-redis.call('EXPIRE', KEYS[1], ARGV[2])
-redis.call('SADD', KEYS[4], KEYS[1])
-redis.call('EXPIRE', KEYS[4], ARGV[2])
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', unpack(ARGV, 5))
-return 1
+if enqueued > 0 then
+  redis.call('EXPIRE', KEYS[1], ttl)
+end
+return {enqueued, limited}
 """
+_STREAM_INDEX = {"apns": "2", "fcm": "3"}
 
 # Alerts still in flight when the incident ended are recorded as delivered shortly
 # after (a send's timeout, then the sender's recording); a second pass this much later
@@ -92,11 +111,13 @@ class Matcher:
     def __init__(self, pool: asyncpg.Pool, redis: RedisClient, *,
                  device_pushes_per_hour: int = 10,
                  location_ttl: dt.timedelta = DEFAULT_LOCATION_TTL,
-                 replica_wait: ReplicaWait = NO_WAIT) -> None:
+                 replica_wait: ReplicaWait = NO_WAIT,
+                 shards: int = keys.DEFAULT_PUSH_STREAM_SHARDS) -> None:
         self.pool = pool
         self.redis = redis
         # Pushes enqueued are on the replicas before the incident is acknowledged.
         self.replica_wait = replica_wait
+        self.shards = shards
         self.near_me = positions.near_me(location_ttl.total_seconds())
         # A neighbourhood having a bad night must not turn a phone into a pager: past
         # this many pushes an hour a device gets only the most severe categories and
@@ -173,9 +194,7 @@ class Matcher:
             body=incident["body_override"] or "",
             audience=audience.kind, aeds=aeds_json, severity=severity, bbox=bbox,
         ) for row in recipients]
-        results = await self._enqueue_all(pushes, keys.pushed(dedup_on), limit)
-        enqueued = sum(1 for r in results if r == 1)
-        limited = sum(1 for r in results if r == -1)
+        enqueued, limited = await self._enqueue_all(pushes, dedup_on, limit)
         metrics.MATCH_RATE_LIMITED.inc(limited)
         log.info("matched incident=%s category=%s candidates=%d enqueued=%d rate_limited=%d",
                  incident_id, incident["category"], len(rows), enqueued, limited)
@@ -185,19 +204,36 @@ class Matcher:
         """Near-me positions that may be within their radius of a manual alert's area."""
         return await near_positions(self.pool, self.redis, self.near_me, area, (lat, lon))
 
-    async def _enqueue_all(self, pushes: list[Push], dedup_key: str, limit: int) -> list[int]:
-        """Each push enqueued unless its device is in ``dedup_key`` already, or over
-        ``limit`` pushes this hour (0: no limit): 1 enqueued, 0 deduplicated, -1 limited."""
-        calls: list[ScriptCall] = []
-        for push in pushes:
-            flat = [x for kv in push.to_fields().items() for x in kv]
-            calls.append((
-                [dedup_key, keys.push_stream(push.platform),
-                 keys.device_rate(push.device_id), keys.device_events(push.device_id)],
-                [push.device_id, keys.PUSHED_TTL_S, STREAM_MAXLEN, limit, *flat],
-            ))
-        return [int(r) for r in await eval_many(self.redis, self._enqueue, calls,
-                                                self.replica_wait)]
+    async def _enqueue_all(self, pushes: list[Push], event_id: str, limit: int
+                           ) -> tuple[int, int]:
+        """Each push enqueued unless its device is in the event's dedup set already,
+        or over ``limit`` pushes this hour (0: no limit): (enqueued, limited)."""
+        return await self._enqueue_encoded(
+            [(p.device_id, p.platform, p.to_fields()["push"]) for p in pushes], event_id, limit)
+
+    async def _enqueue_encoded(self, pushes: list[tuple[str, str, str]], event_id: str,
+                               limit: int) -> tuple[int, int]:
+        """``pushes`` as (device id, platform, encoded push), grouped by the devices'
+        shards: one script call per shard, all in one round trip (one per master of a
+        cluster), on the replicas before this returns when ``replica_wait`` asks it."""
+        by_shard: dict[int, tuple[list[str], list[EncodableT]]] = {}
+        shards = self.shards
+        for device_id, platform, encoded in pushes:
+            shard = keys.device_shard(device_id, shards)
+            group = by_shard.get(shard)
+            if group is None:
+                group = by_shard[shard] = (
+                    [keys.pushed(event_id, shard), keys.push_stream("apns", shard),
+                     keys.push_stream("fcm", shard)],
+                    [keys.PUSHED_TTL_S, STREAM_MAXLEN, limit])
+            group[0].append(keys.device_rate(device_id, shard))
+            group[0].append(keys.device_events(device_id, shard))
+            group[1].extend((device_id, _STREAM_INDEX[platform], encoded))
+        if not by_shard:
+            return 0, 0
+        results = await eval_many(self.redis, self._enqueue, list(by_shard.values()),
+                                  self.replica_wait)
+        return (sum(int(r[0]) for r in results), sum(int(r[1]) for r in results))
 
     async def _send_updates(self, incident: asyncpg.Record, expires: dt.datetime
                             ) -> MatchResult:
@@ -223,8 +259,7 @@ class Matcher:
             expires_at=expires.timestamp(), kind="update", status=incident["status"],
             ended_at=ended_at.timestamp(), severity=incident["severity"] or "",
         ) for row in rows]
-        results = await self._enqueue_all(pushes, keys.pushed(f"update:{incident_id}"), 0)
-        enqueued = sum(1 for r in results if r == 1)
+        enqueued, _ = await self._enqueue_all(pushes, f"update:{incident_id}", 0)
         log.info("updates incident=%s status=%s alerted=%d enqueued=%d", incident_id,
                  incident["status"], len(rows), enqueued)
         return MatchResult(incident_id, len(rows), enqueued)

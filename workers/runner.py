@@ -32,7 +32,7 @@ from workers.maintenance import Retention, run_maintenance
 from workers.matcher import Matcher
 from workers.outbox_relay import run_relay
 from workers.sender import Gateway, Sender
-from workers.streams import StreamConsumer, consume
+from workers.streams import Consumer, ShardedConsumer, StreamConsumer, consume
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,8 @@ async def exported_metrics(settings: Settings, kind: str, pool: asyncpg.Pool,
         yield
         return
     runner = await serve_metrics(settings.metrics_host, settings.metrics_port,
-                                 backlog.for_kind(kind, pool, redis))
+                                 backlog.for_kind(kind, pool, redis,
+                                                      settings.push_stream_shards))
     log.info("%s metrics on http://%s:%d/metrics", kind, settings.metrics_host,
              bound_port(runner))
     try:
@@ -97,7 +98,7 @@ async def exported_metrics(settings: Settings, kind: str, pool: asyncpg.Pool,
         await runner.cleanup()
 
 
-async def run_sender_loop(sender: Sender, consumer: StreamConsumer, stop: asyncio.Event
+async def run_sender_loop(sender: Sender, consumer: Consumer, stop: asyncio.Event
                           ) -> None:
     async def promote() -> None:
         while not stop.is_set():
@@ -141,7 +142,8 @@ async def worker_main(
             matcher = Matcher(pool, redis,
                               device_pushes_per_hour=settings.device_pushes_per_hour,
                               location_ttl=settings.location_ttl,
-                              replica_wait=replica_wait(settings))
+                              replica_wait=replica_wait(settings),
+                              shards=settings.push_stream_shards)
             consumer = StreamConsumer(redis, keys.INCIDENTS_STREAM, keys.MATCHER_GROUP,
                                       settings.consumer_name, batch=settings.stream_batch,
                                       claim_idle_ms=settings.claim_idle_ms)
@@ -156,15 +158,16 @@ async def worker_main(
             return
         gateway = build_gateway(settings, kind, redis)
         try:
-            sender = Sender(pool, redis, gateway, concurrency=settings.send_concurrency)
-            consumer = StreamConsumer(redis, keys.push_stream(kind), keys.SENDER_GROUP,
-                                      settings.consumer_name, batch=settings.stream_batch,
-                                      claim_idle_ms=settings.claim_idle_ms,
-                                      claim_every_s=min(15.0, settings.claim_idle_ms / 2000))
-            await consumer.setup()
+            sender = Sender(pool, redis, gateway, concurrency=settings.send_concurrency,
+                            shards=settings.push_stream_shards)
+            senders = ShardedConsumer(
+                redis, sender.streams, keys.SENDER_GROUP, settings.consumer_name,
+                batch=settings.stream_batch, claim_idle_ms=settings.claim_idle_ms,
+                claim_every_s=min(15.0, settings.claim_idle_ms / 2000))
+            await senders.setup()
             if ready:
                 await ready()
-            await run_sender_loop(sender, consumer, stop)
+            await run_sender_loop(sender, senders, stop)
         finally:
             await gateway.close()
 

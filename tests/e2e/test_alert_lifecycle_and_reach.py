@@ -43,6 +43,8 @@ ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 SEATTLE_MCPP = (Path(__file__).parents[2] / "server" / "examples"
                 / "seattle-police-mcpp-areas.geojson")
 
+SHARDS = keys.DEFAULT_PUSH_STREAM_SHARDS
+
 
 def auth(secret: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {secret}"}
@@ -92,7 +94,9 @@ async def test_clear_sends_one_passive_update_to_exactly_the_devices_alerted(
     await create_device(stack.client, "apns", late, circle(*POINT, 1000))
     # The hourly limit is spent: updates count against nobody's.
     for platform_device in await stack.pool.fetch("SELECT id FROM devices"):
-        await stack.redis.set(keys.device_rate(str(platform_device["id"])), 10)
+        device_id = str(platform_device["id"])
+        await stack.redis.set(keys.device_rate(device_id, keys.device_shard(device_id, SHARDS)),
+                              10)
 
     cleared = _revision(doc, 60, status="cleared")
     status, body = await post(stack.client, secret, cleared)
@@ -130,8 +134,8 @@ async def test_clear_sends_one_passive_update_to_exactly_the_devices_alerted(
         "SELECT count(*) FROM deliveries WHERE kind = 'update' AND outcome = 'sent'") == 2
     # Not counted: the rate counters stay where they were.
     assert {int(v) for v in await stack.redis.mget(
-        [keys.device_rate(str(r["id"])) for r in await stack.pool.fetch(
-            "SELECT id FROM devices")])} == {10}
+        [keys.device_rate(str(r["id"]), keys.device_shard(r["id"], SHARDS))
+         for r in await stack.pool.fetch("SELECT id FROM devices")])} == {10}
 
 
 async def test_an_alert_in_flight_when_the_clear_came_gets_its_update_on_the_second_pass(
