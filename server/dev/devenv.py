@@ -280,6 +280,21 @@ class PrivateRedisCluster:
         """``master`` or ``slave``, as the node says now."""
         return self.info(node, "replication").get("role", "")
 
+    def replicas_of(self, master: PrivateRedis) -> list[PrivateRedis]:
+        """The live nodes replicating ``master`` now."""
+        return [n for n in self.nodes if n.process is not None and n is not master
+                and self.info(n, "replication").get("master_port") == str(master.port)]
+
+    def wait_for_failover(self, replicas: list[PrivateRedis], timeout: float = 30.0) -> None:
+        """Until one of ``replicas`` (of a master that died) is a master, and the
+        cluster is whole again."""
+        deadline = time.monotonic() + timeout
+        while not any(self.role(r) == "master" for r in replicas):
+            if time.monotonic() > deadline:
+                raise DevEnvError(f"no replica took over within {timeout}s")
+            time.sleep(0.1)
+        self.wait_until_ok(max(1.0, deadline - time.monotonic()))
+
     def stop(self) -> None:
         for node in self.nodes:
             node.stop()

@@ -67,8 +67,11 @@ async def _postgres(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _redis(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
     app[REDIS] = await connect(
-        app[SETTINGS].redis_url, app[SETTINGS].redis_mode, socket_timeout=2,
+        settings.redis_url, settings.redis_mode,
+        # Longer than a replica wait (which blocks its connection's read until then).
+        socket_timeout=max(2.0, settings.redis_wait_timeout_ms / 1000 + 1),
         socket_connect_timeout=2, health_check_interval=30,
     )
     app[LIMITER] = RateLimiter(app[REDIS])

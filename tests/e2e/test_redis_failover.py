@@ -41,7 +41,7 @@ def settings(settings: Settings, cluster: PrivateRedisCluster) -> Settings:
     # Every hand-off waits for a replica: nothing a failover promotes lacks it. No
     # hourly limit: each phone gets every incident.
     return replace(settings, redis_url=cluster.url(), redis_wait_replicas=1,
-                   redis_wait_timeout_ms=2000, device_pushes_per_hour=0,
+                   redis_wait_timeout_ms=500, device_pushes_per_hour=0,
                    claim_idle_ms=3000)
 
 
@@ -81,13 +81,15 @@ async def test_a_killed_master_loses_nothing_accepted(
         assert (status, body["decision"]) == (202, "alert"), body
         accepted.append(body["incident_id"])
 
+    heirs = cluster.replicas_of(victim)
+    assert heirs
     for i in range(INCIDENTS // 2):
         await post_one(i)
     victim.kill()                        # SIGKILL: no shutdown, nothing flushed
     for i in range(INCIDENTS // 2, INCIDENTS):   # while the cluster notices, then after
         await post_one(i)
         await asyncio.sleep(0.3)
-    await asyncio.to_thread(cluster.wait_until_ok, 30.0)
+    await asyncio.to_thread(cluster.wait_for_failover, heirs)
     live = [n for n in cluster.nodes if n.process is not None]
     assert sum(cluster.role(n) == "master" for n in live) == 3    # the replica took over
 
