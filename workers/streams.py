@@ -17,7 +17,13 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError, ResponseError
 
 from server.store.db import STORE_UNAVAILABLE
-from server.store.redisclient import RedisClient, ScriptCall, eval_many
+from server.store.redisclient import (
+    RedisClient,
+    ScriptCall,
+    eval_many,
+    xreadgroup,
+    xreadgroup_args,
+)
 
 log = logging.getLogger(__name__)
 
@@ -119,9 +125,8 @@ class StreamConsumer:
             if claimed:
                 log.info("reclaimed %d idle entries from %s", len(claimed), self.stream)
                 return claimed
-        response: Any = await self.redis.xreadgroup(
-            self.group, self.consumer, {self.stream: ">"}, count=count, block=self.block_ms
-        )
+        response: Any = await xreadgroup(self.redis, self.group, self.consumer, self.stream,
+                                         count, self.block_ms)
         entries: list[Entry] = [(eid, fields) for _stream, items in response or []
                                 for eid, fields in items]
         self._inflight.update(eid for eid, _ in entries)
@@ -247,8 +252,9 @@ class ShardedConsumer:
         for _ in range(2):
             async with self.redis.pipeline(transaction=False) as pipe:
                 for index, share in wanted:
-                    pipe.xreadgroup(self.group, self.consumer, {self.streams[index]: ">"},
-                                    count=share)
+                    args, options = xreadgroup_args(self.redis, self.group, self.consumer,
+                                                    self.streams[index], share)
+                    pipe.execute_command(*args, **options)
                 responses: list[Any] = await pipe.execute()
             full = []
             for (index, share), response in zip(wanted, responses, strict=True):
@@ -276,9 +282,8 @@ class ShardedConsumer:
 
     async def _wait(self, index: int, count: int) -> None:
         try:
-            response = await self.redis.xreadgroup(
-                self.group, self.consumer, {self.streams[index]: ">"}, count=count,
-                block=self.block_ms)
+            response = await xreadgroup(self.redis, self.group, self.consumer,
+                                        self.streams[index], count, self.block_ms)
             self._arrived_from(index, response)
         except (RedisError, OSError) as exc:
             # The next read's own pass meets the same trouble and handles it (a lost

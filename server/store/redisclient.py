@@ -201,6 +201,37 @@ def _evalsha(sha: str, calls: Sequence[ScriptCall]) -> list[Command]:
             for call_keys, args in calls]
 
 
+def xreadgroup_args(redis: RedisClient, group: str, consumer: str, stream: str,
+                    count: int, block_ms: int | None = None
+                    ) -> tuple[tuple[EncodableT, ...], dict[str, Any]]:
+    """The arguments and options of ``XREADGROUP ... STREAMS stream >`` for
+    ``execute_command`` on a client or a pipeline (``redis`` the client either way).
+
+    On a cluster the options name the master of the stream's slot: XREADGROUP's keys
+    are "movable", so redis-py would otherwise ask a node (COMMAND GETKEYS) where to
+    send every read, one more round trip, and to a node that may be the one down."""
+    args: tuple[EncodableT, ...] = ("XREADGROUP", "GROUP", group, consumer, "COUNT", count)
+    if block_ms is not None:
+        args += ("BLOCK", block_ms)
+    args += ("STREAMS", stream, ">")
+    if isinstance(redis, RedisCluster):
+        node = redis.get_node_from_key(stream)
+        if node is not None:
+            return args, {"target_nodes": node}
+    return args, {}
+
+
+async def xreadgroup(redis: RedisClient, group: str, consumer: str, stream: str,
+                     count: int, block_ms: int | None = None) -> Any:
+    """One stream's XREADGROUP, routed as :func:`xreadgroup_args` says; the reply as
+    redis-py's ``xreadgroup`` gives it."""
+    if isinstance(redis, RedisCluster):
+        # The slot map is learnt on the first command: route by it from then on.
+        await redis.initialize()
+    args, options = xreadgroup_args(redis, group, consumer, stream, count, block_ms)
+    return await redis.execute_command(*args, **options)
+
+
 def _safe(url: str) -> str:
     """The URL without its password, for logs."""
     if "@" not in url:
