@@ -4,7 +4,7 @@ Keeping them here makes the Redis footprint reviewable in one screen (what a dev
 erasure must delete, what a Redis Cluster deployment must hash-tag) and keeps typos
 from splitting one logical key into two.
 
-Redis Cluster (docs/adr/0002-redis-cluster.md). A cluster puts each key in one of 16,384
+Redis Cluster (docs/adr/0003-redis-cluster.md). A cluster puts each key in one of 16,384
 hash slots, spread over its masters, and refuses a script, MULTI or multi-key command
 whose keys are in different slots (CROSSSLOT). A ``{tag}`` in a name decides its slot
 alone, so keys that must change together share a tag, and keys that need not are left
@@ -89,6 +89,14 @@ INCIDENTS_STREAM = f"{PREFIX}:incidents"
 """Incidents to match: fields ``incident_id`` (uuid). Written by ingest and the outbox
 relay. One stream, one key: no script or transaction names it with another key, so it
 needs no hash tag (its slot is its name's)."""
+
+FANOUT_WORK_STREAM = f"{PREFIX}:{{fanout}}:work"
+"""Pages of large fan-outs for any matcher to enqueue (field ``item``: a
+``workers.fanout.WorkItem`` as JSON, the devices' rows in it). One stream: an item is
+thousands of pushes, so one slot carries them easily; it is never named with another
+key in one command, and its hash tag only fixes its slot (where a deployment can see
+it). Read by the matchers' group after the incidents stream, so a new incident is
+matched before the remainder of a large one (docs/adr/0002-shared-fan-out.md)."""
 
 DEAD_STREAM = f"{PREFIX}:dead"
 """Pushes that could not be delivered before their alert expired, with the reason.

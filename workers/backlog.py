@@ -36,6 +36,7 @@ def for_kind(kind: str, pool: asyncpg.Pool, redis: RedisClient,
              shards: int = keys.DEFAULT_PUSH_STREAM_SHARDS) -> Refresh:
     async def matcher() -> None:
         await stream_stats(redis, keys.INCIDENTS_STREAM)
+        await stream_stats(redis, keys.FANOUT_WORK_STREAM)
 
     async def sender() -> None:
         for stream in keys.push_streams(kind, shards):

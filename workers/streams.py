@@ -116,9 +116,10 @@ class StreamConsumer:
         self._inflight.update(eid for eid, _ in claimed)
         return claimed
 
-    async def read(self, count: int | None = None) -> list[Entry]:
+    async def read(self, count: int | None = None, *, block: bool = True) -> list[Entry]:
         """Up to ``count`` (default: the batch size) entries: reclaimed ones first when
-        a claim is due, else new ones (blocking up to ``block_ms``)."""
+        a claim is due, else new ones (waiting up to ``block_ms`` for them, unless
+        ``block`` is false)."""
         count = self.batch if count is None else max(1, min(count, self.batch))
         if self.claim_due():
             claimed = await self._claim()
@@ -126,7 +127,7 @@ class StreamConsumer:
                 log.info("reclaimed %d idle entries from %s", len(claimed), self.stream)
                 return claimed
         response: Any = await xreadgroup(self.redis, self.group, self.consumer, self.stream,
-                                         count, self.block_ms)
+                                         count, self.block_ms if block else None)
         entries: list[Entry] = [(eid, fields) for _stream, items in response or []
                                 for eid, fields in items]
         self._inflight.update(eid for eid, _ in entries)
@@ -224,8 +225,9 @@ class ShardedConsumer:
         those already read, then entries idle on dead consumers when a reclaim is due,
         then new ones (waiting up to ``block_ms`` when there are none)."""
         count = self.batch if count is None else max(1, min(count, self.batch))
-        if self._ready:
-            return self._take(count)
+        out = self._take(count)
+        if len(out) == count:
+            return out
         order = self._order()
         for index in order:
             shard = self.shards[index]
@@ -234,11 +236,12 @@ class ShardedConsumer:
                 if claimed:
                     log.info("reclaimed %d idle entries from %s", len(claimed), shard.stream)
                     self._ready.extend(self._tag(index, claimed))
-        if self._ready:
-            return self._take(count)
-        await self._read_now(order, count)
-        if self._ready:
-            return self._take(count)
+        out += self._take(count - len(out))
+        if len(out) < count:
+            await self._read_now(order, count - len(out))
+            out += self._take(count - len(out))
+        if out:
+            return out
         self._wait_on_all(count)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._arrived.wait(), self.block_ms / 1000)

@@ -110,7 +110,7 @@ class ReplicaWait:
     """How a hand-off to Redis is made durable before geopush forgets its own record
     (an incident's outbox row deleted, an incident's stream entry acknowledged once its
     pushes are enqueued): ``WAIT replicas timeout_ms`` on the connection that wrote, to
-    every master written to (docs/adr/0002-redis-cluster.md).
+    every master written to (docs/adr/0003-redis-cluster.md).
 
     Redis replicates asynchronously: without it, a master killed right after a write
     may be replaced by a replica that never saw it. WAIT returns once ``replicas`` have

@@ -396,6 +396,14 @@ async def test_responders_answers_are_counted_and_their_push_carries_the_actions
     assert r.status == 404
 
 
+async def _recorded(stack: Stack, sent: int) -> None:
+    async def done() -> bool:
+        return bool(await stack.pool.fetchval(
+            "SELECT count(*) FROM deliveries WHERE outcome = 'sent'") >= sent)
+
+    await wait_for(done, what=f"{sent} sent pushes recorded")
+
+
 async def _post_as(stack: Stack, secret: str, body: str, content_type: str
                    ) -> dict[str, Any]:
     data = body.encode()
@@ -417,6 +425,9 @@ async def test_cap_all_clear_and_eido_cancel_send_the_update(stack: Stack) -> No
                                 for f in ("fire_circle.xml", "all_clear.xml")))
     first = await _post_as(stack, secret, alert, "application/cap+xml")
     await wait_for(lambda: len(_apns_to(stack, near_cap)) == 1, what="the CAP alert")
+    # Recorded as delivered, so the clear's first pass finds it (an alert still in
+    # flight gets its update on the second pass, 30 s later: another test).
+    await _recorded(stack, 1)
     cleared = await _post_as(stack, secret, all_clear, "application/cap+xml")
     assert cleared["incident_id"] == first["incident_id"]
     assert cleared["decision"] == "suppressed:cleared"
@@ -430,6 +441,7 @@ async def test_cap_all_clear_and_eido_cancel_send_the_update(stack: Stack) -> No
     doc = json.loads(shooting)
     await _post_as(stack, secret, json.dumps(doc), "application/eido+json")
     await wait_for(lambda: len(_apns_to(stack, near_eido)) == 1, what="the EIDO alert")
+    await _recorded(stack, 3)
     doc["lastUpdateTimeStamp"] = iso(dt.datetime.now(dt.UTC))
     doc["incidentComponent"][0]["incidentStatusCommonRegistryText"] = "Cancelled"
     await _post_as(stack, secret, json.dumps(doc), "application/eido+json")
