@@ -38,7 +38,7 @@ rules: system-deps
 # wheel build or locust: nothing of Redis in them to try again).
 test: system-deps $(STAMP) lint typecheck rules
 	$(BIN)/pytest
-	GEOPUSH_TEST_REDIS_CLUSTER=1 $(BIN)/pytest tests/e2e tests/integration/test_redis_cluster.py \
+	GEOPUSH_TEST_REDIS_CLUSTER=1 $(BIN)/pytest tests/e2e \
 		--ignore=tests/e2e/test_redis_outage.py --ignore=tests/e2e/test_redis_failover.py \
 		--ignore=tests/e2e/test_console_browser.py \
 		--ignore=tests/e2e/test_wheel.py --ignore=tests/e2e/test_locust.py

@@ -69,6 +69,7 @@ async def test_a_killed_master_loses_nothing_accepted(
             phones[token] = platform
 
     # The master of the incident stream: every incident passes through it.
+    await redis.initialize()   # the slot map
     node = redis.get_node_from_key(keys.INCIDENTS_STREAM)
     assert node is not None
     [victim] = [n for n in cluster.nodes if n.port == node.port]
