@@ -88,7 +88,8 @@ def _shard(shard: int) -> str:
 INCIDENTS_STREAM = f"{PREFIX}:incidents"
 """Incidents to match: fields ``incident_id`` (uuid). Written by ingest and the outbox
 relay. One stream, one key: no script or transaction names it with another key, so it
-needs no hash tag (its slot is its name's)."""
+needs no hash tag (its slot is its name's). The hand-off that must survive a failover:
+its XADD is confirmed by replicas (``ReplicaWait``) before the outbox row goes."""
 
 FANOUT_WORK_STREAM = f"{PREFIX}:{{fanout}}:work"
 """Pages of large fan-outs for any matcher to enqueue (field ``item``: a
