@@ -12,12 +12,13 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
-from server import keys
+from server import keys, metrics
 from server.dev.devenv import PrivateRedisCluster
 from server.settings import Settings
-from server.store.redisclient import RedisClient, connect
+from server.store.redisclient import RedisClient, ReplicaWait, connect, write_all
 from tests.e2e.conftest import Stack, wait_for
 from tests.helpers import POINT, circle, create_agency, create_device, fcm_token, incident
 from tests.helpers import post_incident as post
@@ -107,3 +108,38 @@ async def test_a_killed_master_loses_nothing_accepted(
     assert delivered() == expected       # nothing else went out
     await stack.drained(within=30)
     assert await stack.pool.fetchval("SELECT count(*) FROM outbox") == 0
+
+
+async def test_a_hand_off_returns_once_a_replica_has_it(
+    cluster: PrivateRedisCluster, redis: RedisClient
+) -> None:
+    """What the test above relies on: writes to several masters, then WAIT on each of
+    them; what a replica lacks within the timeout is counted, never waited out."""
+    assert isinstance(redis, RedisCluster)
+    await redis.initialize()
+    streams = [keys.INCIDENTS_STREAM, *keys.push_streams("apns", 8)]
+    writes = [(s, ("XADD", s, "*", "incident_id", "x")) for s in streams]
+    assert len({redis.get_node_from_key(s).name for s in streams}) == 3   # every master
+    before = metrics.UNREPLICATED_WRITES._value.get()
+
+    replies = await write_all(redis, writes, ReplicaWait(replicas=1, timeout_ms=5000))
+    assert all(isinstance(r, str) for r in replies), replies
+    assert metrics.UNREPLICATED_WRITES._value.get() == before
+    for stream in streams:               # each on its master's replica already
+        [replica] = cluster.replicas_of(next(
+            n for n in cluster.nodes if n.port == redis.get_node_from_key(stream).port))
+        assert await _replica_xlen(replica.port, stream) == 1
+
+    # Two replicas asked for, one each: counted after the timeout, not an error.
+    replies = await write_all(redis, writes, ReplicaWait(replicas=2, timeout_ms=100))
+    assert all(isinstance(r, str) for r in replies), replies
+    assert metrics.UNREPLICATED_WRITES._value.get() == before + len(writes)
+
+
+async def _replica_xlen(port: int, stream: str) -> int:
+    replica = Redis(port=port, decode_responses=True)
+    try:
+        await replica.execute_command("READONLY")
+        return int(await replica.xlen(stream))
+    finally:
+        await replica.aclose()

@@ -4,6 +4,7 @@ lost them), and every multi-key script or transaction of geopush in one slot."""
 
 from __future__ import annotations
 
+import asyncio
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -13,7 +14,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
 
 from server import keys
-from server.dev.devenv import PrivateRedis, PrivateRedisCluster
+from server.dev.devenv import PrivateRedis, PrivateRedisCluster, free_port
 from server.store import positions
 from server.store.ratelimit import LoginLimiter
 from server.store.redisclient import RedisClient, connect, eval_many, is_cluster
@@ -150,3 +151,20 @@ async def test_positions_under_the_names_of_before_the_hash_tags_are_moved(
     assert await redis.zscore(keys.NEAR_ME_SEEN, "old") == 1000.0
     assert await redis.zscore(keys.NEAR_ME_SEEN, "older") == 2.0
     assert await positions.adopt_legacy_keys(redis) == 0
+
+
+async def test_auto_mode_waits_for_redis_to_come_up(tmp_path: Path) -> None:
+    """A process started before its Redis asks again until the node answers, rather
+    than guessing which client to use."""
+    later = PrivateRedis(tmp_path / "later", port=free_port())
+    connecting = asyncio.create_task(connect(later.url(), socket_connect_timeout=0.5))
+    await asyncio.sleep(0.5)
+    assert not connecting.done()         # nothing listens yet: still asking
+    later.start()
+    try:
+        client = await asyncio.wait_for(connecting, 30)
+        assert not isinstance(client, RedisCluster)
+        assert await client.ping()
+        await client.aclose()
+    finally:
+        later.stop()
