@@ -17,10 +17,9 @@ import time
 from collections.abc import Callable
 
 import jwt
-from redis.exceptions import RedisError
 
 from server import keys
-from server.store.redisclient import RedisClient
+from server.store.redisclient import REDIS_UNAVAILABLE, RedisClient
 
 TOKEN_LIFETIME_S = 40 * 60   # within Apple's [20, 60) minutes, with margin both ways
 MAX_AGE_S = 55 * 60          # never present a token older than this
@@ -64,7 +63,7 @@ class SharedProviderToken:
                 return self._header
             try:
                 await self._refresh(now)
-            except (RedisError, OSError):
+            except REDIS_UNAVAILABLE:
                 if self._header is None or now - self._issued_at >= MAX_AGE_S:
                     raise
                 self._valid_until = now + 5   # keep using ours; ask Redis again soon

@@ -16,12 +16,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import asyncpg
-from redis.exceptions import RedisError
 
 from server import metrics
 from server.store import accounts, housekeeping, positions, review, transparency
 from server.store.db import STORE_UNAVAILABLE
-from server.store.redisclient import RedisClient
+from server.store.redisclient import REDIS_UNAVAILABLE, RedisClient
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +92,7 @@ async def run_maintenance(pool: asyncpg.Pool, retention: Retention, stop: asynci
         except STORE_UNAVAILABLE as exc:
             metrics.MAINTENANCE_FAILURES.inc()
             log.warning("maintenance: store unavailable: %s", exc)
-        except (RedisError, OSError) as exc:
+        except REDIS_UNAVAILABLE as exc:
             log.warning("maintenance: redis unavailable: %s", exc)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=interval_s)

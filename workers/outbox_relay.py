@@ -11,16 +11,15 @@ import contextlib
 import logging
 
 import asyncpg
-from redis.exceptions import RedisError
 
 from server.store.db import STORE_UNAVAILABLE
 from server.store.publish import relay_outbox
-from server.store.redisclient import NO_WAIT, RedisClient, ReplicaWait
+from server.store.redisclient import NO_WAIT, REDIS_UNAVAILABLE, RedisClient, ReplicaWait
 
 log = logging.getLogger(__name__)
 
 GRACE_S = 2.0
-_TRANSIENT: tuple[type[BaseException], ...] = (RedisError, *STORE_UNAVAILABLE)
+_TRANSIENT: tuple[type[BaseException], ...] = (*REDIS_UNAVAILABLE, *STORE_UNAVAILABLE)
 
 
 async def relay_once(pool: asyncpg.Pool, redis: RedisClient, *, limit: int = 500,

@@ -14,10 +14,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from redis.commands.core import AsyncScript
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import ResponseError
 
 from server.store.db import STORE_UNAVAILABLE
 from server.store.redisclient import (
+    REDIS_UNAVAILABLE,
     RedisClient,
     ScriptCall,
     eval_many,
@@ -28,7 +29,7 @@ from server.store.redisclient import (
 log = logging.getLogger(__name__)
 
 Entry = tuple[str, dict[str, str]]
-TRANSIENT: tuple[type[BaseException], ...] = (RedisError, OSError, *STORE_UNAVAILABLE)
+TRANSIENT: tuple[type[BaseException], ...] = (*REDIS_UNAVAILABLE, *STORE_UNAVAILABLE)
 BatchHandler = Callable[[list[Entry]], Awaitable[None]]
 
 
@@ -288,7 +289,7 @@ class ShardedConsumer:
             response = await xreadgroup(self.redis, self.group, self.consumer,
                                         self.streams[index], count, self.block_ms)
             self._arrived_from(index, response)
-        except (RedisError, OSError) as exc:
+        except REDIS_UNAVAILABLE as exc:
             # The next read's own pass meets the same trouble and handles it (a lost
             # group is made again); waiting is all this was for.
             log.debug("waiting on %s failed: %s", self.streams[index], exc)
@@ -388,10 +389,10 @@ async def batches(
             log.warning("consumer group %s on %s is gone; recreating it",
                         consumer.group, consumer.stream)
             await sleep_unless(stop, backoff)
-            with contextlib.suppress(RedisError, OSError):
+            with contextlib.suppress(*REDIS_UNAVAILABLE):
                 await consumer.setup()
             continue
-        except (RedisError, OSError) as exc:
+        except REDIS_UNAVAILABLE as exc:
             log.warning("reading %s failed: %s; retrying in %.1fs", consumer.stream, exc, backoff)
             await sleep_unless(stop, backoff)
             backoff = min(backoff * 2, 10)

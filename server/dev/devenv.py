@@ -213,6 +213,8 @@ class PrivateRedisCluster:
     # How long a node may be unreachable before the others fail it over (ms): short,
     # so a failover test needs seconds, not Redis's default 15.
     node_timeout_ms: int = 1000
+    # The first node's port (the URL's), when it must be known before the start.
+    first_port: int = 0
     nodes: list[PrivateRedis] = field(default_factory=list)
 
     def url(self) -> str:
@@ -228,7 +230,7 @@ class PrivateRedisCluster:
         try:
             for i in range(self.masters * (1 + self.replicas)):
                 node_dir = self.directory / f"node{i}"
-                self.nodes.append(PrivateRedis(node_dir, options=(
+                options = (
                     "--cluster-enabled", "yes",
                     "--cluster-config-file", str(node_dir / "nodes.conf"),
                     # The bus port is the client port + 10000 unless set: a free one.
@@ -236,7 +238,9 @@ class PrivateRedisCluster:
                     "--cluster-node-timeout", str(self.node_timeout_ms),
                     # A replica may always take over, however long its master was gone.
                     "--cluster-replica-validity-factor", "0",
-                )))
+                )
+                port = self.first_port if i == 0 else 0
+                self.nodes.append(PrivateRedis(node_dir, port=port, options=options))
                 self.nodes[-1].start()
             res = subprocess.run(  # noqa: S603
                 [cli, "--cluster", "create", *(f"127.0.0.1:{n.port}" for n in self.nodes),

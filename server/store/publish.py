@@ -15,10 +15,9 @@ import datetime as dt
 import logging
 
 import asyncpg
-from redis.exceptions import RedisError
 
 from server import keys
-from server.store.redisclient import NO_WAIT, RedisClient, ReplicaWait, write_all
+from server.store.redisclient import NO_WAIT, REDIS_UNAVAILABLE, RedisClient, ReplicaWait, write_all
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +90,7 @@ async def publish_incident(redis: RedisClient, cleaner: OutboxCleaner,
     batch); False when Redis is unreachable and the relay will publish it."""
     try:
         await xadd_incidents(redis, [incident_id], cleaner.replica_wait)
-    except (RedisError, OSError) as exc:
+    except REDIS_UNAVAILABLE as exc:
         log.warning("redis unavailable, incident %s left to the outbox relay: %s",
                     incident_id, exc)
         return False

@@ -14,10 +14,8 @@ import logging
 import math
 from dataclasses import dataclass
 
-from redis.exceptions import RedisError
-
 from server import keys
-from server.store.redisclient import RedisClient, eval_many
+from server.store.redisclient import REDIS_UNAVAILABLE, RedisClient, eval_many
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +66,7 @@ class RateLimiter:
         try:
             allowed, retry_ms = await self._script(
                 keys=[key], args=[period_ms / count, period_ms])
-        except (RedisError, OSError) as exc:
+        except REDIS_UNAVAILABLE as exc:
             log.warning("rate limiter unavailable, not enforcing: %s", exc)
             return Verdict(True)
         if allowed:
@@ -112,7 +110,7 @@ class LoginLimiter:
         try:
             (user_n, user_ttl), (addr_n, addr_ttl) = await eval_many(self._redis, self._read, [
                 ([keys.login_failures(username)], []), ([keys.login_attempts(address)], [])])
-        except (RedisError, OSError) as exc:
+        except REDIS_UNAVAILABLE as exc:
             log.warning("login limiter unavailable, not enforcing: %s", exc)
             return Verdict(True)
         waits = [ttl for n, ttl, cap in ((user_n, user_ttl, self.failures_per_user),
@@ -131,5 +129,5 @@ class LoginLimiter:
                 counted.append(keys.login_failures(username))
             await eval_many(self._redis, self._count,
                             [([key], [self.window_s]) for key in counted])
-        except (RedisError, OSError) as exc:
+        except REDIS_UNAVAILABLE as exc:
             log.warning("login limiter unavailable, attempt not counted: %s", exc)

@@ -31,7 +31,7 @@ from typing import Any, TypeAlias
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.commands.core import AsyncScript
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 from redis.typing import EncodableT
 
 from server import metrics
@@ -41,6 +41,12 @@ log = logging.getLogger(__name__)
 
 RedisClient: TypeAlias = "aioredis.Redis | RedisCluster"
 """What every function that talks to Redis takes: either client, the same commands."""
+
+REDIS_UNAVAILABLE: tuple[type[Exception], ...] = (RedisError, RedisClusterException, OSError)
+"""What a command raises when Redis can't serve it now: redis-py's errors, the network's,
+and a cluster client's own, which are not ``RedisError``s ("cannot be connected", a
+slot not covered while a failover is under way). Every "Redis is down, carry on"
+handler catches these."""
 
 ScriptCall = tuple[Sequence[str], Sequence[EncodableT]]
 """One call of a script: its keys (one slot) and its arguments."""
@@ -67,7 +73,7 @@ async def detect_cluster(url: str, *, connect_timeout: float = 5.0,
     while True:
         try:
             return await is_cluster(url, connect_timeout=connect_timeout)
-        except (RedisError, OSError) as exc:
+        except REDIS_UNAVAILABLE as exc:
             log.warning("redis at %s not reachable to tell cluster from single node "
                         "(%s); asking again in %.1fs (GEOPUSH_REDIS_MODE=cluster or "
                         "standalone skips the question)", _safe(url), exc, backoff)
@@ -97,8 +103,42 @@ async def connect(
         options["max_connections"] = max_connections
     if cluster:
         log.info("redis: cluster mode, entry node %s", _safe(url))
-        return RedisCluster.from_url(url, **options)
+        client = RedisCluster.from_url(url, **options)
+        await _learn_slots(client)
+        return client
     return aioredis.Redis.from_url(url, **options)
+
+
+_LEARNING: set[asyncio.Task[None]] = set()
+
+
+async def _learn_slots(client: RedisCluster) -> None:
+    """The slot map, learnt now rather than by the first commands: redis-py 8.1's
+    cluster client, initialized by a burst of concurrent first commands, can hand one
+    of them a connection it is closing (AttributeError: 'NoneType' object has no
+    attribute 'writelines'; tests/integration/test_redis_cluster.py shows it). If the
+    cluster can't be reached yet, a task keeps asking in the background."""
+    try:
+        await client.initialize()
+        return
+    except REDIS_UNAVAILABLE as exc:
+        log.warning("redis cluster not reachable yet (%s); learning its slots in the "
+                    "background", exc)
+
+    async def again() -> None:
+        backoff = 0.5
+        while True:
+            await asyncio.sleep(backoff)
+            try:
+                await client.initialize()
+                log.info("redis cluster reachable: slot map learnt")
+                return
+            except REDIS_UNAVAILABLE:
+                backoff = min(backoff * 2, 5.0)
+
+    task = asyncio.create_task(again())
+    _LEARNING.add(task)
+    task.add_done_callback(_LEARNING.discard)
 
 
 def is_cluster_client(redis: RedisClient) -> bool:
