@@ -10,14 +10,20 @@ accepting incidents into the outbox); in ``auto`` mode it waits for an answer.
 
 Both clients run the same code: every script and transaction geopush sends names keys
 of one hash slot only (``server/keys.py`` says how for each), which a single node does
-not care about and a cluster requires. Two differences remain, handled here:
+not care about and a cluster requires. What differs is handled here:
 
 - redis-py refuses scripts (EVALSHA) in a cluster pipeline; :func:`eval_many` sends
   them as raw commands instead, and loads the script where a node lacks it (a node
   that was restarted or promoted from replica has an empty script cache).
+- A cluster client's own errors are not ``RedisError``s: :data:`REDIS_UNAVAILABLE`.
+- Stream reads go straight to their stream's master (:func:`xreadgroup`), and a new
+  cluster client learns the slot map before it is handed out (``_learn_slots``).
+- Hand-offs wait for replicas when asked (:class:`ReplicaWait`, :func:`write_all`).
 - Commands without a key (KEYS, DBSIZE) go to one node of a cluster: geopush itself
   never uses them; tests and tools iterate with SCAN (``scan_iter``), which visits
   every master.
+
+Why, and what was measured: docs/adr/0003-redis-cluster.md.
 """
 
 from __future__ import annotations
