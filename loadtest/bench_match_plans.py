@@ -12,7 +12,8 @@ about 7,000 zones at 1M) and a 3 km CAP circle downtown (about 80,000).
 For each it prints, warm, the best of ``--runs`` wall times of one round trip:
 
 - ``bare``: ``SELECT count(*) FROM zones WHERE ST_Intersects(geom, <public geom>)``
-  (and the count);
+  (and the count), with the settings the matcher's cursor runs with (custom plan, no
+  JIT, no bitmap scan unless ``--bitmap``);
 - ``match``: the matcher's query (``server.store.matching``, the streaming form: zones
   and near-me positions, the devices joined, preferences applied), run as the
   matcher runs it, a cursor (so with a cursor's plan), every row produced but none
@@ -46,8 +47,8 @@ AREA_RADIUS_M = 3000
 _PUBLIC = """geopush_public_geom(ST_SetSRID($1::text::geometry, 4326),
                                  ST_SetSRID(ST_MakePoint($2::float8, $3::float8), 4326))"""
 _BARE = f"SELECT count(*) FROM zones WHERE ST_Intersects(geom, {_PUBLIC})"  # noqa: S608
-# What ``matching._pages`` sets for its cursor (--bitmap: without the second).
-_AS_THE_MATCHER = ("SET LOCAL plan_cache_mode = force_custom_plan; "
+# What ``matching._pages`` sets for its cursor (--bitmap: without the last).
+_AS_THE_MATCHER = ("SET LOCAL plan_cache_mode = force_custom_plan; SET LOCAL jit = off; "
                    "SET LOCAL enable_bitmapscan = off")
 # The match before migration 0012 (as the matcher's cursor ran it): each zone found
 # joined to devices for the columns zones now carry.
@@ -97,11 +98,15 @@ def _shape(plan: dict[str, Any], depth: int = 0) -> list[str]:
     return [line] + [s for child in plan.get("Plans", []) for s in _shape(child, depth + 1)]
 
 
-async def _bare(conn: Any, geometry: str, public: tuple[float, float]) -> tuple[float, int]:
-    """The bare count: wall time of the statement (one round trip), and the count."""
-    start = time.perf_counter()
-    count = await conn.fetchval(_BARE, geometry, public[1], public[0])
-    return time.perf_counter() - start, int(count)
+async def _bare(conn: Any, geometry: str, public: tuple[float, float], setup: str
+                ) -> tuple[float, int]:
+    """The bare count, with the match's settings (``setup``): wall time of the statement
+    (one round trip), and the count."""
+    async with conn.transaction(readonly=True):
+        await conn.execute(setup)
+        start = time.perf_counter()
+        count = await conn.fetchval(_BARE, geometry, public[1], public[0])
+        return time.perf_counter() - start, int(count)
 
 
 async def _moved(conn: Any, query: str, args: tuple[Any, ...], setup: str
@@ -147,7 +152,7 @@ async def _measure(database_url: str, runs: int, show_plans: bool, bitmap: bool)
                      (f"CAP circle {AREA_RADIUS_M / 1000:g} km downtown", area,
                       (round(DOWNTOWN[0], 3), round(DOWNTOWN[1], 3)))]
             query = matching._NEIGHBOUR_ROWS
-            setup = _AS_THE_MATCHER.split(";")[0] if bitmap else _AS_THE_MATCHER
+            setup = _AS_THE_MATCHER.rsplit(";", 1)[0] if bitmap else _AS_THE_MATCHER
             await conn.execute(_DEVICES_MATCH)
             print(f"{'incident':28} {'zones':>7} {'bare':>9} {'match':>9} {'ratio':>6} "
                   f"{'devices':>8} {'join':>9} {'ratio':>6} {'to client: 1st page':>19} "
@@ -157,7 +162,7 @@ async def _measure(database_url: str, runs: int, show_plans: bool, bitmap: bool)
                 # Interleaved, so a neighbour's load on the shared machine falls on all three.
                 bare, match, joined = [], [], []
                 for _ in range(runs):
-                    bare.append(await _bare(conn, geometry, public))
+                    bare.append(await _bare(conn, geometry, public, setup))
                     match.append(await _moved(conn, query, args, setup))
                     joined.append(await _moved(conn, _JOINED, args, setup))
                 cursor = [await _cursor_wall(pool, geometry, public) for _ in range(runs)]

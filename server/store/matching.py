@@ -179,9 +179,11 @@ async def _pages(db: asyncpg.Pool, query: str, args: Sequence[object], first: in
         # no bitmap scan: it reads the whole index match before its first row (for a
         # city-wide area, half the query's time before the first push could leave),
         # where the GiST index scan hands rows out as it finds them
-        # (docs/BENCHMARKS.md, "Streaming matcher").
+        # (docs/BENCHMARKS.md, "Streaming matcher"). And no JIT: a city-wide match costs
+        # enough for PostgreSQL to compile it, 75-100 ms before the first row, every
+        # time (each incident's plan is new), for little gain on the rows after.
         await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan; "
-                           "SET LOCAL enable_bitmapscan = off")
+                           "SET LOCAL enable_bitmapscan = off; SET LOCAL jit = off")
         cursor = await conn.cursor(query, *args)
         size = first
         while True:
