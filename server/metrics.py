@@ -56,6 +56,13 @@ MATCH_SECONDS = Histogram(
 MATCH_FANOUT = Histogram(
     "geopush_match_fanout_devices", "Pushes enqueued per matched incident",
     buckets=_FANOUT_BUCKETS)
+REPLICA_READS = Counter(
+    "geopush_replica_reads_total",
+    "Matcher batches by where their reads went: replica (caught up), lagging or "
+    "unavailable (read from the primary instead)", ["outcome"])
+REPLICA_LAG_BYTES = Gauge(
+    "geopush_replica_lag_bytes",
+    "WAL the replica had still to replay when the matcher last checked it")
 MATCH_RATE_LIMITED = Counter(
     "geopush_match_rate_limited_total",
     "Pushes not enqueued because the device had its hourly share")

@@ -36,7 +36,9 @@ from server.store.audience import (
     hourly_limit,
     near_positions,
 )
+from server.store.db import STORE_UNAVAILABLE
 from server.store.publish import STREAM_MAXLEN
+from server.store.replica import ReplicaReads
 from workers.push import Push
 from workers.streams import Entry, StreamConsumer
 
@@ -85,9 +87,13 @@ class MatchResult:
 class Matcher:
     def __init__(self, pool: asyncpg.Pool, redis: aioredis.Redis, *,
                  device_pushes_per_hour: int = 10,
-                 location_ttl: dt.timedelta = DEFAULT_LOCATION_TTL) -> None:
+                 location_ttl: dt.timedelta = DEFAULT_LOCATION_TTL,
+                 reads: ReplicaReads | None = None) -> None:
         self.pool = pool
         self.redis = redis
+        # Where matching reads from (a streaming replica as fresh as the primary was
+        # when the batch was read, else the primary); writes always go to ``pool``.
+        self.reads = reads
         self.near_me = positions.near_me(location_ttl.total_seconds())
         # A neighbourhood having a bad night must not turn a phone into a pager: past
         # this many pushes an hour a device gets only the most severe categories and
@@ -95,8 +101,16 @@ class Matcher:
         self.device_pushes_per_hour = device_pushes_per_hour
         self._enqueue = redis.register_script(_ENQUEUE)
 
-    async def match_incident(self, incident_id: str, now: dt.datetime) -> MatchResult:
-        incident = await matching.incident(self.pool, incident_id)
+    async def match_incident(self, incident_id: str, now: dt.datetime,
+                             db: asyncpg.Pool | None = None) -> MatchResult:
+        """``db``: where to read from (default: the primary)."""
+        db = db or self.pool
+        incident = await matching.incident(db, incident_id)
+        if incident is None and db is not self.pool:
+            # Not on the replica although it had caught up: only an asynchronous commit
+            # can do that (synchronous_commit off). The primary has it.
+            db = self.pool
+            incident = await matching.incident(db, incident_id)
         if incident is None or not incident["actual"]:
             return MatchResult(incident_id, 0, 0)
         expires = incident["expires_at"] or incident["occurred_at"] + ALERT_LIFETIME
@@ -104,7 +118,7 @@ class Matcher:
             # Past the alert's lifetime: neither the alert nor an update is worth sending.
             return MatchResult(incident_id, 0, 0)
         if incident["status"] in ENDED:
-            return await self._send_updates(incident, expires)
+            return await self._send_updates(db, incident, expires)
         if incident["decision"] != ALERT or incident["status"] != "active":
             # Re-decided since it was published: nothing to do.
             return MatchResult(incident_id, 0, 0)
@@ -114,10 +128,11 @@ class Matcher:
             # The drawn area is public by nature: matched as drawn (matching.py).
             # Phones whose current position is in it ("near me") are reached too.
             audience = Audience(NEIGHBOUR, await matching.area_neighbours(
-                self.pool, incident["area"],
-                await self._near_area(incident["area"], incident["lat"], incident["lon"])))
+                db, incident["area"],
+                await near_positions(db, self.redis, self.near_me, incident["area"],
+                                     (incident["lat"], incident["lon"]))))
         else:
-            audience = await find_audience(self.pool, self.redis, Target(
+            audience = await find_audience(db, self.redis, Target(
                 agency_id=incident["agency_id"], category=incident["category"],
                 geometry=incident["geom"], exact_lat=incident["exact_lat"],
                 exact_lon=incident["exact_lon"], public_lat=incident["lat"],
@@ -136,10 +151,10 @@ class Matcher:
             # nearest AEDs.
             lat, lon = incident["exact_lat"], incident["exact_lon"]
             if rows:
-                aeds_json = json.dumps(await aeds.nearest(self.pool, lat, lon),
+                aeds_json = json.dumps(await aeds.nearest(db, lat, lon),
                                        separators=(",", ":"))
         event_id = await matching.same_event(
-            self.pool, category=incident["category"], agency_id=incident["agency_id"],
+            db, category=incident["category"], agency_id=incident["agency_id"],
             occurred_at=incident["occurred_at"], received_at=incident["received_at"],
             incident_id=incident["id"], geometry=incident["geom"],
             public_point=(incident["lat"], incident["lon"]),
@@ -172,10 +187,6 @@ class Matcher:
                  incident_id, incident["category"], len(rows), enqueued, limited)
         return MatchResult(incident_id, len(rows), enqueued)
 
-    async def _near_area(self, area: str, lat: float, lon: float) -> list[positions.Nearby]:
-        """Near-me positions that may be within their radius of a manual alert's area."""
-        return await near_positions(self.pool, self.redis, self.near_me, area, (lat, lon))
-
     async def _enqueue_all(self, pushes: list[Push], dedup_key: str, limit: int) -> list[int]:
         """Each push enqueued unless its device is in ``dedup_key`` already, or over
         ``limit`` pushes this hour (0: no limit): 1 enqueued, 0 deduplicated, -1 limited."""
@@ -190,8 +201,8 @@ class Matcher:
                 )
             return list(await pipe.execute()) if len(pipe) else []
 
-    async def _send_updates(self, incident: asyncpg.Record, expires: dt.datetime
-                            ) -> MatchResult:
+    async def _send_updates(self, db: asyncpg.Pool, incident: asyncpg.Record,
+                            expires: dt.datetime) -> MatchResult:
         """The incident was cleared or cancelled: every device its alert reached gets
         one silent update under the same collapse id, outside any hourly limit; unless
         the agency turned updates off for the category."""
@@ -202,7 +213,7 @@ class Matcher:
                                 ex=keys.PUSHED_TTL_S):
             # A delayed outbox row: the relay republishes the incident then.
             await publish.republish_later(self.pool, incident["id"], UPDATE_SECOND_PASS)
-        rows = await matching.alerted(self.pool, incident["id"])
+        rows = await matching.alerted(db, incident["id"])
         ended_at = max(incident["revision"], incident["occurred_at"])
         pushes = [Push(
             incident_id=incident_id, device_id=str(row["id"]), platform=row["platform"],
@@ -223,13 +234,27 @@ class Matcher:
     async def handle(self, consumer: StreamConsumer, entries: list[Entry]) -> None:
         done: list[str] = []
         now = dt.datetime.now(dt.UTC)
+        db = await self.reads.pool() if self.reads else self.pool
         for entry_id, fields in entries:
             incident_id = fields.get("incident_id", "")
             try:
                 with metrics.MATCH_SECONDS.time():
-                    result = await self.match_incident(incident_id, now)
+                    result, db = await self._match_on(db, incident_id, now)
                 metrics.MATCH_FANOUT.observe(result.enqueued)
             except (asyncpg.DataError, ValueError):
                 log.error("dropping malformed stream entry %s: %r", entry_id, fields)
             done.append(entry_id)
         await consumer.ack(done)
+
+    async def _match_on(self, db: asyncpg.Pool, incident_id: str, now: dt.datetime
+                        ) -> tuple[MatchResult, asyncpg.Pool]:
+        """Matched reading from ``db``; if that is the replica and it fails, from the
+        primary (enqueueing twice is harmless: the dedup set). The pool the rest of
+        the batch reads from."""
+        try:
+            return await self.match_incident(incident_id, now, db), db
+        except STORE_UNAVAILABLE as exc:
+            if self.reads is None or db is self.pool:
+                raise
+            self.reads.unavailable(exc)
+            return await self.match_incident(incident_id, now, self.pool), self.pool

@@ -22,6 +22,7 @@ from server import keys
 from server.metrics import bound_port, serve_metrics
 from server.settings import FCM_STREAMS, ConfigError, Settings
 from server.store.db import create_pool
+from server.store.replica import ReplicaReads
 from workers import backlog
 from workers.apns import ApnsGateway
 from workers.apns_token import SharedProviderToken
@@ -78,6 +79,29 @@ async def resources(settings: Settings) -> AsyncIterator[tuple[asyncpg.Pool, aio
     finally:
         await redis.aclose()
         await pool.close()
+
+
+@contextlib.asynccontextmanager
+async def replica_reads(settings: Settings, primary: asyncpg.Pool
+                        ) -> AsyncIterator[ReplicaReads | None]:
+    """The matcher's reads from GEOPUSH_DATABASE_REPLICA_URL (None when unset). Lazy
+    (no connection at start) and quick to give up connecting: a replica that is down
+    sends reads to the primary, it never stops matching."""
+    if not settings.database_replica_url:
+        yield None
+        return
+    replica = await create_pool(settings.database_replica_url, min_size=0, max_size=10,
+                                connect_timeout=2)
+    try:
+        yield ReplicaReads(primary, replica, wait_s=settings.replica_wait_ms / 1000)
+    finally:
+        await replica.close()
+
+
+def claim_every_s(settings: Settings) -> float:
+    """How often a worker looks for entries a dead one left: often enough that they
+    wait little more than GEOPUSH_CLAIM_IDLE_MS, at most every 15 s."""
+    return min(15.0, settings.claim_idle_ms / 2000)
 
 
 @contextlib.asynccontextmanager
@@ -138,20 +162,22 @@ async def worker_main(
             )
             return
         if kind == "matcher":
-            matcher = Matcher(pool, redis,
-                              device_pushes_per_hour=settings.device_pushes_per_hour,
-                              location_ttl=settings.location_ttl)
-            consumer = StreamConsumer(redis, keys.INCIDENTS_STREAM, keys.MATCHER_GROUP,
-                                      settings.consumer_name, batch=settings.stream_batch,
-                                      claim_idle_ms=settings.claim_idle_ms)
-            await consumer.setup()
-            if ready:
-                await ready()
+            async with replica_reads(settings, pool) as reads:
+                matcher = Matcher(pool, redis,
+                                  device_pushes_per_hour=settings.device_pushes_per_hour,
+                                  location_ttl=settings.location_ttl, reads=reads)
+                consumer = StreamConsumer(redis, keys.INCIDENTS_STREAM, keys.MATCHER_GROUP,
+                                          settings.consumer_name, batch=settings.stream_batch,
+                                          claim_idle_ms=settings.claim_idle_ms,
+                                          claim_every_s=claim_every_s(settings))
+                await consumer.setup()
+                if ready:
+                    await ready()
 
-            async def handle(entries: list[tuple[str, dict[str, str]]]) -> None:
-                await matcher.handle(consumer, entries)
+                async def handle(entries: list[tuple[str, dict[str, str]]]) -> None:
+                    await matcher.handle(consumer, entries)
 
-            await consume(consumer, handle, stop)
+                await consume(consumer, handle, stop)
             return
         gateway = build_gateway(settings, kind, redis)
         try:
@@ -159,7 +185,7 @@ async def worker_main(
             consumer = StreamConsumer(redis, keys.push_stream(kind), keys.SENDER_GROUP,
                                       settings.consumer_name, batch=settings.stream_batch,
                                       claim_idle_ms=settings.claim_idle_ms,
-                                      claim_every_s=min(15.0, settings.claim_idle_ms / 2000))
+                                      claim_every_s=claim_every_s(settings))
             await consumer.setup()
             if ready:
                 await ready()
