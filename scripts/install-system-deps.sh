@@ -2,7 +2,8 @@
 # Installs the system packages geopush needs when they are missing (Debian/Ubuntu):
 # PostgreSQL with PostGIS for the newest installed server version, redis-server,
 # promtool (Debian's prometheus package: `make test` checks docs/prometheus/alerts.yml),
-# and chromium (the console's browser tests drive it with Playwright).
+# chromium (the console's browser tests drive it with Playwright) and systemd-analyze
+# (`make test` verifies the units in deploy/systemd/).
 # Does nothing when everything is present, so `make run` / `make test` stay fast.
 set -euo pipefail
 
@@ -18,6 +19,7 @@ elif ! ls "/usr/share/postgresql/$pg_version/extension/postgis.control" >/dev/nu
 fi
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
+command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 [ -x /usr/bin/chromium ] || need+=(chromium)
 
 if [ ${#need[@]} -eq 0 ]; then
