@@ -411,9 +411,9 @@ def _any_of(finders: dict[str, Callable[[], Awaitable[str | None]]]
 def _busy_sender(redis: aioredis.Redis, senders: set[str], at_fake: list[Any]
                  ) -> Callable[[], Awaitable[str | None]]:
     """The sender with most in flight, once its platform's fan-out is well under way
-    (300 pushes at its fake)."""
+    (2,000 pushes at its fake: the small incidents' 500 and some of the large one's)."""
     async def find() -> str | None:
-        if len(at_fake) < 300:
+        if len(at_fake) < 2_000:
             return None
         pending = await pending_by_consumer(redis)
         busy = sorted((pending.get(name, 0), name) for name in senders)
