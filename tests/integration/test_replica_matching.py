@@ -23,8 +23,9 @@ import asyncpg
 import pytest
 import redis.asyncio as aioredis
 from aiohttp.test_utils import TestClient, TestServer
+from prometheus_client import REGISTRY
 
-from server import keys, metrics
+from server import keys
 from server.dev.devenv import PrivatePostgres, free_port
 from server.settings import Settings
 from server.store.db import create_pool
@@ -101,13 +102,14 @@ async def queued_tokens(redis: aioredis.Redis) -> set[str]:
     """Tokens of every push on any push stream."""
     tokens = set()
     async for stream in redis.scan_iter(match="geopush:*push:*", _type="STREAM"):
-        for _, fields in await redis.xrange(stream):
+        entries: Any = await redis.xrange(stream)
+        for _, fields in entries:
             tokens.add(Push.from_fields(fields).token)
     return tokens
 
 
 def reads(outcome: str) -> float:
-    value = metrics.REGISTRY.get_sample_value("geopush_replica_reads_total",
+    value = REGISTRY.get_sample_value("geopush_replica_reads_total",
                                               {"outcome": outcome})
     return value or 0.0
 
@@ -187,21 +189,34 @@ async def test_a_paused_replica_costs_no_incident_and_no_new_device(stack: Stack
         await asyncio.wait_for(worker, timeout=20)
 
 
-async def test_an_unreachable_replica_sends_reads_to_the_primary(stack: Stack) -> None:
+@pytest.fixture
+async def unreachable() -> AsyncIterator[asyncpg.Pool]:
+    """A pool for a replica that is not there (nothing listens on its port)."""
+    pool = await create_pool(f"postgresql://postgres@127.0.0.1:{free_port()}/x",
+                             min_size=0, connect_timeout=2)
+    yield pool
+    await pool.close()
+
+
+async def an_incident_near_a_device(stack: Stack, external_id: str) -> str:
+    """A device near POINT and an incident there, on the stream; the device's token."""
     secret = await create_agency(stack.client)
     token = await device_near_point(stack.client)
-    await post_incident(stack.client, secret, incident("R4"))
-    nowhere = await create_pool(f"postgresql://postgres@127.0.0.1:{free_port()}/x",
-                                min_size=0, connect_timeout=2)
-    try:
-        unavailable = reads("unavailable")
-        matcher = Matcher(stack.primary, stack.redis, device_pushes_per_hour=0,
-                          reads=ReplicaReads(stack.primary, nowhere, wait_s=0.1))
-        await match_what_is_on_the_stream(matcher, stack.redis)
-        assert await queued_tokens(stack.redis) == {token}
-        assert reads("unavailable") == unavailable + 1
-    finally:
-        await nowhere.close()
+    status, _ = await post_incident(stack.client, secret, incident(external_id))
+    assert status == 202
+    return token
+
+
+async def test_an_unreachable_replica_sends_reads_to_the_primary(
+    stack: Stack, unreachable: asyncpg.Pool
+) -> None:
+    token = await an_incident_near_a_device(stack, "R4")
+    unavailable = reads("unavailable")
+    matcher = Matcher(stack.primary, stack.redis, device_pushes_per_hour=0,
+                      reads=ReplicaReads(stack.primary, unreachable, wait_s=0.1))
+    await match_what_is_on_the_stream(matcher, stack.redis)
+    assert await queued_tokens(stack.redis) == {token}
+    assert reads("unavailable") == unavailable + 1
 
 
 class _CheckedThenGone(ReplicaReads):
@@ -211,23 +226,17 @@ class _CheckedThenGone(ReplicaReads):
         return self.replica
 
 
-async def test_a_replica_failing_mid_batch_hands_the_batch_to_the_primary(stack: Stack
-                                                                         ) -> None:
-    secret = await create_agency(stack.client)
-    token = await device_near_point(stack.client)
-    await post_incident(stack.client, secret, incident("R5"))
-    gone = await create_pool(f"postgresql://postgres@127.0.0.1:{free_port()}/x",
-                             min_size=0, connect_timeout=2)
-    try:
-        matcher = Matcher(stack.primary, stack.redis, device_pushes_per_hour=0,
-                          reads=_CheckedThenGone(stack.primary, gone, wait_s=0.1))
-        await match_what_is_on_the_stream(matcher, stack.redis)
-        assert await queued_tokens(stack.redis) == {token}
-        # Handled, acknowledged: nothing left for another matcher to redo.
-        [group] = await stack.redis.xinfo_groups(keys.INCIDENTS_STREAM)
-        assert group["pending"] == 0
-    finally:
-        await gone.close()
+async def test_a_replica_failing_mid_batch_hands_the_batch_to_the_primary(
+    stack: Stack, unreachable: asyncpg.Pool
+) -> None:
+    token = await an_incident_near_a_device(stack, "R5")
+    matcher = Matcher(stack.primary, stack.redis, device_pushes_per_hour=0,
+                      reads=_CheckedThenGone(stack.primary, unreachable, wait_s=0.1))
+    await match_what_is_on_the_stream(matcher, stack.redis)
+    assert await queued_tokens(stack.redis) == {token}
+    # Handled, acknowledged: nothing left for another matcher to redo.
+    [group] = await stack.redis.xinfo_groups(keys.INCIDENTS_STREAM)
+    assert group["pending"] == 0
 
 
 async def _paused(replica: asyncpg.Pool) -> bool:
