@@ -36,9 +36,8 @@ from server.store.audience import (
     hourly_limit,
     near_positions,
 )
-from server.store.db import STORE_UNAVAILABLE
 from server.store.publish import STREAM_MAXLEN
-from server.store.replica import ReplicaReads
+from server.store.replica import REPLICA_FAILURES, ReplicaReads
 from workers.push import Push
 from workers.streams import Entry, StreamConsumer
 
@@ -248,12 +247,12 @@ class Matcher:
 
     async def _match_on(self, db: asyncpg.Pool, incident_id: str, now: dt.datetime
                         ) -> tuple[MatchResult, asyncpg.Pool]:
-        """Matched reading from ``db``; if that is the replica and it fails, from the
-        primary (enqueueing twice is harmless: the dedup set). The pool the rest of
-        the batch reads from."""
+        """Matched reading from ``db``; if that is the replica and it fails (down, or a
+        query cancelled by replay), from the primary (enqueueing twice is harmless: the
+        dedup set). The pool the rest of the batch reads from."""
         try:
             return await self.match_incident(incident_id, now, db), db
-        except STORE_UNAVAILABLE as exc:
+        except REPLICA_FAILURES as exc:
             if self.reads is None or db is self.pool:
                 raise
             self.reads.unavailable(exc)

@@ -33,6 +33,13 @@ from server.store.db import STORE_UNAVAILABLE
 
 log = logging.getLogger(__name__)
 
+# A replica's reads may fail where the primary's would not: besides being unreachable,
+# a hot standby cancels a query whose snapshot conflicts with what it is replaying
+# ("canceling statement due to conflict with recovery", SQLSTATE 40001; rarer with
+# hot_standby_feedback on). Either way the work is redone on the primary.
+REPLICA_FAILURES: tuple[type[BaseException], ...] = (
+    *STORE_UNAVAILABLE, asyncpg.exceptions.SerializationError)
+
 # How far the replica still has to replay to reach the primary's position ($1); 0 for a
 # server that is not (or no longer) a standby: a promoted replica is a primary.
 _BEHIND = """

@@ -239,6 +239,26 @@ async def test_a_replica_failing_mid_batch_hands_the_batch_to_the_primary(
     assert group["pending"] == 0
 
 
+class _ReplayConflicts:
+    """A hot standby cancelling every query for a conflict with recovery (what a long
+    match on a busy standby may meet), as asyncpg reports it."""
+
+    async def _cancelled(self, *args: object, **kwargs: object) -> None:
+        raise asyncpg.exceptions.SerializationError(
+            "canceling statement due to conflict with recovery")
+
+    fetch = fetchrow = fetchval = _cancelled
+
+
+async def test_a_query_the_replica_cancels_is_run_on_the_primary(stack: Stack) -> None:
+    token = await an_incident_near_a_device(stack, "R6")
+    conflicting: Any = _ReplayConflicts()
+    matcher = Matcher(stack.primary, stack.redis, device_pushes_per_hour=0,
+                      reads=_CheckedThenGone(stack.primary, conflicting, wait_s=0.1))
+    await match_what_is_on_the_stream(matcher, stack.redis)
+    assert await queued_tokens(stack.redis) == {token}
+
+
 async def _paused(replica: asyncpg.Pool) -> bool:
     state: str = await replica.fetchval("SELECT pg_get_wal_replay_pause_state()")
     return state == "paused"
