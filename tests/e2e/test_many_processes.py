@@ -13,7 +13,7 @@ left pending on any stream, retry schedule or outbox.
 
 The short reclaim idle time (GEOPUSH_CLAIM_IDLE_MS=2000) is the test's: the default
 (60 s) suits production, where a batch may take longer than two seconds.
-This test takes about a minute on two shared cores (mostly starting ten processes and
+This test takes 20-30 s on two shared cores (mostly starting ten processes and
 delivering 21,000 pushes through fakes written in Python).
 """
 
