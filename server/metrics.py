@@ -63,6 +63,10 @@ REPLICA_READS = Counter(
 REPLICA_LAG_BYTES = Gauge(
     "geopush_replica_lag_bytes",
     "WAL the replica had still to replay when the matcher last checked it")
+FANOUT_ITEMS = Counter(
+    "geopush_fanout_items_total",
+    "Work items of large fan-outs, by event: posted (onto the work stream) or done "
+    "(its devices enqueued)", ["event"])
 MATCH_RATE_LIMITED = Counter(
     "geopush_match_rate_limited_total",
     "Pushes not enqueued because the device had its hourly share")
