@@ -16,8 +16,8 @@ The short reclaim idle time (GEOPUSH_CLAIM_IDLE_MS=3000) is the test's: the defa
 senders keep 100 sends in flight (not 500) against fakes that answer after 250 ms,
 so a platform's fan-out lasts seconds and the test's loop (which runs both fakes)
 watches it as it happens.
-This test takes 20-30 s on two shared cores (mostly starting ten processes and
-delivering 21,000 pushes through fakes written in Python).
+This test takes 40-50 s on two shared cores (starting ten processes, and delivering
+21,000 pushes at the pace above, a sender of each platform short for most of it).
 """
 
 from __future__ import annotations
