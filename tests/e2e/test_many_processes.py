@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import signal
 import sys
 import time
@@ -133,7 +134,7 @@ async def fleet(stack: Stack, log_dir: Path) -> AsyncIterator[Fleet]:
     running = Fleet(web_port=free_port())
     try:
         for name, kind in FLEET:
-            port = free_port()
+            port = 0   # each picks a free one and logs it (free_port() could race)
             args = ["serve"] if kind == "web" else ["worker", kind]
             log = log_dir / f"{name}.log"
             with log.open("wb") as out:
@@ -161,9 +162,17 @@ async def fleet(stack: Stack, log_dir: Path) -> AsyncIterator[Fleet]:
             await proc.process.wait()
 
 
+_METRICS_LOG = re.compile(r"metrics on http://[^:]+:(\d+)/metrics")
+
+
 def _answers(http: aiohttp.ClientSession, proc: Proc) -> Callable[[], Awaitable[bool]]:
     async def check() -> bool:
         assert proc.process.returncode is None, f"{proc.name} exited\n{proc.tail()}"
+        if not proc.metrics_port:
+            found = _METRICS_LOG.search(proc.log.read_text(errors="replace"))
+            if found is None:
+                return False
+            proc.metrics_port = int(found[1])
         try:
             async with http.get(f"http://127.0.0.1:{proc.metrics_port}/metrics") as resp:
                 return resp.status == 200
