@@ -2,7 +2,8 @@
 # Installs the system packages geopush needs when they are missing (Debian/Ubuntu):
 # PostgreSQL with PostGIS for the newest installed server version, redis-server,
 # promtool (Debian's prometheus package: `make test` checks docs/prometheus/alerts.yml),
-# and chromium (the console's browser tests drive it with Playwright).
+# chromium (the console's browser tests drive it with Playwright) and h2load (Debian's
+# nghttp2-client: the fan-out benchmark's ceiling, run at tiny scale by the suite).
 # Does nothing when everything is present, so `make run` / `make test` stay fast.
 set -euo pipefail
 
@@ -19,6 +20,7 @@ fi
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 [ -x /usr/bin/chromium ] || need+=(chromium)
+command -v h2load >/dev/null 2>&1 || need+=(nghttp2-client)
 
 if [ ${#need[@]} -eq 0 ]; then
   exit 0
