@@ -136,7 +136,7 @@ def start_services(spec: SeedSpec, *, cluster: bool, workdir: Path = WORKDIR
     db_url = os.environ.get("GEOPUSH_DATABASE_URL", "")
     redis_url = os.environ.get("GEOPUSH_REDIS_URL", "")
     if db_url and redis_url:
-        asyncio.run(_seed_if_needed(db_url, spec))
+        asyncio.run(seed_if_needed(db_url, spec))
         return FanoutServices(db_url, redis_url)
     if db_url or redis_url:
         sys.exit("bench: set both GEOPUSH_DATABASE_URL and GEOPUSH_REDIS_URL, or neither")
@@ -153,7 +153,7 @@ def start_services(spec: SeedSpec, *, cluster: bool, workdir: Path = WORKDIR
     return FanoutServices(url, private.url(), pg, private)
 
 
-async def _seed_if_needed(database_url: str, spec: SeedSpec) -> None:
+async def seed_if_needed(database_url: str, spec: SeedSpec) -> None:
     import asyncpg
 
     from loadtest.fanout_seed import SEEDED
