@@ -44,8 +44,10 @@ What one run does:
 8. Times the match query against PostGIS alone (``SELECT count(*)`` of the zones
    meeting the same public geometry), warm, per incident of phases 4–5.
 
-Reported per incident: matcher time (the matchers' ``geopush_match_seconds``, summed),
-first and last push after the 202 (the fakes' receive times), pushes/s; the ratio
+Reported per incident: matcher time (the matchers' ``geopush_match_seconds``, summed:
+matching and enqueueing, less any work handed out to other matchers), the matchers'
+CPU from the post to the last push (and per push), first and last push after the 202
+(the fakes' receive times), pushes/s; the ratio
 ceiling-time / geopush-time of the large fan-out (``--area-km``); medians of the
 small ones; the highest sustained rate as a share of the ceiling; peak RSS of the
 matcher and senders; the checks. ``--json PATH`` keeps everything. It exits non-zero
@@ -107,6 +109,7 @@ TARGET_AREA_RATIO = 0.7
 TARGET_MATCHER_RSS_MB = 250.0
 TARGET_SENDER_RSS_MB = 150.0
 TARGET_QUERY_RATIO = 1.5
+TARGET_MATCHER_US_PER_PUSH = 15.0
 LOCATION_TTL_S = 7200.0        # GEOPUSH_LOCATION_TTL_MINUTES' default
 STALL_TIMEOUT_S = 90.0
 
@@ -175,7 +178,7 @@ class RateStep:
     rate: float                  # incidents per second offered
     incidents: int
     seconds: float               # posting window
-    enqueued: float              # pushes the matchers enqueued for them
+    pushes: int                  # pushes the fakes received for them
     offered_pushes_per_s: float
     delivered_pushes_per_s: float    # at the fakes, during the window
     push_slope: float            # pushes/s the push queues grew by (2nd half, least squares)
@@ -212,7 +215,7 @@ def sustained(stack: Stack, queues: Queues, cad: Cad, where: list[Location], rat
         finally:
             sampler.close()
 
-    before_metrics, before_count = stack.matcher_metrics(), stack.delivered()
+    before_count = stack.delivered()
     thread = threading.Thread(target=sample, daemon=True)
     thread.start()
     count = max(1, round(rate * seconds))
@@ -229,16 +232,16 @@ def sustained(stack: Stack, queues: Queues, cad: Cad, where: list[Location], rat
         thread.join()
     last_post = time.time()
     quiet = wait_quiet(stack, queues)
-    enqueued = stack.matcher_metrics()["enqueued"] - before_metrics["enqueued"]
+    pushes = stack.delivered() - before_count
     half = [s for s in samples if s[0] >= window / 2]
     push_slope = _slope([(t, p) for t, p, _ in half])
     waiting_slope = _slope([(t, o) for t, _, o in half])
-    offered = enqueued / window if window else 0.0
+    offered = pushes / window if window else 0.0
     # Kept: the push queue grows by less than a tenth of what is offered, and incidents
     # do not pile up in front of the matchers (less than a tenth of the rate).
     kept = push_slope < 0.1 * offered and waiting_slope < 0.1 * rate
     end = (samples[-1][1], samples[-1][2]) if samples else (0, 0)
-    return RateStep(rate, count, round(window, 1), enqueued, round(offered, 1),
+    return RateStep(rate, count, round(window, 1), pushes, round(offered, 1),
                     round(delivered_in_window / window, 1), round(push_slope, 1),
                     round(waiting_slope, 3), end, round(quiet - last_post, 1), kept,
                     [(round(t, 1), p, o) for t, p, o in samples])
@@ -335,15 +338,16 @@ def render(r: Report) -> str:
     redis = "a 3-master cluster" if r.args["redis_cluster"] == "True" else "one server"
     lines = [f"{r.devices:,} devices ({r.near_me_devices:,} near me), hourly limit "
              f"{r.args['hourly_limit']}, Redis {redis}"]
-    lines.append(f"{'incident':38} {'pushes':>7} {'matcher':>9} {'first':>9} {'last':>9} "
-                 f"{'push/s':>8}")
+    lines.append(f"{'incident':30} {'pushes':>7} {'match':>9} {'matcher CPU':>16} "
+                 f"{'first':>9} {'last':>9} {'push/s':>8}")
     rows = ([("warm-up", r.warmup)] if r.warmup else []) + \
         [(f"fire {n + 1}", f) for n, f in enumerate(r.small)] + \
         ([(f"area {r.args['area_km']} km", r.area)] if r.area else [])
     for label, f in rows:
         assert f is not None
-        lines.append(f"{label + ' ' + f.incident_id[:8]:38} {f.pushes:7,} "
-                     f"{_ms(f.matcher_s or 0):>9} {_ms(f.first_push_s):>9} "
+        cpu = f"{_ms(f.matcher_cpu_s)} {f.matcher_us_per_push:3.0f} µs"
+        lines.append(f"{label + ' ' + f.incident_id[:8]:30} {f.pushes:7,} "
+                     f"{_ms(f.matcher_s):>9} {cpu:>16} {_ms(f.first_push_s):>9} "
                      f"{_ms(f.last_push_s):>9} {f.pushes_per_s:8,.0f}")
     if r.small:
         first = median([f.first_push_s for f in r.small])
@@ -354,6 +358,13 @@ def render(r: Report) -> str:
                      f"{'met' if first <= TARGET_SMALL_FIRST_S else 'NOT met'}), last push "
                      f"{_ms(last)} (target <= {_ms(TARGET_SMALL_LAST_S)}: "
                      f"{'met' if last <= TARGET_SMALL_LAST_S else 'NOT met'})")
+    followed = [f for f in (*r.small, r.area) if f is not None]
+    if followed:
+        us = [f.matcher_us_per_push for f in followed]
+        most = max(us)
+        lines.append(f"matcher CPU per push: median {statistics.median(us):.0f} µs, worst "
+                     f"{most:.0f} µs (target <= {TARGET_MATCHER_US_PER_PUSH:.0f}: "
+                     f"{'met' if most <= TARGET_MATCHER_US_PER_PUSH else 'NOT met'})")
     if r.area is not None and r.area_ceiling:
         per_platform = ", ".join(f"{p} {x.succeeded:,} in {x.seconds:.2f} s"
                                  for p, x in r.area_ceiling.items())
@@ -367,7 +378,7 @@ def render(r: Report) -> str:
             f"{k} {v:.2f}" for k, v in sorted(r.area_cpu_cores.items())))
     for s in r.steps:
         lines.append(
-            f"rate {s.rate:g}/s: {s.incidents} fires, {s.enqueued:,.0f} pushes, offered "
+            f"rate {s.rate:g}/s: {s.incidents} fires, {s.pushes:,} pushes, offered "
             f"{s.offered_pushes_per_s:,.0f}/s, delivered {s.delivered_pushes_per_s:,.0f}/s in "
             f"the window; queue growth {s.push_slope:,.0f} pushes/s, incidents waiting "
             f"{s.waiting_slope:+.2f}/s; drained {s.drain_s:.1f} s after the last; "
@@ -438,23 +449,22 @@ def run(args: argparse.Namespace, services: FanoutServices, tmp: Path) -> Report
         def one(post: Any, cpu: dict[str, float] | None = None) -> IncidentFigures:
             """Post one incident and follow it to its last push; with ``cpu``, the
             cores each process group used from the post to quiet."""
-            before = stack.matcher_metrics()
+            before = stack.matcher_metrics()["match_seconds"]
             cpu_before, started = stack.cpu(), time.monotonic()
             since = time.time() - 0.001
             p = post()
             posted.append(p)
             wait_quiet(stack, queues)
+            took, cpu_after = time.monotonic() - started, stack.cpu()
+            used = {k: cpu_used(cpu_before[k], cpu_after[k]) for k in cpu_after}
             if cpu is not None:
-                took, cpu_after = time.monotonic() - started, stack.cpu()
-                cpu.update({k: round(cpu_used(cpu_before[k], cpu_after[k]) / took, 2)
-                            for k in cpu_after})
-            after = stack.matcher_metrics()
-            delta = {k: after[k] - before[k] for k in after}
+                cpu.update({k: round(v / took, 2) for k, v in used.items()})
+            match_s = stack.matcher_metrics()["match_seconds"] - before
             got = by_incident(arrivals_since(stack, since))
             mine = got.get(p.incident_id, [])
             compared.extend(a for rows in got.values() for a in rows)
             print(f"[fanout] {p.kind} {p.incident_id}: {len(mine):,} pushes", flush=True)
-            return IncidentFigures.of(p, mine, delta)
+            return IncidentFigures.of(p, mine, match_s, used.get("matcher", 0.0))
 
         queues.discover()   # every consumer group exists once the workers are ready
         print("[fanout] warm-up", flush=True)

@@ -58,12 +58,16 @@ class IncidentFigures:
     first_push_s: float       # after the 202
     last_push_s: float
     pushes_per_s: float       # first to last push
-    matcher_s: float | None   # matcher busy time (geopush_match_seconds), when alone
-    enqueued: float | None    # the matchers' fan-out counter, when alone
+    matcher_s: float          # time in match_incident (geopush_match_seconds, summed)
+    matcher_cpu_s: float      # CPU the matcher processes used, from the post to quiet
+
+    @property
+    def matcher_us_per_push(self) -> float:
+        return round(self.matcher_cpu_s / self.pushes * 1e6, 1) if self.pushes else 0.0
 
     @classmethod
-    def of(cls, posted: Posted, arrivals: list[Arrival], matcher: dict[str, float] | None
-           ) -> IncidentFigures:
+    def of(cls, posted: Posted, arrivals: list[Arrival], matcher_s: float,
+           matcher_cpu_s: float) -> IncidentFigures:
         times = sorted(a.at for a in arrivals)
         span = times[-1] - times[0] if len(times) > 1 else 0.0
         return cls(
@@ -73,8 +77,7 @@ class IncidentFigures:
             first_push_s=round(times[0] - posted.accepted_at, 3) if times else -1.0,
             last_push_s=round(times[-1] - posted.accepted_at, 3) if times else -1.0,
             pushes_per_s=round((len(times) - 1) / span, 1) if span else 0.0,
-            matcher_s=None if matcher is None else round(matcher["match_seconds"], 3),
-            enqueued=None if matcher is None else matcher["enqueued"],
+            matcher_s=round(matcher_s, 3), matcher_cpu_s=round(matcher_cpu_s, 3),
         )
 
 
@@ -224,6 +227,9 @@ async def _against_fakes(pool: asyncpg.Pool, out: Checks, compared: list[Arrival
 # -- the query, and PostGIS alone ---------------------------------------------------------
 
 
+PAGE = 2000   # rows a cursor page, where the matcher reads one
+
+
 @dataclass(frozen=True)
 class QueryTiming:
     incident_id: str
@@ -241,7 +247,9 @@ async def query_timings(stack: Stack, incident_ids: list[str], location_ttl_s: f
                         repeat: int = 3) -> list[QueryTiming]:
     """Per incident, warm (one run first, then the median of ``repeat``): the bare
     PostGIS count of zones meeting its public geometry, and the matcher's query for it
-    (``matching.neighbours`` with the near-me positions the GEO search gives)."""
+    with the near-me positions the GEO search gives, read as the matcher reads it
+    (``matching.neighbours`` at once, or ``matching.neighbour_pages`` where the code has
+    the streaming matcher's cursor)."""
     services = stack.services
     pool = await asyncpg.create_pool(services.database_url, min_size=1, max_size=1)
     redis = async_redis_client(services.redis_url, services.is_cluster)
@@ -265,8 +273,16 @@ async def query_timings(stack: Stack, incident_ids: list[str], location_ttl_s: f
 
             async def match(row: Any = row, point: tuple[float, float] = point,
                             near: list[positions.Nearby] = near) -> int:
-                return len(await matching.neighbours(pool, row["geom"], row["category"],
-                                                     point, near))
+                pages = getattr(matching, "neighbour_pages", None)
+                if pages is None:   # the matcher reads the whole match at once
+                    return len(await matching.neighbours(pool, row["geom"], row["category"],
+                                                         point, near))
+                # The streaming matcher reads it from a cursor, page by page.
+                n = 0
+                async for page in pages(pool, row["geom"], row["category"], point, near,
+                                        first=PAGE, page=PAGE):
+                    n += len(page)
+                return n
 
             timings: dict[str, list[float]] = {"bare": [], "match": []}
             counts = {"bare": 0, "match": 0}
