@@ -7,11 +7,44 @@ from splitting one logical key into two.
 
 from __future__ import annotations
 
+import zlib
+from uuid import UUID
+
 PREFIX = "geopush"
+
+# Push shards. Every per-device key on the push path (its push stream entry, retry,
+# dedup membership, hourly counter, index of dedup sets) lives in the device's shard,
+# and a shard's keys share one hash tag (``{p<k>}``): the matcher's enqueue script for
+# the devices of one shard touches one Redis Cluster slot, and the shards spread the
+# push path over the cluster's masters. Single-node Redis runs the same code.
+DEFAULT_PUSH_STREAM_SHARDS = 8
+MAX_PUSH_STREAM_SHARDS = 1024
+
+
+def device_shard(device_id: str | UUID, shards: int) -> int:
+    """The push shard of a device: crc32 of its canonical uuid string (lowercase,
+    hyphenated, as PostgreSQL prints it) modulo ``shards`` (GEOPUSH_PUSH_STREAM_SHARDS).
+    Stable across processes and languages (no per-process hash seed)."""
+    return zlib.crc32(str(device_id).lower().encode()) % shards
+
+
+def _shard(shard: int) -> str:
+    return f"{PREFIX}:{{p{shard}}}"
+
 
 # Streams
 INCIDENTS_STREAM = f"{PREFIX}:incidents"
-"""Incidents to match: fields ``incident_id`` (uuid). Written by ingest and the outbox relay."""
+"""Incidents to match: fields ``incident_id`` (uuid). Written by ingest and the outbox
+relay. One stream, one key: no script or transaction names it with another key, so it
+needs no hash tag (its slot is its name's)."""
+
+FANOUT_WORK_STREAM = f"{PREFIX}:{{fanout}}:work"
+"""Pages of large fan-outs for any matcher to enqueue (field ``item``: a
+``workers.fanout.WorkItem`` as JSON, the devices' rows in it). One stream: an item is
+thousands of pushes, so one slot carries them easily; it is never named with another
+key in one command, and its hash tag only fixes its slot (where a deployment can see
+it). Read by the matchers' group after the incidents stream, so a new incident is
+matched before the remainder of a large one (docs/adr/0002-shared-fan-out.md)."""
 
 DEAD_STREAM = f"{PREFIX}:dead"
 """Pushes that could not be delivered before their alert expired, with the reason."""
@@ -19,18 +52,25 @@ DEAD_STREAM = f"{PREFIX}:dead"
 PLATFORMS = ("apns", "fcm")
 
 
-def push_stream(platform: str) -> str:
-    """Pushes waiting for a sender of one platform."""
+def push_stream(platform: str, shard: int) -> str:
+    """Pushes of one shard's devices waiting for a sender of one platform. A sender
+    reads every shard of its platform, each with its own consumer group."""
     if platform not in PLATFORMS:
         raise ValueError(f"unknown platform {platform!r}")
-    return f"{PREFIX}:push:{platform}"
+    return f"{_shard(shard)}:push:{platform}"
 
 
-def retry_schedule(platform: str) -> str:
-    """Sorted set of pushes waiting for a retry, scored by the unix time they are due."""
+def push_streams(platform: str, shards: int) -> list[str]:
+    """All push streams of a platform, shard 0 first."""
+    return [push_stream(platform, shard) for shard in range(shards)]
+
+
+def retry_schedule(platform: str, shard: int) -> str:
+    """Sorted set of one shard's pushes waiting for a retry, scored by the unix time
+    they are due; promoted onto the same shard's push stream (one slot)."""
     if platform not in PLATFORMS:
         raise ValueError(f"unknown platform {platform!r}")
-    return f"{PREFIX}:retry:{platform}"
+    return f"{_shard(shard)}:retry:{platform}"
 
 
 # Consumer groups
@@ -38,15 +78,18 @@ MATCHER_GROUP = "matchers"
 SENDER_GROUP = "senders"
 
 
-def pushed(event_id: str) -> str:
-    """Set of device ids already given a push for this event (dedup)."""
-    return f"{PREFIX}:pushed:{event_id}"
+def pushed(event_id: str, shard: int) -> str:
+    """Set of the shard's device ids already given a push for this event (dedup): an
+    event's dedup set is split by shard, so each part sits in the slot of the devices
+    (and the push stream) the enqueue script checks it with."""
+    return f"{_shard(shard)}:pushed:{event_id}"
 
 
-def device_events(device_id: str) -> str:
+def device_events(device_id: str, shard: int) -> str:
     """Set of the ``pushed`` sets a device is a member of (same TTL): erasure removes
-    the device from exactly those, without scanning the keyspace."""
-    return f"{PREFIX}:device_events:{device_id}"
+    the device from exactly those, without scanning the keyspace. In the device's
+    shard, as they are."""
+    return f"{_shard(shard)}:device_events:{device_id}"
 
 
 PUSHED_TTL_S = 48 * 3600
@@ -96,9 +139,10 @@ def update_second_pass(incident_id: str) -> str:
     return f"{PREFIX}:update_pass:{incident_id}"
 
 
-def device_rate(device_id: str) -> str:
-    """Pushes enqueued for a device in the current hour (fixed window)."""
-    return f"{PREFIX}:device_rate:{device_id}"
+def device_rate(device_id: str, shard: int) -> str:
+    """Pushes enqueued for a device in the current hour (fixed window), in the device's
+    shard: checked and counted by the enqueue script with the push it guards."""
+    return f"{_shard(shard)}:device_rate:{device_id}"
 
 
 def apns_provider_token(team_id: str, key_id: str) -> str:

@@ -56,6 +56,10 @@ MATCH_SECONDS = Histogram(
 MATCH_FANOUT = Histogram(
     "geopush_match_fanout_devices", "Pushes enqueued per matched incident",
     buckets=_FANOUT_BUCKETS)
+FANOUT_ITEMS = Counter(
+    "geopush_fanout_items_total",
+    "Work items of large fan-outs, by event: posted (onto the work stream) or done "
+    "(its devices enqueued)", ["event"])
 MATCH_RATE_LIMITED = Counter(
     "geopush_match_rate_limited_total",
     "Pushes not enqueued because the device had its hourly share")

@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from server.keys import DEFAULT_PUSH_STREAM_SHARDS, MAX_PUSH_STREAM_SHARDS
+
 
 def _default_consumer_name() -> str:
     return f"{os.uname().nodename}-{os.getpid()}"
@@ -139,6 +141,16 @@ class Settings:
     claim_idle_ms: int = 60_000
     # Pushes a device gets per hour before only the most severe categories come through.
     device_pushes_per_hour: int = 10
+    # Push shards (server/keys.py): the push streams, retry schedules and per-device
+    # keys are split over this many Redis hash slots.
+    push_stream_shards: int = 8
+    # Work items of a large fan-out wait while a platform's push streams hold more than
+    # this many pushes (new incidents never wait): the next incident's pushes queue
+    # behind at most this many.
+    push_backlog_limit: int = 5_000
+    # Devices in one work item of a large fan-out (a matcher enqueues twice as many of
+    # an incident itself before it hands the rest out).
+    fanout_item_devices: int = 2_000
     # Device registrations a client address may make per hour (0: no limit), and the
     # proxies whose X-Forwarded-For names the client (none: the peer is the client).
     device_registrations_per_hour_per_ip: int = 120
@@ -200,6 +212,9 @@ class Settings:
             send_concurrency=send_concurrency,
             claim_idle_ms=_int(env, "GEOPUSH_CLAIM_IDLE_MS", 60_000),
             device_pushes_per_hour=_int(env, "GEOPUSH_DEVICE_PUSHES_PER_HOUR", 10),
+            push_stream_shards=_push_stream_shards(env),
+            push_backlog_limit=_positive(env, "GEOPUSH_PUSH_BACKLOG_LIMIT", 5_000),
+            fanout_item_devices=_positive(env, "GEOPUSH_FANOUT_ITEM_DEVICES", 2_000),
             device_registrations_per_hour_per_ip=_int(
                 env, "GEOPUSH_DEVICE_REGISTRATIONS_PER_HOUR_PER_IP", 120),
             trusted_proxies=_networks(env, "GEOPUSH_TRUSTED_PROXIES"),
@@ -217,6 +232,14 @@ class Settings:
             map_center=_map_center(env),
             public_requests_per_minute=_int(env, "GEOPUSH_PUBLIC_REQUESTS_PER_MINUTE", 120),
         )
+
+
+def _push_stream_shards(env: Mapping[str, str]) -> int:
+    shards = _positive(env, "GEOPUSH_PUSH_STREAM_SHARDS", DEFAULT_PUSH_STREAM_SHARDS)
+    if shards > MAX_PUSH_STREAM_SHARDS:
+        raise ConfigError(f"GEOPUSH_PUSH_STREAM_SHARDS must be at most "
+                          f"{MAX_PUSH_STREAM_SHARDS}, got {shards}")
+    return shards
 
 
 def _map_center(env: Mapping[str, str]) -> tuple[float, float, int]:

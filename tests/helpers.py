@@ -12,6 +12,7 @@ from typing import Any
 
 from aiohttp.test_utils import TestClient
 
+from server import keys
 from server.domain.signing import HEADER, sign
 from tests.conftest import ADMIN_TOKEN
 
@@ -173,3 +174,31 @@ def fresh_times(*texts: str) -> list[str]:
         return when.isoformat(timespec="seconds")
 
     return [_STAMP.sub(moved, t) for t in texts]
+
+
+async def push_entries(redis: Any, platform: str,
+                       shards: int = keys.DEFAULT_PUSH_STREAM_SHARDS
+                       ) -> list[tuple[str, dict[str, str]]]:
+    """Every entry on a platform's push streams (all shards), oldest first."""
+    entries: list[tuple[str, dict[str, str]]] = []
+    for stream in keys.push_streams(platform, shards):
+        entries.extend(await redis.xrange(stream))
+    return sorted(entries, key=lambda e: tuple(int(n) for n in e[0].split("-")))
+
+
+async def queued(redis: Any, platform: str,
+                 shards: int = keys.DEFAULT_PUSH_STREAM_SHARDS) -> int:
+    """Entries on a platform's push streams, all shards together."""
+    total = 0
+    for stream in keys.push_streams(platform, shards):
+        total += int(await redis.xlen(stream))
+    return total
+
+
+async def scheduled_retries(redis: Any, platform: str,
+                            shards: int = keys.DEFAULT_PUSH_STREAM_SHARDS) -> int:
+    """Pushes waiting in a platform's retry schedules, all shards together."""
+    total = 0
+    for shard in range(shards):
+        total += int(await redis.zcard(keys.retry_schedule(platform, shard)))
+    return total

@@ -32,14 +32,20 @@ async def stream_stats(redis: aioredis.Redis, stream: str) -> None:
             metrics.STREAM_LAG.labels(stream, name).set(int(lag))
 
 
-def for_kind(kind: str, pool: asyncpg.Pool, redis: aioredis.Redis) -> Refresh:
+def for_kind(kind: str, pool: asyncpg.Pool, redis: aioredis.Redis,
+             shards: int = keys.DEFAULT_PUSH_STREAM_SHARDS) -> Refresh:
     async def matcher() -> None:
         await stream_stats(redis, keys.INCIDENTS_STREAM)
+        await stream_stats(redis, keys.FANOUT_WORK_STREAM)
 
     async def sender() -> None:
-        await stream_stats(redis, keys.push_stream(kind))
+        for stream in keys.push_streams(kind, shards):
+            await stream_stats(redis, stream)
         await stream_stats(redis, keys.DEAD_STREAM)
-        metrics.RETRY_SCHEDULED.labels(kind).set(await redis.zcard(keys.retry_schedule(kind)))
+        scheduled = 0
+        for shard in range(shards):
+            scheduled += await redis.zcard(keys.retry_schedule(kind, shard))
+        metrics.RETRY_SCHEDULED.labels(kind).set(scheduled)
 
     async def relay() -> None:
         now = dt.datetime.now(dt.UTC)

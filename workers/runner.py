@@ -25,6 +25,7 @@ from server.store.db import create_pool
 from workers import backlog
 from workers.apns import ApnsGateway
 from workers.apns_token import SharedProviderToken
+from workers.fanout import FanoutLimits
 from workers.fcm import FcmGateway
 from workers.gateways.apns_client import ApnsClient
 from workers.gateways.fcm_client import FcmClient
@@ -32,11 +33,20 @@ from workers.maintenance import Retention, run_maintenance
 from workers.matcher import Matcher
 from workers.outbox_relay import run_relay
 from workers.sender import Gateway, Sender
-from workers.streams import StreamConsumer, consume
+from workers.streams import Consumer, ShardedConsumer, StreamConsumer
 
 log = logging.getLogger(__name__)
 
 KINDS = ("matcher", "apns", "fcm", "relay")
+# How long an idle matcher waits for an incident before it looks at the work stream
+# and the push streams' backlog again.
+MATCHER_IDLE_MS = 100
+
+
+def fanout_limits(settings: Settings) -> FanoutLimits:
+    page = settings.fanout_item_devices
+    return FanoutLimits(first_page=min(500, page), page=page, split_after=2 * page,
+                        backlog=settings.push_backlog_limit)
 SHUTDOWN_GRACE_S = 20.0
 
 
@@ -88,7 +98,8 @@ async def exported_metrics(settings: Settings, kind: str, pool: asyncpg.Pool,
         yield
         return
     runner = await serve_metrics(settings.metrics_host, settings.metrics_port,
-                                 backlog.for_kind(kind, pool, redis))
+                                 backlog.for_kind(kind, pool, redis,
+                                                      settings.push_stream_shards))
     log.info("%s metrics on http://%s:%d/metrics", kind, settings.metrics_host,
              bound_port(runner))
     try:
@@ -97,7 +108,7 @@ async def exported_metrics(settings: Settings, kind: str, pool: asyncpg.Pool,
         await runner.cleanup()
 
 
-async def run_sender_loop(sender: Sender, consumer: StreamConsumer, stop: asyncio.Event
+async def run_sender_loop(sender: Sender, consumer: Consumer, stop: asyncio.Event
                           ) -> None:
     async def promote() -> None:
         while not stop.is_set():
@@ -140,30 +151,37 @@ async def worker_main(
         if kind == "matcher":
             matcher = Matcher(pool, redis,
                               device_pushes_per_hour=settings.device_pushes_per_hour,
-                              location_ttl=settings.location_ttl)
-            consumer = StreamConsumer(redis, keys.INCIDENTS_STREAM, keys.MATCHER_GROUP,
-                                      settings.consumer_name, batch=settings.stream_batch,
-                                      claim_idle_ms=settings.claim_idle_ms)
-            await consumer.setup()
+                              location_ttl=settings.location_ttl,
+                              shards=settings.push_stream_shards,
+                              limits=fanout_limits(settings))
+            # Incidents a few at a time, waiting briefly when there are none (a work
+            # item another matcher posted, or room on the push streams, may come
+            # meanwhile); work items one at a time.
+            incidents = StreamConsumer(redis, keys.INCIDENTS_STREAM, keys.MATCHER_GROUP,
+                                       settings.consumer_name, batch=settings.stream_batch,
+                                       block_ms=MATCHER_IDLE_MS,
+                                       claim_idle_ms=settings.claim_idle_ms)
+            work = StreamConsumer(redis, keys.FANOUT_WORK_STREAM, keys.MATCHER_GROUP,
+                                  settings.consumer_name, batch=1,
+                                  claim_idle_ms=settings.claim_idle_ms)
+            await incidents.setup()
+            await work.setup()
             if ready:
                 await ready()
-
-            async def handle(entries: list[tuple[str, dict[str, str]]]) -> None:
-                await matcher.handle(consumer, entries)
-
-            await consume(consumer, handle, stop)
+            await matcher.run(incidents, work, stop)
             return
         gateway = build_gateway(settings, kind, redis)
         try:
-            sender = Sender(pool, redis, gateway, concurrency=settings.send_concurrency)
-            consumer = StreamConsumer(redis, keys.push_stream(kind), keys.SENDER_GROUP,
-                                      settings.consumer_name, batch=settings.stream_batch,
-                                      claim_idle_ms=settings.claim_idle_ms,
-                                      claim_every_s=min(15.0, settings.claim_idle_ms / 2000))
-            await consumer.setup()
+            sender = Sender(pool, redis, gateway, concurrency=settings.send_concurrency,
+                            shards=settings.push_stream_shards)
+            senders = ShardedConsumer(
+                redis, sender.streams, keys.SENDER_GROUP, settings.consumer_name,
+                batch=settings.stream_batch, claim_idle_ms=settings.claim_idle_ms,
+                claim_every_s=min(15.0, settings.claim_idle_ms / 2000))
+            await senders.setup()
             if ready:
                 await ready()
-            await run_sender_loop(sender, consumer, stop)
+            await run_sender_loop(sender, senders, stop)
         finally:
             await gateway.close()
 

@@ -30,7 +30,7 @@ from server.metrics import PushMetrics
 from server.store import deliveries
 from server.store.devices import disable_token
 from workers.push import Done, Failed, Outcome, Push, Retry, Sent, TokenGone, Withdrawn
-from workers.streams import TRANSIENT, Entry, StreamConsumer, batches, sleep_unless
+from workers.streams import TRANSIENT, Consumer, Entry, batches, sleep_unless
 
 log = logging.getLogger(__name__)
 
@@ -90,13 +90,15 @@ class Sender:
     def __init__(
         self, pool: asyncpg.Pool, redis: aioredis.Redis, gateway: Gateway, *,
         concurrency: int = 200, rng: random.Random | None = None,
-        metrics: PushMetrics | None = None,
+        metrics: PushMetrics | None = None, shards: int = keys.DEFAULT_PUSH_STREAM_SHARDS,
     ) -> None:
         self.pool = pool
         self.redis = redis
         self.gateway = gateway
-        self.stream = keys.push_stream(gateway.platform)
-        self.schedule = keys.retry_schedule(gateway.platform)
+        self.shards = shards
+        self.streams = keys.push_streams(gateway.platform, shards)
+        self.schedules = [keys.retry_schedule(gateway.platform, shard)
+                          for shard in range(shards)]
         self.concurrency = max(1, concurrency)
         self._rng = rng or random.Random()
         self._promote = redis.register_script(_PROMOTE_DUE)
@@ -130,7 +132,7 @@ class Sender:
         return [(eid, p, p.kind == "alert" and p.incident_id in withdrawn)
                 for eid, p in readable], unreadable
 
-    async def run(self, consumer: StreamConsumer, stop: asyncio.Event, *,
+    async def run(self, consumer: Consumer, stop: asyncio.Event, *,
                   flush_size: int = 100, flush_interval_s: float = 0.02) -> None:
         """The sender's main loop, streaming: up to ``concurrency`` sends in flight all
         the time, new entries read as room frees up, and the outcomes of sends recorded and
@@ -173,18 +175,22 @@ class Sender:
         if retries or dead:
             async with self.redis.pipeline(transaction=True) as pipe:
                 for push, due in retries:
-                    pipe.zadd(self.schedule, {json.dumps(push.to_fields(), sort_keys=True): due})
+                    schedule = self.schedules[keys.device_shard(push.device_id, self.shards)]
+                    pipe.zadd(schedule, {json.dumps(push.to_fields(), sort_keys=True): due})
                 for push, reason in dead:
                     entry: dict[Any, Any] = {**push.to_fields(), "reason": reason}
                     pipe.xadd(keys.DEAD_STREAM, entry, maxlen=100_000, approximate=True)
                 await pipe.execute()
 
     async def promote_due_retries(self, now: float | None = None, limit: int = 500) -> int:
-        """Move retries that are due back onto the push stream."""
-        moved = await self._promote(
-            keys=[self.schedule, self.stream], args=[now or time.time(), limit]
-        )
-        return int(moved)
+        """Move retries that are due back onto their push streams: each shard's schedule
+        onto the same shard's stream (one slot a call), all in one round trip."""
+        now = now or time.time()
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for schedule, stream in zip(self.schedules, self.streams, strict=True):
+                await self._promote(keys=[schedule, stream], args=[now, limit], client=pipe)
+            moved = await pipe.execute()
+        return sum(int(n) for n in moved)
 
 
 class _Streaming:
@@ -194,7 +200,7 @@ class _Streaming:
     its callbacks (``_done``). Each send's slot is held until its outcome arrives,
     which arrives once: a second call for the same entry is ignored."""
 
-    def __init__(self, sender: Sender, consumer: StreamConsumer, stop: asyncio.Event,
+    def __init__(self, sender: Sender, consumer: Consumer, stop: asyncio.Event,
                  flush_size: int, flush_interval_s: float) -> None:
         self.sender = sender
         self.consumer = consumer

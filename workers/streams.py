@@ -74,6 +74,22 @@ class StreamConsumer:
     async def setup(self) -> None:
         await ensure_group(self.redis, self.stream, self.group)
 
+    def claim_due(self) -> bool:
+        """Whether a reclaim pass is due (and, if so, the next one is scheduled)."""
+        now = time.monotonic()
+        if now < self._next_claim:
+            return False
+        self._next_claim = now + self.claim_every_s
+        return True
+
+    def track(self, entries: list[Entry]) -> None:
+        """Entries read for this consumer by someone else (``ShardedConsumer``)."""
+        self._inflight.update(eid for eid, _ in entries)
+
+    async def finish(self) -> list[Entry]:
+        """Entries already read but not handed out (none: every read hands out all)."""
+        return []
+
     async def _claim(self) -> list[Entry]:
         """Entries pending on any consumer for longer than claim_idle_ms (ours included,
         which is how a restarted consumer with the same name picks up its own)."""
@@ -93,20 +109,19 @@ class StreamConsumer:
         self._inflight.update(eid for eid, _ in claimed)
         return claimed
 
-    async def read(self, count: int | None = None) -> list[Entry]:
+    async def read(self, count: int | None = None, *, block: bool = True) -> list[Entry]:
         """Up to ``count`` (default: the batch size) entries: reclaimed ones first when
-        a claim is due, else new ones (blocking up to ``block_ms``)."""
+        a claim is due, else new ones (waiting up to ``block_ms`` for them, unless
+        ``block`` is false)."""
         count = self.batch if count is None else max(1, min(count, self.batch))
-        now = time.monotonic()
-        if now >= self._next_claim:
-            self._next_claim = now + self.claim_every_s
+        if self.claim_due():
             claimed = await self._claim()
             if claimed:
                 log.info("reclaimed %d idle entries from %s", len(claimed), self.stream)
                 return claimed
         response: Any = await self.redis.xreadgroup(
-            self.group, self.consumer, {self.stream: ">"}, count=count, block=self.block_ms
-        )
+            self.group, self.consumer, {self.stream: ">"}, count=count,
+            block=self.block_ms if block else None)
         entries: list[Entry] = [(eid, fields) for _stream, items in response or []
                                 for eid, fields in items]
         self._inflight.update(eid for eid, _ in entries)
@@ -127,9 +142,199 @@ class StreamConsumer:
             await self._ack_and_delete(keys=[self.stream], args=[self.group, *chunk])
             self._inflight.difference_update(chunk)
 
+    async def ack_in(self, pipe: Any, ids: list[str]) -> None:
+        """``ack``'s script calls queued on a pipeline (the caller executes it, then
+        calls ``release`` for the ids, which are no longer in flight)."""
+        for start in range(0, len(ids), _ACK_CHUNK):
+            await self._ack_and_delete(keys=[self.stream],
+                                       args=[self.group, *ids[start:start + _ACK_CHUNK]],
+                                       client=pipe)
+
+
+class ShardedConsumer:
+    """One consumer of one group over several streams: a platform's push shards
+    (``server.keys``), each stream with its own consumer group, as one source of work.
+
+    No command names two shards' streams (on a Redis Cluster they are in different
+    slots): a read asks every shard for its share of ``count`` in one pipelined round
+    trip, starting with a different shard each time, so a busy shard never starves
+    the others. When every shard is empty it waits on all of them at once, one
+    blocking XREADGROUP per shard (their own connections), and hands out whatever
+    arrives first; what they read later is handed out by the next reads (it is this
+    consumer's, pending, never lost). Entry ids are ``<shard>/<stream id>`` (stream
+    ids of different streams may be equal)."""
+
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        streams: list[str],
+        group: str,
+        consumer: str,
+        *,
+        batch: int = 100,
+        block_ms: int = 1000,
+        claim_idle_ms: int = 60_000,
+        claim_every_s: float = 15.0,
+    ) -> None:
+        if not streams:
+            raise ValueError("a sharded consumer needs at least one stream")
+        self.redis = redis
+        self.group = group
+        self.consumer = consumer
+        self.batch = batch
+        self.block_ms = block_ms
+        self.streams = list(streams)
+        self.stream = streams[0] if len(streams) == 1 else f"{streams[0]} (+{len(streams) - 1})"
+        self.shards = [StreamConsumer(redis, stream, group, consumer, batch=batch,
+                                      block_ms=block_ms, claim_idle_ms=claim_idle_ms,
+                                      claim_every_s=claim_every_s) for stream in streams]
+        self._next = 0                      # the shard served first by the next read
+        self._ready: list[Entry] = []       # read by a waiter, not handed out yet
+        self._arrived = asyncio.Event()
+        self._waiters: dict[int, asyncio.Task[None]] = {}
+
+    async def setup(self) -> None:
+        for shard in self.shards:
+            await shard.setup()
+
+    def _tag(self, index: int, entries: list[Entry]) -> list[Entry]:
+        return [(f"{index}/{eid}", fields) for eid, fields in entries]
+
+    def _take(self, count: int) -> list[Entry]:
+        taken, self._ready = self._ready[:count], self._ready[count:]
+        if not self._ready:
+            self._arrived.clear()
+        return taken
+
+    def _order(self) -> list[int]:
+        n = len(self.shards)
+        start = self._next
+        self._next = (start + 1) % n
+        return [(start + k) % n for k in range(n)]
+
+    async def read(self, count: int | None = None) -> list[Entry]:
+        """Up to ``count`` entries (default: the batch size) from all shards: first
+        those already read, then entries idle on dead consumers when a reclaim is due,
+        then new ones (waiting up to ``block_ms`` when there are none)."""
+        count = self.batch if count is None else max(1, min(count, self.batch))
+        out = self._take(count)
+        if len(out) == count:
+            return out
+        order = self._order()
+        for index in order:
+            shard = self.shards[index]
+            if shard.claim_due():
+                claimed = await shard._claim()
+                if claimed:
+                    log.info("reclaimed %d idle entries from %s", len(claimed), shard.stream)
+                    self._ready.extend(self._tag(index, claimed))
+        out += self._take(count - len(out))
+        if len(out) < count:
+            await self._read_now(order, count - len(out))
+            out += self._take(count - len(out))
+        if out:
+            return out
+        self._wait_on_all(count)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._arrived.wait(), self.block_ms / 1000)
+        return self._take(count)
+
+    async def _read_now(self, order: list[int], count: int) -> None:
+        """Up to ``count`` entries, each shard asked for its share, without blocking,
+        in one round trip; if some shards had less than their share, a second round
+        asks those that had all of theirs for the rest. Never more than ``count``."""
+        wanted = _shares(order, count)
+        for _ in range(2):
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for index, share in wanted:
+                    pipe.xreadgroup(self.group, self.consumer, {self.streams[index]: ">"},
+                                    count=share)
+                responses: list[Any] = await pipe.execute()
+            full = []
+            for (index, share), response in zip(wanted, responses, strict=True):
+                if self._arrived_from(index, response) == share:
+                    full.append(index)
+            missing = count - len(self._ready)
+            if not full or missing <= 0 or len(full) == len(wanted):
+                return
+            wanted = _shares(full, missing)
+
+    def _arrived_from(self, index: int, response: Any) -> int:
+        entries: list[Entry] = [(eid, fields) for _stream, items in response or []
+                                for eid, fields in items]
+        if entries:
+            self.shards[index].track(entries)
+            self._ready.extend(self._tag(index, entries))
+            self._arrived.set()
+        return len(entries)
+
+    def _wait_on_all(self, count: int) -> None:
+        share = -(-count // len(self.shards))
+        for index in range(len(self.shards)):
+            if index not in self._waiters:
+                self._waiters[index] = asyncio.create_task(self._wait(index, share))
+
+    async def _wait(self, index: int, count: int) -> None:
+        try:
+            response = await self.redis.xreadgroup(
+                self.group, self.consumer, {self.streams[index]: ">"}, count=count,
+                block=self.block_ms)
+            self._arrived_from(index, response)
+        except (RedisError, OSError) as exc:
+            # The next read's own pass meets the same trouble and handles it (a lost
+            # group is made again); waiting is all this was for.
+            log.debug("waiting on %s failed: %s", self.streams[index], exc)
+        finally:
+            del self._waiters[index]
+
+    async def finish(self) -> list[Entry]:
+        """At shutdown: the waits still open end (within ``block_ms``), and what they
+        and earlier reads brought is returned to be handled rather than left pending."""
+        if self._waiters:
+            _, late = await asyncio.wait(list(self._waiters.values()),
+                                         timeout=self.block_ms / 1000 + 1)
+            for task in late:
+                task.cancel()
+        return self._take(len(self._ready))
+
+    def _split(self, ids: list[str]) -> dict[int, list[str]]:
+        by_shard: dict[int, list[str]] = {}
+        for tagged in ids:
+            index, _, eid = tagged.partition("/")
+            by_shard.setdefault(int(index), []).append(eid)
+        return by_shard
+
+    def release(self, ids: list[str]) -> None:
+        for index, raw in self._split(ids).items():
+            self.shards[index].release(raw)
+
+    async def ack(self, ids: list[str]) -> None:
+        """Acknowledge and delete, every shard's ids in one round trip."""
+        by_shard = self._split(ids)
+        if not by_shard:
+            return
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for index, raw in by_shard.items():
+                await self.shards[index].ack_in(pipe, raw)
+            await pipe.execute()
+        for index, raw in by_shard.items():
+            self.shards[index].release(raw)
+
+
+Consumer = StreamConsumer | ShardedConsumer
+
+
+def _shares(order: list[int], count: int) -> list[tuple[int, int]]:
+    """``count`` split over the shards in ``order`` as evenly as it goes, the first
+    ones taking the remainder (the order rotates from read to read); shards with a
+    share of 0 left out."""
+    base, extra = divmod(count, len(order))
+    return [(index, base + (1 if k < extra else 0)) for k, index in enumerate(order)
+            if base or k < extra]
+
 
 async def consume(
-    consumer: StreamConsumer, handle: BatchHandler, stop: asyncio.Event
+    consumer: Consumer, handle: BatchHandler, stop: asyncio.Event
 ) -> None:
     """Read batches and hand them to ``handle`` until ``stop`` is set.
 
@@ -152,7 +357,7 @@ async def consume(
 
 
 async def batches(
-    consumer: StreamConsumer, stop: asyncio.Event,
+    consumer: Consumer, stop: asyncio.Event,
     count: Callable[[], Awaitable[int]] | None = None,
 ) -> AsyncIterator[list[Entry]]:
     """Batches of entries until ``stop`` is set, riding out Redis blips (and a Redis
@@ -163,7 +368,7 @@ async def batches(
     while not stop.is_set():
         want = await count() if count is not None else None
         if stop.is_set():
-            return
+            break
         try:
             entries = await consumer.read(want)
         except ResponseError as exc:
@@ -185,6 +390,9 @@ async def batches(
         backoff = 0.5
         if entries:
             yield entries
+    leftover = await consumer.finish()
+    if leftover:
+        yield leftover
 
 
 async def sleep_unless(stop: asyncio.Event, seconds: float) -> None:

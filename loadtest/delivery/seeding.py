@@ -74,18 +74,21 @@ def make_pushes(platform: str, incident_id: str, devices: Sequence[tuple[str, st
         ).to_fields()
 
 
-def enqueue(redis_url: str, platform: str, fields: Iterator[dict[str, str]]) -> int:
-    """XADD the pushes onto the platform's push stream (as the matcher would)."""
+def enqueue(redis_url: str, platform: str, fields: Iterator[dict[str, str]],
+            shards: int = keys.DEFAULT_PUSH_STREAM_SHARDS) -> int:
+    """XADD the pushes onto the platform's push streams, each onto its device's shard
+    (as the matcher would)."""
 
     client = redis.Redis.from_url(redis_url)
-    stream = keys.push_stream(platform)
-    client.delete(stream, keys.retry_schedule(platform))
+    for shard in range(shards):
+        client.delete(keys.push_stream(platform, shard), keys.retry_schedule(platform, shard))
     count = 0
     try:
         pipe = client.pipeline(transaction=False)
         for entry in fields:
             flat: dict[Any, Any] = entry
-            pipe.xadd(stream, flat)
+            pipe.xadd(keys.push_stream(platform, keys.device_shard(entry["device_id"], shards)),
+                      flat)
             count += 1
             if count % 2000 == 0:
                 pipe.execute()
@@ -95,12 +98,19 @@ def enqueue(redis_url: str, platform: str, fields: Iterator[dict[str, str]]) -> 
     return count
 
 
-def stream_state(redis_url: str, platform: str) -> dict[str, Any]:
+def stream_state(redis_url: str, platform: str,
+                 shards: int = keys.DEFAULT_PUSH_STREAM_SHARDS) -> dict[str, Any]:
+    """Pending and unread entries and scheduled retries, over all shards."""
     client = redis.Redis.from_url(redis_url, decode_responses=True)
+    pending = lag = retries = 0
     try:
-        groups: Any = client.xinfo_groups(keys.push_stream(platform))
-        retries = int(client.zcard(keys.retry_schedule(platform)))
+        for shard in range(shards):
+            stream = keys.push_stream(platform, shard)
+            groups: Any = client.xinfo_groups(stream) if client.exists(stream) else []
+            for group in groups[:1]:
+                pending += int(group.get("pending") or 0)
+                lag += int(group.get("lag") or 0)
+            retries += int(client.zcard(keys.retry_schedule(platform, shard)))
     finally:
         client.close()
-    group = groups[0] if groups else {}
-    return {"pending": group.get("pending"), "lag": group.get("lag"), "retries": retries}
+    return {"pending": pending, "lag": lag, "retries": retries}

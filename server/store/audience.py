@@ -130,6 +130,7 @@ async def count_would_alert(
     pool: asyncpg.Pool, redis: aioredis.Redis, target: Target, *, occurred_at: dt.datetime,
     now: dt.datetime, per_hour: int, incident_id: object | None = None,
     location_ttl: dt.timedelta = DEFAULT_LOCATION_TTL,
+    shards: int = keys.DEFAULT_PUSH_STREAM_SHARDS,
 ) -> int:
     """How many devices the matcher would push this incident to right now, without
     touching anything: the audience, quiet hours, devices already pushed for this
@@ -147,11 +148,18 @@ async def count_would_alert(
         received_at=now, incident_id=incident_id, geometry=target.geometry,
         public_point=(target.public_lat, target.public_lon))
     dedup_on = event_id or incident_id
-    if dedup_on is not None:
-        pushed = await redis.smismember(keys.pushed(str(dedup_on)), devices)
-        devices = [d for d, done in zip(devices, pushed, strict=True) if not done]
+    # Read shard by shard: each command's keys in one slot (server/keys.py).
+    by_shard: dict[int, list[str]] = {}
+    for device in devices:
+        by_shard.setdefault(keys.device_shard(device, shards), []).append(device)
     limit = hourly_limit(audience, target.category, per_hour)
-    if limit and devices:
-        counts = await redis.mget([keys.device_rate(d) for d in devices])
-        devices = [d for d, n in zip(devices, counts, strict=True) if int(n or 0) < limit]
-    return len(devices)
+    count = 0
+    for shard, group in by_shard.items():
+        if dedup_on is not None:
+            pushed = await redis.smismember(keys.pushed(str(dedup_on), shard), group)
+            group = [d for d, done in zip(group, pushed, strict=True) if not done]
+        if limit and group:
+            counts = await redis.mget([keys.device_rate(d, shard) for d in group])
+            group = [d for d, n in zip(group, counts, strict=True) if int(n or 0) < limit]
+        count += len(group)
+    return count

@@ -38,23 +38,31 @@ async def _scrub_stream(redis: aioredis.Redis, stream: str, device_id: str,
         start = "(" + _s(batch[-1][0])  # exclusive: after the last one seen
 
 
-async def scrub_device(redis: aioredis.Redis, device_id: str) -> None:
+async def scrub_device(redis: aioredis.Redis, device_id: str, shards: int) -> None:
+    """Everything Redis holds about the device. Its keys are in its push shard; its
+    pending pushes and retries are looked for in every shard's streams and schedules
+    (short: acknowledged entries are deleted), so a push enqueued under another shard
+    count is found too."""
     await positions.forget_device(redis, device_id)
     # The dedup sets the device is in, from its own index: no scan of the keyspace.
-    index = keys.device_events(device_id)
+    shard = keys.device_shard(device_id, shards)
+    index = keys.device_events(device_id, shard)
     events: set[Any] = await redis.smembers(index)
     async with redis.pipeline(transaction=False) as pipe:
         for event in events:
             pipe.srem(_s(event), device_id)
-        pipe.delete(index, keys.device_rate(device_id))
+        pipe.delete(index)
+        pipe.delete(keys.device_rate(device_id, shard))
         await pipe.execute()
     for platform in PLATFORMS:
-        if await redis.exists(keys.push_stream(platform)):
-            await _scrub_stream(redis, keys.push_stream(platform), device_id, SENDER_GROUP)
-        schedule = keys.retry_schedule(platform)
-        members: list[Any] = await redis.zrange(schedule, 0, -1)
-        doomed = [m for m in members if json.loads(_s(m)).get("device_id") == device_id]
-        if doomed:
-            await redis.zrem(schedule, *doomed)
+        for k in range(shards):
+            stream = keys.push_stream(platform, k)
+            if await redis.exists(stream):
+                await _scrub_stream(redis, stream, device_id, SENDER_GROUP)
+            schedule = keys.retry_schedule(platform, k)
+            members: list[Any] = await redis.zrange(schedule, 0, -1)
+            doomed = [m for m in members if json.loads(_s(m)).get("device_id") == device_id]
+            if doomed:
+                await redis.zrem(schedule, *doomed)
     if await redis.exists(keys.DEAD_STREAM):
         await _scrub_stream(redis, keys.DEAD_STREAM, device_id, None)

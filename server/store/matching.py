@@ -10,7 +10,7 @@ dry run can match an incident that was never stored.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import AsyncGenerator, Sequence
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
@@ -35,16 +35,23 @@ SELECT i.id, i.agency_id, i.category, i.status, i.decision, i.actual, i.occurred
 """
 
 
-def _reached(target: str, ids: int, categories: str) -> str:
+def _reached(target: str, ids: int, categories: str, *, distinct: bool = True) -> str:
     """Devices with a zone meeting ``target`` (the zone test runs on the GiST index of
     zones.geom: ST_Intersects adds the && box check itself; boundary points count as
     inside), and devices with "near me" whose current position (parameters ``ids`` to
     ``ids + 2``: device ids, longitudes, latitudes, from one GEO search in Redis) is
     within their radius of ``target``. A device matched both ways is one row: one push.
     ``categories``: the SQL condition on the device's categories. (Both SQL fragments
-    are this module's constants, never input.)"""
+    are this module's constants, never input.)
+
+    ``distinct`` false: a device matched twice (two zones, or a zone and its position)
+    comes twice, and rows stream from the first one found, with no sort or hash of the
+    whole match before it; whoever reads it keeps the first of each device (the
+    matcher: in memory and, across processes, by the event's dedup set in Redis).
+    That is the streaming matcher's form; the counting one (dry run) is distinct."""
+    select = "SELECT DISTINCT ON (d.id)" if distinct else "SELECT"
     return f"""
-SELECT DISTINCT ON (d.id) d.id, d.platform, d.token, d.locale, d.timezone,
+{select} d.id, d.platform, d.token, d.locale, d.timezone,
        d.quiet_start, d.quiet_end
   FROM (
       SELECT z.device_id FROM zones z
@@ -77,6 +84,11 @@ _NEIGHBOURS = _reached(
                            ST_SetSRID(ST_MakePoint($6::float8, $7::float8), 4326))""",
     ids=3, categories="(d.categories IS NULL OR $2 = ANY (d.categories))")
 
+_NEIGHBOUR_ROWS = _reached(
+    """geopush_public_geom(ST_SetSRID($1::text::geometry, 4326),
+                           ST_SetSRID(ST_MakePoint($6::float8, $7::float8), 4326))""",
+    ids=3, categories="(d.categories IS NULL OR $2 = ANY (d.categories))", distinct=False)
+
 # How far an incident's public area reaches from its public point (0 for a point):
 # near-me positions are searched that much further out.
 _EXTENT = """
@@ -91,6 +103,8 @@ SELECT CASE WHEN GeometryType(g) IN ('POLYGON', 'MULTIPOLYGON')
 # A manual alert's area is public by nature (an agency drew it to be announced), so it
 # is matched as drawn, never generalized, whatever categories the device chose.
 _AREA_NEIGHBOURS = _reached("ST_SetSRID($1::text::geometry, 4326)", ids=2, categories="true")
+_AREA_NEIGHBOUR_ROWS = _reached("ST_SetSRID($1::text::geometry, 4326)", ids=2,
+                                categories="true", distinct=False)
 _AREA_AUDIENCE_SIZE = f"SELECT count(*) FROM ({_AREA_NEIGHBOURS}) AS reached"  # noqa: S608
 
 # Responders near a cardiac arrest, from the positions Redis found. Where the arrest is
@@ -144,6 +158,41 @@ async def neighbours(db: asyncpg.Pool, geometry: str, category: str,
     lat, lon = public_point
     return await db.fetch(_NEIGHBOURS, geometry, category, [n.device_id for n in near],
                           [n.lon for n in near], [n.lat for n in near], lon, lat)
+
+
+async def _pages(db: asyncpg.Pool, query: str, args: Sequence[object], first: int,
+                 page: int) -> AsyncGenerator[list[asyncpg.Record], None]:
+    """The rows of ``query`` from a server-side cursor (in a read-only transaction),
+    ``first`` rows first, then ``page`` at a time: the caller acts on each page while
+    the rest is still to be read. Close it (``contextlib.aclosing``) if you stop early."""
+    async with db.acquire() as conn, conn.transaction(readonly=True):
+        cursor = await conn.cursor(query, *args)
+        size = first
+        while True:
+            rows = await cursor.fetch(size)
+            if rows:
+                yield rows
+            if len(rows) < size:
+                return
+            size = page
+
+
+def neighbour_pages(db: asyncpg.Pool, geometry: str, category: str,
+                    public_point: tuple[float, float], near: Sequence[Nearby] = (), *,
+                    first: int, page: int) -> AsyncGenerator[list[asyncpg.Record], None]:
+    """``neighbours`` as it is read, page by page; a device may come twice."""
+    lat, lon = public_point
+    return _pages(db, _NEIGHBOUR_ROWS, (geometry, category, [n.device_id for n in near],
+                                        [n.lon for n in near], [n.lat for n in near], lon, lat),
+                  first, page)
+
+
+def area_neighbour_pages(db: asyncpg.Pool, area: str, near: Sequence[Nearby] = (), *,
+                         first: int, page: int) -> AsyncGenerator[list[asyncpg.Record], None]:
+    """``area_neighbours`` as it is read, page by page; a device may come twice."""
+    return _pages(db, _AREA_NEIGHBOUR_ROWS, (area, [n.device_id for n in near],
+                                             [n.lon for n in near], [n.lat for n in near]),
+                  first, page)
 
 
 async def extent_m(db: asyncpg.Pool, geometry: str, lat: float, lon: float) -> float:
@@ -211,6 +260,8 @@ SELECT DISTINCT ON (d.id) d.id, d.platform, d.token, d.locale
 """
 
 
-async def alerted(db: asyncpg.Pool, incident_id: object) -> list[asyncpg.Record]:
-    """The devices an ended incident's alert reached, with their current token."""
-    return await db.fetch(_ALERTED, incident_id)
+def alerted_pages(db: asyncpg.Pool, incident_id: object, *, first: int, page: int
+                  ) -> AsyncGenerator[list[asyncpg.Record], None]:
+    """The devices an ended incident's alert reached, with their current token, page
+    by page."""
+    return _pages(db, _ALERTED, (incident_id,), first, page)

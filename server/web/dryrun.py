@@ -26,6 +26,7 @@ from server.domain.categories import UNMAPPED
 from server.domain.incident import Incident, RawIncident
 from server.domain.policy import ALERT, AgencyPolicy
 from server.formats import remarks
+from server.keys import DEFAULT_PUSH_STREAM_SHARDS
 from server.store import matching
 from server.store.agencies import Agency
 from server.store.audience import DEFAULT_LOCATION_TTL, Target, count_would_alert
@@ -121,6 +122,7 @@ async def dry_run(
     signature: str | None, tolerance_s: int, dry_runs_per_minute: int,
     device_pushes_per_hour: int, now: dt.datetime, rejected_per_minute: int = 0,
     location_ttl: dt.timedelta = DEFAULT_LOCATION_TTL,
+    shards: int = DEFAULT_PUSH_STREAM_SHARDS,
 ) -> DryRunResult:
     """The webhook's answer to ``?dry_run=true``: refused exactly as the real call
     would be, or what it would do."""
@@ -158,7 +160,7 @@ async def dry_run(
         would_alert = await _would_alert(pool, redis, agency, incident, now,
                                          device_pushes_per_hour,
                                          stored.incident_id if stored else None,
-                                         location_ttl)
+                                         location_ttl, shards)
     answer = msgspec.structs.replace(result, would_alert=would_alert, **changes)
     log.info("dry run agency=%s external_id=%s category=%s decision=%s would_alert=%d",
              agency.id, incident.external_id, incident.category, answer.decision, would_alert)
@@ -167,7 +169,8 @@ async def dry_run(
 
 async def _would_alert(pool: asyncpg.Pool, redis: aioredis.Redis, agency: Agency,
                        incident: Incident, now: dt.datetime, per_hour: int,
-                       incident_id: str | None, location_ttl: dt.timedelta) -> int:
+                       incident_id: str | None, location_ttl: dt.timedelta,
+                       shards: int) -> int:
     if incident.category == UNMAPPED:
         return 0
     lat, lon = await matching.point_on_surface(pool, incident.geometry_wkt)
@@ -179,7 +182,7 @@ async def _would_alert(pool: asyncpg.Pool, redis: aioredis.Redis, agency: Agency
         public_lat=incident.public_point.lat, public_lon=incident.public_point.lon)
     return await count_would_alert(pool, redis, target, occurred_at=incident.occurred_at,
                                    now=now, per_hour=per_hour, incident_id=incident_id,
-                                   location_ttl=location_ttl)
+                                   location_ttl=location_ttl, shards=shards)
 
 
 def _signed_at(signature: str | None) -> int | None:

@@ -54,7 +54,9 @@ class Stack:
 
 
 async def _all_streams_drained(redis: aioredis.Redis) -> bool:
-    streams = [keys.INCIDENTS_STREAM, keys.push_stream("apns"), keys.push_stream("fcm")]
+    shards = keys.DEFAULT_PUSH_STREAM_SHARDS
+    streams = [keys.INCIDENTS_STREAM, *keys.push_streams("apns", shards),
+               *keys.push_streams("fcm", shards)]
     for stream in streams:
         if not await redis.exists(stream):
             continue
@@ -62,8 +64,9 @@ async def _all_streams_drained(redis: aioredis.Redis) -> bool:
             if group["pending"] or group.get("lag"):
                 return False
     for platform in keys.PLATFORMS:
-        if await redis.zcard(keys.retry_schedule(platform)):
-            return False
+        for shard in range(shards):
+            if await redis.zcard(keys.retry_schedule(platform, shard)):
+                return False
     return True
 
 

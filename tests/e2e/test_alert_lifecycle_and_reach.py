@@ -43,6 +43,8 @@ ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 SEATTLE_MCPP = (Path(__file__).parents[2] / "server" / "examples"
                 / "seattle-police-mcpp-areas.geojson")
 
+SHARDS = keys.DEFAULT_PUSH_STREAM_SHARDS
+
 
 def auth(secret: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {secret}"}
@@ -92,7 +94,9 @@ async def test_clear_sends_one_passive_update_to_exactly_the_devices_alerted(
     await create_device(stack.client, "apns", late, circle(*POINT, 1000))
     # The hourly limit is spent: updates count against nobody's.
     for platform_device in await stack.pool.fetch("SELECT id FROM devices"):
-        await stack.redis.set(keys.device_rate(str(platform_device["id"])), 10)
+        device_id = str(platform_device["id"])
+        await stack.redis.set(keys.device_rate(device_id, keys.device_shard(device_id, SHARDS)),
+                              10)
 
     cleared = _revision(doc, 60, status="cleared")
     status, body = await post(stack.client, secret, cleared)
@@ -130,8 +134,8 @@ async def test_clear_sends_one_passive_update_to_exactly_the_devices_alerted(
         "SELECT count(*) FROM deliveries WHERE kind = 'update' AND outcome = 'sent'") == 2
     # Not counted: the rate counters stay where they were.
     assert {int(v) for v in await stack.redis.mget(
-        [keys.device_rate(str(r["id"])) for r in await stack.pool.fetch(
-            "SELECT id FROM devices")])} == {10}
+        [keys.device_rate(str(r["id"]), keys.device_shard(r["id"], SHARDS))
+         for r in await stack.pool.fetch("SELECT id FROM devices")])} == {10}
 
 
 async def test_an_alert_in_flight_when_the_clear_came_gets_its_update_on_the_second_pass(
@@ -390,6 +394,14 @@ async def test_responders_answers_are_counted_and_their_push_carries_the_actions
     assert r.status == 404
 
 
+async def _recorded(stack: Stack, sent: int) -> None:
+    async def done() -> bool:
+        return bool(await stack.pool.fetchval(
+            "SELECT count(*) FROM deliveries WHERE outcome = 'sent'") >= sent)
+
+    await wait_for(done, what=f"{sent} sent pushes recorded")
+
+
 async def _post_as(stack: Stack, secret: str, body: str, content_type: str
                    ) -> dict[str, Any]:
     data = body.encode()
@@ -411,6 +423,9 @@ async def test_cap_all_clear_and_eido_cancel_send_the_update(stack: Stack) -> No
                                 for f in ("fire_circle.xml", "all_clear.xml")))
     first = await _post_as(stack, secret, alert, "application/cap+xml")
     await wait_for(lambda: len(_apns_to(stack, near_cap)) == 1, what="the CAP alert")
+    # Recorded as delivered, so the clear's first pass finds it (an alert still in
+    # flight gets its update on the second pass, 30 s later: another test).
+    await _recorded(stack, 1)
     cleared = await _post_as(stack, secret, all_clear, "application/cap+xml")
     assert cleared["incident_id"] == first["incident_id"]
     assert cleared["decision"] == "suppressed:cleared"
@@ -424,6 +439,7 @@ async def test_cap_all_clear_and_eido_cancel_send_the_update(stack: Stack) -> No
     doc = json.loads(shooting)
     await _post_as(stack, secret, json.dumps(doc), "application/eido+json")
     await wait_for(lambda: len(_apns_to(stack, near_eido)) == 1, what="the EIDO alert")
+    await _recorded(stack, 3)
     doc["lastUpdateTimeStamp"] = iso(dt.datetime.now(dt.UTC))
     doc["incidentComponent"][0]["incidentStatusCommonRegistryText"] = "Cancelled"
     await _post_as(stack, secret, json.dumps(doc), "application/eido+json")

@@ -28,11 +28,11 @@ from loadtest.fake_apns import FakeApns
 from server import keys
 from server.dev.devkeys import ensure_tls, public_key_pem
 from tests.e2e.conftest import Stack, wait_for
-from tests.helpers import POINT, create_agency, incident, post_incident
+from tests.helpers import POINT, create_agency, incident, post_incident, scheduled_retries
 from workers.push import Push
 
 REPO = Path(__file__).resolve().parents[2]
-APNS_STREAM = keys.push_stream("apns")
+APNS_STREAMS = keys.push_streams("apns", keys.DEFAULT_PUSH_STREAM_SHARDS)
 DEVICES = 5_000
 CLAIM_IDLE_MS = 2_000
 
@@ -134,29 +134,38 @@ async def bulk_apns_devices(pool: asyncpg.Pool, count: int, prefix: str) -> set[
 
 
 async def consumer_pending(redis: aioredis.Redis, consumer: str) -> int:
-    summary = await redis.xpending(APNS_STREAM, keys.SENDER_GROUP)
-    for c in summary.get("consumers") or []:
-        name = c["name"].decode() if isinstance(c["name"], bytes) else c["name"]
-        if name == consumer:
-            return int(c["pending"])
-    return 0
+    """Entries ``consumer`` read and never acknowledged, on every APNs push shard."""
+    pending = 0
+    for stream in APNS_STREAMS:
+        if not await redis.exists(stream):
+            continue
+        summary = await redis.xpending(stream, keys.SENDER_GROUP)
+        for c in summary.get("consumers") or []:
+            name = c["name"].decode() if isinstance(c["name"], bytes) else c["name"]
+            if name == consumer:
+                pending += int(c["pending"])
+    return pending
 
 
 async def orphaned_tokens(redis: aioredis.Redis, consumer: str) -> set[str]:
     """Device tokens of the entries ``consumer`` read and never acknowledged."""
-    pending = await redis.xpending_range(APNS_STREAM, keys.SENDER_GROUP, min="-", max="+",
-                                         count=10_000, consumername=consumer)
     tokens = set()
-    for p in pending:
-        [(_, fields)] = await redis.xrange(APNS_STREAM, p["message_id"], p["message_id"])
-        tokens.add(Push.from_fields(fields).token)
+    for stream in APNS_STREAMS:
+        pending = await redis.xpending_range(stream, keys.SENDER_GROUP, min="-", max="+",
+                                             count=10_000, consumername=consumer)
+        for p in pending:
+            [(_, fields)] = await redis.xrange(stream, p["message_id"], p["message_id"])
+            tokens.add(Push.from_fields(fields).token)
     return tokens
 
 
 async def stream_settled(redis: aioredis.Redis) -> bool:
-    """Everything on the APNs push stream was read and acknowledged."""
-    [group] = await redis.xinfo_groups(APNS_STREAM)
-    return group["pending"] == 0 and group.get("lag") == 0
+    """Everything on the APNs push streams was read and acknowledged."""
+    for stream in APNS_STREAMS:
+        [group] = await redis.xinfo_groups(stream)
+        if group["pending"] or group.get("lag"):
+            return False
+    return True
 
 
 async def finish_with_new_sender(
@@ -181,9 +190,9 @@ async def finish_with_new_sender(
 
 async def progress(stack: Stack, fake: FakeApns, tokens: set[str]) -> str:
     delivered = {d.token for d in fake.deliveries}
-    groups = await stack.redis.xinfo_groups(APNS_STREAM)
-    pending = await stack.redis.xpending(APNS_STREAM, keys.SENDER_GROUP)
-    retries = await stack.redis.zcard(keys.retry_schedule("apns"))
+    groups = [await stack.redis.xinfo_groups(s) for s in APNS_STREAMS]
+    pending = [await stack.redis.xpending(s, keys.SENDER_GROUP) for s in APNS_STREAMS]
+    retries = await scheduled_retries(stack.redis, "apns")
     return (f"fake: {len(fake.deliveries)} deliveries, {len(delivered & tokens)} of "
             f"{len(tokens)} devices, stats {dict(fake.stats)}; groups {groups}; "
             f"pending {pending}; retries scheduled {retries}")
@@ -263,4 +272,4 @@ async def test_sigkilled_sender_loses_no_push_and_duplicates_share_a_collapse_id
     outcomes = {r["outcome"]: (r["n"], r["devices"]) for r in rows}
     assert set(outcomes) == {"sent"} and outcomes["sent"][1] == DEVICES, outcomes
     assert DEVICES <= outcomes["sent"][0] <= len(fake.deliveries), outcomes
-    assert await stack.redis.zcard(keys.retry_schedule("apns")) == 0
+    assert await scheduled_retries(stack.redis, "apns") == 0

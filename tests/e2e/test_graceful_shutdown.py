@@ -20,7 +20,7 @@ import pytest
 from loadtest.fake_apns import FakeApns
 from tests.e2e.conftest import Stack, wait_for
 from tests.e2e.test_crash_safety import (
-    APNS_STREAM,
+    APNS_STREAMS,
     bulk_apns_devices,
     consumer_pending,
     finish_with_new_sender,
@@ -106,8 +106,9 @@ async def test_sigterm_finishes_in_flight_sends_acks_them_and_leaves_the_rest(
     assert await consumer_pending(stack.redis, "grace-a") == 0
 
     # The rest is still on the stream, unread: nothing was lost, a new sender gets it.
-    [group] = await stack.redis.xinfo_groups(APNS_STREAM)
-    assert (group["pending"], group["lag"]) == (0, DEVICES - 2 * BATCH), group
+    groups = [g for s in APNS_STREAMS for g in await stack.redis.xinfo_groups(s)]
+    assert (sum(g["pending"] for g in groups), sum(g["lag"] for g in groups)) == (
+        0, DEVICES - 2 * BATCH), groups
 
     fake.set_faults(rate=0)
     assert await finish_with_new_sender(stack, fake, "grace-b", tmp_path, tokens,

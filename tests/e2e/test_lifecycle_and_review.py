@@ -8,10 +8,9 @@ from typing import Any
 
 import pytest
 
-from server import keys
 from tests.conftest import ADMIN_TOKEN
 from tests.e2e.conftest import Stack, wait_for
-from tests.helpers import POINT, circle, create_agency, create_device, incident, iso
+from tests.helpers import POINT, circle, create_agency, create_device, incident, iso, queued
 from tests.helpers import post_incident as post
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -34,7 +33,7 @@ async def test_clearing_before_the_push_went_out_drops_it(stack: Stack) -> None:
     await _phone(stack)
     doc = incident()
     await post(stack.client, secret, doc)
-    await wait_for(lambda: stack.redis.xlen(keys.push_stream("apns")), what="a queued push")
+    await wait_for(lambda: queued(stack.redis, "apns"), what="a queued push")
 
     status, cleared = await post(stack.client, secret, _revision(doc, 30, status="cleared"))
     assert (status, cleared["decision"]) == (202, "suppressed:cleared")

@@ -99,7 +99,7 @@ async def test_workers_serve_delivery_latency_outcomes_and_backlogs(stack: Stack
     apns = await scrape(url["apns"])
     assert value(apns, "geopush_push_delivery_seconds_count", platform="apns") >= 1
     assert value(apns, "geopush_push_delivery_seconds_bucket", platform="apns", le="+Inf") >= 1
-    stream = "geopush:push:apns"
+    stream = "geopush:{p0}:push:apns"   # every shard's stream is reported
     assert value(apns, "geopush_stream_pending", stream=stream, group="senders") == 0
     assert value(apns, "geopush_stream_lag", stream=stream, group="senders") == 0
     assert ("geopush_stream_length", frozenset({("stream", stream)})) in apns

@@ -19,10 +19,11 @@ from msgspec.structs import replace
 
 from server import keys
 from tests.e2e.conftest import Stack, wait_for
+from tests.helpers import queued, scheduled_retries
 from workers.push import Push, Sent
 from workers.runner import build_gateway
 from workers.sender import Result, Sender
-from workers.streams import StreamConsumer
+from workers.streams import ShardedConsumer
 
 
 async def _incident(stack: Stack) -> str:
@@ -46,6 +47,22 @@ def _push(incident_id: str, platform: str, token: str, expires_in: float = 3600)
                 occurred_at=now - 60, received_at=now - 1, expires_at=now + expires_in)
 
 
+SHARDS = keys.DEFAULT_PUSH_STREAM_SHARDS
+
+
+async def _enqueue(stack: Stack, push: Push) -> None:
+    """As the matcher enqueues: onto the push stream of the device's shard."""
+    shard = keys.device_shard(push.device_id, SHARDS)
+    await stack.redis.xadd(keys.push_stream(push.platform, shard), push.to_fields())
+
+
+async def _scheduled(stack: Stack, push: Push) -> list[tuple[str, float]]:
+    """The retry schedule of the push's shard, with the times they are due."""
+    shard = keys.device_shard(push.device_id, SHARDS)
+    return list(await stack.redis.zrange(keys.retry_schedule(push.platform, shard), 0, -1,
+                                         withscores=True))
+
+
 @contextlib.asynccontextmanager
 async def _sender(stack: Stack, platform: str, concurrency: int = 200
                   ) -> AsyncIterator[Sender]:
@@ -61,8 +78,8 @@ async def _sender(stack: Stack, platform: str, concurrency: int = 200
 async def _run_batch(stack: Stack, sender: Sender, platform: str) -> None:
     """``Sender.run`` until every entry on the push stream is sent, recorded and
     acknowledged; then stopped."""
-    consumer = StreamConsumer(stack.redis, keys.push_stream(platform), keys.SENDER_GROUP, "t",
-                              batch=10, block_ms=50)
+    consumer = ShardedConsumer(stack.redis, sender.streams, keys.SENDER_GROUP, "t",
+                               batch=10, block_ms=50)
     await consumer.setup()
     stop = asyncio.Event()
     run = asyncio.create_task(sender.run(consumer, stop, flush_size=10))
@@ -85,12 +102,11 @@ async def test_apns_503_is_retried_with_backoff_then_sent(stack: Stack) -> None:
     async with _sender(stack, "apns") as sender:
         incident = await _incident(stack)
         push = _push(incident, "apns", secrets.token_hex(32))
-        await stack.redis.xadd(keys.push_stream("apns"), push.to_fields())
+        await _enqueue(stack, push)
         stack.apns.set_faults(rate=1.0, status=503, reason="ServiceUnavailable")
         await _run_batch(stack, sender, "apns")
         assert await _outcomes(stack) == [("retry", "ServiceUnavailable", 1)]
-        [(member, due)] = await stack.redis.zrange(keys.retry_schedule("apns"), 0, -1,
-                                                   withscores=True)
+        [(member, due)] = await _scheduled(stack, push)
         assert 0.4 < due - time.time() < 1.6   # attempt 1: 1 s, jittered ×0.5–1.5
         assert Push.from_fields(json.loads(member)).attempt == 2
 
@@ -107,14 +123,14 @@ async def test_retries_end_in_the_dead_letter_stream_at_expiry(stack: Stack) -> 
     async with _sender(stack, "apns") as sender:
         incident = await _incident(stack)
         push = _push(incident, "apns", secrets.token_hex(32), expires_in=0.3)
-        await stack.redis.xadd(keys.push_stream("apns"), push.to_fields())
+        await _enqueue(stack, push)
         stack.apns.set_faults(rate=1.0, status=500, reason="InternalServerError")
         await _run_batch(stack, sender, "apns")
         assert await _outcomes(stack) == [("dead", "InternalServerError", 1)]
         [(_, dead)] = await stack.redis.xrange(keys.DEAD_STREAM)
         assert dead["reason"] == "InternalServerError"
         assert Push.from_fields(dead) == push
-        assert await stack.redis.zcard(keys.retry_schedule("apns")) == 0
+        assert await scheduled_retries(stack.redis, "apns") == 0
 
 
 @pytest.mark.workers()
@@ -124,17 +140,15 @@ async def test_payload_errors_fail_without_retry_and_gone_tokens_are_not_retried
     async with _sender(stack, "apns") as sender:
         incident = await _incident(stack)
         stack.apns.set_faults(rate=1.0, status=400, reason="BadTopic")
-        await stack.redis.xadd(keys.push_stream("apns"),
-                               _push(incident, "apns", secrets.token_hex(32)).to_fields())
+        await _enqueue(stack, _push(incident, "apns", secrets.token_hex(32)))
         await _run_batch(stack, sender, "apns")
         stack.apns.set_faults(rate=1.0, status=400, reason="BadDeviceToken")
-        await stack.redis.xadd(keys.push_stream("apns"),
-                               _push(incident, "apns", secrets.token_hex(32)).to_fields())
+        await _enqueue(stack, _push(incident, "apns", secrets.token_hex(32)))
         await _run_batch(stack, sender, "apns")
         assert await _outcomes(stack) == [("failed", "BadTopic", 1),
                                           ("token_gone", "BadDeviceToken", 1)]
-        assert await stack.redis.zcard(keys.retry_schedule("apns")) == 0
-        assert await stack.redis.xlen(keys.push_stream("apns")) == 0  # acknowledged, gone
+        assert await scheduled_retries(stack.redis, "apns") == 0
+        assert await queued(stack.redis, "apns") == 0  # acknowledged, gone
 
 
 @pytest.mark.workers()
@@ -149,13 +163,12 @@ async def test_fcm_quota_retry_after_is_honoured(
         monkeypatch.setattr(stack.fcm, "clock", lambda: minute + 1)
         stack.fcm.set_quota(1)   # one message a minute: the second gets QUOTA_EXCEEDED
         for token in ("fcm-token-a", "fcm-token-b"):
-            await stack.redis.xadd(keys.push_stream("fcm"),
-                                   _push(incident, "fcm", token).to_fields())
+            await _enqueue(stack, _push(incident, "fcm", token))
         await _run_batch(stack, sender, "fcm")
         outcomes = sorted(o for o, _, _ in await _outcomes(stack))
         assert outcomes == ["retry", "sent"]
-        [(_, due)] = await stack.redis.zrange(keys.retry_schedule("fcm"), 0, -1,
-                                              withscores=True)
+        [(_, due)] = [m for s in range(SHARDS) for m in await stack.redis.zrange(
+            keys.retry_schedule("fcm", s), 0, -1, withscores=True)]
         # The fake's Retry-After (59 s to its next window) is the floor of the backoff.
         assert due - time.time() >= 59 - 1.5
 
@@ -168,10 +181,9 @@ async def test_streaming_sender_sends_again_what_it_could_not_record_and_loses_n
     entries stay pending, are claimed again and sent again (same collapse id), every
     push ends up recorded exactly once, and the stream drains."""
     incident_id = await _incident(stack)
-    stream = keys.push_stream("apns")
     tokens = {secrets.token_hex(32) for _ in range(40)}
     for token in tokens:
-        await stack.redis.xadd(stream, _push(incident_id, "apns", token).to_fields())
+        await _enqueue(stack, _push(incident_id, "apns", token))
     async with _sender(stack, "apns") as sender:
         record, failures = sender.record, []
 
@@ -182,8 +194,9 @@ async def test_streaming_sender_sends_again_what_it_could_not_record_and_loses_n
             await record(results)
 
         monkeypatch.setattr(sender, "record", flaky)
-        consumer = StreamConsumer(stack.redis, stream, keys.SENDER_GROUP, "t", batch=10,
-                                  block_ms=50, claim_idle_ms=300, claim_every_s=0.1)
+        consumer = ShardedConsumer(stack.redis, sender.streams, keys.SENDER_GROUP, "t",
+                                   batch=10, block_ms=50, claim_idle_ms=300,
+                                   claim_every_s=0.1)
         stop = asyncio.Event()
         run = asyncio.create_task(sender.run(consumer, stop, flush_size=10))
 
@@ -208,9 +221,12 @@ async def test_streaming_sender_sends_again_what_it_could_not_record_and_loses_n
 
 
 async def stream_drained(stack: Stack, platform: str) -> bool:
-    [group] = await stack.redis.xinfo_groups(keys.push_stream(platform))
-    return bool(group["pending"] == 0 and group.get("lag") == 0
-                and await stack.redis.xlen(keys.push_stream(platform)) == 0)
+    """Every shard's push stream of the platform read, acknowledged and emptied."""
+    for stream in keys.push_streams(platform, SHARDS):
+        for group in await stack.redis.xinfo_groups(stream):
+            if group["pending"] or group.get("lag"):
+                return False
+    return await queued(stack.redis, platform) == 0
 
 
 @pytest.mark.workers()
@@ -246,8 +262,8 @@ async def test_outcomes_of_erased_devices_and_deleted_incidents_are_recorded_as_
 
 async def _stream_all(stack: Stack, sender: Sender, platform: str, count: int) -> None:
     """The streaming sender until ``count`` outcomes are recorded, then stopped."""
-    consumer = StreamConsumer(stack.redis, keys.push_stream(platform), keys.SENDER_GROUP,
-                              "t", batch=10, block_ms=50)
+    consumer = ShardedConsumer(stack.redis, sender.streams, keys.SENDER_GROUP, "t",
+                               batch=10, block_ms=50)
     stop = asyncio.Event()
     run = asyncio.create_task(sender.run(consumer, stop, flush_size=10))
 
@@ -272,8 +288,7 @@ async def test_a_start_that_raises_is_retried(
     tokens = [f"{n:064x}" if platform == "apns" else f"fcm-token-{n}" for n in range(30)]
     fake = stack.apns if platform == "apns" else stack.fcm
     for token in tokens:
-        await stack.redis.xadd(keys.push_stream(platform),
-                               _push(incident, platform, token).to_fields())
+        await _enqueue(stack, _push(incident, platform, token))
     async with _sender(stack, platform) as sender:
         await _run_batch(stack, sender, platform)
         assert sorted(d.token for d in fake.deliveries) == sorted(tokens)
@@ -282,13 +297,12 @@ async def test_a_start_that_raises_is_retried(
             raise RuntimeError("a bug")
 
         monkeypatch.setattr(sender.gateway, "start", broken)
-        await stack.redis.xadd(keys.push_stream(platform),
-                               _push(incident, platform, "f" * 64).to_fields())
+        await _enqueue(stack, _push(incident, platform, "f" * 64))
         await _run_batch(stack, sender, platform)
     outcomes = await _outcomes(stack)
     assert outcomes[:-1] == [("sent", None, 1)] * len(tokens)
     assert outcomes[-1] == ("retry", "RuntimeError", 1)
-    assert await stack.redis.zcard(keys.retry_schedule(platform)) == 1
+    assert await scheduled_retries(stack.redis, platform) == 1
 
 
 @pytest.mark.workers()
@@ -302,8 +316,7 @@ async def test_a_response_callback_that_raises_leaks_no_send_slot(
     incident = await _incident(stack)
     for n in range(10):
         token = f"{n:064x}" if platform == "apns" else f"fcm-token-{n}"
-        await stack.redis.xadd(keys.push_stream(platform),
-                               _push(incident, platform, token).to_fields())
+        await _enqueue(stack, _push(incident, platform, token))
 
     def choke(response: object) -> None:
         raise RuntimeError("a bug in classify")
@@ -312,4 +325,4 @@ async def test_a_response_callback_that_raises_leaks_no_send_slot(
     async with _sender(stack, platform, concurrency=2) as sender:
         await _run_batch(stack, sender, platform)
     assert await _outcomes(stack) == [("retry", "RuntimeError", 1)] * 10
-    assert await stack.redis.zcard(keys.retry_schedule(platform)) == 10
+    assert await scheduled_retries(stack.redis, platform) == 10

@@ -83,7 +83,8 @@ async def test_erasure_leaves_nothing_behind(stack: Stack) -> None:
     await wait_for(lambda: len(stack.apns.deliveries) == 1, what="a push")
     await stack.drained()
     # A push still waiting for a retry, and one dead-lettered, also name the device.
-    await stack.redis.zadd(keys.retry_schedule("apns"), {json.dumps(
+    shard = keys.device_shard(device, keys.DEFAULT_PUSH_STREAM_SHARDS)
+    await stack.redis.zadd(keys.retry_schedule("apns", shard), {json.dumps(
         {"device_id": device, "token": token, "incident_id": "x"}): time.time() + 3600})
     await stack.redis.xadd(keys.DEAD_STREAM, {"device_id": device, "token": token})
 

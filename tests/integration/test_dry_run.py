@@ -48,6 +48,8 @@ Client = TestClient[Any, Any]
 SEATTLE = json.loads(SEATTLE_MAP.read_text())
 PER_HOUR = 10
 
+SHARDS = keys.DEFAULT_PUSH_STREAM_SHARDS
+
 
 async def _post(client: Client, secret: str, content_type: str, body: bytes, *,
                 dry_run: bool, agency: str = "seattle-fire", at: int | None = None,
@@ -99,7 +101,8 @@ async def _neighbourhood(client: Client, redis: aioredis.Redis) -> None:
     assert r.status == 200
     # A phone that had its ten pushes this hour: only the most severe come through.
     tired, _ = await create_device(client, "apns", secrets.token_hex(32), circle(*POINT, 1500))
-    await redis.set(keys.device_rate(tired), PER_HOUR, ex=3600)
+    await redis.set(keys.device_rate(tired, keys.device_shard(tired, SHARDS)), PER_HOUR,
+                    ex=3600)
 
 
 async def _outbox_cleared(pool: asyncpg.Pool) -> None:
@@ -121,12 +124,12 @@ def _place(text: str) -> str:
 async def _queued(redis: aioredis.Redis, since: dict[str, str]) -> list[Push]:
     out = []
     for platform in keys.PLATFORMS:
-        stream = keys.push_stream(platform)
-        entries = await redis.xrange(stream, min=f"({since[platform]}" if since[platform]
-                                     else "-")
-        if entries:
-            since[platform] = entries[-1][0]
-        out += [Push.from_fields(fields) for _, fields in entries]
+        for stream in keys.push_streams(platform, SHARDS):
+            start = since.get(stream)
+            entries = await redis.xrange(stream, min=f"({start}" if start else "-")
+            if entries:
+                since[stream] = entries[-1][0]
+            out += [Push.from_fields(fields) for _, fields in entries]
     return out
 
 
@@ -139,7 +142,7 @@ async def test_dry_run_of_each_fixture_is_what_the_real_call_then_does(
     await _neighbourhood(client, redis)
     matcher = Matcher(pool, redis, device_pushes_per_hour=PER_HOUR)
     base = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=10)
-    since = dict.fromkeys(keys.PLATFORMS, "")
+    since: dict[str, str] = {}
     alerted_somebody = False
     for fx in fixtures("accept", fmt):
         body = fx.body(base)

@@ -47,15 +47,20 @@ async def test_erasure_finds_the_device_without_scanning_the_keyspace(
     for n in range(3):
         _, accepted = await post_incident(client, secret, incident(f"E{n}"))
         await matcher.match_incident(accepted["incident_id"], NOW)
-    pushed = [k async for k in redis.scan_iter(match="geopush:pushed:*")]
-    assert len(pushed) == 3
+    pushed = [k async for k in redis.scan_iter(match="geopush:{p*}:pushed:*")]
+    shards = {keys.device_shard(d, keys.DEFAULT_PUSH_STREAM_SHARDS) for d in (device, other)}
+    assert len(pushed) == 3 * len(shards)     # each event's dedup set, split by shard
     before = await _scans(redis)
     r = await client.delete(f"/v1/devices/{device}", headers={"Authorization": f"Bearer {key}"})
     assert r.status == 204
     assert await _scans(redis) == before
+    members: set[str] = set()
     for dedup in pushed:
-        assert await redis.smembers(dedup) == {other}
-    assert not await redis.exists(keys.device_events(device), keys.device_rate(device))
+        members |= await redis.smembers(dedup)
+    assert members == {other}
+    shard = keys.device_shard(device, keys.DEFAULT_PUSH_STREAM_SHARDS)
+    assert not await redis.exists(keys.device_events(device, shard),
+                                  keys.device_rate(device, shard))
 
 
 async def test_positions_are_forgotten_15_minutes_after_the_last_report(

@@ -10,8 +10,15 @@ import asyncpg
 import redis.asyncio as aioredis
 from aiohttp.test_utils import TestClient
 
-from server import keys
-from tests.helpers import POINT, circle, create_agency, create_device, incident, post_incident
+from tests.helpers import (
+    POINT,
+    circle,
+    create_agency,
+    create_device,
+    incident,
+    post_incident,
+    push_entries,
+)
 from workers.matcher import Matcher
 from workers.push import Push
 
@@ -20,8 +27,7 @@ NOW = dt.datetime.now(dt.UTC)
 
 
 async def _queued_tokens(redis: aioredis.Redis) -> list[str]:
-    entries = await redis.xrange(keys.push_stream("apns")) + await redis.xrange(
-        keys.push_stream("fcm"))
+    entries = await push_entries(redis, "apns") + await push_entries(redis, "fcm")
     return [Push.from_fields(fields).token for _, fields in entries]
 
 

@@ -16,7 +16,6 @@ from aiohttp.test_utils import TestClient
 from hypothesis import given
 from hypothesis import strategies as st
 
-from server import keys
 from server.dev import demo
 from server.domain.neighbourhood_import import display_name, parse_geojson
 from server.settings import Settings
@@ -32,6 +31,7 @@ from tests.helpers import (
     fcm_token,
     incident,
     post_incident,
+    queued,
 )
 from tests.live import live_app
 from workers.matcher import ALERT_LIFETIME, Matcher
@@ -153,6 +153,6 @@ async def test_no_update_after_the_alerts_lifetime_nor_for_a_never_alerted_incid
     assert in_time.enqueued == 1
     again = await matcher.match_incident(accepted["incident_id"], now)   # a repeated clear
     assert (again.candidates, again.enqueued) == (1, 0)
-    assert await redis.xlen(keys.push_stream("apns")) == 2
+    assert await queued(redis, "apns") == 2
     # The second pass is due in the outbox, not before.
     assert await pool.fetchval("SELECT count(*) FROM outbox WHERE created_at > now()") == 1

@@ -28,6 +28,7 @@ from server.domain.zones import Area, Circle, Zone
 from server.store.devices import replace_zones
 from server.store.incidents import store_incident
 from tests.conftest import Services
+from tests.helpers import push_entries
 from workers.matcher import Matcher
 from workers.push import Push
 
@@ -87,9 +88,9 @@ async def _alerted(w: World, point: Point, area_wkt: str | None = None) -> set[s
     incident = normalize(raw, agency_id=AGENCY, call_type_map={"Fire": "structure_fire"},
                          now=NOW)
     stored = await store_incident(w.pool, incident, "alert", NOW)
-    await w.redis.delete(keys.push_stream("apns"))
+    await w.redis.delete(*keys.push_streams("apns", keys.DEFAULT_PUSH_STREAM_SHARDS))
     await w.matcher.match_incident(stored.incident_id, NOW)
-    entries = await w.redis.xrange(keys.push_stream("apns"))
+    entries = await push_entries(w.redis, "apns")
     return {Push.from_fields(fields).device_id for _, fields in entries}
 
 

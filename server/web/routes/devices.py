@@ -434,5 +434,6 @@ async def delete_device(request: web.Request) -> web.Response:
     pending push about it. Delivery records stay, unlinked, for incident statistics."""
     device = await _device(request)
     await store.delete_device(request.app[POOL], device.id)
-    await scrub_device(request.app[REDIS], device.id)
+    await scrub_device(request.app[REDIS], device.id,
+                       request.app[SETTINGS].push_stream_shards)
     return web.Response(status=204)

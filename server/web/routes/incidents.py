@@ -91,6 +91,7 @@ async def _post_incident(request: web.Request, body_format: str) -> web.Response
             tolerance_s=settings.signature_tolerance_s,
             dry_runs_per_minute=settings.dry_runs_per_minute,
             device_pushes_per_hour=settings.device_pushes_per_hour,
+            shards=settings.push_stream_shards,
             now=dt.datetime.now(dt.UTC), location_ttl=settings.location_ttl,
             rejected_per_minute=settings.rejected_webhooks_per_minute,
         )
