@@ -6,6 +6,7 @@ next to the fake gateways' own ceiling measured in the same run (issue 13).
                                     [--rates 0.5,0.75,1,1.25,1.5,2] [--rate-seconds 20]
                                     [--matchers 1] [--apns-senders 1] [--fcm-senders 1]
                                     [--webs 1] [--fake-processes 2] [--redis-cluster]
+                                    [--worker-env NAME=VALUE]
                                     [--json PATH] [--keep-services]
 
 Needs (Debian packages): ``nghttp2-client`` (h2load), ``postgresql`` + ``postgis`` and
@@ -450,7 +451,8 @@ def run(args: argparse.Namespace, services: FanoutServices, tmp: Path) -> Report
                     fcm=args.fcm_senders, relay=1, fake_processes=args.fake_processes)
     certs_dir = tmp / "certs"
     stack = start_stack(services, counts, certs_dir, tmp, hourly_limit=args.hourly_limit,
-                        admin_token=secrets.token_hex(16))
+                        admin_token=secrets.token_hex(16),
+                        extra_env=dict(e.split("=", 1) for e in args.worker_env))
     queues = Queues(services)
     posted: list[Posted] = []
     compared: list[Arrival] = []
@@ -557,6 +559,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--fcm-senders", type=int, default=1)
     parser.add_argument("--fake-processes", type=int, default=2,
                         help="fake gateway processes per platform")
+    parser.add_argument("--worker-env", action="append", default=[], metavar="NAME=VALUE",
+                        help="extra environment for every geopush process, e.g. "
+                             "GEOPUSH_PUSH_BACKLOG_LIMIT=20000 (repeatable)")
     parser.add_argument("--redis-cluster", action="store_true",
                         help="a private 3-master Redis Cluster instead of one Redis")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")

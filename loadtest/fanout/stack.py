@@ -278,7 +278,8 @@ def _get_text(url: str) -> str:
 
 
 def start_stack(services: FanoutServices, counts: Counts, certs_dir: Path, log_dir: Path,
-                *, hourly_limit: int, admin_token: str) -> Stack:
+                *, hourly_limit: int, admin_token: str,
+                extra_env: dict[str, str] | None = None) -> Stack:
     fleets: dict[str, Fleet] = {}
     stack = Stack(services, fleets, log_dir)
     try:
@@ -301,6 +302,7 @@ def start_stack(services: FanoutServices, counts: Counts, certs_dir: Path, log_d
             "GEOPUSH_LOG_LEVEL": "INFO",
             "GEOPUSH_DEVICE_PUSHES_PER_HOUR": str(hourly_limit),
             "GEOPUSH_ADMIN_TOKEN": admin_token,
+            **(extra_env or {}),
         }
         base = {k: v for k, v in os.environ.items() if not k.startswith("GEOPUSH_")}
         geopush = str(Path(sys.executable).with_name("geopush"))
