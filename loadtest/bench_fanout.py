@@ -35,8 +35,9 @@ What one run does:
 6. Sustained: fires at each rate of ``--rates`` (incidents per second) for
    ``--rate-seconds``, the push queues (lengths of the Redis streams with a consumer
    group) and the pushes still due (those of the incidents posted, less those the
-   fakes received) sampled every 0.5 s; a rate is kept when the pushes due grew by
-   less than a tenth of the offered rate over the window's second half. Stops at the
+   fakes received) sampled every 0.5 s; a rate is kept when, as the next fire would be
+   due at the window's end, less than one fire's pushes are still to go (each fire is
+   cleared before the next; otherwise the rest grows with every fire). Stops at the
    first rate that is not kept.
 7. Checks, for every incident posted: each device of its audience (found again with
    the matcher's own ``find_audience``) pushed once, or held back by the hourly limit
@@ -250,13 +251,16 @@ def sustained(stack: Stack, queues: Queues, cad: Cad, where: list[Location], rat
     queue = [(t, n * mean - d) for t, n, d, _, _ in samples if t <= window]
     slope = _slope([(t, q) for t, q in queue if t >= window / 2])
     offered = pushes / window if window else 0.0
-    # Kept: over the window's second half the queue grows by less than a tenth of the
-    # pushes offered a second.
-    kept = slope < 0.1 * offered
+    to_go = count * mean - delivered_in_window
+    # Kept: when the next fire would be due, less than one fire's pushes are still to
+    # go, i.e. each fire is cleared before the next; otherwise what is left over grows
+    # with every fire. (Read at that moment, the queue is at the low point of its saw
+    # tooth; a fit over the tooth itself swings by hundreds of pushes a second.)
+    kept = to_go < mean
     last = samples[-1] if samples else (0.0, 0, 0, 0, 0)
     return RateStep(rate, count, round(window, 1), pushes, round(offered, 1),
                     round(delivered_in_window / window, 1), round(slope, 1),
-                    round(count * mean - delivered_in_window), (last[3], last[4]),
+                    round(to_go), (last[3], last[4]),
                     round(quiet - last_post, 1), kept,
                     [(round(t, 1), n, d, p, o) for t, n, d, p, o in samples])
 
