@@ -9,6 +9,7 @@ import asyncio
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -56,7 +57,15 @@ class PrivateCluster:
         if not binary or not cli:
             raise BenchError("redis-server and redis-cli are needed for --redis-cluster")
         shutil.rmtree(self.directory, ignore_errors=True)
-        self.ports = [free_port() for _ in range(CLUSTER_MASTERS)]
+        self.ports = [cluster_port() for _ in range(CLUSTER_MASTERS)]
+        try:
+            self._start(binary, cli)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start(self, binary: str, cli: str) -> None:
         for port in self.ports:
             node = self.directory / str(port)
             node.mkdir(parents=True)
@@ -75,7 +84,7 @@ class PrivateCluster:
             info = subprocess.run([cli, "-p", str(self.ports[0]), "cluster", "info"],
                                   capture_output=True, text=True, check=False).stdout
             if "cluster_state:ok" in info:
-                return self
+                return
             if time.monotonic() > deadline:
                 raise BenchError(f"the cluster did not become ready: {info}")
             time.sleep(0.2)
@@ -84,6 +93,22 @@ class PrivateCluster:
         for proc in self.procs:
             stop_process(proc)
         self.procs = []
+
+
+def cluster_port() -> int:
+    """A free port for a cluster node: at most 55535, and its cluster bus port (10,000
+    higher) free too."""
+    for _ in range(100):
+        port = free_port()
+        if port > 55535:
+            continue
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as bus:
+                bus.bind(("127.0.0.1", port + 10000))
+        except OSError:
+            continue
+        return port
+    raise BenchError("no free port pair for a Redis Cluster node")
 
 
 def redis_client(url: str, cluster: bool) -> Any:
@@ -143,14 +168,14 @@ def start_services(spec: SeedSpec, *, cluster: bool, workdir: Path = WORKDIR
     pg = PrivatePostgres(workdir / "postgres").start()
     try:
         url = copy_template(pg, ensure_template(pg, spec), DATABASE)
+        if cluster:
+            nodes = PrivateCluster(workdir / "cluster").start()
+            return FanoutServices(url, nodes.url(), pg, None, nodes)
+        private = PrivateRedis(workdir / "redis").start()
+        return FanoutServices(url, private.url(), pg, private)
     except BaseException:
         pg.stop()
         raise
-    if cluster:
-        nodes = PrivateCluster(workdir / "cluster").start()
-        return FanoutServices(url, nodes.url(), pg, None, nodes)
-    private = PrivateRedis(workdir / "redis").start()
-    return FanoutServices(url, private.url(), pg, private)
 
 
 async def seed_if_needed(database_url: str, spec: SeedSpec) -> None:
