@@ -9,19 +9,19 @@ as a template, so a second run starts in seconds). Two incidents, matched on the
 public geometry as the matcher matches them: a structure fire (a point in the city,
 about 7,000 zones at 1M) and a 3 km CAP circle downtown (about 80,000).
 
-For each it prints, warm, the best of ``--runs``:
+For each it prints, warm, the best of ``--runs`` wall times of one round trip:
 
-- ``bare``: ``SELECT count(*) FROM zones WHERE ST_Intersects(geom, <public geom>)``,
-  PostgreSQL's execution time (EXPLAIN ANALYZE);
+- ``bare``: ``SELECT count(*) FROM zones WHERE ST_Intersects(geom, <public geom>)``
+  (and the count);
 - ``match``: the matcher's query (``server.store.matching``, the streaming form: zones
-  and near-me positions, the devices joined, preferences applied), its execution
-  time and rows, and the ratio to ``bare`` (issue 13: at most 1.5);
-- ``cursor``: the same query as the matcher reads it (a server-side cursor in a
-  read-only transaction, pages of 500 then 2,000 rows), wall time to the first page
-  and to the last, on the client;
+  and near-me positions, the devices joined, preferences applied), run as the
+  matcher runs it, a cursor (so with a cursor's plan), every row produced but none
+  sent (``MOVE ALL``); its rows, and the ratio to ``bare`` (issue 13: at most 1.5);
+- ``to client``: the same, read as the matcher reads it (``neighbour_pages``: pages
+  of 500, then 2,000 rows, decoded by asyncpg): to the first page, and to the last;
 
-and the plans (``--plans``) PostgreSQL chose for the match, as a statement and as a
-cursor (which plans for a fast start).
+and, with ``--plans``, the plans PostgreSQL chose for both (``EXPLAIN``, custom plans:
+the matcher forces them).
 """
 
 from __future__ import annotations
@@ -43,6 +43,9 @@ AREA_RADIUS_M = 3000
 _PUBLIC = """geopush_public_geom(ST_SetSRID($1::text::geometry, 4326),
                                  ST_SetSRID(ST_MakePoint($2::float8, $3::float8), 4326))"""
 _BARE = f"SELECT count(*) FROM zones WHERE ST_Intersects(geom, {_PUBLIC})"  # noqa: S608
+# What ``matching._pages`` sets for its cursor (--bitmap: without the second).
+_AS_THE_MATCHER = ("SET LOCAL plan_cache_mode = force_custom_plan; "
+                   "SET LOCAL enable_bitmapscan = off")
 _CIRCLE = """SELECT ST_AsText(ST_Buffer(ST_SetSRID(ST_MakePoint($2, $1), 4326)::geography,
                                         $3, 'quad_segs=8')::geometry)"""
 
@@ -53,12 +56,6 @@ def _match_args(geometry: str, public: tuple[float, float]) -> tuple[Any, ...]:
     return (geometry, "structure_fire", [], [], [], lon, lat)
 
 
-async def _explain(conn: Any, query: str, *args: Any) -> tuple[float, int, dict[str, Any]]:
-    [row] = await conn.fetch(f"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {query}", *args)
-    plan = json.loads(row[0])[0]
-    return float(plan["Execution Time"]), int(plan["Plan"]["Actual Rows"]), plan["Plan"]
-
-
 def _shape(plan: dict[str, Any], depth: int = 0) -> list[str]:
     node = plan["Node Type"]
     extra = plan.get("Index Name") or plan.get("Relation Name") or ""
@@ -67,15 +64,34 @@ def _shape(plan: dict[str, Any], depth: int = 0) -> list[str]:
     return [line] + [s for child in plan.get("Plans", []) for s in _shape(child, depth + 1)]
 
 
+async def _bare(conn: Any, geometry: str, public: tuple[float, float]) -> tuple[float, int]:
+    """The bare count: wall time of the statement (one round trip), and the count."""
+    start = time.perf_counter()
+    count = await conn.fetchval(_BARE, geometry, public[1], public[0])
+    return time.perf_counter() - start, int(count)
+
+
+async def _moved(conn: Any, query: str, args: tuple[Any, ...], setup: str
+                 ) -> tuple[float, int]:
+    """The matcher's query run as its cursor runs it (same plan: a cursor's), every row
+    produced and none sent (MOVE ALL): wall time of the MOVE, and the rows."""
+    async with conn.transaction(readonly=True):
+        await conn.execute(setup)
+        await conn.execute(f"DECLARE c NO SCROLL CURSOR FOR {query}", *args)
+        start = time.perf_counter()
+        status = await conn.execute("MOVE FORWARD ALL IN c")
+        return time.perf_counter() - start, int(status.split()[-1])
+
+
 async def _cursor_wall(pool: Any, geometry: str, public: tuple[float, float]
                        ) -> tuple[float, float, int]:
+    """As the matcher reads it, rows to the client: to the first page, to the last."""
     from server.store import matching
 
-    lat, lon = public
     start = time.perf_counter()
     first = 0.0
     rows = 0
-    async for page in matching.neighbour_pages(pool, geometry, "structure_fire", (lat, lon),
+    async for page in matching.neighbour_pages(pool, geometry, "structure_fire", public,
                                                first=500, page=2000):
         if not rows:
             first = time.perf_counter() - start
@@ -83,13 +99,14 @@ async def _cursor_wall(pool: Any, geometry: str, public: tuple[float, float]
     return first, time.perf_counter() - start, rows
 
 
-async def _measure(database_url: str, runs: int, show_plans: bool) -> None:
+async def _measure(database_url: str, runs: int, show_plans: bool, bitmap: bool) -> None:
     from server.store import matching
     from server.store.db import create_pool
 
     pool = await create_pool(database_url, min_size=1, max_size=2)
     try:
         async with pool.acquire() as conn:
+            await conn.execute("SET plan_cache_mode = force_custom_plan")
             area = await conn.fetchval(_CIRCLE, DOWNTOWN[0], DOWNTOWN[1], AREA_RADIUS_M)
             fire = f"POINT({FIRE[1]} {FIRE[0]})"
             # The public point as ingest rounds it (three decimals: ~100 m).
@@ -97,27 +114,41 @@ async def _measure(database_url: str, runs: int, show_plans: bool) -> None:
                      (f"CAP circle {AREA_RADIUS_M / 1000:g} km downtown", area,
                       (round(DOWNTOWN[0], 3), round(DOWNTOWN[1], 3)))]
             query = matching._NEIGHBOUR_ROWS
+            setup = _AS_THE_MATCHER.split(";")[0] if bitmap else _AS_THE_MATCHER
             print(f"{'incident':28} {'zones':>7} {'bare':>9} {'match':>9} {'ratio':>6} "
-                  f"{'devices':>8} {'cursor 1st':>10} {'cursor all':>10}")
+                  f"{'devices':>8} {'to client: 1st page':>19} {'all':>9}")
             for name, geometry, public in cases:
-                bare = [await _explain(conn, _BARE, geometry, public[1], public[0])
-                        for _ in range(runs)]
-                match = [await _explain(conn, query, *_match_args(geometry, public))
-                         for _ in range(runs)]
+                args = _match_args(geometry, public)
+                bare = [await _bare(conn, geometry, public) for _ in range(runs)]
+                match = [await _moved(conn, query, args, setup) for _ in range(runs)]
                 cursor = [await _cursor_wall(pool, geometry, public) for _ in range(runs)]
-                b, m = min(t for t, _, _ in bare), min(t for t, _, _ in match)
+                b, m = min(t for t, _ in bare) * 1000, min(t for t, _ in match) * 1000
                 print(f"{name:28} {bare[0][1]:>7} {b:>6.1f} ms {m:>6.1f} ms {m / b:>6.2f} "
-                      f"{match[0][1]:>8} {min(c[0] for c in cursor) * 1000:>7.1f} ms "
-                      f"{min(c[1] for c in cursor) * 1000:>7.1f} ms", flush=True)
+                      f"{match[0][1]:>8} {min(c[0] for c in cursor) * 1000:>16.1f} ms "
+                      f"{min(c[1] for c in cursor) * 1000:>6.1f} ms", flush=True)
                 if show_plans:
-                    print("  match, as a statement:")
-                    print("\n".join("    " + s for s in _shape(match[0][2])))
-                    [row] = await conn.fetch(f"EXPLAIN (FORMAT JSON) DECLARE c CURSOR FOR "
-                                             f"{query}", *_match_args(geometry, public))
-                    print("  match, as the matcher's cursor:")
-                    print("\n".join("    " + s for s in _shape(json.loads(row[0])[0]["Plan"])))
+                    for label, sql in (("bare count", _BARE), ("match, as a cursor",
+                                                               f"DECLARE c CURSOR FOR {query}")):
+                        params = (geometry, public[1], public[0]) if sql is _BARE else args
+                        async with conn.transaction():
+                            await conn.execute(setup)
+                            [row] = await conn.fetch(f"EXPLAIN (FORMAT JSON) {sql}", *params)
+                        print(f"  {label}:")
+                        print("\n".join("    " + s
+                                        for s in _shape(json.loads(row[0])[0]["Plan"])))
     finally:
         await pool.close()
+
+
+async def _execute(database_url: str, sql: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute(sql)
+        await conn.execute("VACUUM ANALYZE devices")
+    finally:
+        await conn.close()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -127,6 +158,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--devices", type=int, default=1_000_000)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--plans", action="store_true", help="print the plans too")
+    parser.add_argument("--try-sql", default="",
+                        help="SQL run on the copy before measuring (an index to try)")
+    parser.add_argument("--bitmap", action="store_true",
+                        help="let the match's cursor use a bitmap scan (the matcher doesn't)")
     args = parser.parse_args(argv)
 
     from loadtest.fanout_seed import SeedSpec, copy_template, ensure_template, seed_database
@@ -141,7 +176,9 @@ def main(argv: list[str] | None = None) -> None:
         else:
             url = services.database_url
             asyncio.run(seed_database(url, spec))
-        asyncio.run(_measure(url, args.runs, args.plans))
+        if args.try_sql:
+            asyncio.run(_execute(url, args.try_sql))
+        asyncio.run(_measure(url, args.runs, args.plans, args.bitmap))
     finally:
         services.stop()
 

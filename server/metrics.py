@@ -54,7 +54,9 @@ MATCH_SECONDS = Histogram(
     "geopush_match_seconds", "Time to match one incident and enqueue its pushes",
     buckets=_LATENCY_BUCKETS)
 MATCH_FANOUT = Histogram(
-    "geopush_match_fanout_devices", "Pushes enqueued per matched incident",
+    "geopush_match_fanout_devices",
+    "Pushes a matcher enqueued itself per matched incident (a large fan-out's later "
+    "pages go out as work items: geopush_fanout_items_total)",
     buckets=_FANOUT_BUCKETS)
 FANOUT_ITEMS = Counter(
     "geopush_fanout_items_total",

@@ -166,6 +166,15 @@ async def _pages(db: asyncpg.Pool, query: str, args: Sequence[object], first: in
     ``first`` rows first, then ``page`` at a time: the caller acts on each page while
     the rest is still to be read. Close it (``contextlib.aclosing``) if you stop early."""
     async with db.acquire() as conn, conn.transaction(readonly=True):
+        # Planned for these values, every time: the incident's geometry folds into a
+        # constant the GiST scan and the recheck use as is (a generic plan, which
+        # PostgreSQL may switch a prepared statement to, would rebuild it per row). And
+        # no bitmap scan: it reads the whole index match before its first row (for a
+        # city-wide area, half the query's time before the first push could leave),
+        # where the GiST index scan hands rows out as it finds them
+        # (docs/BENCHMARKS.md, "Streaming matcher").
+        await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan; "
+                           "SET LOCAL enable_bitmapscan = off")
         cursor = await conn.cursor(query, *args)
         size = first
         while True:
@@ -189,7 +198,9 @@ def neighbour_pages(db: asyncpg.Pool, geometry: str, category: str,
 
 def area_neighbour_pages(db: asyncpg.Pool, area: str, near: Sequence[Nearby] = (), *,
                          first: int, page: int) -> AsyncGenerator[list[asyncpg.Record], None]:
-    """``area_neighbours`` as it is read, page by page; a device may come twice."""
+    """Devices with a zone meeting a manual alert's ``area``, or with "near me" and a
+    position in ``near`` within their radius of it, page by page; a device may come
+    twice."""
     return _pages(db, _AREA_NEIGHBOUR_ROWS, (area, [n.device_id for n in near],
                                              [n.lon for n in near], [n.lat for n in near]),
                   first, page)
@@ -201,18 +212,10 @@ async def extent_m(db: asyncpg.Pool, geometry: str, lat: float, lon: float) -> f
     return float(await db.fetchval(_EXTENT, geometry, lat, lon) or 0.0)
 
 
-async def area_neighbours(db: asyncpg.Pool, area: str, near: Sequence[Nearby] = ()
-                          ) -> list[asyncpg.Record]:
-    """Devices with a zone meeting a manual alert's ``area``, or with "near me" and a
-    position in ``near`` within their radius of it."""
-    return await db.fetch(_AREA_NEIGHBOURS, area, [n.device_id for n in near],
-                          [n.lon for n in near], [n.lat for n in near])
-
-
 async def area_audience_size(db: asyncpg.Pool | PoolConnectionProxy[asyncpg.Record],
                              area: str, near: Sequence[Nearby] = ()) -> int:
-    """How many devices ``area_neighbours`` would return for the same ``near``
-    positions (the alert's preview)."""
+    """How many devices ``area_neighbour_pages`` would give for the same ``near``
+    positions, each once (the alert's preview)."""
     size: int = await db.fetchval(_AREA_AUDIENCE_SIZE, area, [n.device_id for n in near],
                                   [n.lon for n in near], [n.lat for n in near])
     return size

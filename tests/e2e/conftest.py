@@ -55,7 +55,8 @@ class Stack:
 
 async def _all_streams_drained(redis: aioredis.Redis) -> bool:
     shards = keys.DEFAULT_PUSH_STREAM_SHARDS
-    streams = [keys.INCIDENTS_STREAM, *keys.push_streams("apns", shards),
+    streams = [keys.INCIDENTS_STREAM, keys.FANOUT_WORK_STREAM,
+               *keys.push_streams("apns", shards),
                *keys.push_streams("fcm", shards)]
     for stream in streams:
         if not await redis.exists(stream):
