@@ -33,8 +33,19 @@ rules: system-deps
 	promtool test rules docs/prometheus/alerts_test.yml
 	promtool check config docs/prometheus/prometheus.yml
 
+# The whole suite on a single Redis, then once more on a private 3-master Redis
+# Cluster: the end-to-end suite (less the tests that bring their own Redis, a browser,
+# a wheel build or locust: nothing of Redis in them to try again) and the integration
+# tests of what uses Redis most.
+CLUSTER_TESTS := tests/e2e $(addprefix tests/integration/test_,$(addsuffix .py,\
+	matcher fanout streams erasure_and_expiry dry_run ingest apns_token client_address \
+	device_abuse public_matching))
 test: system-deps $(STAMP) lint typecheck rules
 	$(BIN)/pytest
+	GEOPUSH_TEST_REDIS_CLUSTER=1 $(BIN)/pytest $(CLUSTER_TESTS) \
+		--ignore=tests/e2e/test_redis_outage.py --ignore=tests/e2e/test_redis_failover.py \
+		--ignore=tests/e2e/test_console_browser.py \
+		--ignore=tests/e2e/test_wheel.py --ignore=tests/e2e/test_locust.py
 
 unit: $(STAMP)
 	$(BIN)/pytest tests/unit

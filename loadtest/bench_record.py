@@ -50,14 +50,13 @@ async def _record(database_url: str, redis_url: str, postmaster: int, incident_i
                   devices: list[tuple[str, str]]) -> tuple[float, float, float]:
     """Wall, own and PostgreSQL CPU seconds for recording one sent outcome per
     device (PostgreSQL's read while its backend is still there)."""
-    import redis.asyncio as aioredis
-
     from server.store.db import create_pool
+    from server.store.redisclient import connect
     from workers.push import Push, Sent
     from workers.sender import Result, Sender
 
     pool = await create_pool(database_url, min_size=1, max_size=1)
-    redis = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    redis = await connect(redis_url, decode_responses=True)
     try:
         sender = Sender(pool, redis, _NoGateway())  # type: ignore[arg-type]
         now = time.time()

@@ -29,11 +29,11 @@ import time
 from dataclasses import dataclass
 
 import asyncpg
-import redis.asyncio as aioredis
 
 from server.dev.devenv import PrivatePostgres
 from server.store import positions
 from server.store.migrate import SQL_DIR, migrate
+from server.store.redisclient import RedisClient, connect
 
 # min_lat, min_lon, max_lat, max_lon: Seattle and its nearest suburbs (about 33 x 20 km)
 AREA = (47.45, -122.45, 47.75, -122.18)
@@ -119,7 +119,7 @@ async def seed_database(database_url: str, spec: SeedSpec) -> None:
         await conn.close()
 
 
-async def report_positions(database_url: str, redis: aioredis.Redis, spec: SeedSpec,
+async def report_positions(database_url: str, redis: RedisClient, spec: SeedSpec,
                            ttl_s: float = 7200.0) -> int:
     """Every near-me device reports a position in the area now, as the app would
     (``PUT /v1/devices/{id}/location``); the number of positions."""
@@ -208,7 +208,7 @@ def main(argv: list[str] | None = None) -> None:
     async def run() -> None:
         await seed_database(args.database_url, spec)
         if args.redis_url:
-            redis = aioredis.Redis.from_url(args.redis_url)
+            redis = await connect(args.redis_url)
             try:
                 log(f"{await report_positions(args.database_url, redis, spec):,} positions")
             finally:

@@ -66,6 +66,11 @@ MATCH_RATE_LIMITED = Counter(
     "geopush_match_rate_limited_total",
     "Pushes not enqueued because the device had its hourly share")
 
+UNREPLICATED_WRITES = Counter(
+    "geopush_redis_unreplicated_writes_total",
+    "Hand-offs to Redis (incident published, pushes enqueued) that fewer replicas than "
+    "GEOPUSH_REDIS_WAIT_REPLICAS confirmed in time: lost if their master fails now")
+
 PUSHES = Counter(
     "geopush_pushes_total",
     "Push attempts by platform and outcome (sent, token_gone, retry, failed, dead, withdrawn)",

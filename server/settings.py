@@ -36,6 +36,8 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
+REDIS_MODES = ("auto", "cluster", "standalone")
+
 
 def _networks(env: Mapping[str, str], name: str) -> tuple[IPNetwork, ...]:
     """Comma-separated addresses or CIDR blocks ("10.0.0.0/8, ::1")."""
@@ -111,6 +113,14 @@ class FcmSettings:
 class Settings:
     database_url: str
     redis_url: str
+    # "auto": ask the node of redis_url whether it is in a Redis Cluster; "cluster" or
+    # "standalone": don't ask (a process can then start while Redis is unreachable).
+    redis_mode: str = "auto"
+    # Replicas that must confirm a hand-off to Redis (an incident published, pushes
+    # enqueued) before geopush forgets its own record of it; 0: don't wait (a single
+    # Redis, or a cluster without replicas). See ReplicaWait in store/redisclient.py.
+    redis_wait_replicas: int = 0
+    redis_wait_timeout_ms: int = 500
     admin_token: str | None = None
     http_host: str = "127.0.0.1"
     http_port: int = 8080
@@ -193,9 +203,19 @@ class Settings:
             # outlive that.
             if kept < MIN_RETENTION:
                 raise ConfigError(f"{name} must be at least {MIN_RETENTION.days} days")
+        redis_mode = env.get("GEOPUSH_REDIS_MODE") or "auto"
+        if redis_mode not in REDIS_MODES:
+            raise ConfigError(f"GEOPUSH_REDIS_MODE must be one of {', '.join(REDIS_MODES)}, "
+                              f"got {redis_mode!r}")
+        for name in ("GEOPUSH_REDIS_WAIT_REPLICAS", "GEOPUSH_REDIS_WAIT_TIMEOUT_MS"):
+            if _int(env, name, 0) < 0:
+                raise ConfigError(f"{name} must not be negative")
         return cls(
             database_url=database_url,
             redis_url=redis_url,
+            redis_mode=redis_mode,
+            redis_wait_replicas=_int(env, "GEOPUSH_REDIS_WAIT_REPLICAS", 0),
+            redis_wait_timeout_ms=_int(env, "GEOPUSH_REDIS_WAIT_TIMEOUT_MS", 500),
             admin_token=env.get("GEOPUSH_ADMIN_TOKEN") or None,
             http_host=env.get("GEOPUSH_HTTP_HOST", "127.0.0.1"),
             http_port=_int(env, "GEOPUSH_HTTP_PORT", 8080),

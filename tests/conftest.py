@@ -1,7 +1,9 @@
 """Shared fixtures: real PostgreSQL+PostGIS and Redis, started privately per session.
 
 Set GEOPUSH_TEST_DATABASE_URL and GEOPUSH_TEST_REDIS_URL to use existing servers
-instead (the database is wiped between tests).
+instead (the database is wiped between tests). GEOPUSH_TEST_REDIS_CLUSTER=1 starts a
+3-master Redis Cluster instead of a single Redis (``make test`` runs the end-to-end
+suite once more that way); the code under test finds out which it is by itself.
 """
 
 from __future__ import annotations
@@ -16,13 +18,13 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-import redis.asyncio as aioredis
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from server.dev.devenv import PrivatePostgres, PrivateRedis
+from server.dev.devenv import PrivatePostgres, PrivateRedis, PrivateRedisCluster
 from server.settings import Settings
 from server.store.migrate import migrate
+from server.store.redisclient import RedisClient, connect
 from server.web.app import create_app
 
 # Fixtures of the fake FCM (``fake``, ``key_dir``); modules with a ``fake`` of their
@@ -37,7 +39,11 @@ class Services:
     database_url: str
     redis_url: str
     postgres: PrivatePostgres | None
-    redis: PrivateRedis | None
+    redis: PrivateRedis | PrivateRedisCluster | None
+
+
+def redis_cluster_wanted() -> bool:
+    return os.environ.get("GEOPUSH_TEST_REDIS_CLUSTER", "") not in ("", "0")
 
 
 @pytest.fixture(scope="session")
@@ -46,13 +52,17 @@ def services() -> Iterator[Services]:
     redis_url = os.environ.get("GEOPUSH_TEST_REDIS_URL")
     base = Path(tempfile.mkdtemp(prefix="geopush-test-"))
     base.chmod(0o755)  # the postgres user must reach its cluster directory
-    pg = rd = None
+    pg = None
+    rd: PrivateRedis | PrivateRedisCluster | None = None
     try:
         if not db_url:
             pg = PrivatePostgres(base / "postgres").start()
             db_url = pg.create_database("geopush_test")
         if not redis_url:
-            rd = PrivateRedis(base / "redis").start()
+            if redis_cluster_wanted():
+                rd = PrivateRedisCluster(base / "redis-cluster", masters=3).start()
+            else:
+                rd = PrivateRedis(base / "redis").start()
             redis_url = rd.url()
         asyncio.run(migrate(db_url))
         yield Services(db_url, redis_url, pg, rd)
@@ -91,16 +101,17 @@ async def pool(services: Services) -> AsyncIterator[asyncpg.Pool]:
 
 
 @pytest.fixture
-async def redis(services: Services) -> AsyncIterator[aioredis.Redis]:
-    r = aioredis.Redis.from_url(services.redis_url, decode_responses=True)
-    await r.flushdb()
+async def redis(services: Services) -> AsyncIterator[RedisClient]:
+    """A client of the session's Redis (a cluster client on a cluster), emptied."""
+    r = await connect(services.redis_url, decode_responses=True)
+    await r.flushdb()   # every master's, on a cluster
     yield r
     await r.aclose()
 
 
 @pytest.fixture
 async def client(
-    settings: Settings, pool: asyncpg.Pool, redis: aioredis.Redis
+    settings: Settings, pool: asyncpg.Pool, redis: RedisClient
 ) -> AsyncIterator[TestClient[web.Request, web.Application]]:
     app = create_app(settings)
     async with TestClient(TestServer(app)) as c:

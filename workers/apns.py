@@ -8,9 +8,9 @@ import logging
 from typing import Any
 
 import msgspec
-from redis.exceptions import RedisError
 
 from server.domain.responses import IOS_RESPONDER_CATEGORY
+from server.store.redisclient import REDIS_UNAVAILABLE
 from workers.gateways.apns_client import ApnsClient, ApnsResponse, ApnsTransportError
 from workers.push import (
     Done,
@@ -105,7 +105,7 @@ def _unanswered(exc: Exception) -> Retry | None:
     send should raise (a bug)."""
     if isinstance(exc, ApnsTransportError):
         return Retry(f"transport: {exc}" if str(exc) else "transport error")
-    if isinstance(exc, RedisError | OSError):   # the shared provider token was unreachable
+    if isinstance(exc, REDIS_UNAVAILABLE):   # the shared provider token was unreachable
         return Retry(f"provider token: {exc}")
     return None
 

@@ -17,17 +17,16 @@ import time
 from collections.abc import Callable
 
 import jwt
-import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 
 from server import keys
+from server.store.redisclient import REDIS_UNAVAILABLE, RedisClient
 
 TOKEN_LIFETIME_S = 40 * 60   # within Apple's [20, 60) minutes, with margin both ways
 MAX_AGE_S = 55 * 60          # never present a token older than this
 
 
 class SharedProviderToken:
-    def __init__(self, redis: aioredis.Redis, *, key_pem: str, key_id: str, team_id: str,
+    def __init__(self, redis: RedisClient, *, key_pem: str, key_id: str, team_id: str,
                  lifetime_s: int = TOKEN_LIFETIME_S,
                  clock: Callable[[], float] = time.time) -> None:
         self._redis = redis
@@ -64,7 +63,7 @@ class SharedProviderToken:
                 return self._header
             try:
                 await self._refresh(now)
-            except (RedisError, OSError):
+            except REDIS_UNAVAILABLE:
                 if self._header is None or now - self._issued_at >= MAX_AGE_S:
                     raise
                 self._valid_until = now + 5   # keep using ours; ask Redis again soon

@@ -9,14 +9,14 @@ import datetime as dt
 from typing import Any
 
 import asyncpg
-import redis.asyncio as aioredis
 
 from server import keys, metrics
 from server.metrics import Refresh
 from server.store import backlog
+from server.store.redisclient import RedisClient
 
 
-async def stream_stats(redis: aioredis.Redis, stream: str) -> None:
+async def stream_stats(redis: RedisClient, stream: str) -> None:
     """Length, and per consumer group pending and lag (entries not yet delivered to the
     group; Redis 7 reports it, and it is unknown after some XDELs: left as it was)."""
     metrics.STREAM_LENGTH.labels(stream).set(await redis.xlen(stream))
@@ -32,7 +32,7 @@ async def stream_stats(redis: aioredis.Redis, stream: str) -> None:
             metrics.STREAM_LAG.labels(stream, name).set(int(lag))
 
 
-def for_kind(kind: str, pool: asyncpg.Pool, redis: aioredis.Redis,
+def for_kind(kind: str, pool: asyncpg.Pool, redis: RedisClient,
              shards: int = keys.DEFAULT_PUSH_STREAM_SHARDS) -> Refresh:
     async def matcher() -> None:
         await stream_stats(redis, keys.INCIDENTS_STREAM)

@@ -28,10 +28,11 @@ import logging
 from dataclasses import dataclass
 
 import msgspec
-import redis.asyncio as aioredis
+from redis.typing import EncodableT
 
 from server import keys, metrics
 from server.store.publish import STREAM_MAXLEN
+from server.store.redisclient import NO_WAIT, RedisClient, ReplicaWait, eval_many, write_all
 from workers.push import Push
 
 log = logging.getLogger(__name__)
@@ -157,9 +158,13 @@ class FanoutLimits:
 
 
 class Enqueuer:
-    def __init__(self, redis: aioredis.Redis, shards: int) -> None:
+    def __init__(self, redis: RedisClient, shards: int,
+                 replica_wait: ReplicaWait = NO_WAIT) -> None:
         self.redis = redis
         self.shards = shards
+        # What an enqueue or a posted item waits for before the caller acknowledges
+        # the incident or work item it came from (ReplicaWait).
+        self.replica_wait = replica_wait
         self._enqueue = redis.register_script(_ENQUEUE)
         # The keys of a shard, less the device id at their end (server/keys.py names
         # them; concatenating the id is all that is left per device).
@@ -175,7 +180,7 @@ class Enqueuer:
             return 0, 0
         shards = self.shards
         rate, index, render = self._rate, self._index, fanout.render
-        by_shard: dict[int, tuple[list[str], list[str | int]]] = {}
+        by_shard: dict[int, tuple[list[str], list[EncodableT]]] = {}
         crc32 = keys.device_shard
         for device_id, platform, token, locale in devices:
             shard = crc32(device_id, shards)
@@ -188,10 +193,9 @@ class Enqueuer:
             group[0].append(index[shard] + device_id)
             group[1].extend((device_id, _STREAM_INDEX[platform],
                              render(device_id, platform, token, locale)))
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for shard_keys, args in by_shard.values():
-                await self._enqueue(keys=shard_keys, args=args, client=pipe)
-            results = await pipe.execute()
+        # One pipeline: one round trip per master of a cluster (eval_many).
+        results = await eval_many(self.redis, self._enqueue, list(by_shard.values()),
+                                  self.replica_wait)
         enqueued = sum(int(r[0]) for r in results)
         limited = sum(int(r[1]) for r in results)
         metrics.MATCH_RATE_LIMITED.inc(limited)
@@ -200,7 +204,11 @@ class Enqueuer:
     async def post(self, fanout: Fanout, devices: list[Device]) -> None:
         """A page of the fan-out onto the work stream, for any matcher."""
         item = _encode_item(WorkItem(fanout, devices)).decode()
-        await self.redis.xadd(keys.FANOUT_WORK_STREAM, {"item": item})
+        stream = keys.FANOUT_WORK_STREAM
+        [reply] = await write_all(self.redis, [(stream, ("XADD", stream, "*", "item", item))],
+                                  self.replica_wait)
+        if isinstance(reply, Exception):
+            raise reply
         metrics.FANOUT_ITEMS.labels("posted").inc()
 
     async def backlog(self) -> int:

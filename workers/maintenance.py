@@ -16,12 +16,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import asyncpg
-import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 
 from server import metrics
 from server.store import accounts, housekeeping, positions, review, transparency
 from server.store.db import STORE_UNAVAILABLE
+from server.store.redisclient import REDIS_UNAVAILABLE, RedisClient
 
 log = logging.getLogger(__name__)
 
@@ -62,13 +61,18 @@ async def apply_retention(pool: asyncpg.Pool, retention: Retention, now: dt.date
 
 
 async def maintain_once(pool: asyncpg.Pool, retention: Retention,
-                        redis: aioredis.Redis | None = None) -> None:
+                        redis: RedisClient | None = None) -> None:
     now = dt.datetime.now(dt.UTC)
     expired = await review.expire(pool, now)
     purged = await housekeeping.purge_exact_locations(pool, retention.exact_location, now)
     sessions = await accounts.purge_expired_sessions(pool, now)
     # Positions are also dropped when a cardiac arrest looks for responders; this
     # forgets them on time when none happens.
+    if redis:
+        adopted = await positions.adopt_legacy_keys(redis)
+        if adopted:
+            log.info("maintenance: %d positions moved from the keys of before the hash "
+                     "tags", adopted)
     forgotten = (await positions.RESPONDERS.forget_stale(redis, now.timestamp())
                  if redis else 0)
     deliveries, incidents = await apply_retention(pool, retention, now)
@@ -80,7 +84,7 @@ async def maintain_once(pool: asyncpg.Pool, retention: Retention,
 
 
 async def run_maintenance(pool: asyncpg.Pool, retention: Retention, stop: asyncio.Event,
-                          *, redis: aioredis.Redis | None = None,
+                          *, redis: RedisClient | None = None,
                           interval_s: float = 30.0) -> None:
     while not stop.is_set():
         try:
@@ -88,7 +92,7 @@ async def run_maintenance(pool: asyncpg.Pool, retention: Retention, stop: asynci
         except STORE_UNAVAILABLE as exc:
             metrics.MAINTENANCE_FAILURES.inc()
             log.warning("maintenance: store unavailable: %s", exc)
-        except (RedisError, OSError) as exc:
+        except REDIS_UNAVAILABLE as exc:
             log.warning("maintenance: redis unavailable: %s", exc)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=interval_s)

@@ -27,7 +27,6 @@ from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 
 import asyncpg
-import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from server import keys, metrics
@@ -47,6 +46,7 @@ from server.store.audience import (
     hourly_limit,
     near_positions,
 )
+from server.store.redisclient import NO_WAIT, RedisClient, ReplicaWait
 from workers.fanout import Device, Enqueuer, Fanout, FanoutLimits, decode_item
 from workers.push import Push
 from workers.streams import TRANSIENT, Entry, StreamConsumer, sleep_unless
@@ -73,14 +73,17 @@ Keep = Callable[[asyncpg.Record], bool]
 
 
 class Matcher:
-    def __init__(self, pool: asyncpg.Pool, redis: aioredis.Redis, *,
+    def __init__(self, pool: asyncpg.Pool, redis: RedisClient, *,
                  device_pushes_per_hour: int = 10,
                  location_ttl: dt.timedelta = DEFAULT_LOCATION_TTL,
                  shards: int = keys.DEFAULT_PUSH_STREAM_SHARDS,
-                 limits: FanoutLimits | None = None) -> None:
+                 limits: FanoutLimits | None = None,
+                 replica_wait: ReplicaWait = NO_WAIT) -> None:
         # Every read of the match goes through ``self.pool``.
         self.pool = pool
         self.redis = redis
+        # Pushes enqueued are on the replicas before the incident is acknowledged.
+        self.replica_wait = replica_wait
         self.shards = shards
         self.limits = limits or FanoutLimits()
         self.near_me = positions.near_me(location_ttl.total_seconds())
@@ -88,7 +91,7 @@ class Matcher:
         # this many pushes an hour a device gets only the most severe categories and
         # CPR calls (0 switches the limit off).
         self.device_pushes_per_hour = device_pushes_per_hour
-        self.enqueuer = Enqueuer(redis, shards)
+        self.enqueuer = Enqueuer(redis, shards, replica_wait)
 
     async def match_incident(self, incident_id: str, now: dt.datetime) -> MatchResult:
         incident = await matching.incident(self.pool, incident_id)

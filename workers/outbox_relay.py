@@ -11,31 +11,30 @@ import contextlib
 import logging
 
 import asyncpg
-import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 
 from server.store.db import STORE_UNAVAILABLE
 from server.store.publish import relay_outbox
+from server.store.redisclient import NO_WAIT, REDIS_UNAVAILABLE, RedisClient, ReplicaWait
 
 log = logging.getLogger(__name__)
 
 GRACE_S = 2.0
-_TRANSIENT: tuple[type[BaseException], ...] = (RedisError, *STORE_UNAVAILABLE)
+_TRANSIENT: tuple[type[BaseException], ...] = (*REDIS_UNAVAILABLE, *STORE_UNAVAILABLE)
 
 
-async def relay_once(pool: asyncpg.Pool, redis: aioredis.Redis, *, limit: int = 500,
-                     grace_s: float = GRACE_S) -> int:
-    published = await relay_outbox(pool, redis, limit=limit, grace_s=grace_s)
+async def relay_once(pool: asyncpg.Pool, redis: RedisClient, *, limit: int = 500,
+                     grace_s: float = GRACE_S, wait: ReplicaWait = NO_WAIT) -> int:
+    published = await relay_outbox(pool, redis, limit=limit, grace_s=grace_s, wait=wait)
     if published:
         log.info("outbox relay published %d incidents", published)
     return published
 
 
-async def run_relay(pool: asyncpg.Pool, redis: aioredis.Redis, stop: asyncio.Event,
-                    *, interval_s: float = 1.0) -> None:
+async def run_relay(pool: asyncpg.Pool, redis: RedisClient, stop: asyncio.Event,
+                    *, interval_s: float = 1.0, wait: ReplicaWait = NO_WAIT) -> None:
     while not stop.is_set():
         try:
-            while await relay_once(pool, redis):
+            while await relay_once(pool, redis, wait=wait):
                 pass
         except _TRANSIENT as exc:
             log.warning("outbox relay: %s; will retry", exc)

@@ -16,12 +16,12 @@ import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import asyncpg
-import redis.asyncio as aioredis
 
 from server import keys
 from server.metrics import bound_port, serve_metrics
 from server.settings import FCM_STREAMS, ConfigError, Settings
 from server.store.db import create_pool
+from server.store.redisclient import RedisClient, connect, replica_wait
 from workers import backlog
 from workers.apns import ApnsGateway
 from workers.apns_token import SharedProviderToken
@@ -50,7 +50,7 @@ def fanout_limits(settings: Settings) -> FanoutLimits:
 SHUTDOWN_GRACE_S = 20.0
 
 
-def build_gateway(settings: Settings, platform: str, redis: aioredis.Redis) -> Gateway:
+def build_gateway(settings: Settings, platform: str, redis: RedisClient) -> Gateway:
     if platform == "apns":
         apns = settings.apns
         if apns is None:
@@ -78,11 +78,11 @@ def build_gateway(settings: Settings, platform: str, redis: aioredis.Redis) -> G
 
 
 @contextlib.asynccontextmanager
-async def resources(settings: Settings) -> AsyncIterator[tuple[asyncpg.Pool, aioredis.Redis]]:
+async def resources(settings: Settings) -> AsyncIterator[tuple[asyncpg.Pool, RedisClient]]:
     pool = await create_pool(settings.database_url, min_size=1, max_size=10)
-    # Strings decoded by hiredis, in C.
-    redis = aioredis.Redis.from_url(settings.redis_url, socket_connect_timeout=5,
-                                    health_check_interval=30, decode_responses=True)
+    # Strings decoded by hiredis, in C. A single node or a Redis Cluster (redisclient).
+    redis = await connect(settings.redis_url, settings.redis_mode, socket_connect_timeout=5,
+                          health_check_interval=30, decode_responses=True)
     try:
         yield pool, redis
     finally:
@@ -92,7 +92,7 @@ async def resources(settings: Settings) -> AsyncIterator[tuple[asyncpg.Pool, aio
 
 @contextlib.asynccontextmanager
 async def exported_metrics(settings: Settings, kind: str, pool: asyncpg.Pool,
-                           redis: aioredis.Redis) -> AsyncIterator[None]:
+                           redis: RedisClient) -> AsyncIterator[None]:
     """``/metrics`` on GEOPUSH_METRICS_PORT while the worker runs (nothing when unset)."""
     if settings.metrics_port is None:
         yield
@@ -141,7 +141,7 @@ async def worker_main(
             if ready:
                 await ready()
             await asyncio.gather(
-                run_relay(pool, redis, stop),
+                run_relay(pool, redis, stop, wait=replica_wait(settings)),
                 run_maintenance(pool, Retention(settings.exact_location_retention,
                                                 settings.delivery_retention,
                                                 settings.incident_retention), stop,
@@ -153,7 +153,8 @@ async def worker_main(
                               device_pushes_per_hour=settings.device_pushes_per_hour,
                               location_ttl=settings.location_ttl,
                               shards=settings.push_stream_shards,
-                              limits=fanout_limits(settings))
+                              limits=fanout_limits(settings),
+                              replica_wait=replica_wait(settings))
             # Incidents a few at a time, waiting briefly when there are none (a work
             # item another matcher posted, or room on the push streams, may come
             # meanwhile); work items one at a time.

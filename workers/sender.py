@@ -23,12 +23,12 @@ from typing import Any, Protocol
 
 import asyncpg
 import msgspec
-import redis.asyncio as aioredis
 
 from server import keys
 from server.metrics import PushMetrics
 from server.store import deliveries
 from server.store.devices import disable_token
+from server.store.redisclient import RedisClient, eval_many
 from workers.push import Done, Failed, Outcome, Push, Retry, Sent, TokenGone, Withdrawn
 from workers.streams import TRANSIENT, Consumer, Entry, batches, sleep_unless
 
@@ -88,7 +88,7 @@ class Result(msgspec.Struct, frozen=True):
 
 class Sender:
     def __init__(
-        self, pool: asyncpg.Pool, redis: aioredis.Redis, gateway: Gateway, *,
+        self, pool: asyncpg.Pool, redis: RedisClient, gateway: Gateway, *,
         concurrency: int = 200, rng: random.Random | None = None,
         metrics: PushMetrics | None = None, shards: int = keys.DEFAULT_PUSH_STREAM_SHARDS,
     ) -> None:
@@ -173,7 +173,14 @@ class Sender:
                 log.warning("push failed incident=%s device=%s reason=%s", r.push.incident_id,
                             r.push.device_id, r.outcome.reason)
         if retries or dead:
-            async with self.redis.pipeline(transaction=True) as pipe:
+            # Not one transaction: the shards' retry schedules and the dead stream are
+            # in different slots (keys.DEAD_STREAM). Nothing needs it: the batch is
+            # acknowledged only after this, and a batch handled again re-adds the same
+            # schedule members (ZADD of an equal member is a no-op); a dead push may be
+            # recorded twice, as it could be after a crash between EXEC and the ack. A
+            # retry is in its push's shard, so on the master of the entry whose
+            # acknowledgement follows: replicated before it, in order.
+            async with self.redis.pipeline(transaction=False) as pipe:
                 for push, due in retries:
                     schedule = self.schedules[keys.device_shard(push.device_id, self.shards)]
                     pipe.zadd(schedule, {json.dumps(push.to_fields(), sort_keys=True): due})
@@ -186,10 +193,9 @@ class Sender:
         """Move retries that are due back onto their push streams: each shard's schedule
         onto the same shard's stream (one slot a call), all in one round trip."""
         now = now or time.time()
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for schedule, stream in zip(self.schedules, self.streams, strict=True):
-                await self._promote(keys=[schedule, stream], args=[now, limit], client=pipe)
-            moved = await pipe.execute()
+        moved = await eval_many(self.redis, self._promote, [
+            ([schedule, stream], [now, limit])
+            for schedule, stream in zip(self.schedules, self.streams, strict=True)])
         return sum(int(n) for n in moved)
 
 

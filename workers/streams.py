@@ -13,19 +13,27 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-import redis.asyncio as aioredis
-from redis.exceptions import RedisError, ResponseError
+from redis.commands.core import AsyncScript
+from redis.exceptions import ResponseError
 
 from server.store.db import STORE_UNAVAILABLE
+from server.store.redisclient import (
+    REDIS_UNAVAILABLE,
+    RedisClient,
+    ScriptCall,
+    eval_many,
+    xreadgroup,
+    xreadgroup_args,
+)
 
 log = logging.getLogger(__name__)
 
 Entry = tuple[str, dict[str, str]]
-TRANSIENT: tuple[type[BaseException], ...] = (RedisError, OSError, *STORE_UNAVAILABLE)
+TRANSIENT: tuple[type[BaseException], ...] = (*REDIS_UNAVAILABLE, *STORE_UNAVAILABLE)
 BatchHandler = Callable[[list[Entry]], Awaitable[None]]
 
 
-async def ensure_group(redis: aioredis.Redis, stream: str, group: str) -> None:
+async def ensure_group(redis: RedisClient, stream: str, group: str) -> None:
     try:
         await redis.xgroup_create(stream, group, id="0", mkstream=True)
     except ResponseError as exc:
@@ -46,7 +54,7 @@ class StreamConsumer:
 
     def __init__(
         self,
-        redis: aioredis.Redis,
+        redis: RedisClient,
         stream: str,
         group: str,
         consumer: str,
@@ -119,9 +127,8 @@ class StreamConsumer:
             if claimed:
                 log.info("reclaimed %d idle entries from %s", len(claimed), self.stream)
                 return claimed
-        response: Any = await self.redis.xreadgroup(
-            self.group, self.consumer, {self.stream: ">"}, count=count,
-            block=self.block_ms if block else None)
+        response: Any = await xreadgroup(self.redis, self.group, self.consumer, self.stream,
+                                         count, self.block_ms if block else None)
         entries: list[Entry] = [(eid, fields) for _stream, items in response or []
                                 for eid, fields in items]
         self._inflight.update(eid for eid, _ in entries)
@@ -142,13 +149,15 @@ class StreamConsumer:
             await self._ack_and_delete(keys=[self.stream], args=[self.group, *chunk])
             self._inflight.difference_update(chunk)
 
-    async def ack_in(self, pipe: Any, ids: list[str]) -> None:
-        """``ack``'s script calls queued on a pipeline (the caller executes it, then
-        calls ``release`` for the ids, which are no longer in flight)."""
-        for start in range(0, len(ids), _ACK_CHUNK):
-            await self._ack_and_delete(keys=[self.stream],
-                                       args=[self.group, *ids[start:start + _ACK_CHUNK]],
-                                       client=pipe)
+    def ack_calls(self, ids: list[str]) -> list[ScriptCall]:
+        """``ack``'s script calls, for the caller to run with others (``eval_many``),
+        then ``release`` the ids, which are no longer in flight."""
+        return [([self.stream], [self.group, *ids[start:start + _ACK_CHUNK]])
+                for start in range(0, len(ids), _ACK_CHUNK)]
+
+    @property
+    def ack_script(self) -> AsyncScript:
+        return self._ack_and_delete
 
 
 class ShardedConsumer:
@@ -166,7 +175,7 @@ class ShardedConsumer:
 
     def __init__(
         self,
-        redis: aioredis.Redis,
+        redis: RedisClient,
         streams: list[str],
         group: str,
         consumer: str,
@@ -247,8 +256,9 @@ class ShardedConsumer:
         for _ in range(2):
             async with self.redis.pipeline(transaction=False) as pipe:
                 for index, share in wanted:
-                    pipe.xreadgroup(self.group, self.consumer, {self.streams[index]: ">"},
-                                    count=share)
+                    args, options = xreadgroup_args(self.redis, self.group, self.consumer,
+                                                    self.streams[index], share)
+                    pipe.execute_command(*args, **options)
                 responses: list[Any] = await pipe.execute()
             full = []
             for (index, share), response in zip(wanted, responses, strict=True):
@@ -276,11 +286,10 @@ class ShardedConsumer:
 
     async def _wait(self, index: int, count: int) -> None:
         try:
-            response = await self.redis.xreadgroup(
-                self.group, self.consumer, {self.streams[index]: ">"}, count=count,
-                block=self.block_ms)
+            response = await xreadgroup(self.redis, self.group, self.consumer,
+                                        self.streams[index], count, self.block_ms)
             self._arrived_from(index, response)
-        except (RedisError, OSError) as exc:
+        except REDIS_UNAVAILABLE as exc:
             # The next read's own pass meets the same trouble and handles it (a lost
             # group is made again); waiting is all this was for.
             log.debug("waiting on %s failed: %s", self.streams[index], exc)
@@ -313,10 +322,11 @@ class ShardedConsumer:
         by_shard = self._split(ids)
         if not by_shard:
             return
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for index, raw in by_shard.items():
-                await self.shards[index].ack_in(pipe, raw)
-            await pipe.execute()
+        # One script for every shard (the same text): one pipeline, one round trip per
+        # master of a cluster, each call in its shard's slot.
+        calls = [call for index, raw in by_shard.items()
+                 for call in self.shards[index].ack_calls(raw)]
+        await eval_many(self.redis, self.shards[0].ack_script, calls)
         for index, raw in by_shard.items():
             self.shards[index].release(raw)
 
@@ -379,10 +389,10 @@ async def batches(
             log.warning("consumer group %s on %s is gone; recreating it",
                         consumer.group, consumer.stream)
             await sleep_unless(stop, backoff)
-            with contextlib.suppress(RedisError, OSError):
+            with contextlib.suppress(*REDIS_UNAVAILABLE):
                 await consumer.setup()
             continue
-        except (RedisError, OSError) as exc:
+        except REDIS_UNAVAILABLE as exc:
             log.warning("reading %s failed: %s; retrying in %.1fs", consumer.stream, exc, backoff)
             await sleep_unless(stop, backoff)
             backoff = min(backoff * 2, 10)

@@ -17,7 +17,7 @@ import shutil
 import socket
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 
@@ -158,6 +158,8 @@ class PrivateRedis:
     directory: Path
     port: int = 0
     process: subprocess.Popen[bytes] | None = None
+    # More redis-server options, e.g. a cluster node's.
+    options: tuple[str, ...] = ()
 
     def url(self, db: int = 0) -> str:
         return f"redis://127.0.0.1:{self.port}/{db}"
@@ -172,7 +174,7 @@ class PrivateRedis:
         self.process = subprocess.Popen(  # noqa: S603
             [binary, "--bind", "127.0.0.1", "--port", str(self.port), "--save", "",
              "--appendonly", "no", "--dir", str(self.directory),
-             "--logfile", str(self.directory / "redis.log")],
+             "--logfile", str(self.directory / "redis.log"), *self.options],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             # Its own session: a terminal's Ctrl-C must not stop Redis before the
             # workers using it have drained; stop() ends it afterwards.
@@ -180,6 +182,13 @@ class PrivateRedis:
         )
         wait_for_port(self.port, timeout=10)
         return self
+
+    def kill(self) -> None:
+        """SIGKILL, as a crashed machine: no shutdown, nothing flushed."""
+        if self.process and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self.process = None
 
     def stop(self) -> None:
         if self.process and self.process.poll() is None:
@@ -190,6 +199,109 @@ class PrivateRedis:
                 self.process.kill()
                 self.process.wait()
         self.process = None
+
+
+@dataclass
+class PrivateRedisCluster:
+    """A Redis Cluster on 127.0.0.1: ``masters`` nodes sharing the 16,384 slots, each
+    with ``replicas`` replicas, nothing persisted. Its URL names one master: any node
+    is enough for a cluster client to find the others."""
+
+    directory: Path
+    masters: int = 3
+    replicas: int = 0
+    # How long a node may be unreachable before the others fail it over (ms): short,
+    # so a failover test needs seconds, not Redis's default 15.
+    node_timeout_ms: int = 1000
+    # The first node's port (the URL's), when it must be known before the start.
+    first_port: int = 0
+    nodes: list[PrivateRedis] = field(default_factory=list)
+
+    def url(self) -> str:
+        return self.nodes[0].url()
+
+    def start(self) -> PrivateRedisCluster:
+        cli = shutil.which("redis-cli")
+        if not cli:
+            raise DevEnvError("redis-cli not found (install redis-tools)")
+        if self.masters < 3:
+            raise ValueError("a Redis Cluster needs at least three masters")
+        self.directory.mkdir(parents=True, exist_ok=True)
+        try:
+            for i in range(self.masters * (1 + self.replicas)):
+                node_dir = self.directory / f"node{i}"
+                options = (
+                    "--cluster-enabled", "yes",
+                    "--cluster-config-file", str(node_dir / "nodes.conf"),
+                    # The bus port is the client port + 10000 unless set: a free one.
+                    "--cluster-port", str(free_port()),
+                    "--cluster-node-timeout", str(self.node_timeout_ms),
+                    # A replica may always take over, however long its master was gone.
+                    "--cluster-replica-validity-factor", "0",
+                )
+                port = self.first_port if i == 0 else 0
+                self.nodes.append(PrivateRedis(node_dir, port=port, options=options))
+                self.nodes[-1].start()
+            res = subprocess.run(  # noqa: S603
+                [cli, "--cluster", "create", *(f"127.0.0.1:{n.port}" for n in self.nodes),
+                 "--cluster-replicas", str(self.replicas), "--cluster-yes"],
+                capture_output=True, text=True, check=False, timeout=60,
+            )
+            if res.returncode != 0:
+                raise DevEnvError(f"redis-cli --cluster create failed: {res.stdout}{res.stderr}")
+            self.wait_until_ok()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def info(self, node: PrivateRedis, section: str) -> dict[str, str]:
+        """``INFO section`` (or ``CLUSTER INFO`` for "cluster-info") of one node."""
+        cli = shutil.which("redis-cli") or "redis-cli"
+        args = ["cluster", "info"] if section == "cluster-info" else ["info", section]
+        out = subprocess.run(  # noqa: S603
+            [cli, "-p", str(node.port), *args], capture_output=True, text=True,
+            check=False, timeout=10,
+        ).stdout
+        return dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
+
+    def wait_until_ok(self, timeout: float = 30.0) -> None:
+        """Until every live node says ``cluster_state:ok`` and every live replica has
+        its master's data (``master_link_status:up``)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            live = [n for n in self.nodes if n.process is not None]
+            states = [self.info(n, "cluster-info").get("cluster_state") for n in live]
+            links = [r.get("master_link_status", "up") for r in
+                     (self.info(n, "replication") for n in live) if r.get("role") == "slave"]
+            if all(s == "ok" for s in states) and all(link == "up" for link in links):
+                return
+            if time.monotonic() > deadline:
+                raise DevEnvError(f"Redis Cluster not ready after {timeout}s: {states} {links}")
+            time.sleep(0.1)
+
+    def role(self, node: PrivateRedis) -> str:
+        """``master`` or ``slave``, as the node says now."""
+        return self.info(node, "replication").get("role", "")
+
+    def replicas_of(self, master: PrivateRedis) -> list[PrivateRedis]:
+        """The live nodes replicating ``master`` now."""
+        return [n for n in self.nodes if n.process is not None and n is not master
+                and self.info(n, "replication").get("master_port") == str(master.port)]
+
+    def wait_for_failover(self, replicas: list[PrivateRedis], timeout: float = 30.0) -> None:
+        """Until one of ``replicas`` (of a master that died) is a master, and the
+        cluster is whole again."""
+        deadline = time.monotonic() + timeout
+        while not any(self.role(r) == "master" for r in replicas):
+            if time.monotonic() > deadline:
+                raise DevEnvError(f"no replica took over within {timeout}s")
+            time.sleep(0.1)
+        self.wait_until_ok(max(1.0, deadline - time.monotonic()))
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
 
 
 def wait_for_port(port: int, host: str = "127.0.0.1", timeout: float = 10.0) -> None:

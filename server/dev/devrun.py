@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import shutil
 import socket
 import sys
 import threading
@@ -22,7 +23,7 @@ from honcho.environ import parse_procfile
 from honcho.manager import Manager
 
 from server.dev import demo
-from server.dev.devenv import PrivatePostgres, PrivateRedis
+from server.dev.devenv import PrivatePostgres, PrivateRedis, PrivateRedisCluster
 from server.dev.devkeys import (
     DEV_FCM_PROJECT,
     ensure_apns_key,
@@ -135,13 +136,20 @@ def run(project: Path) -> int:
               file=sys.stderr)
         return 1
     pg: PrivatePostgres | None = None
-    rd: PrivateRedis | None = None
+    rd: PrivateRedis | PrivateRedisCluster | None = None
     try:
         if not env.get("GEOPUSH_DATABASE_URL"):
             print("geopush dev: starting private PostgreSQL+PostGIS under .geopush/postgres")
             pg = PrivatePostgres(state / "postgres").start()
             env["GEOPUSH_DATABASE_URL"] = pg.create_database("geopush")
-        if not env.get("GEOPUSH_REDIS_URL"):
+        if not env.get("GEOPUSH_REDIS_URL") and env.get("GEOPUSH_DEV_REDIS_CLUSTER") == "1":
+            print("geopush dev: starting a private 3-master Redis Cluster under "
+                  ".geopush/redis-cluster")
+            # Nothing is persisted: a cluster of new nodes on new ports each time.
+            shutil.rmtree(state / "redis-cluster", ignore_errors=True)
+            rd = PrivateRedisCluster(state / "redis-cluster", masters=3).start()
+            env["GEOPUSH_REDIS_URL"] = rd.url()
+        elif not env.get("GEOPUSH_REDIS_URL"):
             print("geopush dev: starting private Redis under .geopush/redis")
             rd = PrivateRedis(state / "redis").start()
             env["GEOPUSH_REDIS_URL"] = rd.url()

@@ -11,13 +11,13 @@ import datetime as dt
 from dataclasses import dataclass
 
 import asyncpg
-import redis.asyncio as aioredis
 
 from server import keys
 from server.domain.categories import MOST_SEVERE, RESPONDER_ONLY
 from server.domain.quiet import allowed_now
 from server.domain.zones import MAX_NEAR_ME_RADIUS_M
 from server.store import matching, positions
+from server.store.redisclient import RedisClient
 
 # How long after it occurred a push is still worth delivering (also the APNs
 # expiration and the FCM TTL).
@@ -52,7 +52,7 @@ class Audience:
     devices: list[asyncpg.Record]  # id, platform, token, locale, timezone, quiet hours
 
 
-async def find_audience(pool: asyncpg.Pool, redis: aioredis.Redis, target: Target, *,
+async def find_audience(pool: asyncpg.Pool, redis: RedisClient, target: Target, *,
                         near_me: positions.PositionSet | None = None,
                         forget: bool = True) -> Audience:
     """Devices the incident is for, before quiet hours, dedup and hourly limits.
@@ -79,7 +79,7 @@ async def find_audience(pool: asyncpg.Pool, redis: aioredis.Redis, target: Targe
         pool, target.geometry, target.category, point, near))
 
 
-async def near_positions(pool: asyncpg.Pool, redis: aioredis.Redis,
+async def near_positions(pool: asyncpg.Pool, redis: RedisClient,
                          near_me: positions.PositionSet, geometry: str,
                          point: tuple[float, float], *, forget: bool = True,
                          ) -> list[positions.Nearby]:
@@ -93,7 +93,7 @@ async def near_positions(pool: asyncpg.Pool, redis: aioredis.Redis,
     return await near_me.near(redis, *point, MAX_NEAR_ME_RADIUS_M + extent, forget=forget)
 
 
-async def area_near_positions(pool: asyncpg.Pool, redis: aioredis.Redis, area: str, *,
+async def area_near_positions(pool: asyncpg.Pool, redis: RedisClient, area: str, *,
                               location_ttl: dt.timedelta) -> list[positions.Nearby]:
     """The near-me positions a manual alert over ``area`` may reach right now (read
     only: for the preview before it is sent, and the size recorded when it is)."""
@@ -102,7 +102,7 @@ async def area_near_positions(pool: asyncpg.Pool, redis: aioredis.Redis, area: s
                                 area, point, forget=False)
 
 
-async def area_audience_size(pool: asyncpg.Pool, redis: aioredis.Redis, area: str, *,
+async def area_audience_size(pool: asyncpg.Pool, redis: RedisClient, area: str, *,
                              location_ttl: dt.timedelta) -> int:
     """How many devices a manual alert over ``area`` would reach right now, by zone
     or by near-me position."""
@@ -127,7 +127,7 @@ def hourly_limit(audience: Audience, category: str, per_hour: int) -> int:
 
 
 async def count_would_alert(
-    pool: asyncpg.Pool, redis: aioredis.Redis, target: Target, *, occurred_at: dt.datetime,
+    pool: asyncpg.Pool, redis: RedisClient, target: Target, *, occurred_at: dt.datetime,
     now: dt.datetime, per_hour: int, incident_id: object | None = None,
     location_ttl: dt.timedelta = DEFAULT_LOCATION_TTL,
     shards: int = keys.DEFAULT_PUSH_STREAM_SHARDS,

@@ -9,18 +9,17 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import redis.asyncio as aioredis
-
 from server import keys
 from server.keys import PLATFORMS, SENDER_GROUP
 from server.store import positions
+from server.store.redisclient import RedisClient
 
 
 def _s(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-async def _scrub_stream(redis: aioredis.Redis, stream: str, device_id: str,
+async def _scrub_stream(redis: RedisClient, stream: str, device_id: str,
                         group: str | None) -> int:
     removed = 0
     start = "-"
@@ -38,7 +37,7 @@ async def _scrub_stream(redis: aioredis.Redis, stream: str, device_id: str,
         start = "(" + _s(batch[-1][0])  # exclusive: after the last one seen
 
 
-async def scrub_device(redis: aioredis.Redis, device_id: str, shards: int) -> None:
+async def scrub_device(redis: RedisClient, device_id: str, shards: int) -> None:
     """Everything Redis holds about the device. Its keys are in its push shard; its
     pending pushes and retries are looked for in every shard's streams and schedules
     (short: acknowledged entries are deleted), so a push enqueued under another shard

@@ -13,9 +13,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import redis.asyncio as aioredis
-
 from server import keys
+from server.store.redisclient import RedisClient, is_cluster_client
 
 
 @dataclass(frozen=True)
@@ -36,28 +35,28 @@ class PositionSet:
     seen_key: str
     ttl_s: float
 
-    async def report(self, redis: aioredis.Redis, device_id: str, lat: float, lon: float,
+    async def report(self, redis: RedisClient, device_id: str, lat: float, lon: float,
                      now: float | None = None) -> None:
         async with redis.pipeline(transaction=True) as pipe:
             pipe.geoadd(self.geo_key, (lon, lat, device_id))
             pipe.zadd(self.seen_key, {device_id: now or time.time()})
             await pipe.execute()
 
-    async def forget(self, redis: aioredis.Redis, device_ids: list[str]) -> None:
+    async def forget(self, redis: RedisClient, device_ids: list[str]) -> None:
         if device_ids:
             async with redis.pipeline(transaction=True) as pipe:
                 pipe.zrem(self.geo_key, *device_ids)
                 pipe.zrem(self.seen_key, *device_ids)
                 await pipe.execute()
 
-    async def forget_stale(self, redis: aioredis.Redis, now: float | None = None) -> int:
+    async def forget_stale(self, redis: RedisClient, now: float | None = None) -> int:
         cutoff = (now or time.time()) - self.ttl_s
         stale: list[Any] = await redis.zrangebyscore(self.seen_key, "-inf", cutoff)
         ids = [_s(s) for s in stale]
         await self.forget(redis, ids)
         return len(ids)
 
-    async def near(self, redis: aioredis.Redis, lat: float, lon: float, radius_m: float,
+    async def near(self, redis: RedisClient, lat: float, lon: float, radius_m: float,
                    now: float | None = None, *, forget: bool = True) -> list[Nearby]:
         """Devices whose last position (within the time-to-live) is within radius_m,
         nearest first: one GEOSEARCH, whatever the number of devices. ``forget``:
@@ -89,7 +88,41 @@ def near_me(ttl_s: float) -> PositionSet:
     return PositionSet(keys.NEAR_ME_GEO, keys.NEAR_ME_SEEN, ttl_s)
 
 
-async def forget_device(redis: aioredis.Redis, device_id: str) -> None:
+async def forget_device(redis: RedisClient, device_id: str) -> None:
     """Every position of a device, in both sets (erasure)."""
     await RESPONDERS.forget(redis, [device_id])
     await near_me(0).forget(redis, [device_id])
+
+
+# KEYS: pairs of (old name, new name). Moves each old sorted set into the new one: a
+# rename when the new one is empty, else its members the new one lacks (a position
+# reported under the new name is newer than the same device's under the old one).
+_ADOPT = """
+local moved = 0
+for i = 1, #KEYS, 2 do
+  local old, new = KEYS[i], KEYS[i + 1]
+  if redis.call('EXISTS', old) == 1 then
+    moved = moved + redis.call('ZCARD', old)
+    if redis.call('EXISTS', new) == 0 then
+      redis.call('RENAME', old, new)
+    else
+      local members = redis.call('ZRANGE', old, 0, -1, 'WITHSCORES')
+      for j = 1, #members, 2 do
+        redis.call('ZADD', new, 'NX', members[j + 1], members[j])
+      end
+      redis.call('DEL', old)
+    end
+  end
+end
+return moved
+"""
+
+
+async def adopt_legacy_keys(redis: RedisClient) -> int:
+    """Positions still under the position keys' names of before the hash tags (left by
+    the upgrade, or written by a web process of the old version during a rolling one),
+    moved under the current names, atomically; how many. Nothing to do on a cluster."""
+    if is_cluster_client(redis):
+        return 0
+    names = [name for pair in keys.LEGACY_POSITION_KEYS for name in pair]
+    return int(await redis.register_script(_ADOPT)(keys=names))

@@ -15,10 +15,9 @@ import datetime as dt
 import logging
 
 import asyncpg
-import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 
 from server import keys
+from server.store.redisclient import NO_WAIT, REDIS_UNAVAILABLE, RedisClient, ReplicaWait, write_all
 
 log = logging.getLogger(__name__)
 
@@ -26,11 +25,17 @@ log = logging.getLogger(__name__)
 STREAM_MAXLEN = 1_000_000
 
 
-async def xadd_incident(redis: aioredis.Redis, incident_id: str) -> None:
-    await redis.xadd(
-        keys.INCIDENTS_STREAM, {"incident_id": incident_id},
-        maxlen=STREAM_MAXLEN, approximate=True,
-    )
+async def xadd_incidents(redis: RedisClient, incident_ids: list[str],
+                         wait: ReplicaWait = NO_WAIT) -> None:
+    """On the stream, in one round trip, and on ``wait.replicas`` replicas when asked
+    (before the caller deletes the outbox rows). Raises if any XADD failed."""
+    stream = keys.INCIDENTS_STREAM
+    replies = await write_all(redis, [
+        (stream, ("XADD", stream, "MAXLEN", "~", STREAM_MAXLEN, "*", "incident_id", i))
+        for i in incident_ids], wait)
+    for reply in replies:
+        if isinstance(reply, Exception):
+            raise reply
 
 
 class OutboxCleaner:
@@ -38,8 +43,11 @@ class OutboxCleaner:
     instead of one DELETE per webhook. A row not yet deleted is harmless: the relay
     only takes rows older than its grace period, and the matcher dedups a republish."""
 
-    def __init__(self, pool: asyncpg.Pool, interval_s: float = 0.05) -> None:
+    def __init__(self, pool: asyncpg.Pool, interval_s: float = 0.05,
+                 replica_wait: ReplicaWait = NO_WAIT) -> None:
         self._pool = pool
+        # What publishing must wait for before a row may go (ReplicaWait).
+        self.replica_wait = replica_wait
         self._interval = interval_s
         self._published: list[str] = []
         self._task: asyncio.Task[None] | None = None
@@ -76,13 +84,13 @@ class OutboxCleaner:
         await self.flush()
 
 
-async def publish_incident(redis: aioredis.Redis, cleaner: OutboxCleaner,
+async def publish_incident(redis: RedisClient, cleaner: OutboxCleaner,
                            incident_id: str) -> bool:
     """True when the incident is on the stream (its outbox row goes with the next
     batch); False when Redis is unreachable and the relay will publish it."""
     try:
-        await xadd_incident(redis, incident_id)
-    except (RedisError, OSError) as exc:
+        await xadd_incidents(redis, [incident_id], cleaner.replica_wait)
+    except REDIS_UNAVAILABLE as exc:
         log.warning("redis unavailable, incident %s left to the outbox relay: %s",
                     incident_id, exc)
         return False
@@ -90,8 +98,8 @@ async def publish_incident(redis: aioredis.Redis, cleaner: OutboxCleaner,
     return True
 
 
-async def relay_outbox(pool: asyncpg.Pool, redis: aioredis.Redis, *, limit: int,
-                       grace_s: float) -> int:
+async def relay_outbox(pool: asyncpg.Pool, redis: RedisClient, *, limit: int,
+                       grace_s: float, wait: ReplicaWait = NO_WAIT) -> int:
     """Outbox rows older than ``grace_s`` (younger ones are the writer's own business),
     locked so that several relays share the work, XADDed, then deleted, in one
     transaction: a row is deleted only once its incident is on the stream."""
@@ -102,9 +110,8 @@ async def relay_outbox(pool: asyncpg.Pool, redis: aioredis.Redis, *, limit: int,
                 ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED""",
             grace_s, limit,
         )
-        for row in rows:
-            await xadd_incident(redis, str(row["incident_id"]))
         if rows:
+            await xadd_incidents(redis, [str(row["incident_id"]) for row in rows], wait)
             await conn.execute("DELETE FROM outbox WHERE id = ANY($1::bigint[])",
                                [r["id"] for r in rows])
     return len(rows)

@@ -14,10 +14,8 @@ import logging
 import math
 from dataclasses import dataclass
 
-import redis.asyncio as aioredis
-from redis.exceptions import RedisError
-
 from server import keys
+from server.store.redisclient import REDIS_UNAVAILABLE, RedisClient, eval_many
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +45,7 @@ class Verdict:
 
 
 class RateLimiter:
-    def __init__(self, redis: aioredis.Redis) -> None:
+    def __init__(self, redis: RedisClient) -> None:
         self._script = redis.register_script(_GCRA)
 
     async def check(self, agency_id: str, per_minute: int, *, dry_run: bool = False) -> Verdict:
@@ -68,7 +66,7 @@ class RateLimiter:
         try:
             allowed, retry_ms = await self._script(
                 keys=[key], args=[period_ms / count, period_ms])
-        except (RedisError, OSError) as exc:
+        except REDIS_UNAVAILABLE as exc:
             log.warning("rate limiter unavailable, not enforcing: %s", exc)
             return Verdict(True)
         if allowed:
@@ -76,13 +74,16 @@ class RateLimiter:
         return Verdict(False, max(1, math.ceil(int(retry_ms) / 1000)))
 
 
-# KEYS: counters to read. Returns, per key, {count, ms until the window ends}.
-_READ_WINDOWS = """
-local out = {}
-for i, key in ipairs(KEYS) do
-  out[i] = {tonumber(redis.call('GET', key) or '0'), redis.call('PTTL', key)}
-end
-return out
+# KEYS[1]: a fixed-window counter. Returns {count, ms until the window ends}.
+_READ_WINDOW = """
+return {tonumber(redis.call('GET', KEYS[1]) or '0'), redis.call('PTTL', KEYS[1])}
+"""
+
+# KEYS[1]: a fixed-window counter, ARGV[1]: the window in seconds. The first count
+# opens the window (SET NX EX; INCR keeps the TTL). Returns the count.
+_COUNT_IN_WINDOW = """
+redis.call('SET', KEYS[1], 0, 'EX', ARGV[1], 'NX')
+return redis.call('INCR', KEYS[1])
 """
 
 
@@ -92,19 +93,24 @@ class LoginLimiter:
     many accounts from one). Like the agency limit, not enforced while Redis is down:
     the memory-hard password hash still bounds guessing."""
 
-    def __init__(self, redis: aioredis.Redis, *, failures_per_user: int = 5,
+    def __init__(self, redis: RedisClient, *, failures_per_user: int = 5,
                  attempts_per_address: int = 30, window_s: int = 15 * 60) -> None:
         self._redis = redis
-        self._read = redis.register_script(_READ_WINDOWS)
+        self._read = redis.register_script(_READ_WINDOW)
+        self._count = redis.register_script(_COUNT_IN_WINDOW)
         self.failures_per_user = failures_per_user
         self.attempts_per_address = attempts_per_address
         self.window_s = window_s
 
+    # The user's and the address's counters are in different slots (keys.login_failures
+    # says why): each is read and counted by a script of its own, two calls in one
+    # pipeline.
+
     async def check(self, username: str, address: str) -> Verdict:
         try:
-            (user_n, user_ttl), (addr_n, addr_ttl) = await self._read(
-                keys=[keys.login_failures(username), keys.login_attempts(address)])
-        except (RedisError, OSError) as exc:
+            (user_n, user_ttl), (addr_n, addr_ttl) = await eval_many(self._redis, self._read, [
+                ([keys.login_failures(username)], []), ([keys.login_attempts(address)], [])])
+        except REDIS_UNAVAILABLE as exc:
             log.warning("login limiter unavailable, not enforcing: %s", exc)
             return Verdict(True)
         waits = [ttl for n, ttl, cap in ((user_n, user_ttl, self.failures_per_user),
@@ -115,17 +121,13 @@ class LoginLimiter:
         return Verdict(False, max(1, math.ceil(max(int(w) for w in waits) / 1000)))
 
     async def attempted(self, username: str, address: str, succeeded: bool) -> None:
+        counted = [keys.login_attempts(address)]
         try:
-            async with self._redis.pipeline(transaction=True) as pipe:
-                # SET NX EX opens a window; INCR keeps its TTL (Redis 6.2 has no EXPIRE NX).
-                counted = [keys.login_attempts(address)]
-                if succeeded:
-                    pipe.delete(keys.login_failures(username))
-                else:
-                    counted.append(keys.login_failures(username))
-                for key in counted:
-                    pipe.set(key, 0, ex=self.window_s, nx=True)
-                    pipe.incr(key)
-                await pipe.execute()
-        except (RedisError, OSError) as exc:
+            if succeeded:
+                await self._redis.delete(keys.login_failures(username))
+            else:
+                counted.append(keys.login_failures(username))
+            await eval_many(self._redis, self._count,
+                            [([key], [self.window_s]) for key in counted])
+        except REDIS_UNAVAILABLE as exc:
             log.warning("login limiter unavailable, attempt not counted: %s", exc)

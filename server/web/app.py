@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 
-import redis.asyncio as aioredis
 from aiohttp import web
 
 from server.metrics import http_metrics_middleware, metrics_handler
@@ -17,6 +16,7 @@ from server.settings import Settings
 from server.store.db import create_pool
 from server.store.publish import OutboxCleaner
 from server.store.ratelimit import LoginLimiter, RateLimiter
+from server.store.redisclient import connect, replica_wait
 from server.web import openapi
 from server.web.agency_cache import AgencyCache
 from server.web.appkeys import (
@@ -59,7 +59,7 @@ async def _postgres(app: web.Application) -> AsyncIterator[None]:
     # PostgreSQL is still coming up or briefly down.
     app[POOL] = await create_pool(app[SETTINGS].database_url, min_size=0, max_size=20)
     app[AGENCIES] = AgencyCache(app[POOL])
-    app[OUTBOX] = OutboxCleaner(app[POOL])
+    app[OUTBOX] = OutboxCleaner(app[POOL], replica_wait=replica_wait(app[SETTINGS]))
     app[OUTBOX].start()
     yield
     await app[OUTBOX].stop()
@@ -67,9 +67,12 @@ async def _postgres(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _redis(app: web.Application) -> AsyncIterator[None]:
-    app[REDIS] = aioredis.Redis.from_url(
-        app[SETTINGS].redis_url, socket_timeout=2, socket_connect_timeout=2,
-        health_check_interval=30,
+    settings = app[SETTINGS]
+    app[REDIS] = await connect(
+        settings.redis_url, settings.redis_mode,
+        # Longer than a replica wait (which blocks its connection's read until then).
+        socket_timeout=max(2.0, settings.redis_wait_timeout_ms / 1000 + 1),
+        socket_connect_timeout=2, health_check_interval=30,
     )
     app[LIMITER] = RateLimiter(app[REDIS])
     app[LOGINS] = LoginLimiter(app[REDIS])

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncpg
-import redis.asyncio as aioredis
 from aiohttp import web
 
 from server.settings import Settings
 from server.store.publish import OutboxCleaner
 from server.store.ratelimit import LoginLimiter, RateLimiter
+from server.store.redisclient import RedisClient
 from server.web.agency_cache import AgencyCache
 from server.web.public_cache import PublicCache
 from server.web.registration import RegistrationCheck
@@ -16,7 +16,7 @@ from server.web.review_feed import ReviewFeed
 
 SETTINGS = web.AppKey("settings", Settings)
 POOL = web.AppKey("pool", asyncpg.Pool)
-REDIS = web.AppKey("redis", aioredis.Redis)
+REDIS: web.AppKey[RedisClient] = web.AppKey("redis")
 LIMITER = web.AppKey("limiter", RateLimiter)
 AGENCIES = web.AppKey("agencies", AgencyCache)
 OUTBOX = web.AppKey("outbox", OutboxCleaner)

@@ -19,7 +19,6 @@ import logging
 
 import asyncpg
 import msgspec
-import redis.asyncio as aioredis
 
 from server.domain import dryrun
 from server.domain.categories import UNMAPPED
@@ -32,6 +31,7 @@ from server.store.agencies import Agency
 from server.store.audience import DEFAULT_LOCATION_TTL, Target, count_would_alert
 from server.store.incidents import OUTDATED, republishes, stored_revision
 from server.store.ratelimit import RateLimiter
+from server.store.redisclient import RedisClient
 from server.web.agency_cache import AgencyCache
 from server.web.ingest import (
     Parser,
@@ -117,7 +117,7 @@ def validate(agency: Agency, fmt: str, parser: Parser, body: bytes, now: dt.date
 
 
 async def dry_run(
-    pool: asyncpg.Pool, redis: aioredis.Redis, agencies: AgencyCache,
+    pool: asyncpg.Pool, redis: RedisClient, agencies: AgencyCache,
     limiter: RateLimiter | None, *, agency_id: str, fmt: str, parser: Parser, body: bytes,
     signature: str | None, tolerance_s: int, dry_runs_per_minute: int,
     device_pushes_per_hour: int, now: dt.datetime, rejected_per_minute: int = 0,
@@ -167,7 +167,7 @@ async def dry_run(
     return answer
 
 
-async def _would_alert(pool: asyncpg.Pool, redis: aioredis.Redis, agency: Agency,
+async def _would_alert(pool: asyncpg.Pool, redis: RedisClient, agency: Agency,
                        incident: Incident, now: dt.datetime, per_hour: int,
                        incident_id: str | None, location_ttl: dt.timedelta,
                        shards: int) -> int:

@@ -9,7 +9,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import asyncpg
-import redis.asyncio as aioredis
 
 from server import keys
 from server.domain import signing
@@ -22,6 +21,7 @@ from server.store.agencies import Agency
 from server.store.incidents import store_incident
 from server.store.publish import OutboxCleaner, publish_incident
 from server.store.ratelimit import RateLimiter
+from server.store.redisclient import RedisClient
 from server.web.agency_cache import AgencyCache
 from server.web.problems import Problem, Unauthorized
 
@@ -132,7 +132,7 @@ async def name_the_neighbourhood(pool: asyncpg.Pool, incident: Incident) -> Inci
 
 async def ingest(
     pool: asyncpg.Pool,
-    redis: aioredis.Redis,
+    redis: RedisClient,
     agencies: AgencyCache,
     outbox: OutboxCleaner,
     *,

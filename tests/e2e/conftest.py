@@ -13,7 +13,6 @@ from typing import Any
 
 import asyncpg
 import pytest
-import redis.asyncio as aioredis
 from aiohttp.test_utils import TestClient, TestServer
 
 from loadtest.fake_apns import FakeApns
@@ -27,6 +26,7 @@ from server.dev.devkeys import (
     public_key_pem,
 )
 from server.settings import ApnsSettings, FcmSettings, Settings
+from server.store.redisclient import RedisClient
 from server.web.app import create_app
 from workers.runner import worker_main
 
@@ -37,7 +37,7 @@ class Stack:
     apns: FakeApns
     fcm: FakeFcm
     pool: asyncpg.Pool
-    redis: aioredis.Redis
+    redis: RedisClient
     settings: Settings
     stop: asyncio.Event
     extra: list[asyncio.Task[None]] = field(default_factory=list)
@@ -53,7 +53,7 @@ class Stack:
                        what="streams to drain")
 
 
-async def _all_streams_drained(redis: aioredis.Redis) -> bool:
+async def _all_streams_drained(redis: RedisClient) -> bool:
     shards = keys.DEFAULT_PUSH_STREAM_SHARDS
     streams = [keys.INCIDENTS_STREAM, keys.FANOUT_WORK_STREAM,
                *keys.push_streams("apns", shards),
@@ -92,7 +92,7 @@ ALL_WORKERS = ("matcher", "apns", "fcm", "relay")
 @pytest.fixture
 async def stack(
     request: pytest.FixtureRequest, settings: Settings, pool: asyncpg.Pool,
-    redis: aioredis.Redis, tmp_path: Path,
+    redis: RedisClient, tmp_path: Path,
 ) -> AsyncIterator[Stack]:
     """Mark a test ``@pytest.mark.workers("matcher", ...)`` to run only those workers,
     ``@pytest.mark.apns_critical_alerts`` to send as an app with Apple's critical-alerts

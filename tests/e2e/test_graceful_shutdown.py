@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from redis.asyncio.cluster import RedisCluster
 
 from loadtest.fake_apns import FakeApns
 from tests.e2e.conftest import Stack, wait_for
@@ -50,8 +51,12 @@ async def slow_gateway(stack: Stack) -> AsyncIterator[FakeApns]:
 async def blocked_in_xreadgroup(stack: Stack) -> bool:
     """Some Redis client waits in XREADGROUP: the sender is up and idle. (Redis 7.0
     lists a consumer only once it was handed an entry, so XINFO can't tell.)"""
-    return any(c.get("cmd") == "xreadgroup" and "b" in c.get("flags", "")
-               for c in await stack.redis.client_list())
+    if isinstance(stack.redis, RedisCluster):   # every master's clients
+        by_node = await stack.redis.client_list(target_nodes=RedisCluster.PRIMARIES)
+        clients = [c for listed in by_node.values() for c in listed]
+    else:
+        clients = await stack.redis.client_list()
+    return any(c.get("cmd") == "xreadgroup" and "b" in c.get("flags", "") for c in clients)
 
 
 @pytest.mark.slow

@@ -10,6 +10,7 @@ from dataclasses import replace
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
+from server import keys
 from server.dev.devenv import free_port
 from tests.e2e.conftest import Stack, wait_for
 from tests.helpers import POINT, circle, create_agency, create_device, incident
@@ -99,7 +100,7 @@ async def test_workers_serve_delivery_latency_outcomes_and_backlogs(stack: Stack
     apns = await scrape(url["apns"])
     assert value(apns, "geopush_push_delivery_seconds_count", platform="apns") >= 1
     assert value(apns, "geopush_push_delivery_seconds_bucket", platform="apns", le="+Inf") >= 1
-    stream = "geopush:{p0}:push:apns"   # every shard's stream is reported
+    stream = keys.push_stream("apns", 0)   # every shard's stream is reported
     assert value(apns, "geopush_stream_pending", stream=stream, group="senders") == 0
     assert value(apns, "geopush_stream_lag", stream=stream, group="senders") == 0
     assert ("geopush_stream_length", frozenset({("stream", stream)})) in apns

@@ -14,7 +14,6 @@ from typing import Any
 import asyncpg
 import msgspec
 import pytest
-import redis.asyncio as aioredis
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
@@ -24,6 +23,7 @@ from server.domain.pushtext import language
 from server.domain.signing import HEADER, sign
 from server.settings import Settings
 from server.store.agencies import get_agency
+from server.store.redisclient import RedisClient, connect
 from server.web.app import create_app
 from server.web.appkeys import POOL
 from server.web.dryrun import DryRunResult, validate
@@ -63,13 +63,13 @@ async def _post(client: Client, secret: str, content_type: str, body: bytes, *,
 
 
 @pytest.fixture
-async def raw_redis(services: Services) -> AsyncIterator[aioredis.Redis]:
-    r = aioredis.Redis.from_url(services.redis_url)
+async def raw_redis(services: Services) -> AsyncIterator[RedisClient]:
+    r = await connect(services.redis_url)
     yield r
     await r.aclose()
 
 
-async def _state(pool: asyncpg.Pool, redis: aioredis.Redis) -> dict[str, Any]:
+async def _state(pool: asyncpg.Pool, redis: RedisClient) -> dict[str, Any]:
     """Every table's rows and every Redis key's value but the dry runs' own rate limit."""
     tables = await pool.fetch(
         """SELECT table_name FROM information_schema.tables
@@ -82,13 +82,13 @@ async def _state(pool: asyncpg.Pool, redis: aioredis.Redis) -> dict[str, Any]:
             f'SELECT md5(coalesce(string_agg(x::text, \'|\' ORDER BY x::text), \'\')) '  # noqa: S608
             f'FROM "{name}" x')
     skip = {k.encode() for k in (keys.agency_dry_run_rate("seattle-fire"),)}
-    for key in sorted(await redis.keys("*")):
+    for key in sorted([k async for k in redis.scan_iter()]):   # SCAN: every master
         if key not in skip:
             state[f"redis:{key!r}"] = (await redis.dump(key), await redis.pttl(key) > 0)
     return state
 
 
-async def _neighbourhood(client: Client, redis: aioredis.Redis) -> None:
+async def _neighbourhood(client: Client, redis: RedisClient) -> None:
     """Phones around the fixtures' incident, and some the matcher must leave out."""
     await create_device(client, "apns", secrets.token_hex(32), circle(*POINT, 1500))
     await create_device(client, "fcm", fcm_token(), circle(*POINT, 1500),
@@ -121,7 +121,7 @@ def _place(text: str) -> str:
     return text.split(" · ", 1)[1]
 
 
-async def _queued(redis: aioredis.Redis, since: dict[str, str]) -> list[Push]:
+async def _queued(redis: RedisClient, since: dict[str, str]) -> list[Push]:
     out = []
     for platform in keys.PLATFORMS:
         for stream in keys.push_streams(platform, SHARDS):
@@ -135,8 +135,8 @@ async def _queued(redis: aioredis.Redis, since: dict[str, str]) -> list[Push]:
 
 @pytest.mark.parametrize("fmt", ["json", "cap", "eido"])
 async def test_dry_run_of_each_fixture_is_what_the_real_call_then_does(
-    fmt: str, client: Client, pool: asyncpg.Pool, redis: aioredis.Redis,
-    raw_redis: aioredis.Redis,
+    fmt: str, client: Client, pool: asyncpg.Pool, redis: RedisClient,
+    raw_redis: RedisClient,
 ) -> None:
     secret = await create_agency(client, call_types=SEATTLE)
     await _neighbourhood(client, redis)
@@ -198,7 +198,7 @@ async def test_dry_run_of_each_fixture_is_what_the_real_call_then_does(
 
 @pytest.mark.parametrize("fx", fixtures("refuse"), ids=str)
 async def test_a_refused_dry_run_answers_exactly_the_real_calls_problem(
-    fx: Fixture, client: Client, pool: asyncpg.Pool, raw_redis: aioredis.Redis,
+    fx: Fixture, client: Client, pool: asyncpg.Pool, raw_redis: RedisClient,
 ) -> None:
     secret = await create_agency(client, call_types=SEATTLE)
     body = fx.body(dt.datetime.now(dt.UTC) - dt.timedelta(minutes=10))
@@ -258,7 +258,7 @@ async def test_an_older_revision_is_outdated_in_the_dry_run_too(client: Client) 
 
 
 @pytest.fixture
-async def strict_client(settings: Settings, pool: asyncpg.Pool, redis: aioredis.Redis,
+async def strict_client(settings: Settings, pool: asyncpg.Pool, redis: RedisClient,
                         ) -> AsyncIterator[Client]:
     app: web.Application = create_app(replace(settings, dry_runs_per_minute=2))
     async with TestClient(TestServer(app)) as c:
@@ -266,7 +266,7 @@ async def strict_client(settings: Settings, pool: asyncpg.Pool, redis: aioredis.
 
 
 async def test_dry_runs_have_a_rate_limit_of_their_own(
-    strict_client: Client, redis: aioredis.Redis,
+    strict_client: Client, redis: RedisClient,
 ) -> None:
     client = strict_client
     secret = await create_agency(client, call_types=SEATTLE)
@@ -289,7 +289,7 @@ async def test_dry_runs_have_a_rate_limit_of_their_own(
 
 
 async def test_would_alert_counts_responders_for_a_cardiac_arrest(
-    client: Client, pool: asyncpg.Pool, redis: aioredis.Redis,
+    client: Client, pool: asyncpg.Pool, redis: RedisClient,
 ) -> None:
     secret = await create_agency(client, call_types=SEATTLE)
     responders = []
@@ -370,7 +370,7 @@ async def test_a_drifting_clock_is_warned_before_it_is_refused(client: Client) -
 
 
 async def test_would_alert_leaves_out_phones_another_agency_alerted_for_the_same_event(
-    client: Client, pool: asyncpg.Pool, redis: aioredis.Redis,
+    client: Client, pool: asyncpg.Pool, redis: RedisClient,
 ) -> None:
     fire = await create_agency(client)
     police = await create_agency(client, "seattle-police")

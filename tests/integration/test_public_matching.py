@@ -16,7 +16,6 @@ from typing import Any, TypeVar
 
 import asyncpg
 import pytest
-import redis.asyncio as aioredis
 import shapely
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
@@ -27,6 +26,7 @@ from server.domain.normalize import normalize
 from server.domain.zones import Area, Circle, Zone
 from server.store.devices import replace_zones
 from server.store.incidents import store_incident
+from server.store.redisclient import connect
 from tests.conftest import Services
 from tests.helpers import push_entries
 from workers.matcher import Matcher
@@ -43,7 +43,7 @@ class World:
         asyncio.set_event_loop(self.loop)
         self.pool: asyncpg.Pool = self.run(asyncpg.create_pool(services.database_url,
                                                                min_size=1, max_size=2))
-        self.redis = aioredis.Redis.from_url(services.redis_url, decode_responses=True)
+        self.redis = self.run(connect(services.redis_url, decode_responses=True))
         self.matcher = Matcher(self.pool, self.redis, device_pushes_per_hour=0)
         self.counter = 0
 

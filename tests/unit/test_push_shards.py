@@ -11,6 +11,7 @@ import zlib
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from redis.crc import key_slot
 
 from server import keys
 from server.settings import ConfigError, Settings
@@ -44,7 +45,7 @@ def test_every_key_of_a_device_is_in_its_shards_slot(
         keys.pushed(event.replace("{", "").replace("}", ""), shard),
         *(keys.push_stream(p, shard) for p in keys.PLATFORMS),
         *(keys.retry_schedule(p, shard) for p in keys.PLATFORMS))}
-    assert tags == {f"p{shard}"}
+    assert tags == {keys.shard_tag(shard)}
 
 
 def test_shards_spread_devices_evenly() -> None:
@@ -57,7 +58,8 @@ def test_shards_spread_devices_evenly() -> None:
 
 def test_a_platform_has_one_stream_per_shard() -> None:
     assert keys.push_streams("apns", 3) == [
-        "geopush:{p0}:push:apns", "geopush:{p1}:push:apns", "geopush:{p2}:push:apns"]
+        "geopush:{p0.425}:push:apns", "geopush:{p1.1840}:push:apns",
+        "geopush:{p2.171}:push:apns"]
     with pytest.raises(ValueError, match="platform"):
         keys.push_stream("sms", 0)
 
@@ -71,3 +73,29 @@ def test_shard_count_setting() -> None:
 def test_a_bad_shard_count_names_the_setting(value: str) -> None:
     with pytest.raises(ConfigError, match="GEOPUSH_PUSH_STREAM_SHARDS"):
         Settings.from_env({**BASE, "GEOPUSH_PUSH_STREAM_SHARDS": value})
+
+
+def _masters(shards: int, masters: int) -> list[int]:
+    """Shards per master of a cluster whose masters hold equal contiguous slot ranges
+    (as ``redis-cli --cluster create`` makes them)."""
+    counts = [0] * masters
+    for shard in range(shards):
+        slot = key_slot(keys.push_stream("apns", shard).encode())
+        counts[min(slot * masters // keys.SLOTS, masters - 1)] += 1
+    return counts
+
+
+@pytest.mark.parametrize("shards", [8, 16, 32, 64])
+@pytest.mark.parametrize("masters", range(2, 9))
+def test_shards_spread_evenly_over_the_masters(shards: int, masters: int) -> None:
+    counts = _masters(shards, masters)
+    assert max(counts) - min(counts) <= 1, counts
+
+
+def test_a_shard_tag_is_its_number_and_a_suffix() -> None:
+    assert keys.shard_tag(3) == keys.shard_tag(3)
+    assert re.fullmatch(r"p3\.\d+", keys.shard_tag(3))
+    assert len({keys.shard_tag(k) for k in range(keys.MAX_PUSH_STREAM_SHARDS)}) \
+        == keys.MAX_PUSH_STREAM_SHARDS
+    with pytest.raises(ValueError, match="shard"):
+        keys.shard_tag(keys.MAX_PUSH_STREAM_SHARDS)
