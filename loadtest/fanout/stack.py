@@ -131,10 +131,11 @@ def async_redis_client(url: str, cluster: bool) -> Any:
 @dataclass
 class FanoutServices(Services):
     cluster: PrivateCluster | None = None
+    given_cluster: bool = False   # the URLs given name a Redis Cluster
 
     @property
     def is_cluster(self) -> bool:
-        return self.cluster is not None
+        return self.cluster is not None or self.given_cluster
 
     def pids(self) -> dict[str, int]:
         out = super().pids()
