@@ -35,7 +35,8 @@ rules: system-deps
 
 # The whole suite on a single Redis, then once more on a private 3-master Redis
 # Cluster: the end-to-end suite (less the tests that bring their own Redis, a browser,
-# a wheel build or locust: nothing of Redis in them to try again) and the integration
+# a wheel build or locust: nothing of Redis in them to try again; and the ten-process
+# test, run on the single Redis) and the integration
 # tests of what uses Redis most.
 CLUSTER_TESTS := tests/e2e $(addprefix tests/integration/test_,$(addsuffix .py,\
 	matcher fanout streams erasure_and_expiry dry_run ingest apns_token client_address \
@@ -45,7 +46,8 @@ test: system-deps $(STAMP) lint typecheck rules
 	GEOPUSH_TEST_REDIS_CLUSTER=1 $(BIN)/pytest $(CLUSTER_TESTS) \
 		--ignore=tests/e2e/test_redis_outage.py --ignore=tests/e2e/test_redis_failover.py \
 		--ignore=tests/e2e/test_console_browser.py \
-		--ignore=tests/e2e/test_wheel.py --ignore=tests/e2e/test_locust.py
+		--ignore=tests/e2e/test_wheel.py --ignore=tests/e2e/test_locust.py \
+		--ignore=tests/e2e/test_many_processes.py
 
 unit: $(STAMP)
 	$(BIN)/pytest tests/unit

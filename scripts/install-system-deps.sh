@@ -2,8 +2,9 @@
 # Installs the system packages geopush needs when they are missing (Debian/Ubuntu):
 # PostgreSQL with PostGIS for the newest installed server version, redis-server,
 # promtool (Debian's prometheus package: `make test` checks docs/prometheus/alerts.yml),
-# chromium (the console's browser tests drive it with Playwright) and h2load (Debian's
-# nghttp2-client: the fan-out benchmark's ceiling, run at tiny scale by the suite).
+# chromium (the console's browser tests drive it with Playwright), h2load (Debian's
+# nghttp2-client: the fan-out benchmark's ceiling, run at tiny scale by the suite) and
+# systemd-analyze (`make test` verifies the units in deploy/systemd/).
 # Does nothing when everything is present, so `make run` / `make test` stay fast.
 set -euo pipefail
 
@@ -19,6 +20,7 @@ elif ! ls "/usr/share/postgresql/$pg_version/extension/postgis.control" >/dev/nu
 fi
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
+command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 [ -x /usr/bin/chromium ] || need+=(chromium)
 command -v h2load >/dev/null 2>&1 || need+=(nghttp2-client)
 

@@ -40,7 +40,7 @@ def cmd_serve(_: argparse.Namespace) -> None:
     except ImportError:  # pragma: no cover
         pass
     web.run_app(create_app(settings), host=settings.http_host, port=settings.http_port,
-                print=None, access_log=None)
+                reuse_port=settings.http_reuse_port or None, print=None, access_log=None)
 
 
 def cmd_worker(args: argparse.Namespace) -> None:

@@ -58,6 +58,13 @@ MATCH_FANOUT = Histogram(
     "Pushes a matcher enqueued itself per matched incident (a large fan-out's later "
     "pages go out as work items: geopush_fanout_items_total)",
     buckets=_FANOUT_BUCKETS)
+REPLICA_READS = Counter(
+    "geopush_replica_reads_total",
+    "Matcher batches by where their reads went: replica (caught up), lagging or "
+    "unavailable (read from the primary instead)", ["outcome"])
+REPLICA_LAG_BYTES = Gauge(
+    "geopush_replica_lag_bytes",
+    "WAL the replica had still to replay when the matcher last checked it")
 FANOUT_ITEMS = Counter(
     "geopush_fanout_items_total",
     "Work items of large fan-outs, by event: posted (onto the work stream) or done "

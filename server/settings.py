@@ -59,6 +59,13 @@ def _positive(env: Mapping[str, str], name: str, default: int) -> int:
     return value
 
 
+def _non_negative(env: Mapping[str, str], name: str, default: int) -> int:
+    value = _int(env, name, default)
+    if value < 0:
+        raise ConfigError(f"{name} must be 0 or more, got {value}")
+    return value
+
+
 def _float(env: Mapping[str, str], name: str, default: float) -> float:
     raw = env.get(name)
     if raw is None or raw == "":
@@ -124,6 +131,14 @@ class Settings:
     admin_token: str | None = None
     http_host: str = "127.0.0.1"
     http_port: int = 8080
+    # Several web processes on one host share GEOPUSH_HTTP_PORT (SO_REUSEPORT): the
+    # kernel spreads new connections over them, no proxy needed in front of each.
+    http_reuse_port: bool = False
+    # A streaming replica the matcher reads from (None: everything on the primary), and
+    # how long a batch waits for it to replay what the primary had when the batch was
+    # read before reading from the primary instead (server/store/replica.py).
+    database_replica_url: str | None = None
+    replica_wait_ms: int = 200
     log_level: str = "INFO"
     # A worker's /metrics (the web process serves it on its HTTP port). None: off.
     metrics_host: str = "127.0.0.1"
@@ -219,6 +234,9 @@ class Settings:
             admin_token=env.get("GEOPUSH_ADMIN_TOKEN") or None,
             http_host=env.get("GEOPUSH_HTTP_HOST", "127.0.0.1"),
             http_port=_int(env, "GEOPUSH_HTTP_PORT", 8080),
+            http_reuse_port=_bool(env, "GEOPUSH_HTTP_REUSE_PORT"),
+            database_replica_url=env.get("GEOPUSH_DATABASE_REPLICA_URL") or None,
+            replica_wait_ms=_non_negative(env, "GEOPUSH_DATABASE_REPLICA_WAIT_MS", 200),
             log_level=env.get("GEOPUSH_LOG_LEVEL", "INFO").upper(),
             metrics_host=env.get("GEOPUSH_METRICS_HOST", "127.0.0.1"),
             metrics_port=_int(env, "GEOPUSH_METRICS_PORT", 0)

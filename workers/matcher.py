@@ -47,6 +47,7 @@ from server.store.audience import (
     near_positions,
 )
 from server.store.redisclient import NO_WAIT, RedisClient, ReplicaWait
+from server.store.replica import REPLICA_FAILURES, ReplicaReads
 from workers.fanout import Device, Enqueuer, Fanout, FanoutLimits, decode_item
 from workers.push import Push
 from workers.streams import TRANSIENT, Entry, StreamConsumer, sleep_unless
@@ -78,11 +79,15 @@ class Matcher:
                  location_ttl: dt.timedelta = DEFAULT_LOCATION_TTL,
                  shards: int = keys.DEFAULT_PUSH_STREAM_SHARDS,
                  limits: FanoutLimits | None = None,
-                 replica_wait: ReplicaWait = NO_WAIT) -> None:
-        # Every read of the match goes through ``self.pool``.
+                 replica_wait: ReplicaWait = NO_WAIT,
+                 reads: ReplicaReads | None = None) -> None:
+        # Writes go to ``pool``, the primary; a match reads from the pool it is given
+        # (``reads``: a streaming replica once it is as fresh as the primary was when
+        # the batch was read, else the primary).
         self.pool = pool
         self.redis = redis
-        # Pushes enqueued are on the replicas before the incident is acknowledged.
+        self.reads = reads
+        # Pushes enqueued are on the Redis replicas before the incident is acknowledged.
         self.replica_wait = replica_wait
         self.shards = shards
         self.limits = limits or FanoutLimits()
@@ -93,8 +98,16 @@ class Matcher:
         self.device_pushes_per_hour = device_pushes_per_hour
         self.enqueuer = Enqueuer(redis, shards, replica_wait)
 
-    async def match_incident(self, incident_id: str, now: dt.datetime) -> MatchResult:
-        incident = await matching.incident(self.pool, incident_id)
+    async def match_incident(self, incident_id: str, now: dt.datetime,
+                             db: asyncpg.Pool | None = None) -> MatchResult:
+        """``db``: where to read from (default: the primary)."""
+        db = db or self.pool
+        incident = await matching.incident(db, incident_id)
+        if incident is None and db is not self.pool:
+            # Not on the replica although it had caught up: only an asynchronous commit
+            # can do that (synchronous_commit off). The primary has it.
+            db = self.pool
+            incident = await matching.incident(db, incident_id)
         if incident is None or not incident["actual"]:
             return MatchResult(incident_id, 0, 0)
         expires = incident["expires_at"] or incident["occurred_at"] + ALERT_LIFETIME
@@ -102,7 +115,7 @@ class Matcher:
             # Past the alert's lifetime: neither the alert nor an update is worth sending.
             return MatchResult(incident_id, 0, 0)
         if incident["status"] in ENDED:
-            return await self._send_updates(incident, expires)
+            return await self._send_updates(db, incident, expires)
         if incident["decision"] != ALERT or incident["status"] != "active":
             # Re-decided since it was published: nothing to do.
             return MatchResult(incident_id, 0, 0)
@@ -117,29 +130,29 @@ class Matcher:
         if manual:
             # The drawn area is public by nature: matched as drawn (matching.py).
             # Phones whose current position is in it ("near me") are reached too.
-            near = await near_positions(self.pool, self.redis, self.near_me,
+            near = await near_positions(db, self.redis, self.near_me,
                                         incident["area"], (lat, lon))
-            pages = matching.area_neighbour_pages(self.pool, incident["area"], near,
+            pages = matching.area_neighbour_pages(db, incident["area"], near,
                                                   first=limits.first_page, page=limits.page)
         elif kind == RESPONDER:
             # A handful of responders near a cardiac arrest, found in Redis: one page.
             # They get the exact point (they have to find the patient) and the nearest
             # AEDs.
-            audience = await find_audience(self.pool, self.redis, self._target(incident))
+            audience = await find_audience(db, self.redis, self._target(incident))
             lat, lon = incident["exact_lat"], incident["exact_lon"]
             if audience.devices:
-                aeds_json = json.dumps(await aeds.nearest(self.pool, lat, lon),
+                aeds_json = json.dumps(await aeds.nearest(db, lat, lon),
                                        separators=(",", ":"))
             pages = _one_page(audience.devices)
         else:
-            near = await near_positions(self.pool, self.redis, self.near_me,
+            near = await near_positions(db, self.redis, self.near_me,
                                         incident["geom"], (lat, lon))
-            pages = matching.neighbour_pages(self.pool, incident["geom"], category,
+            pages = matching.neighbour_pages(db, incident["geom"], category,
                                              (lat, lon), near, first=limits.first_page,
                                              page=limits.page)
         # Two agencies' reports of one event share one dedup set (matching.same_event).
         event_id = None if manual else await matching.same_event(
-            self.pool, category=category, agency_id=incident["agency_id"],
+            db, category=category, agency_id=incident["agency_id"],
             occurred_at=incident["occurred_at"], received_at=incident["received_at"],
             incident_id=incident["id"], geometry=incident["geom"],
             public_point=(incident["lat"], incident["lon"]))
@@ -200,8 +213,8 @@ class Matcher:
                     items += 1
         return MatchResult(fanout.incident_id, len(seen), enqueued, items)
 
-    async def _send_updates(self, incident: asyncpg.Record, expires: dt.datetime
-                            ) -> MatchResult:
+    async def _send_updates(self, db: asyncpg.Pool, incident: asyncpg.Record,
+                            expires: dt.datetime) -> MatchResult:
         """The incident was cleared or cancelled: every device its alert reached gets
         one silent update under the same collapse id, outside any hourly limit; unless
         the agency turned updates off for the category."""
@@ -223,7 +236,7 @@ class Matcher:
             ended_at=ended_at.timestamp(), severity=incident["severity"] or "",
         ), f"update:{incident_id}", 0)
         result = await self._fan_out(fanout, matching.alerted_pages(
-            self.pool, incident["id"], first=self.limits.first_page, page=self.limits.page),
+            db, incident["id"], first=self.limits.first_page, page=self.limits.page),
             None)
         log.info("updates incident=%s status=%s alerted=%d enqueued=%d items=%d",
                  incident_id, incident["status"], result.candidates, result.enqueued,
@@ -235,16 +248,30 @@ class Matcher:
         if any, are on the work stream)."""
         done: list[str] = []
         now = dt.datetime.now(dt.UTC)
+        db = await self.reads.pool() if self.reads else self.pool
         for entry_id, fields in entries:
             incident_id = fields.get("incident_id", "")
             try:
                 with metrics.MATCH_SECONDS.time():
-                    result = await self.match_incident(incident_id, now)
+                    result, db = await self._match_on(db, incident_id, now)
                 metrics.MATCH_FANOUT.observe(result.enqueued)
             except (asyncpg.DataError, ValueError):
                 log.error("dropping malformed stream entry %s: %r", entry_id, fields)
             done.append(entry_id)
         await consumer.ack(done)
+
+    async def _match_on(self, db: asyncpg.Pool, incident_id: str, now: dt.datetime
+                        ) -> tuple[MatchResult, asyncpg.Pool]:
+        """Matched reading from ``db``; if that is the replica and it fails (down, or a
+        query cancelled by replay), from the primary (enqueueing twice is harmless: the
+        dedup set). The pool the rest of the batch reads from."""
+        try:
+            return await self.match_incident(incident_id, now, db), db
+        except REPLICA_FAILURES as exc:
+            if self.reads is None or db is self.pool:
+                raise
+            self.reads.unavailable(exc)
+            return await self.match_incident(incident_id, now, self.pool), self.pool
 
     async def handle_items(self, consumer: StreamConsumer, entries: list[Entry]) -> None:
         """Enqueue each work item's devices, then acknowledge it."""

@@ -22,6 +22,7 @@ from server.metrics import bound_port, serve_metrics
 from server.settings import FCM_STREAMS, ConfigError, Settings
 from server.store.db import create_pool
 from server.store.redisclient import RedisClient, connect, replica_wait
+from server.store.replica import ReplicaReads
 from workers import backlog
 from workers.apns import ApnsGateway
 from workers.apns_token import SharedProviderToken
@@ -91,6 +92,29 @@ async def resources(settings: Settings) -> AsyncIterator[tuple[asyncpg.Pool, Red
 
 
 @contextlib.asynccontextmanager
+async def replica_reads(settings: Settings, primary: asyncpg.Pool
+                        ) -> AsyncIterator[ReplicaReads | None]:
+    """The matcher's reads from GEOPUSH_DATABASE_REPLICA_URL (None when unset). Lazy
+    (no connection at start) and quick to give up connecting: a replica that is down
+    sends reads to the primary, it never stops matching."""
+    if not settings.database_replica_url:
+        yield None
+        return
+    replica = await create_pool(settings.database_replica_url, min_size=0, max_size=10,
+                                connect_timeout=2)
+    try:
+        yield ReplicaReads(primary, replica, wait_s=settings.replica_wait_ms / 1000)
+    finally:
+        await replica.close()
+
+
+def claim_every_s(settings: Settings) -> float:
+    """How often a worker looks for entries a dead one left: often enough that they
+    wait little more than GEOPUSH_CLAIM_IDLE_MS, at most every 15 s."""
+    return min(15.0, settings.claim_idle_ms / 2000)
+
+
+@contextlib.asynccontextmanager
 async def exported_metrics(settings: Settings, kind: str, pool: asyncpg.Pool,
                            redis: RedisClient) -> AsyncIterator[None]:
     """``/metrics`` on GEOPUSH_METRICS_PORT while the worker runs (nothing when unset)."""
@@ -150,27 +174,30 @@ async def worker_main(
             )
             return
         if kind == "matcher":
-            matcher = Matcher(pool, redis,
-                              device_pushes_per_hour=settings.device_pushes_per_hour,
-                              location_ttl=settings.location_ttl,
-                              shards=settings.push_stream_shards,
-                              limits=fanout_limits(settings),
-                              replica_wait=replica_wait(settings))
-            # Incidents a few at a time, waiting briefly when there are none (a work
-            # item another matcher posted, or room on the push streams, may come
-            # meanwhile); work items one at a time.
-            incidents = StreamConsumer(redis, keys.INCIDENTS_STREAM, keys.MATCHER_GROUP,
-                                       settings.consumer_name, batch=settings.stream_batch,
-                                       block_ms=MATCHER_IDLE_MS,
-                                       claim_idle_ms=settings.claim_idle_ms)
-            work = StreamConsumer(redis, keys.FANOUT_WORK_STREAM, keys.MATCHER_GROUP,
-                                  settings.consumer_name, batch=1,
-                                  claim_idle_ms=settings.claim_idle_ms)
-            await incidents.setup()
-            await work.setup()
-            if ready:
-                await ready()
-            await matcher.run(incidents, work, stop)
+            async with replica_reads(settings, pool) as reads:
+                matcher = Matcher(pool, redis,
+                                  device_pushes_per_hour=settings.device_pushes_per_hour,
+                                  location_ttl=settings.location_ttl,
+                                  shards=settings.push_stream_shards,
+                                  limits=fanout_limits(settings),
+                                  replica_wait=replica_wait(settings), reads=reads)
+                # Incidents a few at a time, waiting briefly when there are none (a work
+                # item another matcher posted, or room on the push streams, may come
+                # meanwhile); work items one at a time.
+                incidents = StreamConsumer(redis, keys.INCIDENTS_STREAM, keys.MATCHER_GROUP,
+                                           settings.consumer_name, batch=settings.stream_batch,
+                                           block_ms=MATCHER_IDLE_MS,
+                                           claim_idle_ms=settings.claim_idle_ms,
+                                           claim_every_s=claim_every_s(settings))
+                work = StreamConsumer(redis, keys.FANOUT_WORK_STREAM, keys.MATCHER_GROUP,
+                                      settings.consumer_name, batch=1,
+                                      claim_idle_ms=settings.claim_idle_ms,
+                                      claim_every_s=claim_every_s(settings))
+                await incidents.setup()
+                await work.setup()
+                if ready:
+                    await ready()
+                await matcher.run(incidents, work, stop)
             return
         gateway = build_gateway(settings, kind, redis)
         try:
@@ -179,7 +206,7 @@ async def worker_main(
             senders = ShardedConsumer(
                 redis, sender.streams, keys.SENDER_GROUP, settings.consumer_name,
                 batch=settings.stream_batch, claim_idle_ms=settings.claim_idle_ms,
-                claim_every_s=min(15.0, settings.claim_idle_ms / 2000))
+                claim_every_s=claim_every_s(settings))
             await senders.setup()
             if ready:
                 await ready()

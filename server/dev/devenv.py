@@ -119,6 +119,8 @@ class PrivatePostgres:
             self.port = free_port()
         opts = (f"-c listen_addresses=127.0.0.1 -p {self.port} "
                 f"-c unix_socket_directories={self.socket_dir} -c fsync=off "
+                # A standby can be made of it (start_standby); PostgreSQL's default too.
+                f"-c wal_level=replica "
                 f"-c max_connections=200 -c shared_buffers=128MB")
         res = self._run(str(bindir / "pg_ctl"), "-D", str(self.data_dir), "-o", opts,
                         "-l", str(self.directory / "postgres.log"), "-w", "-t", "60", "start",
@@ -127,6 +129,23 @@ class PrivatePostgres:
             log_tail = (self.directory / "postgres.log").read_text()[-2000:]
             raise DevEnvError(f"pg_ctl start failed: {res.stderr}\n{log_tail}")
         return self
+
+    def start_standby(self, directory: Path) -> PrivatePostgres:
+        """A hot standby of this (running) cluster in ``directory``: a base backup
+        taken with ``pg_basebackup -R`` (which writes the standby's connection to this
+        primary), started on a port of its own, streaming from then on. The primary
+        needs ``wal_level=replica`` (start() sets it) and a replication entry in
+        ``pg_hba.conf`` (initdb's default has one for 127.0.0.1)."""
+        standby = PrivatePostgres(directory)
+        standby.directory.mkdir(parents=True, exist_ok=True)
+        _chown_to_postgres(standby.directory)
+        if not (standby.data_dir / "PG_VERSION").exists():
+            res = self._run(str(_pg_bindir() / "pg_basebackup"), "-D", str(standby.data_dir),
+                            "-R", "-X", "stream", "-c", "fast", "-h", "127.0.0.1",
+                            "-p", str(self.port), "-U", "postgres", check=False)
+            if res.returncode != 0:
+                raise DevEnvError(f"pg_basebackup failed: {res.stderr}")
+        return standby.start()
 
     def create_database(self, name: str) -> str:
         if not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", name):

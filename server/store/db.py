@@ -26,10 +26,11 @@ async def _no_reset(conn: asyncpg.Connection) -> None:
     transaction on release."""
 
 
-async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> Pool:
+async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10,
+                      connect_timeout: float = 60) -> Pool:
     pool = await asyncpg.create_pool(
         dsn, min_size=min_size, max_size=max_size, init=_init_connection,
-        command_timeout=30, reset=_no_reset,
+        command_timeout=30, reset=_no_reset, timeout=connect_timeout,
     )
     assert pool is not None
     return pool

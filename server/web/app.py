@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from server.metrics import http_metrics_middleware, metrics_handler
+from server.metrics import bound_port, http_metrics_middleware, metrics_handler, serve_metrics
 from server.settings import Settings
 from server.store.db import create_pool
 from server.store.publish import OutboxCleaner
@@ -87,6 +87,20 @@ async def _review_feed(app: web.Application) -> AsyncIterator[None]:
     await app[REVIEW_FEED].stop()
 
 
+async def _own_metrics(app: web.Application) -> AsyncIterator[None]:
+    """With GEOPUSH_METRICS_PORT set, this process's metrics on a port of its own too:
+    web processes sharing one HTTP port (GEOPUSH_HTTP_REUSE_PORT) answer its /metrics
+    at random, so Prometheus scrapes each at its own port instead."""
+    settings = app[SETTINGS]
+    if settings.metrics_port is None:
+        yield
+        return
+    runner = await serve_metrics(settings.metrics_host, settings.metrics_port)
+    log.info("web metrics on http://%s:%d/metrics", settings.metrics_host, bound_port(runner))
+    yield
+    await runner.cleanup()
+
+
 async def _end_event_streams(app: web.Application) -> None:
     # Before the server waits for handlers to finish: the consoles' streams never do.
     app[REVIEW_FEED].close_streams()
@@ -105,6 +119,7 @@ def create_app(settings: Settings,
     app.cleanup_ctx.append(_postgres)
     app.cleanup_ctx.append(_redis)
     app.cleanup_ctx.append(_review_feed)
+    app.cleanup_ctx.append(_own_metrics)
     app.on_shutdown.append(_end_event_streams)
     app[PUBLIC_CACHE] = PublicCache()
     for table in (health.routes, incidents.routes, admin.routes, devices.routes,
