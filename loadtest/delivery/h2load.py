@@ -41,9 +41,11 @@ class Ceiling:
     cpu_s: dict[str, float]
 
 
-def sample_request(platform: str, certs_dir: Path, fleet: Fleet, tmp: Path
-                   ) -> tuple[str, list[str], Path]:
-    """URL, headers and body file of a request like the sender's."""
+def sample_request(platform: str, certs_dir: Path, fleet: Fleet, tmp: Path,
+                   apns_token: str | None = None) -> tuple[str, list[str], Path]:
+    """URL, headers and body file of a request like the sender's; ``apns_token``: the
+    provider token to send (by default a new one: the fake APNs takes a new one only
+    20 minutes after the last, so a ceiling run beside senders passes theirs)."""
 
     now = time.time()
     push = Push(
@@ -57,7 +59,7 @@ def sample_request(platform: str, certs_dir: Path, fleet: Fleet, tmp: Path
         token = "0123456789abcdef" * 4
         body.write_text(json.dumps(build_payload(push, dt.datetime.now(dt.UTC))))
         headers = [
-            f"authorization: bearer {apns_jwt(certs_dir)}",
+            f"authorization: bearer {apns_token or apns_jwt(certs_dir)}",
             f"apns-id: {uuid.uuid4()}", "apns-topic: org.geopush.app",
             f"apns-collapse-id: {push.incident_id}", f"apns-expiration: {int(now + 3600)}",
             "apns-priority: 10", "apns-push-type: alert",
@@ -80,9 +82,14 @@ _H2LOAD_TIME = re.compile(r"finished in ([\d.]+)(m?s), ([\d.]+) req/s")
 
 def run_h2load(platform: str, fleet: Fleet, services: Services, certs_dir: Path, tmp: Path,
                *, duration: int, clients: int, streams: int, threads: int,
-               cpus: frozenset[int] | None = None) -> Ceiling:
-    url, headers, body = sample_request(platform, certs_dir, fleet, tmp)
-    cmd = ["h2load", "-D", str(duration), "--warm-up-time", "2", "-c", str(clients),
+               cpus: frozenset[int] | None = None, requests: int | None = None,
+               apns_token: str | None = None) -> Ceiling:
+    """``duration`` seconds after a 2 s warm-up; or, with ``requests``, that many
+    requests and no warm-up (the time to push a fan-out's count)."""
+    url, headers, body = sample_request(platform, certs_dir, fleet, tmp, apns_token)
+    length = ["-D", str(duration), "--warm-up-time", "2"] if requests is None \
+        else ["-n", str(requests)]
+    cmd = ["h2load", *length, "-c", str(clients),
            "-m", str(streams), "-t", str(threads), "-d", str(body)]
     # HTTP/2 (h2c with prior knowledge for the fake FCM's http:// URL). The same
     # response table as geopush's client announces: none for APNs, which spares the
