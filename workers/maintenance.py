@@ -18,9 +18,11 @@ from dataclasses import dataclass
 import asyncpg
 
 from server import metrics
+from server.settings import Settings
 from server.store import accounts, housekeeping, positions, review, transparency
 from server.store.db import STORE_UNAVAILABLE
 from server.store.redisclient import REDIS_UNAVAILABLE, RedisClient
+from workers.legacy_pushes import adopt_legacy_pushes
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +35,7 @@ class Retention:
 
 
 DELETE_BATCH = 5_000
+DEFAULT_SHARDS = Settings.push_stream_shards
 
 
 async def delete_in_batches(delete: Callable[[int], Awaitable[int]], table: str,
@@ -61,7 +64,8 @@ async def apply_retention(pool: asyncpg.Pool, retention: Retention, now: dt.date
 
 
 async def maintain_once(pool: asyncpg.Pool, retention: Retention,
-                        redis: RedisClient | None = None) -> None:
+                        redis: RedisClient | None = None, *,
+                        push_stream_shards: int = DEFAULT_SHARDS) -> None:
     now = dt.datetime.now(dt.UTC)
     expired = await review.expire(pool, now)
     purged = await housekeeping.purge_exact_locations(pool, retention.exact_location, now)
@@ -73,6 +77,7 @@ async def maintain_once(pool: asyncpg.Pool, retention: Retention,
         if adopted:
             log.info("maintenance: %d positions moved from the keys of before the hash "
                      "tags", adopted)
+        await adopt_legacy_pushes(redis, push_stream_shards)
     forgotten = (await positions.RESPONDERS.forget_stale(redis, now.timestamp())
                  if redis else 0)
     deliveries, incidents = await apply_retention(pool, retention, now)
@@ -85,10 +90,12 @@ async def maintain_once(pool: asyncpg.Pool, retention: Retention,
 
 async def run_maintenance(pool: asyncpg.Pool, retention: Retention, stop: asyncio.Event,
                           *, redis: RedisClient | None = None,
+                          push_stream_shards: int = DEFAULT_SHARDS,
                           interval_s: float = 30.0) -> None:
     while not stop.is_set():
         try:
-            await maintain_once(pool, retention, redis)
+            await maintain_once(pool, retention, redis,
+                                push_stream_shards=push_stream_shards)
         except STORE_UNAVAILABLE as exc:
             metrics.MAINTENANCE_FAILURES.inc()
             log.warning("maintenance: store unavailable: %s", exc)

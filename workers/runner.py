@@ -169,7 +169,8 @@ async def worker_main(
                 run_maintenance(pool, Retention(settings.exact_location_retention,
                                                 settings.delivery_retention,
                                                 settings.incident_retention), stop,
-                                redis=redis),
+                                redis=redis,
+                                push_stream_shards=settings.push_stream_shards),
             )
             return
         if kind == "matcher":
