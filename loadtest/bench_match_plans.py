@@ -18,9 +18,9 @@ For each it prints, warm, the best of ``--runs`` wall times of one round trip:
   and near-me positions, the devices joined, preferences applied), run as the
   matcher runs it, a cursor (so with a cursor's plan), every row produced but none
   sent (``MOVE ALL``); its rows, and the ratio to ``bare`` (issue 13: at most 1.5);
-- ``join``: the same before migration 0012, for comparison in the same run: the zones
+- ``join``: the same before migration 0010, for comparison in the same run: the zones
   found joined to ``devices`` for the device's columns (with 0009's covering index,
-  ``devices_match``, which 0012 dropped and this benchmark builds again on its copy);
+  ``devices_match``, which 0010 dropped and this benchmark builds again on its copy);
 - ``to client``: the match, read as the matcher reads it (``neighbour_pages``: pages
   of 500, then 2,000 rows, decoded by asyncpg): to the first page, and to the last;
 
@@ -50,7 +50,7 @@ _BARE = f"SELECT count(*) FROM zones WHERE ST_Intersects(geom, {_PUBLIC})"  # no
 # What ``matching._pages`` sets for its cursor (--bitmap: without the last).
 _AS_THE_MATCHER = ("SET LOCAL plan_cache_mode = force_custom_plan; SET LOCAL jit = off; "
                    "SET LOCAL enable_bitmapscan = off")
-# The match before migration 0012 (as the matcher's cursor ran it): each zone found
+# The match before migration 0010 (as the matcher's cursor ran it): each zone found
 # joined to devices for the columns zones now carry.
 _JOINED = """
 SELECT d.id, d.platform, d.token, d.locale, d.timezone, d.quiet_start, d.quiet_end
@@ -178,7 +178,7 @@ async def _measure(database_url: str, runs: int, show_plans: bool, bitmap: bool)
                 if show_plans:
                     for label, sql in (("bare count", _BARE),
                                        ("match, as a cursor", f"DECLARE c CURSOR FOR {query}"),
-                                       ("join (before 0012), as a cursor",
+                                       ("join (before 0010), as a cursor",
                                         f"DECLARE c CURSOR FOR {_JOINED}")):
                         params = (geometry, public[1], public[0]) if sql is _BARE else args
                         async with conn.transaction():

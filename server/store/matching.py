@@ -45,7 +45,7 @@ def _reached(target: str, ids: int, categories: str, *, distinct: bool = True) -
     the table read (both SQL fragments are this module's constants, never input).
 
     The zone half reads zones only: each zone carries a copy of its device's columns
-    the match reads (migration 0012, kept in step by triggers there), on the heap row
+    the match reads (migration 0010, kept in step by triggers there), on the heap row
     the GiST scan visits anyway for the geometry's recheck, so a zone found costs no
     lookup in devices. The near-me half (a few devices) reads devices by id.
 

@@ -1,4 +1,4 @@
-"""Zones carry a copy of their device's match columns (migration 0012); the match reads
+"""Zones carry a copy of their device's match columns (migration 0010); the match reads
 the copy. Whatever happens to devices, through the store's own functions (preferences,
 profile, token rotated, moved to another device, declared gone, zones replaced,
 neighbourhood zones, erasure), the copies equal the devices' columns and the match
@@ -41,7 +41,7 @@ AREA = (f"POLYGON(({LON - 0.01} {LAT - 0.01}, {LON + 0.01} {LAT - 0.01}, "
 DEVICES = 4
 TOKENS = [secrets.token_hex(32) for _ in range(5)]
 
-# The match as it was before 0012: the zones found joined to devices for the columns.
+# The match as it was before 0010: the zones found joined to devices for the columns.
 # The oracle the copies must reproduce.
 _JOINED = """
 SELECT DISTINCT ON (d.id) d.id, d.platform, d.token, d.locale, d.timezone,
@@ -307,11 +307,11 @@ def test_a_zone_written_while_its_device_changes_ends_with_the_committed_values(
 
 
 
-async def test_migration_0012_fills_the_copies_of_existing_zones(
+async def test_migration_0010_fills_the_copies_of_existing_zones(
         services: Services, tmp_path: Path) -> None:
-    """A database with devices and zones from before 0012 gets them copied."""
+    """A database with devices and zones from before 0010 gets them copied."""
     for migration in discover():
-        if migration.version < 12:
+        if migration.version < 10:
             (tmp_path / migration.path.name).symlink_to(migration.path)
     admin = await asyncpg.connect(services.database_url)
     fresh = f"zone_copies_{secrets.token_hex(4)}"
@@ -331,7 +331,7 @@ async def test_migration_0012_fills_the_copies_of_existing_zones(
                    SELECT id, n, ST_Multi(ST_Buffer(ST_SetSRID(ST_MakePoint(0, 0), 4326), 0.01))
                      FROM devices, (VALUES ('home'), ('work')) AS v(n)""")
             assert [m.version for m in await migrate(url)] == [
-                m.version for m in discover() if m.version >= 12]
+                m.version for m in discover() if m.version >= 10]
             assert await conn.fetchval(_STALE) == 0
             assert await conn.fetchval("SELECT count(*) FROM zones WHERE token IS NOT NULL") == 4
         finally:
