@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 import re
 import secrets
 import time
+from collections.abc import Awaitable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+import asyncpg
 from aiohttp.test_utils import TestClient
 
 from server import keys
@@ -202,3 +205,25 @@ async def scheduled_retries(redis: Any, platform: str,
     for shard in range(shards):
         total += int(await redis.zcard(keys.retry_schedule(platform, shard)))
     return total
+
+
+_T = TypeVar("_T")
+
+
+class SyncWorld:
+    """An event loop and a pool of the suite's PostgreSQL for a hypothesis test, whose
+    examples run synchronously (hypothesis drives them) against module-scoped state."""
+
+    def __init__(self, database_url: str, *, max_size: int = 2) -> None:
+        self.loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(self.loop)
+        self.pool: asyncpg.Pool = self.run(asyncpg.create_pool(database_url, min_size=1,
+                                                               max_size=max_size))
+
+    def run(self, coro: Awaitable[_T]) -> _T:
+        return self.loop.run_until_complete(coro)
+
+    def close(self) -> None:
+        self.run(self.pool.close())
+        self.loop.close()
+        asyncio.set_event_loop(None)

@@ -7,14 +7,12 @@ A grid of cheap devices learns no more about an incident than one push tells.
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import re
 import secrets
-from collections.abc import Coroutine, Iterator
-from typing import Any, TypeVar
+from collections.abc import Iterator
+from typing import TypeVar
 
-import asyncpg
 import pytest
 import shapely
 from hypothesis import HealthCheck, event, given, settings
@@ -28,7 +26,7 @@ from server.store.devices import replace_zones
 from server.store.incidents import store_incident
 from server.store.redisclient import connect
 from tests.conftest import Services
-from tests.helpers import push_entries
+from tests.helpers import SyncWorld, push_entries
 from workers.matcher import Matcher
 from workers.push import Push
 
@@ -37,24 +35,16 @@ NOW = dt.datetime.now(dt.UTC)
 AGENCY = "public-matching"
 
 
-class World:
+class World(SyncWorld):
     def __init__(self, services: Services) -> None:
-        self.loop = asyncio.new_event_loop()
-        asyncio.set_event_loop(self.loop)
-        self.pool: asyncpg.Pool = self.run(asyncpg.create_pool(services.database_url,
-                                                               min_size=1, max_size=2))
+        super().__init__(services.database_url)
         self.redis = self.run(connect(services.redis_url, decode_responses=True))
         self.matcher = Matcher(self.pool, self.redis, device_pushes_per_hour=0)
         self.counter = 0
 
-    def run(self, coro: Coroutine[Any, Any, T]) -> T:
-        return self.loop.run_until_complete(coro)
-
     def close(self) -> None:
-        self.run(self.pool.close())
         self.run(self.redis.aclose())
-        self.loop.close()
-        asyncio.set_event_loop(None)
+        super().close()
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ import asyncio
 import datetime as dt
 import json
 import secrets
-from collections.abc import Awaitable, Iterator
+from collections.abc import Iterator
 from contextlib import aclosing
 from pathlib import Path
 from typing import Any, TypeVar
@@ -32,6 +32,7 @@ from server.store.migrate import discover, migrate
 from server.store.neighbourhoods import import_neighbourhoods
 from server.store.positions import Nearby
 from tests.conftest import Services
+from tests.helpers import SyncWorld
 
 T = TypeVar("T")
 LAT, LON = 47.6097, -122.3387
@@ -80,21 +81,10 @@ SELECT count(*) FROM zones z JOIN devices d ON d.id = z.device_id
 """
 
 
-class World:
+class World(SyncWorld):
     def __init__(self, services: Services) -> None:
-        self.loop = asyncio.new_event_loop()
-        asyncio.set_event_loop(self.loop)
-        self.pool: asyncpg.Pool = self.run(asyncpg.create_pool(services.database_url,
-                                                               min_size=1, max_size=3))
+        super().__init__(services.database_url, max_size=3)
         self.neighbourhood = ""
-
-    def run(self, coro: Awaitable[T]) -> T:
-        return self.loop.run_until_complete(coro)
-
-    def close(self) -> None:
-        self.run(self.pool.close())
-        self.loop.close()
-        asyncio.set_event_loop(None)
 
 
 @pytest.fixture(scope="module")
