@@ -1,5 +1,5 @@
 """What recording a delivery costs PostgreSQL: ``Sender.record`` itself, on the real
-schema, with the foreign keys of ``deliveries`` and, side by side, without them.
+schema, and side by side with the foreign key to ``devices`` that migration 0011 dropped.
 
     python -m loadtest.bench_record [--rows 60000] [--rounds 2]
 
@@ -10,12 +10,14 @@ unless GEOPUSH_DATABASE_URL and GEOPUSH_REDIS_URL are set. It seeds one incident
 variant and round, alternating:
 
 - ``as is``: the schema as migrated (``deliveries`` references ``incidents``, ON
-  DELETE CASCADE, and ``devices``, ON DELETE SET NULL);
-- ``no foreign keys``: both constraints dropped, then added back for the next round.
+  DELETE CASCADE; a deleted device's rows are unlinked by a trigger, and the recorder
+  writes NULL for devices gone: migration 0011);
+- ``device key``: as before 0011, the key to ``devices`` (ON DELETE SET NULL) added
+  for the round, then dropped again;
+- ``no foreign keys``: the incident's key dropped too, for the round.
 
-It prints PostgreSQL's CPU (the postmaster and its backends, from ``/proc``) and the
-wall time per row, and the recording process's own CPU per row. A measurement, not
-a proposal: the device key is how erasing a device unlinks its deliveries.
+It prints PostgreSQL's CPU (the postmaster and its backends, from ``/proc``), the
+wall time per row, and the recording process's own CPU per row.
 """
 
 from __future__ import annotations
@@ -29,13 +31,14 @@ from loadtest.bench_common import descendants, proc_cpu, start_services
 
 WORKDIR = Path(__file__).resolve().parent.parent / ".geopush" / "bench-record"
 BATCH = 100
-_DROP = """ALTER TABLE deliveries DROP CONSTRAINT deliveries_incident_id_fkey,
-                                  DROP CONSTRAINT deliveries_device_id_fkey"""
-_ADD = """ALTER TABLE deliveries
-            ADD CONSTRAINT deliveries_incident_id_fkey FOREIGN KEY (incident_id)
-                REFERENCES incidents (id) ON DELETE CASCADE,
+_ADD_DEVICE_KEY = """ALTER TABLE deliveries
             ADD CONSTRAINT deliveries_device_id_fkey FOREIGN KEY (device_id)
                 REFERENCES devices (id) ON DELETE SET NULL"""
+_DROP_DEVICE_KEY = "ALTER TABLE deliveries DROP CONSTRAINT deliveries_device_id_fkey"
+_DROP_INCIDENT_KEY = "ALTER TABLE deliveries DROP CONSTRAINT deliveries_incident_id_fkey"
+_ADD_INCIDENT_KEY = """ALTER TABLE deliveries
+            ADD CONSTRAINT deliveries_incident_id_fkey FOREIGN KEY (incident_id)
+                REFERENCES incidents (id) ON DELETE CASCADE"""
 
 
 class _NoGateway:
@@ -110,8 +113,10 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{'variant':18} {'PostgreSQL CPU/row':>19} {'wall/row':>10} "
               f"{'recorder CPU/row':>17}")
         for _ in range(args.rounds):
-            for variant, before, after in (("as is", None, None),
-                                           ("no foreign keys", _DROP, _ADD)):
+            for variant, before, after in (
+                    ("as is", None, None),
+                    ("device key", _ADD_DEVICE_KEY, _DROP_DEVICE_KEY),
+                    ("no foreign keys", _DROP_INCIDENT_KEY, _ADD_INCIDENT_KEY)):
                 if before:
                     asyncio.run(_execute(services.database_url, before))
                 wall, own, pg = asyncio.run(_record(services.database_url,

@@ -253,5 +253,5 @@ async def recent_alerts(pool: asyncpg.Pool, device_id: str, *, now: dt.datetime,
 async def delete_device(pool: asyncpg.Pool, device_id: str) -> None:
     """Delete the device with its zones, preferences and responder registrations; its
     delivery rows are kept for the incident's statistics but no longer point at it."""
-    # zones and agency_responders cascade; deliveries.device_id is ON DELETE SET NULL.
+    # zones and agency_responders cascade; a trigger unlinks its deliveries (0011).
     await pool.execute("DELETE FROM devices WHERE id = $1", UUID(device_id))

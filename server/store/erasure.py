@@ -1,6 +1,7 @@
 """Forgetting a device in Redis: every key, set member and stream entry about it.
 
-PostgreSQL forgets through ``DELETE FROM devices`` (cascades and SET NULL); this is the
+PostgreSQL forgets through ``DELETE FROM devices`` (cascades, and a trigger that unlinks
+its delivery rows: migration 0011); this is the
 Redis half, called by ``DELETE /v1/devices/{id}``.
 """
 
