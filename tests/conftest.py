@@ -87,7 +87,8 @@ def settings(services: Services) -> Settings:
     )
 
 
-_TABLES = "deliveries, zones, neighbourhoods, devices, outbox, incidents, agencies"
+_TABLES = ("deliveries, erased_devices, zones, neighbourhoods, devices, outbox, incidents, "
+           "agencies")
 
 
 @pytest.fixture

@@ -1,9 +1,10 @@
 """Periodic housekeeping, run by the relay process: expire review items past the
 staleness window, forget exact incident locations after their retention period and
 responders' positions 15 minutes after their last report, delete expired console
-sessions, roll finished days up into the transparency report's counts, then delete
-delivery records and incidents past their retention (in batches, each its own short
-transaction, so the senders writing deliveries never wait on a long lock)."""
+sessions and the ids of devices erased a day ago, roll finished days up into the
+transparency report's counts, then delete delivery records and incidents past their
+retention (in batches, each its own short transaction, so the senders writing
+deliveries never wait on a long lock)."""
 
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ class Retention:
     exact_location: dt.timedelta = dt.timedelta(hours=24)
     deliveries: dt.timedelta = dt.timedelta(days=30)
     incidents: dt.timedelta = dt.timedelta(days=365)
+    erased_device_ids: dt.timedelta = dt.timedelta(days=1)
 
 
 DELETE_BATCH = 5_000
@@ -70,6 +72,7 @@ async def maintain_once(pool: asyncpg.Pool, retention: Retention,
     expired = await review.expire(pool, now)
     purged = await housekeeping.purge_exact_locations(pool, retention.exact_location, now)
     sessions = await accounts.purge_expired_sessions(pool, now)
+    await housekeeping.forget_erased_devices(pool, retention.erased_device_ids, now)
     # Positions are also dropped when a cardiac arrest looks for responders; this
     # forgets them on time when none happens.
     if redis:

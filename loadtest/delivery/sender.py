@@ -95,7 +95,7 @@ def run_sender(platform: str, services: Services, fleet: Fleet, certs_dir: Path,
     if py_spy is not None:
         spy = subprocess.Popen(
             [str(Path(sys.executable).with_name("py-spy")), "record", "--pid",
-             str(sender.pid), "--rate", "200", "--format",
+             str(sender.pid), "--rate", "200", "--native", "--format",
              "raw" if py_spy.suffix == ".txt" else "flamegraph", "-o", str(py_spy)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     samples: list[float] = []

@@ -1,4 +1,5 @@
-"""Housekeeping the relay process runs: forgetting exact incident locations."""
+"""Housekeeping the relay process runs: forgetting exact incident locations, and the
+ids of erased devices once no push of theirs can still be recorded."""
 
 from __future__ import annotations
 
@@ -18,4 +19,14 @@ async def purge_exact_locations(pool: asyncpg.Pool, older_than: dt.timedelta,
             WHERE exact_purged_at IS NULL AND received_at < $1""",
         now - older_than, now,
     )
+    return int(status.split()[-1])
+
+
+async def forget_erased_devices(pool: asyncpg.Pool, older_than: dt.timedelta,
+                                now: dt.datetime) -> int:
+    """Drop the ids of devices erased before ``now - older_than``: kept only so that a
+    push in flight at the erasure is recorded unlinked (migration 0011), which takes
+    seconds, not a day."""
+    status = await pool.execute("DELETE FROM erased_devices WHERE erased_at < $1",
+                                now - older_than)
     return int(status.split()[-1])

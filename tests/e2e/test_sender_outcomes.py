@@ -233,11 +233,10 @@ async def stream_drained(stack: Stack, platform: str) -> bool:
 async def test_outcomes_of_erased_devices_and_deleted_incidents_are_recorded_as_before(
     stack: Stack,
 ) -> None:
-    """A batch is written with one COPY. A device erased after its push was queued is
-    looked up first: its row is written unlinked (migration 0011); an incident deleted
-    meanwhile makes its key refuse the COPY, and the batch is written again without
-    the deleted incident's row (its older rows went with it), every other row as it
-    was."""
+    """A batch is written with one COPY; the table's trigger (migration 0011) writes
+    the row of a device erased after its push was queued unlinked, and drops the row
+    of an incident deleted meanwhile (its older rows went with it); every other row
+    as it was."""
     kept, gone = await _incident(stack), await _incident(stack)
     devices = [str(await stack.pool.fetchval(
         """INSERT INTO devices (platform, token, secret_hash) VALUES ('fcm', $1, '\\x00')
@@ -258,7 +257,6 @@ async def test_outcomes_of_erased_devices_and_deleted_incidents_are_recorded_as_
         "SELECT incident_id::text, device_id::text FROM deliveries ORDER BY id")
     written = [(r["incident_id"], r["device_id"] or "") for r in rows]
     assert written[:2] == [(kept, devices[0]), (kept, devices[1])]
-    # The second batch's rows (an INSERT ... SELECT keeps no order).
     assert sorted(written[2:]) == sorted([(kept, devices[0]), (kept, devices[1]), (kept, "")])
 
 

@@ -1,22 +1,31 @@
-"""A deleted device's delivery rows are unlinked (device_id NULL), with no foreign key
-on ``deliveries.device_id`` (migration 0011): by the trigger on ``devices`` for the
-rows already written, and by ``deliveries.record`` for a push recorded after its device
-was erased. Both orders of a deletion racing a recording end with no row pointing at
-the deleted device, and the other rows as written (real PostgreSQL)."""
+"""``deliveries`` has no foreign keys (migration 0011); triggers do what they did. A
+deleted device's rows are unlinked (device_id NULL) and a deleted incident's rows
+deleted: by the triggers on ``devices`` and ``incidents`` for the rows already
+written, and by the trigger on ``deliveries`` for rows written after the deletion (a
+push in flight when its device was erased). Both orders of a deletion racing a
+recording end with no row pointing at what was deleted, and the other rows as
+written; so does any sequence of recordings and deletions (hypothesis). Real
+PostgreSQL."""
 
 from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import Iterator
 from typing import Any
 
 import asyncpg
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from server.store import deliveries
+from tests.conftest import Services
+from tests.helpers import SyncWorld
+from workers.maintenance import Retention, maintain_once
 
 OUTCOMES = ["sent", "token_gone", "retry", "failed", "dead", "withdrawn"]
+LOCK = 7450483687065745001   # 'geopdevi': the triggers' advisory lock (migration 0011)
 
 
 async def _incident(pool: asyncpg.Pool) -> str:
@@ -54,7 +63,7 @@ async def _waiting_on_the_lock(pool: asyncpg.Pool) -> None:
                 WHERE locktype = 'advisory' AND NOT granted
                   AND ((classid::bigint << 32) | objid::bigint) = $1"""
     for _ in range(1000):
-        if await pool.fetchval(query, deliveries.DEVICE_LINK_LOCK):
+        if await pool.fetchval(query, LOCK):
             return
         await asyncio.sleep(0.01)
     raise AssertionError("nobody waited for the device link lock")
@@ -80,59 +89,35 @@ async def test_a_push_recorded_after_its_device_was_erased_is_unlinked(
     assert await _linked(pool) == [devices[0], None, devices[2]]
 
 
-class _PausingPool:
-    """The pool ``record`` is given: its COPY completes, then the transaction waits for
-    ``go`` before committing."""
-
-    def __init__(self, pool: asyncpg.Pool) -> None:
-        self.pool = pool
-        self.copied = asyncio.Event()
-        self.go = asyncio.Event()
-
-    @asynccontextmanager
-    async def acquire(self) -> AsyncIterator[Any]:
-        async with self.pool.acquire() as conn:
-            yield _PausingConnection(conn, self)
-
-
-class _PausingConnection:
-    def __init__(self, conn: asyncpg.Connection, owner: _PausingPool) -> None:
-        self._conn = conn
-        self._owner = owner
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._conn, name)
-
-    async def copy_records_to_table(self, *args: Any, **kwargs: Any) -> str:
-        result: str = await self._conn.copy_records_to_table(*args, **kwargs)
-        self._owner.copied.set()
-        await self._owner.go.wait()
-        return result
+_INSERT = """INSERT INTO deliveries (incident_id, device_id, platform, outcome)
+              VALUES ($1::uuid, $2::uuid, 'fcm', 'sent')"""
 
 
 async def test_a_device_erased_while_its_push_is_being_recorded_waits_then_unlinks(
         pool: asyncpg.Pool) -> None:
-    """The recording has looked the devices up and written the rows, uncommitted; the
-    deletion waits for it to commit, then unlinks the new rows too."""
+    """A recording has written its row, uncommitted (any writer of deliveries: the
+    trigger is the table's); the deletion waits for it to commit, then unlinks the new
+    row too."""
     incident = await _incident(pool)
     devices = await _devices(pool, 2)
-    pausing = _PausingPool(pool)
-    recording = asyncio.create_task(deliveries.record(
-        pausing, [_row(incident, d) for d in devices]))  # type: ignore[arg-type]
-    await asyncio.wait_for(pausing.copied.wait(), 10)
-    deleting = asyncio.create_task(
-        pool.execute("DELETE FROM devices WHERE id = $1::uuid", devices[0]))
-    await _waiting_on_the_lock(pool)
-    assert not deleting.done()
-    pausing.go.set()
-    await asyncio.wait_for(asyncio.gather(recording, deleting), 10)
+    async with pool.acquire() as conn:
+        tx = conn.transaction()
+        await tx.start()
+        for device in devices:
+            await conn.execute(_INSERT, incident, device)
+        deleting = asyncio.create_task(
+            pool.execute("DELETE FROM devices WHERE id = $1::uuid", devices[0]))
+        await _waiting_on_the_lock(pool)
+        assert not deleting.done()
+        await tx.commit()
+    await asyncio.wait_for(deleting, 10)
     assert await _linked(pool) == [None, devices[1]]
 
 
 async def test_a_push_recorded_while_its_device_is_being_erased_waits_then_unlinks(
         pool: asyncpg.Pool) -> None:
-    """The deletion has run, uncommitted; the recording waits for it, then sees the
-    device gone and writes its row unlinked."""
+    """The deletion has run, uncommitted; the recording (the sender's COPY) waits for
+    it, then finds the device erased and unlinks its row."""
     incident = await _incident(pool)
     devices = await _devices(pool, 2)
     async with pool.acquire() as conn:
@@ -148,12 +133,23 @@ async def test_a_push_recorded_while_its_device_is_being_erased_waits_then_unlin
     assert await _linked(pool) == [None, devices[1]]
 
 
+async def test_erased_ids_are_forgotten_after_a_day(pool: asyncpg.Pool) -> None:
+    devices = await _devices(pool, 2)
+    await pool.execute("DELETE FROM devices WHERE id = ANY($1::uuid[])", devices)
+    await pool.execute("UPDATE erased_devices SET erased_at = now() - interval '25 hours' "
+                       "WHERE id = $1::uuid", devices[0])
+    await maintain_once(pool, Retention())
+    assert [str(r["id"]) for r in await pool.fetch("SELECT id FROM erased_devices")] == [
+        devices[1]]
+
+
 async def test_rows_of_a_deleted_incident_are_dropped_and_erased_devices_unlinked(
         pool: asyncpg.Pool) -> None:
-    """The incident's key refuses the COPY; the batch is written again without the
-    deleted incident's rows, the erased device's row still unlinked."""
+    """Deleting an incident deletes its rows; rows written for it afterwards are
+    dropped, in the same batch as an erased device's row, which is unlinked."""
     kept, gone = await _incident(pool), await _incident(pool)
     devices = await _devices(pool, 2)
+    await deliveries.record(pool, [_row(gone, devices[0])])
     await pool.execute("DELETE FROM incidents WHERE id = $1::uuid", gone)
     await pool.execute("DELETE FROM devices WHERE id = $1::uuid", devices[0])
     await deliveries.record(pool, [_row(gone, devices[1]), _row(kept, devices[0]),
@@ -163,10 +159,67 @@ async def test_rows_of_a_deleted_incident_are_dropped_and_erased_devices_unlinke
         (kept, ""), (kept, devices[1])])
 
 
-async def test_deliveries_has_no_key_to_devices(pool: asyncpg.Pool) -> None:
-    """The point of migration 0011: recording a push locks no device row."""
+async def test_deliveries_has_no_foreign_keys(pool: asyncpg.Pool) -> None:
+    """The point of migration 0011: recording a push locks no device or incident row."""
     keys = await pool.fetch(
         """SELECT conname FROM pg_constraint
-            WHERE conrelid = 'deliveries'::regclass AND contype = 'f'
-              AND confrelid = 'devices'::regclass""")
+            WHERE conrelid = 'deliveries'::regclass AND contype = 'f'""")
     assert keys == []
+
+
+DEVICES = 4
+_STEP = st.one_of(
+    # A batch of outcomes for some devices (the sender's COPY), some of them erased.
+    st.tuples(st.just("record"), st.integers(0, 1),
+              st.lists(st.integers(0, DEVICES - 1), min_size=1, max_size=6),
+              st.sampled_from(OUTCOMES)),
+    st.tuples(st.just("erase"), st.lists(st.integers(0, DEVICES - 1), min_size=1,
+                                         max_size=2, unique=True)),
+    # One row written by an INSERT (an operator's, say): the triggers are the table's.
+    st.tuples(st.just("insert"), st.integers(0, 1), st.integers(0, DEVICES - 1)),
+    st.tuples(st.just("delete incident"), st.integers(0, 1)),
+)
+
+
+@pytest.fixture(scope="module")
+def world(services: Services) -> Iterator[SyncWorld]:
+    w = SyncWorld(services.database_url)
+    yield w
+    w.close()
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(steps=st.lists(_STEP, max_size=10))
+def test_no_row_points_at_what_was_deleted_after_any_recordings_and_deletions(
+        world: SyncWorld, steps: list[tuple[Any, ...]]) -> None:
+    """Whatever the order of recordings and deletions: every row of a device still
+    there names it, every row of an erased device is unlinked, the rows of a deleted
+    incident are gone, and no other row is lost."""
+    world.run(world.pool.execute("TRUNCATE deliveries, erased_devices, devices, incidents, "
+                                 "agencies RESTART IDENTITY CASCADE"))
+    incidents = [world.run(_incident(world.pool)) for _ in range(2)]
+    ids = world.run(_devices(world.pool, DEVICES))
+    erased: set[str] = set()
+    deleted: set[str] = set()
+    written: list[tuple[str, str]] = []     # (incident, device) of each row, in order
+    for step in steps:
+        if step[0] == "record":
+            rows = [(incidents[step[1]], ids[i]) for i in step[2]]
+            world.run(deliveries.record(world.pool, [_row(i, d, step[3]) for i, d in rows]))
+            written += rows
+        elif step[0] == "insert":
+            world.run(world.pool.execute(_INSERT, incidents[step[1]], ids[step[2]]))
+            written.append((incidents[step[1]], ids[step[2]]))
+        elif step[0] == "erase":
+            gone = [ids[i] for i in step[1]]
+            world.run(world.pool.execute("DELETE FROM devices WHERE id = ANY($1::uuid[])",
+                                         gone))
+            erased.update(gone)
+        else:
+            world.run(world.pool.execute("DELETE FROM incidents WHERE id = $1::uuid",
+                                         incidents[step[1]]))
+            deleted.add(incidents[step[1]])
+    expected = [(i, None if d in erased else d) for i, d in written if i not in deleted]
+    rows = world.run(world.pool.fetch(
+        "SELECT incident_id::text, device_id::text FROM deliveries ORDER BY id"))
+    assert [(r["incident_id"], r["device_id"]) for r in rows] == expected
