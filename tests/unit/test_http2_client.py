@@ -14,7 +14,9 @@ import h2.connection
 import h2.events
 import pytest
 from h2.settings import SettingCodes
-from hpack import Decoder, Encoder
+from hpack import Decoder, Encoder, NeverIndexedHeaderTuple
+from hpack.huffman import HuffmanEncoder
+from hpack.huffman_constants import REQUEST_CODES, REQUEST_CODES_LENGTH
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -29,7 +31,9 @@ from workers.gateways.http2 import (
     Http2Connection,
     Response,
     StreamError,
+    _integer,
     _request_head,
+    _self_contained,
     frame,
 )
 from workers.gateways.waiting import Done, result_of
@@ -420,3 +424,99 @@ async def test_a_malformed_header_name_is_refused_before_anything_is_sent() -> N
             peer.client.start(b"POST", PATH, ((name, b"x"),), (), b"{}", _deadline(),
                               lambda _: None)
     assert peer.client.slots.in_use == 0 and not peer.client.streams
+
+
+# ---- a 200's headers left undecoded (http2.Response) ----------------------------------
+
+_HUFFMAN = HuffmanEncoder(REQUEST_CODES, REQUEST_CODES_LENGTH)
+
+
+def _hstring(value: bytes, huffman: bool) -> bytes:
+    if huffman:
+        coded = _HUFFMAN.encode(value)
+        return _integer(len(coded), 7, 0x80) + coded
+    return _integer(len(value), 7, 0) + value
+
+
+_TOKEN = st.binary(min_size=1, max_size=12).map(lambda b: b.hex().encode())
+# One representation (RFC 7541 §6) and whether it leaves the table alone: indexed
+# (static 1-61, or dynamic 62+), literals without / never / with incremental indexing
+# (static or new name, plain or Huffman strings), a table size update.
+_LITERALS = [(0x00, True), (0x10, True), (0x40, False)]   # without, never, incremental
+
+
+def _literal(kind: tuple[int, bool], name: int | bytes, value: bytes,
+             huffman: bool) -> tuple[bytes, bool]:
+    pattern, alone = kind
+    prefix = 6 if pattern == 0x40 else 4
+    head = (_integer(name, prefix, pattern) if isinstance(name, int)
+            else _integer(0, prefix, pattern) + _hstring(name, huffman))
+    return head + _hstring(value, huffman), alone
+
+
+_REPRESENTATION = st.one_of(
+    st.integers(1, 61).map(lambda i: (_integer(i, 7, 0x80), True)),
+    st.integers(62, 64).map(lambda i: (_integer(i, 7, 0x80), False)),
+    st.builds(_literal, st.sampled_from(_LITERALS), st.one_of(st.integers(1, 61), _TOKEN),
+              _TOKEN, st.booleans()),
+    st.integers(0, 4096).map(lambda n: (_integer(n, 5, 0x20), False)),
+)
+
+
+def _primed_decoder() -> Decoder:
+    """A decoder whose dynamic table holds three entries (indexes 62-64)."""
+    decoder = Decoder()
+    decoder.decode(Encoder().encode([(b"x-a", b"1"), (b"x-b", b"2"), (b"x-c", b"3")]))
+    assert len(decoder.header_table.dynamic_entries) == 3
+    return decoder
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_REPRESENTATION, max_size=6))
+def test_a_block_is_self_contained_exactly_when_it_leaves_the_table_alone(
+        representations: list[tuple[bytes, bool]]) -> None:
+    """Self-contained: decoded by a fresh decoder as by the connection's, which it leaves
+    unchanged; anything that reads or writes the table (a dynamic index, incremental
+    indexing, a size update) makes it not."""
+    block = b"".join(r for r, _ in representations)
+    alone = all(a for _, a in representations)
+    assert _self_contained(block, 0) == alone
+    if alone:
+        decoder = _primed_decoder()
+        table = list(decoder.header_table.dynamic_entries)
+        assert Decoder().decode(block, raw=True) == decoder.decode(block, raw=True)
+        assert list(decoder.header_table.dynamic_entries) == table
+
+
+@given(st.binary(max_size=40))
+def test_any_bytes_are_judged_without_an_error(block: bytes) -> None:
+    _self_contained(block, 0)   # a truncated or absurd block is "no", never an exception
+
+
+@pytest.mark.parametrize("table_size", [0, 4096])
+async def test_a_200_with_unindexed_headers_is_decoded_only_when_asked(
+        table_size: int) -> None:
+    """APNs' answer to a push: :status 200 and a never-indexed apns-id. The response
+    carries the block undecoded; the connection's table stays in step with the peer's
+    for the responses around it (with a table: one that indexes a header, then one that
+    refers to the entry)."""
+    peer = Peer(response_table_size=table_size)
+    await peer.exchange()
+    lazy = []
+    for n, extra in enumerate([
+            [(b"x-kept", b"v1")],
+            [NeverIndexedHeaderTuple(b"apns-id", b"id-1")],
+            [NeverIndexedHeaderTuple(b"apns-id", b"id-2")],
+            [(b"x-kept", b"v1")]]):
+        task = await _start(peer)
+        [stream_id] = [s for s in peer.requests if "done" not in peer.requests[s]]
+        peer.requests[stream_id]["done"] = True
+        peer.respond(stream_id, 200 if n in (1, 2) else 201, extra=extra)
+        response = await task
+        lazy.append(response._headers is None)
+        name, value = extra[0]
+        assert response.headers[name] == value
+        assert response.status == (200 if n in (1, 2) else 201)
+    # The first 200 may open with the table size update the peer owes our SETTINGS;
+    # the second is a bare :status 200 and a literal.
+    assert lazy[2] and not lazy[0] and not lazy[3]

@@ -5,8 +5,9 @@ docs/adr/0001-own-http2-client.md).
 - one provider token (ES256 JWT) for all connections, from a ``TokenSource`` shared
   across processes (``workers.apns_token``) or minted here and kept 40 minutes (Apple:
   refresh at most every 20, at least every 60);
-- ``apns-expiration`` is an absolute unix time; ``apns-id`` is sent only when the
-  caller has one (APNs answers with the one it assigned otherwise);
+- ``apns-expiration`` is an absolute unix time; ``apns-id`` is the caller's, or one
+  made here (``new_apns_id``): APNs answers with the request's, so a success's
+  headers need no decoding (``http2.Response``);
 - a connection starts with one stream (Apple's rule until the first success) and then
   follows the server's SETTINGS; connections open lazily, up to ``max_connections``,
   a new one once every open one carries ``SPREAD_STREAMS`` sends, and sends go to the
@@ -20,10 +21,10 @@ docs/adr/0001-own-http2-client.md).
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import json
 import logging
+import random
 import ssl
 import time
 from dataclasses import dataclass
@@ -143,10 +144,12 @@ class ApnsClient:
         apns_id: str | None,
     ) -> None:
         fields = self._fields(authorization, push_type, priority, expiration, collapse_id)
-        sensitive = () if apns_id is None else ((b"apns-id", apns_id.encode()),)
-        deadline = asyncio.get_running_loop().time() + self._timeout
-        self._pool.start(b"POST", b"/3/device/" + token.encode(), fields, sensitive, payload,
-                         deadline, functools.partial(self._response_done, apns_id, done))
+        if apns_id is None:
+            apns_id = new_apns_id()
+        self._pool.start(b"POST", b"/3/device/" + token.encode(), fields,
+                         ((b"apns-id", apns_id.encode()),), payload,
+                         self._pool.deadline(self._timeout),
+                         functools.partial(self._response_done, apns_id, done))
 
     def _response_done(self, apns_id: str | None, done: Done[ApnsResponse],
                   answer: Response | Exception) -> None:
@@ -198,7 +201,23 @@ class ApnsClient:
         await self._pool.close()
 
 
+def new_apns_id() -> str:
+    """A random (version 4) UUID in APNs' canonical form, lowercase 8-4-4-4-12; from
+    a seeded PRNG, without the system call ``uuid.uuid4`` makes: it identifies a
+    request to Apple, it guards nothing."""
+    h = f"{_RANDOM.getrandbits(128):032x}"
+    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
+
+
+_RANDOM = random.Random()
+# The variant's two high bits 10: the first hex digit of the fourth group is 8, 9, a, b.
+_VARIANT = {d: "89ab"[int(d, 16) & 3] for d in "0123456789abcdef"}
+
+
 def _response(response: Response, apns_id: str | None) -> ApnsResponse:
+    if response.status == 200 and apns_id:
+        # APNs answers a request's own apns-id; the headers are left undecoded.
+        return ApnsResponse(status=200, reason=None, timestamp_ms=None, apns_id=apns_id)
     reason, timestamp = _error_body(response.body)
     return ApnsResponse(
         status=response.status, reason=reason, timestamp_ms=timestamp,

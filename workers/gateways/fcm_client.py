@@ -309,8 +309,8 @@ class FcmClient:
         self._post(body, token, functools.partial(self._response_done, body, token, done))
 
     def _post(self, body: bytes, token: str, done: Done[Response]) -> None:
-        deadline = asyncio.get_running_loop().time() + self._timeout_s
-        self._pool.start(b"POST", self._path, self._headers(token), (), body, deadline, done)
+        self._pool.start(b"POST", self._path, self._headers(token), (), body,
+                         self._pool.deadline(self._timeout_s), done)
 
     def _response_done(self, body: bytes, token: str, done: Done[FcmResponse],
                   answer: Response | Exception) -> None:
@@ -454,7 +454,8 @@ class FcmClient:
 
 
 def _fcm_response(answer: Response) -> FcmResponse:
-    retry_after = answer.headers.get(b"retry-after")
+    # A success's headers are not read (nor decoded: http2.Response).
+    retry_after = None if answer.status == 200 else answer.headers.get(b"retry-after")
     return parse_response(answer.status, answer.body,
                           None if retry_after is None else retry_after.decode("latin-1"))
 

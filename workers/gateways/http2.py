@@ -88,6 +88,8 @@ Fields = tuple[tuple[bytes, bytes], ...]
 # The bytes of a header block made only of one-byte indexed fields (RFC 7541 §6.1:
 # 1xxxxxxx, index 1-126; 0xFF would start a longer index).
 _ONE_BYTE_INDEXES = bytes(range(0x81, 0xFF))
+_STATUS_200 = b"\x88"   # static table 8, ":status: 200"
+_STATIC_ENTRIES = 61
 _METHODS = {b"GET": b"\x82", b"POST": b"\x83"}   # static table 2 and 3
 
 _HEADER = struct.Struct(">IBI")   # (length << 8 | type), flags, stream id
@@ -199,12 +201,89 @@ class ConnectionFault(Exception):
 
 
 class Response:
-    __slots__ = ("body", "headers", "status")
+    """A response: ``status``, ``headers`` and ``body``. The headers of a 200 whose block
+    neither reads nor writes the HPACK table (``_self_contained``) are decoded only
+    when asked for: a gateway's answer to a push carries one unique header (APNs'
+    apns-id, Huffman-coded), whose decoding was the client's largest cost per push,
+    and a sender that knows the id it sent has no use for it."""
 
-    def __init__(self, status: int, headers: dict[bytes, bytes], body: bytes) -> None:
+    __slots__ = ("_block", "_headers", "body", "status")
+
+    def __init__(self, status: int, headers: dict[bytes, bytes] | None, body: bytes,
+                 block: bytes = b"") -> None:
         self.status = status
-        self.headers = headers
+        self._headers = headers
+        self._block = block
         self.body = body
+
+    @property
+    def headers(self) -> dict[bytes, bytes]:
+        if self._headers is None:
+            # The block is self-contained: a decoder with an empty table reads it as
+            # the connection's would have.
+            decoded = cast(list[tuple[bytes, bytes]],
+                           Decoder(max_header_list_size=MAX_HEADER_BLOCK).decode(
+                               self._block, raw=True))
+            self._headers = dict(decoded)
+        return self._headers
+
+
+def _hpack_int(block: bytes, i: int, prefix_bits: int) -> tuple[int, int]:
+    """An HPACK integer (RFC 7541 §5.1) at ``block[i]``: (value, index after it), or
+    (-1, -1) when the block ends inside it or it is absurdly long."""
+    limit = (1 << prefix_bits) - 1
+    value = block[i] & limit
+    i += 1
+    if value < limit:
+        return value, i
+    shift = 0
+    while i < len(block) and shift <= 28:
+        byte = block[i]
+        i += 1
+        value += (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, i
+        shift += 7
+    return -1, -1
+
+
+def _skip_string(block: bytes, i: int) -> int:
+    """The index after the string literal (§5.2) at ``block[i]``, or -1."""
+    if i >= len(block):
+        return -1
+    length, i = _hpack_int(block, i, 7)
+    if i < 0 or i + length > len(block):
+        return -1
+    return i + length
+
+
+def _self_contained(block: bytes, i: int) -> bool:
+    """Whether the header block's representations from ``block[i]`` on neither read nor
+    write the dynamic table: static-table indexes (§6.1) and literals not indexed or
+    never indexed (§6.2.2, §6.2.3) with a static or literal name. No table size update,
+    no incremental indexing. Such a block can be decoded later, or not at all, without
+    the connection's decoder losing step with the peer's encoder."""
+    end = len(block)
+    while i < end:
+        first = block[i]
+        if first & 0x80:                       # indexed field
+            index, i = _hpack_int(block, i, 7)
+            if not 0 < index <= _STATIC_ENTRIES:
+                return False
+            continue
+        if first & 0xE0:                       # incremental indexing, or a size update
+            return False
+        index, i = _hpack_int(block, i, 4)
+        if i < 0 or index > _STATIC_ENTRIES:
+            return False
+        if index == 0:
+            i = _skip_string(block, i)         # the name
+            if i < 0:
+                return False
+        i = _skip_string(block, i)             # the value
+        if i < 0:
+            return False
+    return True
 
 
 class _Stream:
@@ -214,7 +293,8 @@ class _Stream:
     def __init__(self, done: Done[Response], deadline: float, send_window: int) -> None:
         self.done = done           # called once: the response, or why there is none
         self.deadline = deadline   # loop time
-        self.headers: list[tuple[bytes, bytes]] = []
+        # Decoded, or a 200's self-contained block left to decode on demand (Response).
+        self.headers: list[tuple[bytes, bytes]] | bytes = []
         self.body = bytearray()
         self.send_window = send_window
         self.pending = b""         # request body waiting for flow-control credit
@@ -626,6 +706,14 @@ class Http2Connection(asyncio.Protocol):
             self._header_block = (stream_id, bytearray(block), bool(flags & END_STREAM), 0)
 
     def _on_header_block(self, stream_id: int, block: bytes, end_stream: bool) -> None:
+        stream = self.streams.get(stream_id)
+        if (stream is not None and not stream.headers and block[:1] == _STATUS_200
+                and _self_contained(block, 1)):
+            # A 200 that leaves the table as it is: nothing to decode now.
+            stream.headers = block
+            if end_stream:
+                self._finish(stream_id, stream)
+            return
         headers = self._decoded.get(block)
         if headers is None:
             # Decoded whatever the stream's state: the table must follow the peer's.
@@ -638,7 +726,6 @@ class Http2Connection(asyncio.Protocol):
                 if len(self._decoded) >= 64:
                     self._decoded.clear()
                 self._decoded[block] = headers
-        stream = self.streams.get(stream_id)
         if stream is None:
             return
         if not stream.headers:
@@ -793,10 +880,12 @@ class Http2Connection(asyncio.Protocol):
     def _finish(self, stream_id: int, stream: _Stream) -> None:
         del self.streams[stream_id]
         self.slots.release()
-        headers = dict(stream.headers)
-        if not headers:   # only interim (1xx) responses, then the stream ended
+        if isinstance(stream.headers, bytes):
+            self._call_done(stream, Response(200, None, bytes(stream.body), stream.headers))
+        elif not stream.headers:   # only interim (1xx) responses, then the stream ended
             self._call_done(stream, StreamError("the stream ended without a response"))
         else:
+            headers = dict(stream.headers)
             self._call_done(stream, Response(int(headers[b":status"]), headers,
                                           bytes(stream.body)))
         if self.closing and not self.streams and self.transport is not None:
@@ -912,6 +1001,16 @@ class Http2Pool:
         self._spread_streams = spread_streams
         self._lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def deadline(self, seconds: float) -> float:
+        """The loop time ``seconds`` from now, for ``start``. The loop is looked up once:
+        on Python 3.11 ``asyncio.get_running_loop`` makes a getpid system call, and
+        this runs once a push."""
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        return loop.time() + seconds
 
     def start(self, method: bytes, path: bytes, headers: Fields, sensitive: Fields,
               body: bytes, deadline: float, done: Done[Response]) -> None:
