@@ -471,6 +471,14 @@ def _primed_decoder() -> Decoder:
     return decoder
 
 
+def _table_off_decoder() -> Decoder:
+    """A decoder whose peer has set the table's size to 0 (as ours asks)."""
+    decoder = Decoder()
+    decoder.decode(b"\x20")
+    assert decoder.header_table.maxsize == 0
+    return decoder
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.lists(_REPRESENTATION, max_size=6))
 def test_a_block_is_self_contained_exactly_when_it_leaves_the_table_alone(
@@ -480,7 +488,7 @@ def test_a_block_is_self_contained_exactly_when_it_leaves_the_table_alone(
     indexing, a size update) makes it not."""
     block = b"".join(r for r, _ in representations)
     alone = all(a for _, a in representations)
-    assert _self_contained(block, 0) == alone
+    assert _self_contained(block, 0, table_off=False) == alone
     if alone:
         decoder = _primed_decoder()
         table = list(decoder.header_table.dynamic_entries)
@@ -488,9 +496,25 @@ def test_a_block_is_self_contained_exactly_when_it_leaves_the_table_alone(
         assert list(decoder.header_table.dynamic_entries) == table
 
 
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_REPRESENTATION, max_size=6))
+def test_with_the_table_off_incremental_indexing_is_self_contained_too(
+        representations: list[tuple[bytes, bool]]) -> None:
+    """With the peer's table at size 0 an indexed literal indexes nothing: such a block
+    decodes the same later, and leaves the table empty."""
+    block = b"".join(r for r, _ in representations)
+    alone = all(a or r[0] & 0xC0 == 0x40 for r, a in representations)
+    assert _self_contained(block, 0, table_off=True) == alone
+    if alone:
+        decoder = _table_off_decoder()
+        assert Decoder().decode(block, raw=True) == decoder.decode(block, raw=True)
+        assert not decoder.header_table.dynamic_entries
+
+
 @given(st.binary(max_size=40))
 def test_any_bytes_are_judged_without_an_error(block: bytes) -> None:
-    _self_contained(block, 0)   # a truncated or absurd block is "no", never an exception
+    for table_off in (False, True):   # a truncated or absurd block: "no", never an error
+        _self_contained(block, 0, table_off)
 
 
 @pytest.mark.parametrize("table_size", [0, 4096])
@@ -520,3 +544,20 @@ async def test_a_200_with_unindexed_headers_is_decoded_only_when_asked(
     # The first 200 may open with the table size update the peer owes our SETTINGS;
     # the second is a bare :status 200 and a literal.
     assert lazy[2] and not lazy[0] and not lazy[3]
+
+
+async def test_a_200_from_a_peer_that_indexes_into_an_empty_table_is_not_decoded() -> None:
+    """h2's encoder (the fakes', and a common one) indexes every new header; with our
+    table size 0 that indexes nothing, and the answer is left undecoded all the same."""
+    peer = Peer(response_table_size=0)
+    await peer.exchange()
+    lazy = []
+    for n in range(3):
+        task = await _start(peer)
+        [stream_id] = [s for s in peer.requests if "done" not in peer.requests[s]]
+        peer.requests[stream_id]["done"] = True
+        peer.respond(stream_id, 200, extra=[(b"apns-id", f"id-{n}".encode())])
+        response = await task
+        lazy.append(response._headers is None)
+        assert response.headers[b"apns-id"] == f"id-{n}".encode()
+    assert lazy[1:] == [True, True]

@@ -257,12 +257,14 @@ def _skip_string(block: bytes, i: int) -> int:
     return i + length
 
 
-def _self_contained(block: bytes, i: int) -> bool:
+def _self_contained(block: bytes, i: int, table_off: bool) -> bool:
     """Whether the header block's representations from ``block[i]`` on neither read nor
     write the dynamic table: static-table indexes (§6.1) and literals not indexed or
-    never indexed (§6.2.2, §6.2.3) with a static or literal name. No table size update,
-    no incremental indexing. Such a block can be decoded later, or not at all, without
-    the connection's decoder losing step with the peer's encoder."""
+    never indexed (§6.2.2, §6.2.3) with a static or literal name; with ``table_off``
+    (the peer's table has size 0: ours is, and it has said so) literals with
+    incremental indexing too, since an entry larger than the table leaves it empty
+    (§4.4). No table size update. Such a block can be decoded later, or not at all,
+    without the connection's decoder losing step with the peer's encoder."""
     end = len(block)
     while i < end:
         first = block[i]
@@ -271,9 +273,12 @@ def _self_contained(block: bytes, i: int) -> bool:
             if not 0 < index <= _STATIC_ENTRIES:
                 return False
             continue
-        if first & 0xE0:                       # incremental indexing, or a size update
+        if first & 0xC0 == 0x40 and table_off:   # incremental indexing, into nothing
+            index, i = _hpack_int(block, i, 6)
+        elif first & 0xE0:                     # incremental indexing, or a size update
             return False
-        index, i = _hpack_int(block, i, 4)
+        else:
+            index, i = _hpack_int(block, i, 4)
         if i < 0 or index > _STATIC_ENTRIES:
             return False
         if index == 0:
@@ -708,7 +713,7 @@ class Http2Connection(asyncio.Protocol):
     def _on_header_block(self, stream_id: int, block: bytes, end_stream: bool) -> None:
         stream = self.streams.get(stream_id)
         if (stream is not None and not stream.headers and block[:1] == _STATUS_200
-                and _self_contained(block, 1)):
+                and _self_contained(block, 1, self.decoder.header_table.maxsize == 0)):
             # A 200 that leaves the table as it is: nothing to decode now.
             stream.headers = block
             if end_stream:
