@@ -293,6 +293,17 @@ def ceiling(stack: Stack, tmp: Path, counts: dict[str, int]) -> dict[str, Ceilin
 # -- the run ---------------------------------------------------------------------------
 
 
+def _cpu_per_push(what: str, cpu_s: dict[str, float], pushes: int) -> str:
+    """Each process group's CPU a push, and all of geopush's (everything but the
+    fakes): what the send path costs, less noisy than the times."""
+    if not pushes:
+        return f"{what} CPU a push: no pushes"
+    ours = sum(v for k, v in cpu_s.items() if k != "fakes")
+    return (f"{what} CPU a push (µs): " + ", ".join(
+        f"{k} {v / pushes * 1e6:.0f}" for k, v in sorted(cpu_s.items()) if v)
+        + f"; geopush {ours / pushes * 1e6:.0f}")
+
+
 @dataclass
 class Report:
     args: dict[str, str]
@@ -303,6 +314,9 @@ class Report:
     area: IncidentFigures | None = None
     area_ceiling: dict[str, Ceiling] = field(default_factory=dict)
     area_cpu_cores: dict[str, float] = field(default_factory=dict)
+    # CPU seconds each process group used over the small fan-outs (post to quiet).
+    small_cpu_s: dict[str, float] = field(default_factory=dict)
+    area_cpu_s: dict[str, float] = field(default_factory=dict)
     steps: list[RateStep] = field(default_factory=list)
     rss_mb: dict[str, float] = field(default_factory=dict)
     queries: list[QueryTiming] = field(default_factory=list)
@@ -394,6 +408,10 @@ def render(r: Report) -> str:
             f"{'met' if r.area_ratio >= TARGET_AREA_RATIO else 'NOT met'})")
         lines.append("large fan-out CPU (cores): " + ", ".join(
             f"{k} {v:.2f}" for k, v in sorted(r.area_cpu_cores.items())))
+        lines.append(_cpu_per_push("large fan-out", r.area_cpu_s, r.area.pushes))
+    if r.small:
+        lines.append(_cpu_per_push("small fan-outs", r.small_cpu_s,
+                                   sum(f.pushes for f in r.small)))
     for s in r.steps:
         lines.append(
             f"rate {s.rate:g}/s: {s.incidents} fires, {s.pushes:,} pushes, offered "
@@ -465,9 +483,11 @@ def run(args: argparse.Namespace, services: FanoutServices, tmp: Path) -> Report
         where = locations()
         cad = Cad(stack.web_url, secret, secrets.token_hex(3))
 
-        def one(post: Any, cpu: dict[str, float] | None = None) -> IncidentFigures:
+        def one(post: Any, cpu: dict[str, float] | None = None,
+                cpu_s: dict[str, float] | None = None) -> IncidentFigures:
             """Post one incident and follow it to its last push; with ``cpu``, the
-            cores each process group used from the post to quiet."""
+            cores each process group used from the post to quiet; ``cpu_s`` adds up
+            their CPU seconds."""
             before = stack.matcher_metrics()["match_seconds"]
             cpu_before, started = stack.cpu(), time.monotonic()
             since = time.time() - 0.001
@@ -478,6 +498,9 @@ def run(args: argparse.Namespace, services: FanoutServices, tmp: Path) -> Report
             used = {k: cpu_used(cpu_before[k], cpu_after[k]) for k in cpu_after}
             if cpu is not None:
                 cpu.update({k: round(v / took, 2) for k, v in used.items()})
+            if cpu_s is not None:
+                for k, v in used.items():
+                    cpu_s[k] = cpu_s.get(k, 0.0) + v
             match_s = stack.matcher_metrics()["match_seconds"] - before
             got = by_incident(arrivals_since(stack, since))
             mine = got.get(p.incident_id, [])
@@ -490,10 +513,12 @@ def run(args: argparse.Namespace, services: FanoutServices, tmp: Path) -> Report
         report.warmup = one(lambda: cad.fire(where.pop(), len(posted)))
         for _ in range(args.small):
             time.sleep(args.pause)
-            report.small.append(one(lambda: cad.fire(where.pop(0), len(posted))))
+            report.small.append(one(lambda: cad.fire(where.pop(0), len(posted)),
+                                    cpu_s=report.small_cpu_s))
         if args.area_km > 0:
             time.sleep(args.pause)
-            report.area = one(lambda: cad.area(args.area_km), report.area_cpu_cores)
+            report.area = one(lambda: cad.area(args.area_km), report.area_cpu_cores,
+                              report.area_cpu_s)
             print("[fanout] ceiling: h2load, the same requests into the same fleets",
                   flush=True)
             counts_now = {"apns": report.area.apns, "fcm": report.area.fcm}

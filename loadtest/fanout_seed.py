@@ -78,8 +78,10 @@ class SeedSpec:
     seed: float = 0.42  # PostgreSQL's setseed: the same phones every time
 
     def digest(self) -> str:
-        """What a cached copy depends on: these figures, the SQL and the migrations."""
-        migrations = ",".join(p.name for p in sorted(SQL_DIR.glob("*.sql")))
+        """What a cached copy depends on: these figures, the SQL and the migrations (their
+        text: a migration edited on a branch before it lands makes a new copy)."""
+        migrations = ",".join(f"{p.name}:{hashlib.sha256(p.read_bytes()).hexdigest()[:12]}"
+                              for p in sorted(SQL_DIR.glob("*.sql")))
         text = f"{SEED_VERSION}|{self.devices}|{self.near_me}|{self.seed}|{AREA}|{migrations}"
         return hashlib.sha256(text.encode()).hexdigest()[:10]
 
@@ -126,7 +128,7 @@ async def report_positions(database_url: str, redis: RedisClient, spec: SeedSpec
     conn = await asyncpg.connect(database_url)
     try:
         rows = await conn.fetch(
-            f"""SELECT id::text FROM devices
+            f"""SELECT id::text, near_me_radius_m FROM devices
                 WHERE near_me_radius_m IS NOT NULL AND {SEEDED}
                 ORDER BY id""")  # noqa: S608 (a constant)
     finally:
@@ -135,17 +137,19 @@ async def report_positions(database_url: str, redis: RedisClient, spec: SeedSpec
     rng = random.Random(spec.seed)
     min_lat, min_lon, max_lat, max_lon = AREA
     now = time.time()
-    ids = [r["id"] for r in rows]
-    for start in range(0, len(ids), 5000):
-        chunk = ids[start:start + 5000]
-        places: list[float | str] = []
-        for device_id in chunk:
-            places += [rng.uniform(min_lon, max_lon), rng.uniform(min_lat, max_lat), device_id]
+    for start in range(0, len(rows), 5000):
+        chunk = rows[start:start + 5000]
+        bands: dict[str, list[float | str]] = {}
+        for row in chunk:
+            # Into the band of the device's radius, as a report through the API does.
+            bands.setdefault(near_me.band(row["near_me_radius_m"]), []).extend(
+                [rng.uniform(min_lon, max_lon), rng.uniform(min_lat, max_lat), row["id"]])
         async with redis.pipeline(transaction=False) as pipe:
-            pipe.geoadd(near_me.geo_key, places)
-            pipe.zadd(near_me.seen_key, dict.fromkeys(chunk, now))
+            for key, places in bands.items():
+                pipe.geoadd(key, places)
+            pipe.zadd(near_me.seen_key, dict.fromkeys((r["id"] for r in chunk), now))
             await pipe.execute()
-    return len(ids)
+    return len(rows)
 
 
 # -- a seeded copy kept as a template ----------------------------------------------------

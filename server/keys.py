@@ -194,7 +194,16 @@ RESPONDER_POSITION_TTL_S and the position is forgotten."""
 RESPONDER_POSITION_TTL_S = 15 * 60
 
 NEAR_ME_GEO = f"{PREFIX}:{{near_me}}:geo"
-"""GEO set of the last position devices with "near me" reported (member: device id)."""
+"""GEO set of the last position devices with "near me" reported (member: device id),
+for the devices whose radius is above the last of NEAR_ME_BANDS (and positions
+reported before the bands existed)."""
+
+NEAR_ME_BANDS = tuple((m, f"{PREFIX}:{{near_me}}:geo:{m}")
+                      for m in (500, 750, 1000, 1500, 2000, 3000, 4000))
+"""(metres, GEO set): the positions of devices whose near-me radius is at most that
+many metres (and above the band before): an incident's search reaches each band only
+as far as its own radius, not every position within the largest radius anyone may
+choose (server/store/positions.py, ``NearMePositions``)."""
 
 NEAR_ME_SEEN = f"{PREFIX}:{{near_me}}:seen"
 """Sorted set: when each device last reported (unix s); older than

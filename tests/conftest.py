@@ -87,7 +87,7 @@ def settings(services: Services) -> Settings:
     )
 
 
-_TABLES = ("deliveries, erased_devices, zones, neighbourhoods, devices, outbox, incidents, "
+_TABLES = ("deliveries, erased_device_tags, zones, neighbourhoods, devices, outbox, incidents, "
            "agencies")
 
 

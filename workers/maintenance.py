@@ -1,7 +1,7 @@
 """Periodic housekeeping, run by the relay process: expire review items past the
 staleness window, forget exact incident locations after their retention period and
 responders' positions 15 minutes after their last report, delete expired console
-sessions and the ids of devices erased a day ago, roll finished days up into the
+sessions and the tags of devices erased a day ago, roll finished days up into the
 transparency report's counts, then delete delivery records and incidents past their
 retention (in batches, each its own short transaction, so the senders writing
 deliveries never wait on a long lock)."""
@@ -33,7 +33,7 @@ class Retention:
     exact_location: dt.timedelta = dt.timedelta(hours=24)
     deliveries: dt.timedelta = dt.timedelta(days=30)
     incidents: dt.timedelta = dt.timedelta(days=365)
-    erased_device_ids: dt.timedelta = dt.timedelta(days=1)
+    erased_device_tags: dt.timedelta = dt.timedelta(days=1)
 
 
 DELETE_BATCH = 5_000
@@ -72,7 +72,7 @@ async def maintain_once(pool: asyncpg.Pool, retention: Retention,
     expired = await review.expire(pool, now)
     purged = await housekeeping.purge_exact_locations(pool, retention.exact_location, now)
     sessions = await accounts.purge_expired_sessions(pool, now)
-    await housekeeping.forget_erased_devices(pool, retention.erased_device_ids, now)
+    await housekeeping.forget_erased_devices(pool, retention.erased_device_tags, now)
     # Positions are also dropped when a cardiac arrest looks for responders; this
     # forgets them on time when none happens.
     if redis:

@@ -113,8 +113,10 @@ class Checks:
 
 
 async def _audience(pool: asyncpg.Pool, redis: Any, incident_id: str,
-                    near_me: positions.PositionSet) -> tuple[str, set[str]]:
-    """(category, the device ids) the matcher was to reach, as it finds them, read only."""
+                    near_me: positions.NearMePositions) -> tuple[str, set[str]]:
+    """(category, the device ids) the matcher was to reach, as it finds them (read
+    only), but with every near-me position within the widest radius looked at, so a
+    position the bands' searches left out shows as a device not pushed."""
     row = await matching.incident(pool, incident_id)
     if row is None:
         return "", set()
@@ -142,7 +144,7 @@ async def check(stack: Stack, posted: list[Posted], compared: list[Arrival],
         if out.delivered != fakes_total:
             out.problem(f"{out.delivered} deliveries recorded 'sent', the fakes received "
                         f"{fakes_total}")
-        near_me = positions.near_me(location_ttl_s)
+        near_me = positions.near_me(location_ttl_s).in_full()
         audiences = {i: await _audience(pool, redis, i, near_me) for i in ids}
         # Per device, its pushes of categories the hourly limit applies to.
         limited: Counter[str] = Counter()

@@ -15,7 +15,6 @@ import asyncpg
 from server import keys
 from server.domain.categories import MOST_SEVERE, RESPONDER_ONLY
 from server.domain.quiet import allowed_now
-from server.domain.zones import MAX_NEAR_ME_RADIUS_M
 from server.store import matching, positions
 from server.store.redisclient import RedisClient
 
@@ -53,7 +52,7 @@ class Audience:
 
 
 async def find_audience(pool: asyncpg.Pool, redis: RedisClient, target: Target, *,
-                        near_me: positions.PositionSet | None = None,
+                        near_me: positions.NearMePositions | None = None,
                         forget: bool = True) -> Audience:
     """Devices the incident is for, before quiet hours, dedup and hourly limits.
 
@@ -80,17 +79,17 @@ async def find_audience(pool: asyncpg.Pool, redis: RedisClient, target: Target, 
 
 
 async def near_positions(pool: asyncpg.Pool, redis: RedisClient,
-                         near_me: positions.PositionSet, geometry: str,
+                         near_me: positions.NearMePositions, geometry: str,
                          point: tuple[float, float], *, forget: bool = True,
                          ) -> list[positions.Nearby]:
-    """Near-me positions that may be within their radius of ``geometry``: one GEO
-    search around ``point`` (lat, lon; a point on it), as far out as the geometry's
-    public extent reaches plus the largest radius a device may choose. The SQL then
+    """Near-me positions that may be within their radius of ``geometry``: GEO searches
+    around ``point`` (lat, lon; a point on it), each band of radii as far out as the
+    geometry's public extent plus the band's radius (one round trip). The SQL then
     keeps those within their own device's radius."""
-    if not await redis.exists(near_me.geo_key):
+    if not await near_me.any(redis):
         return []
     extent = await matching.extent_m(pool, geometry, *point)
-    return await near_me.near(redis, *point, MAX_NEAR_ME_RADIUS_M + extent, forget=forget)
+    return await near_me.candidates(redis, *point, extent, forget=forget)
 
 
 async def area_near_positions(pool: asyncpg.Pool, redis: RedisClient, area: str, *,

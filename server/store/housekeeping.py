@@ -1,5 +1,5 @@
 """Housekeeping the relay process runs: forgetting exact incident locations, and the
-ids of erased devices once no push of theirs can still be recorded."""
+tags of erased devices once no push of theirs can still be recorded."""
 
 from __future__ import annotations
 
@@ -24,9 +24,9 @@ async def purge_exact_locations(pool: asyncpg.Pool, older_than: dt.timedelta,
 
 async def forget_erased_devices(pool: asyncpg.Pool, older_than: dt.timedelta,
                                 now: dt.datetime) -> int:
-    """Drop the ids of devices erased before ``now - older_than``: kept only so that a
+    """Drop the tags of devices erased before ``now - older_than``: kept only so that a
     push in flight at the erasure is recorded unlinked (migration 0011), which takes
     seconds, not a day."""
-    status = await pool.execute("DELETE FROM erased_devices WHERE erased_at < $1",
+    status = await pool.execute("DELETE FROM erased_device_tags WHERE erased_at < $1",
                                 now - older_than)
     return int(status.split()[-1])

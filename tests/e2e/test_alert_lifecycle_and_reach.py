@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from server import keys
+from server.store import positions
 from tests.conftest import ADMIN_TOKEN
 from tests.e2e.conftest import Stack, wait_for
 from tests.helpers import (
@@ -222,6 +223,12 @@ async def _near_me_device(stack: Stack, token: str, radius_m: int | None,
     return device, key
 
 
+async def _positioned(stack: Stack, device: str) -> bool:
+    """Whether Redis holds a near-me position of the device, in any band."""
+    return any([await stack.redis.geopos(key, device) != [None]
+                for key in positions.near_me(0).geo_keys])
+
+
 async def test_near_me_alerts_where_the_phone_is_once_and_forgets_after_the_ttl(
     stack: Stack
 ) -> None:
@@ -249,7 +256,7 @@ async def test_near_me_alerts_where_the_phone_is_once_and_forgets_after_the_ttl(
     await wait_for(lambda: len(stack.apns.deliveries) == 1, what="the zone's alert")
     await stack.drained()
     assert [d.token for d in stack.apns.deliveries] == [both]
-    assert await stack.redis.geopos(keys.NEAR_ME_GEO, near_id) == [None]
+    assert not await _positioned(stack, near_id)
 
     # Turning near_me off forgets the position at once.
     assert await stack.redis.zscore(keys.NEAR_ME_SEEN, both_id) is not None
@@ -257,7 +264,7 @@ async def test_near_me_alerts_where_the_phone_is_once_and_forgets_after_the_ttl(
                                json={"near_me": None})
     assert r.status == 200 and (await r.json())["near_me"] is None
     assert await stack.redis.zscore(keys.NEAR_ME_SEEN, both_id) is None
-    assert await stack.redis.geopos(keys.NEAR_ME_GEO, both_id) == [None]
+    assert not await _positioned(stack, both_id)
     r = await stack.client.put(f"/v1/devices/{both_id}/preferences", headers=auth(both_key),
                                json={"near_me": {"radius_m": 200}})
     assert r.status == 422 and (await r.json())["errors"][0]["field"] == "near_me.radius_m"
@@ -271,7 +278,35 @@ async def test_near_me_alerts_where_the_phone_is_once_and_forgets_after_the_ttl(
     r = await stack.client.delete(f"/v1/devices/{both_id}", headers=auth(both_key))
     assert r.status == 204
     assert await stack.redis.zscore(keys.NEAR_ME_SEEN, both_id) is None
-    assert await stack.redis.geopos(keys.NEAR_ME_GEO, both_id) == [None]
+    assert not await _positioned(stack, both_id)
+
+
+async def test_a_wider_near_me_radius_reaches_further_without_a_new_report(
+    stack: Stack
+) -> None:
+    """Positions are searched in bands of radii: a device that widens its radius is
+    searched for as far as the new one at once, its last position moved to the new
+    band (and one that narrows it, no further than the new one)."""
+    secret = await create_agency(stack.client)
+    token = secrets.token_hex(32)
+    device, key = await _near_me_device(stack, token, 500, (POINT[0] + 0.027, POINT[1]))  # 3 km
+    await post(stack.client, secret, incident("NMB1"))
+    await stack.drained()
+    assert stack.apns.deliveries == []
+    r = await stack.client.put(f"/v1/devices/{device}/preferences", headers=auth(key),
+                               json={"near_me": {"radius_m": 4000}})
+    assert r.status == 200
+    await post(stack.client, secret, incident("NMB2", lat=POINT[0] + 0.0002))
+    await wait_for(lambda: len(stack.apns.deliveries) == 1, what="the wider radius's alert")
+    assert [d.token for d in stack.apns.deliveries] == [token]
+    assert await _positioned(stack, device)
+    r = await stack.client.put(f"/v1/devices/{device}/preferences", headers=auth(key),
+                               json={"near_me": {"radius_m": 1000}})
+    assert r.status == 200
+    stack.apns.clear()
+    await post(stack.client, secret, incident("NMB3", lat=POINT[0] + 0.0004))
+    await stack.drained()
+    assert stack.apns.deliveries == []
 
 
 async def test_a_neighbourhood_zone_alerts_and_reimports_keep_ids(stack: Stack) -> None:

@@ -133,14 +133,31 @@ async def test_a_push_recorded_while_its_device_is_being_erased_waits_then_unlin
     assert await _linked(pool) == [None, devices[1]]
 
 
-async def test_erased_ids_are_forgotten_after_a_day(pool: asyncpg.Pool) -> None:
+async def test_erasure_keeps_a_tag_not_the_id_and_forgets_it_after_a_day(
+        pool: asyncpg.Pool) -> None:
     devices = await _devices(pool, 2)
-    await pool.execute("DELETE FROM devices WHERE id = ANY($1::uuid[])", devices)
-    await pool.execute("UPDATE erased_devices SET erased_at = now() - interval '25 hours' "
-                       "WHERE id = $1::uuid", devices[0])
+    tags = [await pool.fetchval("SELECT geopush_device_tag($1::uuid)", d) for d in devices]
+    await pool.execute("DELETE FROM devices WHERE id = $1::uuid", devices[0])
+    await pool.execute("UPDATE erased_device_tags SET erased_at = now() - interval '25 hours'")
+    await pool.execute("DELETE FROM devices WHERE id = $1::uuid", devices[1])
+    kept = await pool.fetch("SELECT * FROM erased_device_tags")
+    assert sorted(r["tag"] for r in kept) == sorted(tags)
+    assert all(0 <= t < 65536 for t in tags)
     await maintain_once(pool, Retention())
-    assert [str(r["id"]) for r in await pool.fetch("SELECT id FROM erased_devices")] == [
-        devices[1]]
+    assert [r["tag"] for r in await pool.fetch("SELECT tag FROM erased_device_tags")] == [
+        tags[1]]
+
+
+async def test_a_tag_shared_with_an_erased_device_keeps_a_live_device_linked(
+        pool: asyncpg.Pool) -> None:
+    """A tag says "may be erased"; the device is looked up before its row is unlinked."""
+    incident = await _incident(pool)
+    devices = await _devices(pool, 2)
+    await pool.execute("DELETE FROM devices WHERE id = $1::uuid", devices[0])
+    await pool.execute("INSERT INTO erased_device_tags (tag) "
+                       "VALUES (geopush_device_tag($1::uuid))", devices[1])
+    await deliveries.record(pool, [_row(incident, d) for d in devices])
+    assert await _linked(pool) == [None, devices[1]]
 
 
 async def test_rows_of_a_deleted_incident_are_dropped_and_erased_devices_unlinked(
@@ -195,7 +212,7 @@ def test_no_row_points_at_what_was_deleted_after_any_recordings_and_deletions(
     """Whatever the order of recordings and deletions: every row of a device still
     there names it, every row of an erased device is unlinked, the rows of a deleted
     incident are gone, and no other row is lost."""
-    world.run(world.pool.execute("TRUNCATE deliveries, erased_devices, devices, incidents, "
+    world.run(world.pool.execute("TRUNCATE deliveries, erased_device_tags, devices, incidents, "
                                  "agencies RESTART IDENTITY CASCADE"))
     incidents = [world.run(_incident(world.pool)) for _ in range(2)]
     ids = world.run(_devices(world.pool, DEVICES))

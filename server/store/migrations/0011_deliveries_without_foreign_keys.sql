@@ -15,8 +15,11 @@
 --   - incidents' ON DELETE CASCADE: deleting incidents deletes their rows, likewise;
 --   - no row points at a device or an incident that is gone, also when it is written
 --     after the deletion (a push in flight when its device was erased): the trigger on
---     deliveries unlinks rows of devices deleted in the last day (their ids are kept
---     that long in erased_devices) and drops rows of incidents that don't exist.
+--     deliveries drops rows of incidents that don't exist, and unlinks rows of devices
+--     that don't exist. It looks devices up only for rows whose device's tag (16 bits
+--     of a hash of its id) is that of a device deleted in the last day: nearly always
+--     none, so recording a push costs no look-up. A tag is shared by one device in
+--     65,536 and is not the id: erasure leaves no id behind.
 --     The triggers take the advisory lock 'geopdevi', exclusive on delete and shared on
 --     insert, so whichever transaction commits second sees what the first wrote. A
 --     push is in flight for the seconds of its send (erasure takes the device's queued
@@ -32,10 +35,15 @@ ALTER TABLE deliveries DROP CONSTRAINT IF EXISTS deliveries_device_id_fkey,
 DROP INDEX IF EXISTS deliveries_device_recent;
 CREATE INDEX deliveries_device ON deliveries (device_id, created_at DESC);
 
--- Devices deleted in the last day: their ids only (random, and linked to nothing once
--- the device's rows are unlinked). Emptied by the maintenance worker.
-CREATE TABLE erased_devices (
-    id         uuid PRIMARY KEY,
+-- 16 bits of the md5 of a device id: whether a delivery row may be of a device deleted
+-- lately, without keeping the ids of deleted devices.
+CREATE FUNCTION geopush_device_tag(id uuid) RETURNS integer
+    LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+    RETURN ('x' || left(md5(id::text), 4))::bit(16)::integer;
+
+-- The tags of devices deleted in the last day. Emptied by the maintenance worker.
+CREATE TABLE erased_device_tags (
+    tag        integer NOT NULL,
     erased_at  timestamptz NOT NULL DEFAULT now()
 );
 
@@ -47,8 +55,7 @@ BEGIN
     -- Waits for the deliveries being written now, and holds back new ones until this
     -- transaction ends; the statements below see what those committed.
     PERFORM pg_advisory_xact_lock(7450483687065745001);    -- 'geopdevi'
-    INSERT INTO erased_devices (id) SELECT id FROM gone
-        ON CONFLICT (id) DO UPDATE SET erased_at = now();
+    INSERT INTO erased_device_tags (tag) SELECT geopush_device_tag(id) FROM gone;
     UPDATE deliveries SET device_id = NULL WHERE device_id IN (SELECT id FROM gone);
     RETURN NULL;
 END $$;
@@ -87,9 +94,10 @@ BEGIN
         -- By primary key: a join to deliveries could plan a scan of the table.
         DELETE FROM deliveries WHERE id = ANY (late);
     END IF;
-    IF EXISTS (SELECT 1 FROM erased_devices) THEN
-        SELECT array_agg(a.id) INTO late
-          FROM added a JOIN erased_devices e ON e.id = a.device_id;
+    IF EXISTS (SELECT 1 FROM erased_device_tags) THEN
+        SELECT array_agg(a.id) INTO late FROM added a
+         WHERE geopush_device_tag(a.device_id) IN (SELECT tag FROM erased_device_tags)
+           AND NOT EXISTS (SELECT 1 FROM devices d WHERE d.id = a.device_id);
         IF late IS NOT NULL THEN
             UPDATE deliveries SET device_id = NULL WHERE id = ANY (late);
         END IF;

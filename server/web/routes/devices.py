@@ -307,11 +307,13 @@ async def put_preferences(request: web.Request) -> web.Response:
         await positions.RESPONDERS.forget(request.app[REDIS], [device.id])
     if near_me is None:
         await _near_me(request.app[SETTINGS]).forget(request.app[REDIS], [device.id])
+    else:   # a position already reported is searched for as far as the new radius
+        await _near_me(request.app[SETTINGS]).move(request.app[REDIS], device.id, near_me)
     return json_response(PreferencesSaved(categories, body.responder,
                                           NearMe(near_me) if near_me else None))
 
 
-def _near_me(settings: Settings) -> positions.PositionSet:
+def _near_me(settings: Settings) -> positions.NearMePositions:
     return positions.near_me(settings.location_ttl.total_seconds())
 
 
@@ -347,7 +349,8 @@ async def put_location(request: web.Request) -> web.Response:
                       "reporting a position", slug="position-unused")
     if reach.near_me_radius_m is not None:
         await _near_me(request.app[SETTINGS]).report(request.app[REDIS], device.id,
-                                                     body.lat, body.lon)
+                                                     body.lat, body.lon,
+                                                     radius_m=reach.near_me_radius_m)
     if reach.responder:
         await positions.RESPONDERS.report(request.app[REDIS], device.id, body.lat, body.lon)
     return web.Response(status=204)
