@@ -100,12 +100,16 @@ _NEIGHBOUR_ROWS = _reached(
 # near-me positions are searched that much further out.
 _EXTENT = """
 SELECT CASE WHEN GeometryType(g) IN ('POLYGON', 'MULTIPOLYGON')
-            THEN ST_Length(ST_LongestLine(ST_SetSRID(ST_MakePoint($3, $2), 4326), g)::geography)
+            THEN (SELECT max(ST_Distance(ST_SetSRID(ST_MakePoint($3, $2), 4326)::geography,
+                                         (v).geom::geography))
+                    FROM ST_DumpPoints(g) v)
             ELSE 0 END
   FROM (SELECT geopush_public_geom(ST_SetSRID($1::text::geometry, 4326),
                                    ST_SetSRID(ST_MakePoint($3::float8, $2::float8), 4326))
                AS g) x
 """
+# (The farthest vertex in metres: the longest line in degrees, as before, can pick
+# another corner, since a degree of longitude is shorter than one of latitude here.)
 
 # A manual alert's area is public by nature (an agency drew it to be announced), so it
 # is matched as drawn, never generalized, whatever categories the device chose.

@@ -129,10 +129,12 @@ class NearMePositions(PositionSet):
     widest_m: int = MAX_NEAR_ME_RADIUS_M
 
     def in_full(self) -> NearMePositions:
-        """The same positions, every band searched as far as the widest radius: what a
-        search of one set did (a check's oracle for the bands)."""
-        return dataclasses.replace(
-            self, bands=tuple((self.widest_m, key) for _, key in self.bands))
+        """The same positions, every band searched twice as far as the widest radius
+        (a check's oracle for the bands and the search's reach: PostgreSQL keeps those
+        within their device's radius, so searching further only costs time)."""
+        widest = 2 * self.widest_m
+        return dataclasses.replace(self, bands=tuple((widest, key) for _, key in self.bands),
+                                   widest_m=widest)
 
     @property
     def geo_keys(self) -> list[str]:

@@ -84,21 +84,28 @@ async def _audience(w: World, near_me: positions.NearMePositions, geometry: str
     return {str(r["id"]) for r in rows}
 
 
-def _square(half_m: float) -> str:
-    """An area around the point reaching ``half_m`` out in each direction (about)."""
+def _square(half_m: float, shift: tuple[float, float]) -> str:
+    """A square area of half-side ``half_m`` (about), its centre moved off the point by
+    ``shift`` (fractions of the half-side): the point stays inside, not in the middle,
+    as a CAP area's public point may be."""
     dlat = half_m / _M_PER_DEG_LAT
     dlon = half_m / (_M_PER_DEG_LAT * math.cos(math.radians(LAT)))
-    return (f"POLYGON(({LON - dlon} {LAT - dlat}, {LON + dlon} {LAT - dlat}, "
-            f"{LON + dlon} {LAT + dlat}, {LON - dlon} {LAT + dlat}, {LON - dlon} {LAT - dlat}))")
+    lat, lon = LAT + shift[0] * dlat, LON + shift[1] * dlon
+    return (f"POLYGON(({lon - dlon} {lat - dlat}, {lon + dlon} {lat - dlat}, "
+            f"{lon + dlon} {lat + dlat}, {lon - dlon} {lat + dlat}, {lon - dlon} {lat - dlat}))")
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(devices=st.lists(_DEVICE, min_size=1, max_size=12),
-       area=st.one_of(st.none(), st.floats(50, 1500)))
+       area=st.one_of(st.none(), st.floats(50, 1500)),
+       shift=st.tuples(st.floats(-0.9, 0.9), st.floats(-0.9, 0.9)))
 def test_the_bands_find_every_near_me_device_one_set_would(
-        world: World, devices: list[tuple[int, float, float]], area: float | None) -> None:
-    geometry = f"POINT({LON} {LAT})" if area is None else _square(area)
-    extent = 0.0 if area is None else area * math.sqrt(2)
+        world: World, devices: list[tuple[int, float, float]], area: float | None,
+        shift: tuple[float, float]) -> None:
+    """Against every position within twice the widest radius (``in_full``): nothing
+    the bands' searches leave out, nor the reach of an area measured from its point."""
+    geometry = f"POINT({LON} {LAT})" if area is None else _square(area, shift)
+    extent = 0.0 if area is None else area * math.sqrt(2) * (1 + max(map(abs, shift)))
     ids = world.run(_setup(world, devices, extent))
     banded = world.run(_audience(world, NEAR_ME, geometry))
     in_full = world.run(_audience(world, NEAR_ME.in_full(), geometry))
