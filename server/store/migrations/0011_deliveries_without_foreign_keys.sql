@@ -4,9 +4,9 @@
 -- Why: a key's check runs once a delivery row: a query of the referenced row, FOR KEY
 -- SHARE. For devices that is a row lock written into the devices heap (a WAL record,
 -- and after each checkpoint a full image of the page) for every push sent; for
--- incidents a query per row for the same row. Together they were more than a third of
+-- incidents a query per row for the same row. Together they were more than half of
 -- what PostgreSQL spent recording a push, and most of its WAL (docs/BENCHMARKS.md,
--- "Recording a delivery").
+-- "The send path cheaper per push").
 --
 -- What is kept, whatever deletes (the API's erasure, the retention job, an operator's
 -- psql) and whatever writes deliveries (the senders' COPY, an INSERT):
