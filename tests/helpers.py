@@ -17,6 +17,7 @@ from aiohttp.test_utils import TestClient
 
 from server import keys
 from server.domain.signing import HEADER, sign
+from server.store.redisclient import RedisClient, connect
 from tests.conftest import ADMIN_TOKEN
 
 SEATTLE_CALL_TYPES = {
@@ -227,3 +228,15 @@ class SyncWorld:
         self.run(self.pool.close())
         self.loop.close()
         asyncio.set_event_loop(None)
+
+
+class SyncRedisWorld(SyncWorld):
+    """A ``SyncWorld`` with a client of the suite's Redis (a cluster's, on a cluster)."""
+
+    def __init__(self, database_url: str, redis_url: str, *, max_size: int = 2) -> None:
+        super().__init__(database_url, max_size=max_size)
+        self.redis: RedisClient = self.run(connect(redis_url, decode_responses=True))
+
+    def close(self) -> None:
+        self.run(self.redis.aclose())
+        super().close()

@@ -20,28 +20,17 @@ from hypothesis import strategies as st
 from server import keys
 from server.domain.zones import MAX_NEAR_ME_RADIUS_M
 from server.store import audience, matching, positions
-from server.store.redisclient import RedisClient, connect
 from tests.conftest import Services
-from tests.helpers import SyncWorld
+from tests.helpers import SyncRedisWorld
 
 LAT, LON = 47.6097, -122.3387
 NEAR_ME = positions.near_me(7200)
 _M_PER_DEG_LAT = 111_320.0
 
 
-class World(SyncWorld):
-    def __init__(self, services: Services) -> None:
-        super().__init__(services.database_url)
-        self.redis: RedisClient = self.run(connect(services.redis_url, decode_responses=True))
-
-    def close(self) -> None:
-        self.run(self.redis.aclose())
-        super().close()
-
-
 @pytest.fixture(scope="module")
-def world(services: Services) -> Iterator[World]:
-    w = World(services)
+def world(services: Services) -> Iterator[SyncRedisWorld]:
+    w = SyncRedisWorld(services.database_url, services.redis_url)
     yield w
     w.close()
 
@@ -60,7 +49,7 @@ _DEVICE = st.tuples(st.integers(300, MAX_NEAR_ME_RADIUS_M),
                     st.floats(0, 2 * math.pi))
 
 
-async def _setup(w: World, devices: list[tuple[int, float, float]], extent_m: float
+async def _setup(w: SyncRedisWorld, devices: list[tuple[int, float, float]], extent_m: float
                  ) -> list[str]:
     await w.pool.execute("TRUNCATE deliveries, erased_device_tags, zones, devices "
                          "RESTART IDENTITY CASCADE")
@@ -76,7 +65,7 @@ async def _setup(w: World, devices: list[tuple[int, float, float]], extent_m: fl
     return ids
 
 
-async def _audience(w: World, near_me: positions.NearMePositions, geometry: str
+async def _audience(w: SyncRedisWorld, near_me: positions.NearMePositions, geometry: str
                     ) -> set[str]:
     near = await audience.near_positions(w.pool, w.redis, near_me, geometry, (LAT, LON),
                                          forget=False)
@@ -100,7 +89,7 @@ def _square(half_m: float, shift: tuple[float, float]) -> str:
        area=st.one_of(st.none(), st.floats(50, 1500)),
        shift=st.tuples(st.floats(-0.9, 0.9), st.floats(-0.9, 0.9)))
 def test_the_bands_find_every_near_me_device_one_set_would(
-        world: World, devices: list[tuple[int, float, float]], area: float | None,
+        world: SyncRedisWorld, devices: list[tuple[int, float, float]], area: float | None,
         shift: tuple[float, float]) -> None:
     """Against every position within twice the widest radius (``in_full``): nothing
     the bands' searches leave out, nor the reach of an area measured from its point."""
@@ -114,7 +103,7 @@ def test_the_bands_find_every_near_me_device_one_set_would(
 
 
 def test_a_position_is_kept_in_the_band_of_its_radius_and_moves_with_it(
-        world: World) -> None:
+        world: SyncRedisWorld) -> None:
     async def scenario() -> list[Any]:
         await world.redis.delete(*NEAR_ME.geo_keys, NEAR_ME.seen_key)
         await NEAR_ME.report(world.redis, "d", LAT, LON, radius_m=300)

@@ -24,9 +24,8 @@ from server.domain.normalize import normalize
 from server.domain.zones import Area, Circle, Zone
 from server.store.devices import replace_zones
 from server.store.incidents import store_incident
-from server.store.redisclient import connect
 from tests.conftest import Services
-from tests.helpers import SyncWorld, push_entries
+from tests.helpers import SyncRedisWorld, push_entries
 from workers.matcher import Matcher
 from workers.push import Push
 
@@ -35,16 +34,11 @@ NOW = dt.datetime.now(dt.UTC)
 AGENCY = "public-matching"
 
 
-class World(SyncWorld):
+class World(SyncRedisWorld):
     def __init__(self, services: Services) -> None:
-        super().__init__(services.database_url)
-        self.redis = self.run(connect(services.redis_url, decode_responses=True))
+        super().__init__(services.database_url, services.redis_url)
         self.matcher = Matcher(self.pool, self.redis, device_pushes_per_hour=0)
         self.counter = 0
-
-    def close(self) -> None:
-        self.run(self.redis.aclose())
-        super().close()
 
 
 @pytest.fixture(scope="module")
