@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import os
 import pwd
+import random
 import re
 import shutil
 import socket
@@ -25,7 +26,37 @@ class DevEnvError(RuntimeError):
     pass
 
 
+_PORTS = random.Random()   # seeded from the OS: processes pick independently
+
+
+def _ephemeral_ports() -> tuple[int, int]:
+    """The kernel's range for outgoing connections' local ports."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now, for a server to listen on soon after. Picked
+    below the kernel's ephemeral range: a port in that range (what binding port 0
+    gives) can be taken meanwhile by any outgoing connection, and with a dozen
+    processes connecting to Redis and PostgreSQL it was (a web process of the fan-out
+    harness failed with "address already in use"). Below it, only another caller of
+    this function could pick the same port."""
+    low, _ = _ephemeral_ports()
+    first = 10_000 if low > 12_000 else 1_024
+    for _ in range(50):
+        if low - first < 1_000:
+            break
+        port = _PORTS.randrange(first, low)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
