@@ -29,13 +29,12 @@ class DevEnvError(RuntimeError):
 _PORTS = random.Random()   # seeded from the OS: processes pick independently
 
 
-def _ephemeral_ports() -> tuple[int, int]:
-    """The kernel's range for outgoing connections' local ports."""
+def _ephemeral_low() -> int:
+    """The first port of the kernel's range for outgoing connections' local ports."""
     try:
-        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
-        return int(low), int(high)
-    except (OSError, ValueError):
-        return 32768, 60999
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
 
 
 def free_port() -> int:
@@ -45,7 +44,7 @@ def free_port() -> int:
     processes connecting to Redis and PostgreSQL it was (a web process of the fan-out
     harness failed with "address already in use"). Below it, only another caller of
     this function could pick the same port."""
-    low, _ = _ephemeral_ports()
+    low = _ephemeral_low()
     first = 10_000 if low > 12_000 else 1_024
     for _ in range(50):
         if low - first < 1_000:

@@ -50,10 +50,16 @@ class PositionSet:
             pipe.zadd(self.seen_key, {device_id: now or time.time()})
             await pipe.execute()
 
+    @property
+    def geo_keys(self) -> list[str]:
+        """Every GEO set a position of this set may be in."""
+        return [self.geo_key]
+
     async def forget(self, redis: RedisClient, device_ids: list[str]) -> None:
         if device_ids:
             async with redis.pipeline(transaction=True) as pipe:
-                pipe.zrem(self.geo_key, *device_ids)
+                for key in self.geo_keys:
+                    pipe.zrem(key, *device_ids)
                 pipe.zrem(self.seen_key, *device_ids)
                 await pipe.execute()
 
@@ -137,8 +143,13 @@ class NearMePositions(PositionSet):
                                    widest_m=widest)
 
     @property
+    def reaches(self) -> list[tuple[int, str]]:
+        """(radius, GEO set) of every band, the widest (``geo_key``) last."""
+        return [*self.bands, (self.widest_m, self.geo_key)]
+
+    @property
     def geo_keys(self) -> list[str]:
-        return [key for _, key in self.bands] + [self.geo_key]
+        return [key for _, key in self.reaches]
 
     def band(self, radius_m: int | None) -> str:
         """The GEO set of a device with this radius (None: the widest)."""
@@ -165,14 +176,6 @@ class NearMePositions(PositionSet):
         others = [key for key in self.geo_keys if key != target]
         await redis.register_script(_MOVE)(keys=[target, *others], args=[device_id])
 
-    async def forget(self, redis: RedisClient, device_ids: list[str]) -> None:
-        if device_ids:
-            async with redis.pipeline(transaction=True) as pipe:
-                for key in self.geo_keys:
-                    pipe.zrem(key, *device_ids)
-                pipe.zrem(self.seen_key, *device_ids)
-                await pipe.execute()
-
     async def any(self, redis: RedisClient) -> bool:
         return bool(await redis.exists(*self.geo_keys))
 
@@ -184,9 +187,8 @@ class NearMePositions(PositionSet):
         now = now or time.time()
         if forget:
             await self.forget_stale(redis, now)
-        limits = [limit for limit, _ in self.bands] + [self.widest_m]
         async with redis.pipeline(transaction=False) as pipe:
-            for limit, key in zip(limits, self.geo_keys, strict=True):
+            for limit, key in self.reaches:
                 pipe.geosearch(key, longitude=lon, latitude=lat,
                                radius=(limit + extent_m) * SEARCH_MARGIN, unit="m",
                                withdist=True, withcoord=True)

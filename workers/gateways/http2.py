@@ -48,7 +48,8 @@ from collections.abc import Callable, Coroutine
 from typing import Any, cast
 
 from hpack import Decoder
-from hpack.exceptions import HPACKError
+from hpack.exceptions import HPACKDecodingError, HPACKError
+from hpack.hpack import decode_integer
 
 from workers.gateways.waiting import Done, in_task, result_of, wait_in_line
 
@@ -228,26 +229,17 @@ class Response:
         return self._headers
 
 
-def _hpack_int(block: bytes, i: int, prefix_bits: int) -> tuple[int, int]:
-    """An HPACK integer (RFC 7541 §5.1) at ``block[i]``: (value, index after it), or
+def _hpack_int(block: memoryview, i: int, prefix_bits: int) -> tuple[int, int]:
+    """The HPACK integer (RFC 7541 §5.1) at ``block[i]``: (value, index after it), or
     (-1, -1) when the block ends inside it or it is absurdly long."""
-    limit = (1 << prefix_bits) - 1
-    value = block[i] & limit
-    i += 1
-    if value < limit:
-        return value, i
-    shift = 0
-    while i < len(block) and shift <= 28:
-        byte = block[i]
-        i += 1
-        value += (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return value, i
-        shift += 7
-    return -1, -1
+    try:
+        value, used = decode_integer(block[i:], prefix_bits)
+    except HPACKDecodingError:
+        return -1, -1
+    return value, i + used
 
 
-def _skip_string(block: bytes, i: int) -> int:
+def _skip_string(block: memoryview, i: int) -> int:
     """The index after the string literal (§5.2) at ``block[i]``, or -1."""
     if i >= len(block):
         return -1
@@ -265,27 +257,28 @@ def _self_contained(block: bytes, i: int, table_off: bool) -> bool:
     incremental indexing too, since an entry larger than the table leaves it empty
     (§4.4). No table size update. Such a block can be decoded later, or not at all,
     without the connection's decoder losing step with the peer's encoder."""
-    end = len(block)
+    view = memoryview(block)
+    end = len(view)
     while i < end:
-        first = block[i]
+        first = view[i]
         if first & 0x80:                       # indexed field
-            index, i = _hpack_int(block, i, 7)
+            index, i = _hpack_int(view, i, 7)
             if not 0 < index <= _STATIC_ENTRIES:
                 return False
             continue
         if first & 0xC0 == 0x40 and table_off:   # incremental indexing, into nothing
-            index, i = _hpack_int(block, i, 6)
+            index, i = _hpack_int(view, i, 6)
         elif first & 0xE0:                     # incremental indexing, or a size update
             return False
         else:
-            index, i = _hpack_int(block, i, 4)
+            index, i = _hpack_int(view, i, 4)
         if i < 0 or index > _STATIC_ENTRIES:
             return False
         if index == 0:
-            i = _skip_string(block, i)         # the name
+            i = _skip_string(view, i)          # the name
             if i < 0:
                 return False
-        i = _skip_string(block, i)             # the value
+        i = _skip_string(view, i)              # the value
         if i < 0:
             return False
     return True
